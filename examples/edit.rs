@@ -1,0 +1,28 @@
+//! Library use: one edit with explicit parameters.
+//!   cargo run --release --example edit -- MODEL_DIR INPUT.png OUTPUT.png "a prompt"
+use flux_img2img::{pipeline, rng::RngKind, Request};
+
+fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    anyhow::ensure!(a.len() == 4, "usage: edit MODEL_DIR INPUT OUTPUT PROMPT");
+    let req = Request {
+        model: a[0].clone().into(),
+        image: a[1].clone().into(),
+        output: a[2].clone().into(),
+        prompt: a[3].clone(),
+        strength: 0.75,
+        steps: None,
+        guidance: None,
+        seed: Some(42),
+        rng: RngKind::TorchCpu,
+        width: None,
+        height: None,
+        max_sequence_length: 512,
+        device: candle_core::Device::Cpu,
+        dtype: candle_core::DType::F32,
+        quiet: false,
+    };
+    let report = pipeline::run(&req)?;
+    println!("{} ({} steps run, {:.1}s)", report.output.display(), report.plan.schedule.steps_to_run(), report.timings.total);
+    Ok(())
+}

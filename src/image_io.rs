@@ -1,0 +1,224 @@
+//! Image file ⇄ tensor: decode, choose the output size, centre-crop, Pillow-exact Lanczos resize, [-1,1] tensor;
+//! and back from the VAE's output to 8-bit RGB.
+//!
+//! The resize reproduces `PIL.Image.resize(size, LANCZOS)` bit for bit (spec §2): separable, horizontal pass
+//! first into a uint8 intermediate, 22-bit fixed-point coefficients, a dimension that keeps its size is not
+//! filtered. That is what diffusers' `VaeImageProcessor` runs, so inputs match to the last bit.
+
+use crate::error::{Error, Result};
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+use std::path::Path;
+
+/// Decodes any supported image file to 8-bit RGB (alpha dropped, grey expanded).
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let err = |msg: String| Error::Image { path: path.to_path_buf(), msg };
+    if !path.exists() {
+        return Err(err("no such file".into()));
+    }
+    if path.is_dir() {
+        return Err(err("is a folder, not an image file".into()));
+    }
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| err(format!("cannot read: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if reader.format().is_none() {
+        return Err(err("not an image (unrecognised format; use PNG, JPEG, WebP, BMP, TIFF or GIF)".into()));
+    }
+    let img = reader.decode().map_err(|e| err(format!("cannot decode: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// The output size: given width and height as they are; one given → the other from the input's aspect ratio;
+/// none → the input's size. Derived sizes are floored to `multiple` (at least `multiple`).
+pub fn target_size(input: (u32, u32), width: Option<u32>, height: Option<u32>, multiple: u32) -> (u32, u32) {
+    let floor = |v: f64| (((v / multiple as f64).floor() as u32).max(1)) * multiple;
+    let (iw, ih) = (input.0 as f64, input.1 as f64);
+    match (width, height) {
+        (Some(w), Some(h)) => (w, h),
+        (Some(w), None) => (w, floor(w as f64 * ih / iw)),
+        (None, Some(h)) => (floor(h as f64 * iw / ih), h),
+        (None, None) => (floor(iw), floor(ih)),
+    }
+}
+
+/// The largest centred box of `img` with the aspect ratio of `width`×`height` (the image itself if it has it).
+pub fn center_crop_to_aspect(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (w, h) = (img.width() as u64, img.height() as u64);
+    let (tw, th) = (width as u64, height as u64);
+    if w * th == h * tw {
+        return img.clone();
+    }
+    // Rounded to the nearest pixel; scripts/make_fixtures.py crops identically for the reference.
+    let (x, y, cw, ch) = if w * th > h * tw {
+        let cw = (2 * h * tw + th) / (2 * th);
+        ((w - cw) / 2, 0, cw, h)
+    } else {
+        let ch = (2 * w * th + tw) / (2 * tw);
+        (0, (h - ch) / 2, w, ch)
+    };
+    image::imageops::crop_imm(img, x as u32, y as u32, cw as u32, ch as u32).to_image()
+}
+
+const PRECISION_BITS: u32 = 22;
+
+fn lanczos(x: f64) -> f64 {
+    fn sinc(x: f64) -> f64 {
+        if x == 0.0 {
+            1.0
+        } else {
+            let x = x * std::f64::consts::PI;
+            x.sin() / x
+        }
+    }
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
+/// Per output index: first input index, and fixed-point weights (Pillow's `precompute_coeffs` + normalisation).
+fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = 3.0 * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's (int) cast truncates toward zero.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let ws: Vec<f64> =
+                (0..xmax.saturating_sub(xmin)).map(|x| lanczos((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+            let total: f64 = ws.iter().sum();
+            let fixed = ws
+                .iter()
+                .map(|w| {
+                    let w = if total != 0.0 { w / total } else { *w };
+                    let v = w * (1u32 << PRECISION_BITS) as f64;
+                    (if w < 0.0 { v - 0.5 } else { v + 0.5 }) as i32
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// `PIL.Image.resize((width, height), Image.LANCZOS)` for RGB images.
+pub fn resize_lanczos(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    let (ow, oh) = (width as usize, height as usize);
+    let src = img.as_raw();
+    let half = 1i32 << (PRECISION_BITS - 1);
+    // Horizontal pass (skipped when the width does not change, as in Pillow).
+    let (mid, mw) = if ow != iw {
+        let coeffs = coefficients(iw, ow);
+        let mut out = vec![0u8; ow * ih * 3];
+        for y in 0..ih {
+            for (x, (xmin, k)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let mut acc = half;
+                    for (i, w) in k.iter().enumerate() {
+                        acc += src[(y * iw + xmin + i) * 3 + c] as i32 * w;
+                    }
+                    out[(y * ow + x) * 3 + c] = clip8(acc);
+                }
+            }
+        }
+        (out, ow)
+    } else {
+        (src.clone(), iw)
+    };
+    // Vertical pass.
+    let out = if oh != ih {
+        let coeffs = coefficients(ih, oh);
+        let mut out = vec![0u8; mw * oh * 3];
+        for (y, (ymin, k)) in coeffs.iter().enumerate() {
+            for x in 0..mw {
+                for c in 0..3 {
+                    let mut acc = half;
+                    for (i, w) in k.iter().enumerate() {
+                        acc += mid[((ymin + i) * mw + x) * 3 + c] as i32 * w;
+                    }
+                    out[(y * mw + x) * 3 + c] = clip8(acc);
+                }
+            }
+        }
+        out
+    } else {
+        mid
+    };
+    RgbImage::from_raw(width, height, out).expect("buffer size matches dimensions")
+}
+
+/// RGB image → [1,3,H,W] float32 in [-1,1]: `2·(p/255) − 1`, each op rounded in f32 as numpy does.
+pub fn to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let raw = img.as_raw();
+    let mut data = vec![0f32; 3 * h * w];
+    for c in 0..3 {
+        for i in 0..h * w {
+            data[c * h * w + i] = 2.0 * (raw[i * 3 + c] as f32 / 255.0) - 1.0;
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, 3, h, w), device)?)
+}
+
+/// VAE output [1,3,H,W] → RGB: `(x·0.5 + 0.5).clamp(0,1)·255`, rounded half to even like `np.round`.
+pub fn from_tensor(t: &Tensor) -> Result<RgbImage> {
+    let (_, c, h, w) = t.dims4()?;
+    let img = ((t.to_dtype(candle_core::DType::F32)? * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
+    let v = img.squeeze(0)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut raw = vec![0u8; h * w * 3];
+    for ch in 0..c.min(3) {
+        for i in 0..h * w {
+            raw[i * 3 + ch] = (v[ch * h * w + i] * 255.0).round_ties_even() as u8;
+        }
+    }
+    Ok(RgbImage::from_raw(w as u32, h as u32, raw).expect("buffer size matches dimensions"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(target_size((1000, 750), None, None, 16), (992, 736));
+        assert_eq!(target_size((1000, 750), Some(512), None, 16), (512, 384));
+        assert_eq!(target_size((750, 1000), None, Some(512), 16), (384, 512));
+        assert_eq!(target_size((10, 10), None, None, 16), (16, 16));
+    }
+
+    #[test]
+    fn crop_keeps_centre_and_aspect() {
+        let img = RgbImage::new(100, 60);
+        let c = center_crop_to_aspect(&img, 96, 48);
+        assert_eq!((c.width(), c.height()), (100, 50));
+        let c = center_crop_to_aspect(&img, 48, 64);
+        assert_eq!((c.width(), c.height()), (45, 60));
+    }
+
+    #[test]
+    fn identity_resize_is_a_copy_and_constant_stays_constant() {
+        let img = RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8 * 30, y as u8 * 40, 200]));
+        assert_eq!(resize_lanczos(&img, 7, 5), img);
+        let flat = RgbImage::from_pixel(33, 17, image::Rgb([10, 128, 250]));
+        let r = resize_lanczos(&flat, 16, 40);
+        assert!(r.pixels().all(|p| p.0 == [10, 128, 250]));
+    }
+
+    #[test]
+    fn round_trip_pixel_values() {
+        let img = RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8 * 60, y as u8 * 200, 255 - x as u8]));
+        let t = to_tensor(&img, &Device::Cpu).unwrap();
+        assert_eq!(from_tensor(&t).unwrap(), img);
+    }
+}

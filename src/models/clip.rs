@@ -1,0 +1,109 @@
+//! transformers `CLIPTextModel`: token ids [B,77] → pooled embedding [B,hidden] (what FLUX conditions on).
+//!
+//! Pre-LN transformer with a causal mask and no padding mask (diffusers passes none). The pooled output is the
+//! final-LayerNorm state at the end-of-text token, found the way transformers finds it: with the legacy
+//! `eos_token_id == 2` configs (openai's, FLUX.1's) the position of the largest id, otherwise the first position
+//! holding `eos_token_id`.
+
+use crate::config::{Act, ClipConfig};
+use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Module, VarBuilder};
+
+struct Layer {
+    ln1: LayerNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+pub struct ClipText {
+    token: Embedding,
+    position: Embedding,
+    layers: Vec<Layer>,
+    final_ln: LayerNorm,
+    heads: usize,
+    act: Act,
+    eos_token_id: u32,
+}
+
+impl ClipText {
+    pub fn new(cfg: &ClipConfig, act: Act, vb: VarBuilder) -> Result<Self> {
+        // transformers ≤ 4 saved `text_model.`-prefixed names (as in the FLUX.1 repos); transformers 5 does not.
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
+        let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let emb = vb.pp("embeddings");
+        let token = embedding(cfg.vocab_size, h, emb.pp("token_embedding"))?;
+        let position = embedding(cfg.max_position_embeddings, h, emb.pp("position_embedding"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = vb.pp(format!("encoder.layers.{i}"));
+                Ok(Layer {
+                    ln1: layer_norm(h, eps, l.pp("layer_norm1"))?,
+                    q: linear(h, h, l.pp("self_attn.q_proj"))?,
+                    k: linear(h, h, l.pp("self_attn.k_proj"))?,
+                    v: linear(h, h, l.pp("self_attn.v_proj"))?,
+                    o: linear(h, h, l.pp("self_attn.out_proj"))?,
+                    ln2: layer_norm(h, eps, l.pp("layer_norm2"))?,
+                    fc1: linear(h, cfg.intermediate_size, l.pp("mlp.fc1"))?,
+                    fc2: linear(cfg.intermediate_size, h, l.pp("mlp.fc2"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_ln = layer_norm(h, eps, vb.pp("final_layer_norm"))?;
+        Ok(Self { token, position, layers, final_ln, heads: cfg.num_attention_heads, act, eos_token_id: cfg.eos_token_id })
+    }
+
+    fn causal_mask(len: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let m: Vec<f32> =
+            (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        Tensor::from_vec(m, (len, len), dev)?.to_dtype(dtype)
+    }
+
+    /// The pooled output for `ids` ([B, L] u32).
+    pub fn pooled(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, len) = ids.dims2()?;
+        let dev = ids.device();
+        let pos = Tensor::arange(0u32, len as u32, dev)?;
+        let mut x = self.token.forward(ids)?.broadcast_add(&self.position.forward(&pos)?)?;
+        let mask = Self::causal_mask(len, x.dtype(), dev)?;
+        let hd = x.dim(D::Minus1)? / self.heads;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for l in &self.layers {
+            let h = x.apply(&l.ln1)?;
+            // [B,L,H·d] → [B,H,L,d]
+            let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, len, self.heads, hd))?.transpose(1, 2)?.contiguous() };
+            let q = split((h.apply(&l.q)? * scale)?)?;
+            let k = split(h.apply(&l.k)?)?;
+            let v = split(h.apply(&l.v)?)?;
+            let att = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, len, self.heads * hd))?.apply(&l.o)?;
+            x = (x + o)?;
+            let h = self.act.apply(&x.apply(&l.ln2)?.apply(&l.fc1)?)?.apply(&l.fc2)?;
+            x = (x + h)?;
+        }
+        let x = x.apply(&self.final_ln)?;
+        let ids_v = ids.to_vec2::<u32>()?;
+        let rows = ids_v
+            .iter()
+            .enumerate()
+            .map(|(i, row)| x.i((i, self.eos_position(row))))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::stack(&rows, 0)
+    }
+
+    fn eos_position(&self, row: &[u32]) -> usize {
+        if self.eos_token_id == 2 {
+            // torch.argmax returns the first maximal index.
+            let max = row.iter().copied().max().unwrap_or(0);
+            row.iter().position(|&t| t == max).unwrap_or(0)
+        } else {
+            row.iter().position(|&t| t == self.eos_token_id).unwrap_or(0)
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! RGB image → PNG file, written atomically: a temporary file in the destination folder, renamed when complete,
+//! so an interrupted or failed run never leaves a partial image. Generation parameters go into text chunks.
+
+use crate::error::{Error, Result};
+use image::RgbImage;
+use std::io::Write;
+use std::path::Path;
+
+/// Checks before any heavy work that `output` can be written and is not the input file.
+pub fn check_output(output: &Path, input: &Path) -> Result<()> {
+    let err = |msg: &str| Error::Output { path: output.to_path_buf(), msg: msg.to_string() };
+    let ext = output.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
+    if ext.as_deref() != Some("png") {
+        return Err(err("flux-img2img writes PNG; give the output a .png name"));
+    }
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(Error::Output {
+            path: output.to_path_buf(),
+            msg: format!("folder {} does not exist; create it first", parent.display()),
+        });
+    }
+    if output.is_dir() {
+        return Err(err("is a folder; give a file name ending in .png"));
+    }
+    if let (Ok(a), Ok(b)) = (output.canonicalize(), input.canonicalize()) {
+        if a == b {
+            return Err(err("is the input image; choose another --output so the input is never overwritten"));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `img` as PNG with `text` chunks (keyword, value), replacing `path` only once the file is complete.
+pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
+    let err = |msg: String| Error::Output { path: path.to_path_buf(), msg };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".flux-img2img-")
+        .suffix(".png.part")
+        .tempfile_in(dir)
+        .map_err(|e| err(format!("cannot create a file in {}: {e}", dir.display())))?;
+    {
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(tmp.as_file_mut()), img.width(), img.height());
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in text {
+            // iTXt carries UTF-8 (prompts are often not Latin-1).
+            enc.add_itxt_chunk(k.to_string(), v.clone()).map_err(|e| err(e.to_string()))?;
+        }
+        let mut w = enc.write_header().map_err(|e| err(e.to_string()))?;
+        w.write_image_data(img.as_raw()).map_err(|e| err(e.to_string()))?;
+        w.finish().map_err(|e| err(e.to_string()))?;
+    }
+    tmp.as_file_mut().flush().map_err(|e| err(e.to_string()))?;
+    tmp.persist(path).map_err(|e| err(format!("cannot rename into place: {}", e.error)))?;
+    Ok(())
+}

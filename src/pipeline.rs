@@ -1,0 +1,305 @@
+//! The whole img2img run: a validated [`Request`] → a PNG on disk and a [`Report`].
+//!
+//! Order (spec §1): configs and input checks first, so bad input fails before any weight is read; then the
+//! plan is printed; text encoding (encoders dropped after); VAE encode with the posterior noise drawn first and
+//! the initial noise second from the same generator; the Euler loop; decode; atomic PNG write.
+
+use crate::config::{read_json, Act, SchedulerConfig, TransformerConfig, VaeConfig};
+use crate::error::{Error, Result};
+use crate::image_io;
+use crate::models::transformer::{candle_config, FluxTransformer, Inputs};
+use crate::models::vae::AutoencoderKl;
+use crate::output;
+use crate::rng::{self, RngKind};
+use crate::schedule::{self, Schedule};
+use crate::sdedit;
+use crate::source::ModelFiles;
+use crate::text;
+use crate::weights::{flux_keys, CheckedWeights};
+use candle_core::{DType, Device, Tensor};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything one edit needs, already checked for type and range by the CLI.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub model: PathBuf,
+    pub image: PathBuf,
+    pub prompt: String,
+    pub strength: f64,
+    /// None: 28 for guidance-distilled (dev-like) models, 4 otherwise (schnell).
+    pub steps: Option<usize>,
+    /// None: 3.5 where the transformer embeds guidance; ignored otherwise.
+    pub guidance: Option<f64>,
+    /// None: a random seed, reported.
+    pub seed: Option<u64>,
+    pub rng: RngKind,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub max_sequence_length: usize,
+    pub device: Device,
+    pub dtype: DType,
+    pub output: PathBuf,
+    pub quiet: bool,
+}
+
+/// What will run, decided before loading weights.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub width: u32,
+    pub height: u32,
+    pub input_size: (u32, u32),
+    pub crop: bool,
+    pub steps: usize,
+    pub guidance: Option<f64>,
+    pub seed: u64,
+    pub schedule: Schedule,
+    pub latent_channels: usize,
+    pub vae_scale: usize,
+}
+
+/// Wall time of each stage, in seconds.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub text_encoding: f64,
+    pub vae_encode: f64,
+    pub load_transformer: f64,
+    pub denoise: f64,
+    pub vae_decode: f64,
+    pub total: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub output: PathBuf,
+    pub plan: Plan,
+    pub timings: Timings,
+}
+
+/// Default steps and guidance for a transformer: dev-like models embed guidance.
+pub fn defaults(t: &TransformerConfig) -> (usize, Option<f64>) {
+    if t.guidance_embeds {
+        (28, Some(3.5))
+    } else {
+        (4, None)
+    }
+}
+
+/// Pixel multiple every output size must have: the VAE's downscale times the 2×2 packing — 16 for FLUX.1's
+/// 4-block VAE (diffusers' `vae_scale_factor * 2`), smaller for the shallow VAEs of test pipelines.
+pub fn size_multiple(vae: &VaeConfig) -> u32 {
+    (2 * vae.scale_factor()) as u32
+}
+
+fn plan(req: &Request, t: &TransformerConfig, vae: &VaeConfig, sched: &SchedulerConfig, input: (u32, u32)) -> Result<Plan> {
+    let multiple = size_multiple(vae);
+    for (flag, v) in [("--width", req.width), ("--height", req.height)] {
+        if let Some(v) = v {
+            if v == 0 || v % multiple != 0 {
+                let lo = (v / multiple).max(1) * multiple;
+                return Err(Error::Usage(format!(
+                    "{flag} {v} is not a multiple of {multiple} (the model's VAE downscale × 2); use {lo} or {}",
+                    lo + multiple
+                )));
+            }
+        }
+    }
+    let (width, height) = image_io::target_size(input, req.width, req.height, multiple);
+    let crop = req.width.is_some() && req.height.is_some() && (input.0 as u64 * height as u64 != input.1 as u64 * width as u64);
+    let (default_steps, default_guidance) = defaults(t);
+    let steps = req.steps.unwrap_or(default_steps);
+    let guidance = if t.guidance_embeds { Some(req.guidance.or(default_guidance).unwrap_or(3.5)) } else { None };
+    if !t.guidance_embeds && req.guidance.is_some() && !req.quiet {
+        eprintln!("warning: this transformer has no guidance embedding (schnell-like); --guidance is ignored");
+    }
+    let vsf = vae.scale_factor();
+    let image_seq_len = (height as usize / vsf / 2) * (width as usize / vsf / 2);
+    let schedule = schedule::schedule(sched, steps, req.strength, image_seq_len)?;
+    if schedule.steps_to_run() == 0 {
+        return Err(Error::Usage(format!(
+            "--strength {} leaves no denoising step out of {steps}; the smallest strength that runs one is any value \
+             above 0 (e.g. {:.4} runs exactly 1 step)",
+            req.strength,
+            1.0 / steps as f64
+        )));
+    }
+    if t.in_channels % 4 != 0 || t.in_channels / 4 != vae.latent_channels {
+        return Err(Error::model(
+            &req.model,
+            format!(
+                "transformer in_channels {} does not match 4 × vae latent_channels {}",
+                t.in_channels, vae.latent_channels
+            ),
+        ));
+    }
+    let seed = req.seed.unwrap_or_else(random_seed);
+    Ok(Plan {
+        width,
+        height,
+        input_size: input,
+        crop,
+        steps,
+        guidance,
+        seed,
+        schedule,
+        latent_channels: vae.latent_channels,
+        vae_scale: vsf,
+    })
+}
+
+/// A seed below 2^32: torch keeps only the low 32 bits, so larger ones would only confuse.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() & 0xffff_ffff
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// Runs one edit end to end.
+pub fn run(req: &Request) -> Result<Report> {
+    let start = Instant::now();
+    let files = ModelFiles::from_dir(&req.model)?;
+    let t_cfg: TransformerConfig = read_json(&files.transformer.config)?;
+    let vae_cfg: VaeConfig = read_json(&files.vae.config)?;
+    let sched_cfg: SchedulerConfig = read_json(&files.scheduler_config)?;
+    let vae_act = Act::parse(&vae_cfg.act_fn, &files.vae.config)?;
+    let input = image_io::load_rgb(&req.image)?;
+    output::check_output(&req.output, &req.image)?;
+    let plan = plan(req, &t_cfg, &vae_cfg, &sched_cfg, input.dimensions())?;
+    let s = &plan.schedule;
+    let say = |msg: String| {
+        if !req.quiet {
+            eprintln!("{msg}");
+        }
+    };
+    say(format!(
+        "plan: {}x{} from {}x{}{}, {} of {} steps (t_start {}), start sigma {:.6}{}, guidance {}, seed {} ({})",
+        plan.width,
+        plan.height,
+        plan.input_size.0,
+        plan.input_size.1,
+        if plan.crop { " (centre-cropped to aspect)" } else { "" },
+        s.steps_to_run(),
+        plan.steps,
+        s.t_start,
+        s.start_sigma(),
+        s.mu.map(|m| format!(", mu {m:.4}")).unwrap_or_default(),
+        plan.guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+        plan.seed,
+        req.rng,
+    ));
+    let dev = &req.device;
+    let dtype = req.dtype;
+    let mut timings = Timings::default();
+
+    // Text conditioning; the encoders are dropped inside.
+    let t0 = Instant::now();
+    let cond = text::encode_prompt(&files, &req.prompt, req.max_sequence_length, dtype, dev)?;
+    timings.text_encoding = secs(t0);
+    say(format!("text encoded in {:.2}s", timings.text_encoding));
+
+    // Image → latents (posterior noise is random draw #1).
+    let t0 = Instant::now();
+    let mut img = input;
+    if plan.crop {
+        img = image_io::center_crop_to_aspect(&img, plan.width, plan.height);
+    }
+    if img.dimensions() != (plan.width, plan.height) {
+        img = image_io::resize_lanczos(&img, plan.width, plan.height);
+    }
+    let pixels = image_io::to_tensor(&img, dev)?.to_dtype(dtype)?;
+    let vae_w = CheckedWeights::open("vae", &files.vae.weights)?;
+    let vae = AutoencoderKl::new(&vae_cfg, vae_act, vae_w.var_builder(dtype, dev, None))?;
+    vae_w.finish()?;
+    let (mean, logvar) = vae.encode(&pixels)?;
+    let shape = mean.shape().clone();
+    let mut gen = rng::generator(req.rng, plan.seed);
+    let eps = Tensor::from_vec(gen.randn(shape.elem_count()), &shape, dev)?.to_dtype(dtype)?;
+    let shift = vae_cfg.shift_factor.unwrap_or(0.0);
+    let scale = vae_cfg.scaling_factor;
+    let z = sdedit::sample_latents(&mean, &logvar, &eps, shift, scale)?;
+    // Initial noise: random draw #2, same generator.
+    let noise = Tensor::from_vec(gen.randn(shape.elem_count()), &shape, dev)?.to_dtype(dtype)?;
+    let latents = sdedit::pack(&sdedit::noise_to(&z, &noise, s.start_sigma())?)?;
+    let (_, c, h, w) = shape.dims4()?;
+    timings.vae_encode = secs(t0);
+
+    // Transformer.
+    let t0 = Instant::now();
+    let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
+    let mlp_hidden = tw.shape_of("transformer_blocks.0.ff.net.0.proj.weight").map(|s| s[0]);
+    let map: crate::weights::NameMap = Arc::new(|n: &str| flux_keys::bfl_to_diffusers(n));
+    let model = FluxTransformer::new(&candle_config(&t_cfg, mlp_hidden), tw.var_builder(dtype, dev, Some(map)))?;
+    tw.finish()?;
+    timings.load_transformer = secs(t0);
+
+    let t0 = Instant::now();
+    let img_ids = sdedit::image_ids(h / 2, w / 2, dtype, dev)?;
+    let txt_ids = Tensor::zeros((1, cond.t5.dim(1)?, 3), dtype, dev)?;
+    let guidance = match plan.guidance {
+        Some(g) => Some(Tensor::new(&[g as f32], dev)?.to_dtype(dtype)?),
+        None => None,
+    };
+    let inputs = Inputs { img_ids: &img_ids, txt: &cond.t5, txt_ids: &txt_ids, pooled: &cond.pooled, guidance: guidance.as_ref() };
+    let step_start = Instant::now();
+    let latents = sdedit::denoise(&model, latents, &inputs, s, |i, n| {
+        if !req.quiet {
+            let el = step_start.elapsed().as_secs_f64();
+            eprintln!("denoise: step {i}/{n} ({:.2}s/step)", el / i as f64);
+        }
+    })?;
+    drop(model);
+    timings.denoise = secs(t0);
+
+    // Latents → image.
+    let t0 = Instant::now();
+    let z = ((sdedit::unpack(&latents, c, h, w)? / scale)? + shift)?;
+    let decoded = vae.decode(&z)?;
+    let rgb = image_io::from_tensor(&decoded)?;
+    timings.vae_decode = secs(t0);
+    output::write_png(&req.output, &rgb, &metadata(req, &plan))?;
+    timings.total = secs(start);
+    say(format!(
+        "done in {:.2}s (text {:.2}s, vae encode {:.2}s, transformer load {:.2}s, denoise {:.2}s, decode {:.2}s)",
+        timings.total, timings.text_encoding, timings.vae_encode, timings.load_transformer, timings.denoise, timings.vae_decode
+    ));
+    Ok(Report { output: req.output.clone(), plan, timings })
+}
+
+/// PNG text chunks: A1111's `parameters` line (read by image sites) and a JSON record of everything.
+fn metadata(req: &Request, plan: &Plan) -> Vec<(&'static str, String)> {
+    let s = &plan.schedule;
+    let model = req.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let mut params = format!(
+        "{}\nSteps: {}, Sampler: Euler (flow matching), Seed: {}, Size: {}x{}, Model: {}, Denoising strength: {}, RNG: {}",
+        req.prompt, plan.steps, plan.seed, plan.width, plan.height, model, req.strength, req.rng
+    );
+    if let Some(g) = plan.guidance {
+        params.push_str(&format!(", Guidance: {g}"));
+    }
+    let json = serde_json::json!({
+        "tool": concat!("flux-img2img ", env!("CARGO_PKG_VERSION")),
+        "prompt": req.prompt,
+        "model": req.model,
+        "input": req.image,
+        "strength": req.strength,
+        "steps": plan.steps,
+        "steps_run": s.steps_to_run(),
+        "t_start": s.t_start,
+        "start_sigma": s.start_sigma(),
+        "mu": s.mu,
+        "guidance": plan.guidance,
+        "seed": plan.seed,
+        "rng": req.rng,
+        "width": plan.width,
+        "height": plan.height,
+        "max_sequence_length": req.max_sequence_length,
+        "dtype": format!("{:?}", req.dtype).to_lowercase(),
+    });
+    vec![("parameters", params), ("flux-img2img", json.to_string())]
+}

@@ -1,0 +1,106 @@
+//! Model sources: a local folder in diffusers layout → typed paths of every component.
+//!
+//! Takes the `--model` folder, gives [`ModelFiles`]: for each component its folder, config and weight files
+//! (one `*.safetensors`, or every shard listed by `*.safetensors.index.json`, as the real FLUX.1 repos ship the
+//! transformer and T5). Checks only that files exist; parsing happens in the stages that use them.
+
+use crate::error::{Error, Result};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// One model component (transformer, vae, text encoder) on disk.
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub weights: Vec<PathBuf>,
+}
+
+/// Every file of a diffusers-layout FLUX.1 pipeline that flux-img2img reads.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub root: PathBuf,
+    pub transformer: Component,
+    pub vae: Component,
+    pub text_encoder: Component,
+    pub text_encoder_2: Component,
+    pub tokenizer: PathBuf,
+    pub tokenizer_2: PathBuf,
+    pub scheduler_config: PathBuf,
+}
+
+impl ModelFiles {
+    /// Resolves a local diffusers-layout folder (the layout of black-forest-labs/FLUX.1-dev on the Hub).
+    pub fn from_dir(root: &Path) -> Result<Self> {
+        if !root.is_dir() {
+            return Err(Error::model(
+                root,
+                "no such folder; pass --model a FLUX.1 pipeline folder in diffusers layout (model_index.json, \
+                 transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)",
+            ));
+        }
+        let sub = |name: &str| -> Result<PathBuf> {
+            let dir = root.join(name);
+            if dir.is_dir() {
+                Ok(dir)
+            } else {
+                Err(Error::model(root, format!("component folder {name}/ is missing (expected diffusers layout)")))
+            }
+        };
+        let scheduler_config = sub("scheduler")?.join("scheduler_config.json");
+        if !scheduler_config.is_file() {
+            return Err(Error::model(&scheduler_config, "missing"));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            transformer: component(root, "transformer", "diffusion_pytorch_model")?,
+            vae: component(root, "vae", "diffusion_pytorch_model")?,
+            text_encoder: component(root, "text_encoder", "model")?,
+            text_encoder_2: component(root, "text_encoder_2", "model")?,
+            tokenizer: sub("tokenizer")?,
+            tokenizer_2: sub("tokenizer_2")?,
+            scheduler_config,
+        })
+    }
+}
+
+fn component(root: &Path, name: &str, stem: &str) -> Result<Component> {
+    let dir = root.join(name);
+    if !dir.is_dir() {
+        return Err(Error::model(root, format!("component folder {name}/ is missing (expected diffusers layout)")));
+    }
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(Error::model(&config, "missing"));
+    }
+    let weights = weight_files(&dir, stem)?;
+    Ok(Component { name: name.to_string(), dir, config, weights })
+}
+
+/// The safetensors files of one component: the shards named by the index, or the single file.
+pub fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if index.is_file() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: std::collections::HashMap<String, String>,
+        }
+        let idx: Index = crate::config::read_json(&index)?;
+        let files: BTreeSet<&String> = idx.weight_map.values().collect();
+        let mut out = Vec::new();
+        for f in files {
+            let p = dir.join(f);
+            if !p.is_file() {
+                return Err(Error::model(&p, format!("shard listed in {} is missing", index.display())));
+            }
+            out.push(p);
+        }
+        return Ok(out);
+    }
+    let single = dir.join(format!("{stem}.safetensors"));
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(Error::model(dir, format!("no weights: expected {stem}.safetensors or {stem}.safetensors.index.json")))
+}

@@ -1,0 +1,187 @@
+//! Prompt → `Conditioning`: CLIP pooled embedding [1,P] and T5 sequence [1,L,D], as diffusers' `encode_prompt`.
+//!
+//! Tokenizers: `tokenizer.json` when the folder has one; otherwise CLIP's `vocab.json` + `merges.txt` (the layout of
+//! the real FLUX.1 repos) assembled with transformers' `CLIPTokenizer` rules. Both encoders see the ids padded to a
+//! fixed length with no attention mask, as in diffusers. Encoders are dropped when this stage returns.
+
+use crate::config::{read_json, Act, ClipConfig};
+use crate::error::{Error, Result};
+use crate::models::clip::ClipText;
+use crate::source::ModelFiles;
+use crate::weights::CheckedWeights;
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormSeq, NFC};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{
+    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
+    TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+/// What the transformer is conditioned on.
+pub struct Conditioning {
+    /// T5 last hidden state [1, L, joint_attention_dim].
+    pub t5: Tensor,
+    /// CLIP pooled output [1, pooled_projection_dim].
+    pub pooled: Tensor,
+}
+
+/// Special tokens named in `tokenizer_config.json` (strings or `{"content": ...}` objects).
+fn special_token(dir: &Path, key: &str, default: &str) -> String {
+    let Ok(v) = read_json::<serde_json::Value>(&dir.join("tokenizer_config.json")) else { return default.into() };
+    match v.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).unwrap_or(default).into(),
+        _ => default.into(),
+    }
+}
+
+fn tok_err(dir: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Tokenizer { path: dir.to_path_buf(), msg: msg.to_string() }
+}
+
+/// transformers' `CLIPTokenizer` built from `vocab.json` + `merges.txt`.
+fn clip_from_vocab_merges(dir: &Path) -> Result<Tokenizer> {
+    let vocab = dir.join("vocab.json");
+    let merges = dir.join("merges.txt");
+    if !vocab.is_file() || !merges.is_file() {
+        return Err(tok_err(dir, "has neither tokenizer.json nor vocab.json + merges.txt"));
+    }
+    let unk = special_token(dir, "unk_token", "<|endoftext|>");
+    let bos = special_token(dir, "bos_token", "<|startoftext|>");
+    let eos = special_token(dir, "eos_token", "<|endoftext|>");
+    let (v, m) = BPE::read_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).map_err(|e| tok_err(dir, e))?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(v, m)
+        .continuing_subword_prefix(String::new())
+        .end_of_word_suffix("</w>".into())
+        .unk_token(unk)
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| tok_err(dir, e))?;
+    let mut tok = Tokenizer::new(bpe);
+    let ws = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
+        .map_err(|e| tok_err(dir, e))?;
+    tok.with_normalizer(Some(NormSeq::new(vec![NFC.into(), ws.into(), Lowercase.into()])));
+    let split = Split::new(
+        SplitPattern::Regex(
+            r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+".into(),
+        ),
+        SplitDelimiterBehavior::Removed,
+        true,
+    )
+    .map_err(|e| tok_err(dir, e))?;
+    tok.with_pre_tokenizer(Some(PreSeq::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
+    tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    tok.add_special_tokens(&[AddedToken::from(bos.clone(), true), AddedToken::from(eos.clone(), true)]);
+    let id = |t: &str| tok.token_to_id(t).ok_or_else(|| tok_err(dir, format!("{t} is not in vocab.json")));
+    let post = RobertaProcessing::new((eos.clone(), id(&eos)?), (bos.clone(), id(&bos)?))
+        .trim_offsets(false)
+        .add_prefix_space(false);
+    tok.with_post_processor(Some(post));
+    Ok(tok)
+}
+
+/// A tokenizer that pads and truncates to `max_len` like `tokenizer(..., padding="max_length", truncation=True)`.
+pub struct FixedTokenizer {
+    tok: Tokenizer,
+    max_len: usize,
+    dir: std::path::PathBuf,
+}
+
+impl FixedTokenizer {
+    pub fn load(dir: &Path, max_len: usize, default_pad: &str, clip_fallback: bool) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let mut tok = if json.is_file() {
+            Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?
+        } else if clip_fallback {
+            clip_from_vocab_merges(dir)?
+        } else {
+            return Err(tok_err(dir, "tokenizer.json is missing"));
+        };
+        let pad = special_token(dir, "pad_token", default_pad);
+        let pad_id = tok.token_to_id(&pad).ok_or_else(|| tok_err(dir, format!("pad token {pad} is not in the vocabulary")))?;
+        tok.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(max_len),
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id: 0,
+            pad_token: pad,
+        }));
+        tok.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(|e| tok_err(dir, e))?;
+        Ok(Self { tok, max_len, dir: dir.to_path_buf() })
+    }
+
+    /// Ids padded/truncated to the fixed length, and the text that truncation cut off (empty if none).
+    pub fn encode(&self, prompt: &str) -> Result<(Vec<u32>, String)> {
+        let enc = self.tok.encode(prompt, true).map_err(|e| tok_err(&self.dir, e))?;
+        let ids = enc.get_ids().to_vec();
+        // Truncation splits the rest into overflow chunks of the same length; all of them were cut off.
+        let over: Vec<u32> = enc.get_overflowing().iter().flat_map(|o| o.get_ids().iter().copied()).collect();
+        let dropped = if over.is_empty() { String::new() } else { self.tok.decode(&over, true).unwrap_or_default() };
+        debug_assert_eq!(ids.len(), self.max_len);
+        Ok((ids, dropped))
+    }
+}
+
+/// Runs both text encoders on `prompt`; warns on stderr about any text T5 or CLIP truncated.
+pub fn encode_prompt(
+    files: &ModelFiles,
+    prompt: &str,
+    max_sequence_length: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Conditioning> {
+    // CLIP: pooled embedding.
+    let clip_cfg: ClipConfig = read_json(&files.text_encoder.config)?;
+    let clip_max = clip_model_max_length(&files.tokenizer).unwrap_or(clip_cfg.max_position_embeddings);
+    let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?;
+    let (clip_ids, clip_dropped) = clip_tok.encode(prompt)?;
+    if !clip_dropped.trim().is_empty() {
+        eprintln!("warning: CLIP takes {clip_max} tokens; this part of the prompt only reaches T5: {:?}", clip_dropped.trim());
+    }
+    let pooled = {
+        let act = Act::parse(&clip_cfg.hidden_act, &files.text_encoder.config)?;
+        let w = CheckedWeights::open("text_encoder (CLIP)", &files.text_encoder.weights)?;
+        let model = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None))?;
+        w.finish()?;
+        let ids = Tensor::new(clip_ids.as_slice(), device)?.unsqueeze(0)?;
+        model.pooled(&ids)?
+    };
+    // T5: sequence embedding.
+    let t5_cfg: candle_transformers::models::t5::Config = read_json(&files.text_encoder_2.config)?;
+    let t5_tok = FixedTokenizer::load(&files.tokenizer_2, max_sequence_length, "<pad>", false)?;
+    let (t5_ids, t5_dropped) = t5_tok.encode(prompt)?;
+    if !t5_dropped.trim().is_empty() {
+        eprintln!(
+            "warning: the prompt is longer than --max-sequence-length {max_sequence_length} T5 tokens; truncated: {:?}",
+            t5_dropped.trim()
+        );
+    }
+    let t5 = {
+        let w = CheckedWeights::open("text_encoder_2 (T5)", &files.text_encoder_2.weights)?;
+        let mut model = candle_transformers::models::t5::T5EncoderModel::load(w.var_builder(dtype, device, None), &t5_cfg)?;
+        w.finish()?;
+        let ids = Tensor::new(t5_ids.as_slice(), device)?.unsqueeze(0)?;
+        model.forward(&ids)?
+    };
+    Ok(Conditioning { t5, pooled })
+}
+
+/// `model_max_length` from the CLIP tokenizer's config (77 for FLUX.1), which diffusers pads to.
+fn clip_model_max_length(dir: &Path) -> Option<usize> {
+    let v: serde_json::Value = read_json(&dir.join("tokenizer_config.json")).ok()?;
+    let n = v.get("model_max_length")?.as_f64()?;
+    (n >= 1.0 && n < 1e6).then_some(n as usize)
+}

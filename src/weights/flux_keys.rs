@@ -1,0 +1,172 @@
+//! The FLUX transformer's weight names: original Black Forest Labs (BFL) layout ⇄ diffusers layout, as data.
+//!
+//! The model code (candle-transformers' FLUX) uses BFL names. A diffusers checkpoint stores the same numbers
+//! under other names, split differently: BFL fuses q, k and v into one `qkv` matrix, fuses q, k, v and the MLP
+//! input of single blocks into `linear1`, and orders the final modulation (shift, scale) where diffusers has
+//! (scale, shift). Spec §10.1 is the source of every row below.
+
+/// Where the tensor the model asks for lives in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The same tensor under another name.
+    One(String),
+    /// These tensors concatenated along dim 0 (fused projections).
+    Cat(Vec<String>),
+    /// This tensor with its two halves along dim 0 exchanged (final layer's shift/scale order).
+    SwapHalves(String),
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    One,
+    Cat,
+    Swap,
+}
+
+/// (BFL module, diffusers module(s), how they relate) for modules outside the blocks.
+const GLOBAL: &[(&str, &[&str], Kind)] = &[
+    ("img_in", &["x_embedder"], Kind::One),
+    ("txt_in", &["context_embedder"], Kind::One),
+    ("time_in.in_layer", &["time_text_embed.timestep_embedder.linear_1"], Kind::One),
+    ("time_in.out_layer", &["time_text_embed.timestep_embedder.linear_2"], Kind::One),
+    ("vector_in.in_layer", &["time_text_embed.text_embedder.linear_1"], Kind::One),
+    ("vector_in.out_layer", &["time_text_embed.text_embedder.linear_2"], Kind::One),
+    ("guidance_in.in_layer", &["time_text_embed.guidance_embedder.linear_1"], Kind::One),
+    ("guidance_in.out_layer", &["time_text_embed.guidance_embedder.linear_2"], Kind::One),
+    ("final_layer.linear", &["proj_out"], Kind::One),
+    ("final_layer.adaLN_modulation.1", &["norm_out.linear"], Kind::Swap),
+];
+
+/// `double_blocks.N.<bfl>` ⇄ `transformer_blocks.N.<diffusers>`.
+const DOUBLE: &[(&str, &[&str], Kind)] = &[
+    ("img_mod.lin", &["norm1.linear"], Kind::One),
+    ("txt_mod.lin", &["norm1_context.linear"], Kind::One),
+    ("img_attn.qkv", &["attn.to_q", "attn.to_k", "attn.to_v"], Kind::Cat),
+    ("txt_attn.qkv", &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"], Kind::Cat),
+    ("img_attn.norm.query_norm", &["attn.norm_q"], Kind::One),
+    ("img_attn.norm.key_norm", &["attn.norm_k"], Kind::One),
+    ("txt_attn.norm.query_norm", &["attn.norm_added_q"], Kind::One),
+    ("txt_attn.norm.key_norm", &["attn.norm_added_k"], Kind::One),
+    ("img_attn.proj", &["attn.to_out.0"], Kind::One),
+    ("txt_attn.proj", &["attn.to_add_out"], Kind::One),
+    ("img_mlp.0", &["ff.net.0.proj"], Kind::One),
+    ("img_mlp.2", &["ff.net.2"], Kind::One),
+    ("txt_mlp.0", &["ff_context.net.0.proj"], Kind::One),
+    ("txt_mlp.2", &["ff_context.net.2"], Kind::One),
+];
+
+/// `single_blocks.N.<bfl>` ⇄ `single_transformer_blocks.N.<diffusers>`.
+const SINGLE: &[(&str, &[&str], Kind)] = &[
+    ("modulation.lin", &["norm.linear"], Kind::One),
+    ("linear1", &["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"], Kind::Cat),
+    ("norm.query_norm", &["attn.norm_q"], Kind::One),
+    ("norm.key_norm", &["attn.norm_k"], Kind::One),
+    ("linear2", &["proj_out"], Kind::One),
+];
+
+/// Splits `prefix.N.rest` into (N, rest).
+fn block_index<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (idx, rest) = rest.split_once('.')?;
+    Some((idx.parse().ok()?, rest))
+}
+
+/// Where the BFL-named tensor `name` (e.g. `double_blocks.3.img_attn.qkv.weight`) lives in a diffusers file.
+/// Names the table does not know are passed through unchanged, so they show up as "missing" by their own name.
+pub fn bfl_to_diffusers(name: &str) -> Source {
+    let (module, param) = match name.rsplit_once('.') {
+        Some(p) => p,
+        None => return Source::One(name.to_string()),
+    };
+    // BFL's RMSNorm calls its weight `scale`; diffusers' `weight`.
+    let dparam = if param == "scale" { "weight" } else { param };
+    let (table, dprefix, module): (&[(&str, &[&str], Kind)], String, &str) =
+        if let Some((n, rest)) = block_index(module, "double_blocks") {
+            (DOUBLE, format!("transformer_blocks.{n}."), rest)
+        } else if let Some((n, rest)) = block_index(module, "single_blocks") {
+            (SINGLE, format!("single_transformer_blocks.{n}."), rest)
+        } else {
+            (GLOBAL, String::new(), module)
+        };
+    let Some((_, targets, kind)) = table.iter().find(|(bfl, _, _)| *bfl == module) else {
+        return Source::One(name.to_string());
+    };
+    let full = |t: &str| format!("{dprefix}{t}.{dparam}");
+    match kind {
+        Kind::One => Source::One(full(targets[0])),
+        Kind::Swap => Source::SwapHalves(full(targets[0])),
+        Kind::Cat => Source::Cat(targets.iter().map(|t| full(t)).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_and_renamed_keys() {
+        assert_eq!(
+            bfl_to_diffusers("double_blocks.12.img_attn.qkv.bias"),
+            Source::Cat(vec![
+                "transformer_blocks.12.attn.to_q.bias".into(),
+                "transformer_blocks.12.attn.to_k.bias".into(),
+                "transformer_blocks.12.attn.to_v.bias".into()
+            ])
+        );
+        assert_eq!(
+            bfl_to_diffusers("double_blocks.0.txt_attn.norm.key_norm.scale"),
+            Source::One("transformer_blocks.0.attn.norm_added_k.weight".into())
+        );
+        assert_eq!(
+            bfl_to_diffusers("single_blocks.37.linear1.weight"),
+            Source::Cat(vec![
+                "single_transformer_blocks.37.attn.to_q.weight".into(),
+                "single_transformer_blocks.37.attn.to_k.weight".into(),
+                "single_transformer_blocks.37.attn.to_v.weight".into(),
+                "single_transformer_blocks.37.proj_mlp.weight".into()
+            ])
+        );
+        assert_eq!(
+            bfl_to_diffusers("final_layer.adaLN_modulation.1.weight"),
+            Source::SwapHalves("norm_out.linear.weight".into())
+        );
+        assert_eq!(
+            bfl_to_diffusers("guidance_in.out_layer.bias"),
+            Source::One("time_text_embed.guidance_embedder.linear_2.bias".into())
+        );
+        assert_eq!(bfl_to_diffusers("unknown.weight"), Source::One("unknown.weight".into()));
+    }
+
+    /// Every diffusers transformer tensor of the committed fixture is reached by exactly one BFL name.
+    #[test]
+    fn table_covers_a_real_diffusers_key_list() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-dev/transformer");
+        let files = crate::source::weight_files(&dir, "diffusion_pytorch_model").unwrap();
+        let w = crate::weights::CheckedWeights::open("transformer", &files).unwrap();
+        let mut stored: Vec<String> = w.names();
+        stored.sort();
+        let (depth, single) = (1, 2);
+        let mut bfl = vec![];
+        for m in GLOBAL {
+            bfl.push(m.0.to_string());
+        }
+        for n in 0..depth {
+            bfl.extend(DOUBLE.iter().map(|m| format!("double_blocks.{n}.{}", m.0)));
+        }
+        for n in 0..single {
+            bfl.extend(SINGLE.iter().map(|m| format!("single_blocks.{n}.{}", m.0)));
+        }
+        let mut reached = vec![];
+        for m in bfl {
+            let params: &[&str] = if m.contains("_norm") { &["scale"] } else { &["weight", "bias"] };
+            for p in params {
+                match bfl_to_diffusers(&format!("{m}.{p}")) {
+                    Source::One(n) | Source::SwapHalves(n) => reached.push(n),
+                    Source::Cat(ns) => reached.extend(ns),
+                }
+            }
+        }
+        reached.sort();
+        assert_eq!(reached, stored);
+    }
+}

@@ -1,0 +1,213 @@
+//! Bad input never panics and never writes: one `error:` line naming what is wrong and the fix, exit code 2,
+//! no output file, the input untouched.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+
+struct Case {
+    tmp: tempfile::TempDir,
+    out: PathBuf,
+}
+
+impl Case {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out.png");
+        Case { tmp, out }
+    }
+
+    fn base(&self, model: &Path, image: &Path) -> Vec<String> {
+        vec![
+            "--model".into(),
+            model.to_string_lossy().into(),
+            "--image".into(),
+            image.to_string_lossy().into(),
+            "--prompt".into(),
+            "a cat".into(),
+            "--steps".into(),
+            "2".into(),
+            "--max-sequence-length".into(),
+            "16".into(),
+            "--output".into(),
+            self.out.to_string_lossy().into(),
+        ]
+    }
+
+    /// Runs with the base flags plus `extra` and checks the failure contract; returns stderr.
+    fn fails(&self, model: &Path, image: &Path, extra: &[&str], needle: &str) -> String {
+        let mut args = self.base(model, image);
+        // A flag already in the base set takes the new value; others are appended.
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| a == pair[0]) {
+                Some(i) if pair.len() == 2 => args[i + 1] = pair[1].to_string(),
+                _ => args.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
+        let o = bin().args(&args).output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "exit code for {extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(error_lines.len(), 1, "one error line: {err}");
+        assert!(!self.out.exists(), "no output file after a failure");
+        let leftovers: Vec<_> = std::fs::read_dir(self.tmp.path()).unwrap().collect();
+        assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+        assert!(o.stdout.is_empty(), "stdout stays empty on failure");
+        err
+    }
+}
+
+fn dev() -> PathBuf {
+    fixtures().join("tiny-dev")
+}
+fn img() -> PathBuf {
+    fixtures().join("images/gradient-80x80.png")
+}
+
+#[test]
+fn missing_and_non_image_inputs() {
+    let c = Case::new();
+    c.fails(&dev(), &c.tmp.path().join("nope.jpg"), &[], "no such file");
+    let txt = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(txt.path(), "not an image at all").unwrap();
+    c.fails(&dev(), txt.path(), &[], "not an image");
+    let trunc = tempfile::Builder::new().suffix(".png").tempfile().unwrap();
+    let bytes = std::fs::read(img()).unwrap();
+    std::fs::write(trunc.path(), &bytes[..bytes.len() / 3]).unwrap();
+    c.fails(&dev(), trunc.path(), &[], "cannot decode");
+    c.fails(&dev(), &fixtures(), &[], "is a folder");
+}
+
+#[test]
+fn out_of_range_flags() {
+    let c = Case::new();
+    c.fails(&dev(), &img(), &["--strength", "1.5"], "outside [0, 1]");
+    c.fails(&dev(), &img(), &["--strength", "-0.1"], "outside [0, 1]");
+    c.fails(&dev(), &img(), &["--steps", "0"], "at least one step");
+    c.fails(&dev(), &img(), &["--max-sequence-length", "600"], "1..=512");
+    c.fails(&dev(), &img(), &["--device", "tpu"], "expected cpu, cuda or cuda:N");
+}
+
+#[test]
+fn strength_too_low_names_the_smallest_that_runs() {
+    let c = Case::new();
+    let err = c.fails(&dev(), &img(), &["--strength", "0"], "leaves no denoising step");
+    assert!(err.contains("0.5000"), "suggests 1/steps for the 2 steps asked: {err}");
+}
+
+#[test]
+fn sizes_off_the_latent_grid() {
+    let c = Case::new();
+    let err = c.fails(&dev(), &img(), &["--width", "50"], "not a multiple of 16");
+    assert!(err.contains("use 48 or 64"), "{err}");
+    c.fails(&dev(), &img(), &["--height", "0"], "not a multiple of 16");
+}
+
+#[test]
+fn missing_model_folder_and_components() {
+    let c = Case::new();
+    c.fails(&c.tmp.path().join("no-model"), &img(), &[], "no such folder");
+    let model = tempfile::tempdir().unwrap();
+    copy_dir(&dev(), model.path());
+    std::fs::remove_dir_all(model.path().join("vae")).unwrap();
+    c.fails(model.path(), &img(), &[], "vae/ is missing");
+    let model = tempfile::tempdir().unwrap();
+    copy_dir(&dev(), model.path());
+    std::fs::remove_file(model.path().join("transformer/diffusion_pytorch_model-00003-of-00008.safetensors")).unwrap();
+    c.fails(model.path(), &img(), &[], "shard listed in");
+}
+
+#[test]
+fn unreadable_config() {
+    let c = Case::new();
+    let model = tempfile::tempdir().unwrap();
+    copy_dir(&dev(), model.path());
+    std::fs::write(model.path().join("vae/config.json"), "{ not json").unwrap();
+    c.fails(model.path(), &img(), &[], "invalid config");
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_all_named() {
+    use safetensors::tensor::{serialize, TensorView};
+    let c = Case::new();
+    let model = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("tiny-schnell"), model.path());
+    let path = model.path().join("transformer/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept: Vec<(String, TensorView)> = vec![];
+    let mut storage: Vec<(String, Vec<u8>, Vec<usize>)> = vec![];
+    for (name, view) in st.tensors() {
+        if name == "x_embedder.weight" || name == "proj_out.bias" {
+            continue; // dropped: must be reported missing
+        }
+        if name == "context_embedder.weight" {
+            // wrong shape: drop the last row
+            let shape = view.shape().to_vec();
+            let row = shape[1] * 4;
+            storage.push((name.clone(), view.data()[..view.data().len() - row].to_vec(), vec![shape[0] - 1, shape[1]]));
+            continue;
+        }
+        kept.push((name, view));
+    }
+    let mut all: Vec<(String, TensorView)> = kept;
+    for (n, d, s) in &storage {
+        all.push((n.clone(), TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()));
+    }
+    std::fs::write(&path, serialize(all, None).unwrap()).unwrap();
+    let err = c.fails(model.path(), &img(), &["--width", "48", "--height", "48"], "transformer weights do not fit");
+    assert!(err.contains("2 missing") && err.contains("x_embedder.weight") && err.contains("proj_out.bias"), "{err}");
+    assert!(err.contains("1 mis-shaped") && err.contains("context_embedder.weight"), "{err}");
+}
+
+#[test]
+fn output_folder_missing_wrong_extension_or_the_input() {
+    let c = Case::new();
+    let o = run(&[
+        "--model", dev().to_str().unwrap(), "--image", img().to_str().unwrap(), "--prompt", "x",
+        "--output", c.tmp.path().join("no/such/dir/o.png").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist; create it first"), "{}", stderr(&o));
+    let o = run(&[
+        "--model", dev().to_str().unwrap(), "--image", img().to_str().unwrap(), "--prompt", "x",
+        "--output", c.tmp.path().join("o.jpg").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains(".png"), "{}", stderr(&o));
+    // The input itself as output: refused, input unchanged.
+    let input = c.tmp.path().join("in.png");
+    std::fs::copy(img(), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let o = run(&[
+        "--model", dev().to_str().unwrap(), "--image", input.to_str().unwrap(), "--prompt", "x",
+        "--output", input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is the input image"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
+
+#[test]
+fn long_prompt_warns_with_the_truncated_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let o = run(&[
+        "--model", dev().to_str().unwrap(), "--image", img().to_str().unwrap(),
+        "--prompt", "a cat on a red sofa, watercolor painting with golden hour light and a lazy dog",
+        "--max-sequence-length", "8", "--steps", "2", "-q", "--output", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("warning:") && err.contains("truncated") && err.contains("lazy dog"), "{err}");
+}
+
+#[test]
+fn no_cuda_in_a_cpu_build_is_a_clear_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let c = Case::new();
+    c.fails(&dev(), &img(), &["--device", "cuda"], "built without CUDA");
+}

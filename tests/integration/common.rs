@@ -1,0 +1,49 @@
+//! Shared helpers: fixture paths, running the binary, PSNR.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flux-img2img"))
+}
+
+/// Runs the binary with `args`, returning its output.
+pub fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// PSNR in dB between two 8-bit RGB images of the same size (∞ when identical).
+pub fn psnr(a: &Path, b: &Path) -> f64 {
+    let a = image::open(a).expect("output decodes").to_rgb8();
+    let b = image::open(b).expect("reference decodes").to_rgb8();
+    assert_eq!(a.dimensions(), b.dimensions(), "image sizes differ");
+    let n = a.as_raw().len() as f64;
+    let mse: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / n;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// Copies a fixture pipeline into a temp folder so a test can break it.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}

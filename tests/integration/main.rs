@@ -1,0 +1,6 @@
+//! Integration tests: the `flux-img2img` binary run on the committed tiny pipelines (tests/fixtures), compared
+//! with diffusers' own outputs, plus the command-line contract for bad input.
+
+mod bad_input;
+mod common;
+mod parity;

@@ -1,0 +1,176 @@
+//! Parity with diffusers' FluxImg2ImgPipeline on every case of tests/fixtures/cases.json.
+//!
+//! Threshold: 45 dB PSNR on 8-bit RGB (the project's acceptance bar). Measured on the committed fixtures:
+//! 79.5–∞ dB (at most one 8-bit level off on a handful of pixels, from float summation order in convolutions
+//! and matmuls). The fixture generator also records how far the reference moves when the prompt, guidance or
+//! seed changes (12–22 dB); the test checks that stays far below the bar, so a broken text encoder, guidance
+//! path or RNG could not pass.
+
+use crate::common::*;
+use serde_json::Value;
+
+const MIN_PSNR_DB: f64 = 45.0;
+/// A conditioning change must move the reference output at least this far below the parity bar.
+const MAX_SENSITIVITY_DB: f64 = 30.0;
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+fn args_for(case: &Value, out: &str) -> Vec<String> {
+    let f = fixtures();
+    let s = |k: &str| case[k].to_string().trim_matches('"').to_string();
+    let mut a = vec![
+        "--model".into(),
+        f.join(s("model")).to_string_lossy().to_string(),
+        "--image".into(),
+        f.join("images").join(s("image")).to_string_lossy().to_string(),
+        "--prompt".into(),
+        s("prompt"),
+        "--width".into(),
+        s("width"),
+        "--height".into(),
+        s("height"),
+        "--strength".into(),
+        s("strength"),
+        "--steps".into(),
+        s("steps"),
+        "--seed".into(),
+        s("seed"),
+        "--max-sequence-length".into(),
+        s("max_sequence_length"),
+        "--rng".into(),
+        "torch-cpu".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--dtype".into(),
+        "f32".into(),
+        "--output".into(),
+        out.into(),
+    ];
+    if !case["guidance"].is_null() {
+        a.push("--guidance".into());
+        a.push(s("guidance"));
+    }
+    a
+}
+
+#[test]
+fn matches_diffusers_on_every_fixture_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = vec![];
+    let mut report = vec![];
+    let cases = cases();
+    assert!(cases.len() >= 6, "fixture cases are missing");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        let out = dir.path().join(format!("{name}.png"));
+        let o = bin().args(args_for(case, out.to_str().unwrap())).output().unwrap();
+        if !o.status.success() {
+            failures.push(format!("{name}: exit {:?}: {}", o.status.code(), stderr(&o)));
+            continue;
+        }
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), out.to_str().unwrap(), "stdout carries the path only");
+        let db = psnr(&out, &fixtures().join(case["expected"].as_str().unwrap()));
+        report.push(format!("{name}: {db:.1} dB"));
+        if db < MIN_PSNR_DB {
+            failures.push(format!("{name}: {db:.2} dB < {MIN_PSNR_DB} dB"));
+        }
+    }
+    eprintln!("parity: {}", report.join(", "));
+    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn fixtures_are_sensitive_to_prompt_guidance_and_seed() {
+    let mut failures = vec![];
+    let mut saw_guidance = false;
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        for (what, db) in case["sensitivity_psnr_db"].as_object().unwrap() {
+            saw_guidance |= what == "guidance";
+            let db = db.as_f64().unwrap();
+            if db > MAX_SENSITIVITY_DB {
+                failures.push(format!("{name}: changing the {what} moves the reference only to {db:.1} dB"));
+            }
+        }
+        let sat = case["saturated_fraction"].as_f64().unwrap();
+        if sat > 0.5 {
+            failures.push(format!("{name}: {:.0}% of pixels saturated; PSNR would be meaningless", sat * 100.0));
+        }
+    }
+    assert!(saw_guidance, "no case records guidance sensitivity");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn seed_changes_the_output_and_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = &cases()[0];
+    let a = dir.path().join("a.png");
+    let b = dir.path().join("b.png");
+    let c = dir.path().join("c.png");
+    let mut args_a = args_for(case, a.to_str().unwrap());
+    let args_b = args_for(case, b.to_str().unwrap());
+    assert!(bin().args(&args_a).status().unwrap().success());
+    assert!(bin().args(&args_b).status().unwrap().success());
+    assert_eq!(psnr(&a, &b), f64::INFINITY, "same seed, same image");
+    let i = args_a.iter().position(|x| x == "--seed").unwrap();
+    args_a[i + 1] = "1".into();
+    let j = args_a.iter().position(|x| x == "--output").unwrap();
+    args_a[j + 1] = c.to_string_lossy().to_string();
+    assert!(bin().args(&args_a).status().unwrap().success());
+    assert!(psnr(&a, &c) < MAX_SENSITIVITY_DB, "another seed must give another image");
+}
+
+#[test]
+fn default_size_follows_the_input_and_seed_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.png");
+    let f = fixtures();
+    // 100x60 input, tiny-dev's VAE needs multiples of 16: 96x48.
+    let o = run(&[
+        "--model", f.join("tiny-dev").to_str().unwrap(),
+        "--image", f.join("images/wide-100x60.png").to_str().unwrap(),
+        "--prompt", "a cat", "--steps", "2", "--strength", "0.5", "--max-sequence-length", "16",
+        "--output", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (96, 48));
+    let err = stderr(&o);
+    assert!(err.contains("plan: 96x48 from 100x60"), "{err}");
+    assert!(err.contains("seed "), "a random seed is reported: {err}");
+    // Only --width: height follows the aspect ratio (64·60/100 = 38.4 → 32).
+    let o = run(&[
+        "--model", f.join("tiny-dev").to_str().unwrap(),
+        "--image", f.join("images/wide-100x60.png").to_str().unwrap(),
+        "--prompt", "a cat", "--steps", "2", "--max-sequence-length", "16", "--width", "64", "-q",
+        "--output", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (64, 32));
+}
+
+#[test]
+fn png_carries_generation_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("meta.png");
+    let case = &cases()[0];
+    assert!(bin().args(args_for(case, out.to_str().unwrap())).status().unwrap().success());
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+    let reader = dec.read_info().unwrap();
+    let texts: Vec<(String, String)> = reader
+        .info()
+        .utf8_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.get_text().unwrap()))
+        .collect();
+    let params = &texts.iter().find(|(k, _)| k == "parameters").expect("parameters chunk").1;
+    assert!(params.starts_with(case["prompt"].as_str().unwrap()), "{params}");
+    assert!(params.contains("Seed: 42") && params.contains("Denoising strength: 0.75"), "{params}");
+    let json: Value = serde_json::from_str(&texts.iter().find(|(k, _)| k == "flux-img2img").unwrap().1).unwrap();
+    assert_eq!(json["steps_run"], 6);
+    assert_eq!(json["t_start"], 2);
+}
