@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod image_io;
+pub mod kernels;
 pub mod models;
 pub mod output;
 pub mod pipeline;

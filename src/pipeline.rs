@@ -7,7 +7,7 @@
 use crate::config::{read_json, Act, SchedulerConfig, TransformerConfig, VaeConfig};
 use crate::error::{Error, Result};
 use crate::image_io;
-use crate::models::transformer::{candle_config, FluxTransformer, Inputs};
+use crate::models::transformer::{FluxTransformer, Inputs};
 use crate::models::vae::AutoencoderKl;
 use crate::output;
 use crate::rng::{self, RngKind};
@@ -15,10 +15,9 @@ use crate::schedule::{self, Schedule};
 use crate::sdedit;
 use crate::source::ModelFiles;
 use crate::text;
-use crate::weights::{flux_keys, CheckedWeights};
+use crate::weights::CheckedWeights;
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Everything one edit needs, already checked for type and range by the CLI.
@@ -232,9 +231,9 @@ pub fn run(req: &Request) -> Result<Report> {
     // Transformer.
     let t0 = Instant::now();
     let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
-    let mlp_hidden = tw.shape_of("transformer_blocks.0.ff.net.0.proj.weight").map(|s| s[0]);
-    let map: crate::weights::NameMap = Arc::new(|n: &str| flux_keys::bfl_to_diffusers(n));
-    let model = FluxTransformer::new(&candle_config(&t_cfg, mlp_hidden), tw.var_builder(dtype, dev, Some(map)))?;
+    let inner = t_cfg.num_attention_heads * t_cfg.attention_head_dim;
+    let mlp_hidden = tw.shape_of("transformer_blocks.0.ff.net.0.proj.weight").map_or(4 * inner, |s| s[0]);
+    let model = FluxTransformer::new(&t_cfg, mlp_hidden, tw.var_builder(dtype, dev, None))?;
     tw.finish()?;
     timings.load_transformer = secs(t0);
 

@@ -7,12 +7,29 @@
 
 use crate::config::{Act, VaeConfig};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{conv2d, group_norm, linear, Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use crate::kernels::{self, Conv2d, GroupNorm};
+use candle_nn::{linear, Linear, VarBuilder};
 
 const EPS: f64 = 1e-6;
 
 fn conv3(i: usize, o: usize, vb: VarBuilder) -> Result<Conv2d> {
-    conv2d(i, o, 3, Conv2dConfig { padding: 1, ..Default::default() }, vb)
+    Conv2d::new(i, o, 3, 1, 1, vb)
+}
+
+fn conv1(i: usize, o: usize, vb: VarBuilder) -> Result<Conv2d> {
+    Conv2d::new(i, o, 1, 1, 0, vb)
+}
+
+fn group_norm(groups: usize, c: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    GroupNorm::new(groups, c, eps, vb)
+}
+
+/// GroupNorm then the block activation; SiLU (FLUX's) is fused into the normalisation pass.
+fn norm_act(norm: &GroupNorm, act: Act, xs: &Tensor) -> Result<Tensor> {
+    match act {
+        Act::Silu => norm.forward(xs, true),
+        other => other.apply(&norm.forward(xs, false)?),
+    }
 }
 
 /// `ResnetBlock2D` without time embedding: GN, act, conv, GN, act, conv, plus a 1×1 shortcut when channels change.
@@ -28,7 +45,7 @@ struct Resnet {
 impl Resnet {
     fn new(i: usize, o: usize, groups: usize, act: Act, vb: VarBuilder) -> Result<Self> {
         let shortcut = if i != o {
-            Some(conv2d(i, o, 1, Default::default(), vb.pp("conv_shortcut"))?)
+            Some(conv1(i, o, vb.pp("conv_shortcut"))?)
         } else {
             None
         };
@@ -43,8 +60,8 @@ impl Resnet {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.act.apply(&xs.apply(&self.norm1)?)?.apply(&self.conv1)?;
-        let h = self.act.apply(&h.apply(&self.norm2)?)?.apply(&self.conv2)?;
+        let h = norm_act(&self.norm1, self.act, xs)?.apply(&self.conv1)?;
+        let h = norm_act(&self.norm2, self.act, &h)?.apply(&self.conv2)?;
         let skip = match &self.shortcut {
             Some(c) => xs.apply(c)?,
             None => xs.clone(),
@@ -76,14 +93,12 @@ impl Attention {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         // [B,C,H,W] → [B,HW,C]
-        let t = xs.apply(&self.norm)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
-        let q = t.apply(&self.q)?;
-        let k = t.apply(&self.k)?;
-        let v = t.apply(&self.v)?;
-        let scale = 1.0 / (c as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = candle_nn::ops::softmax_last_dim(&att.to_dtype(candle_core::DType::F32)?)?.to_dtype(v.dtype())?;
-        let o = att.matmul(&v)?.apply(&self.out)?;
+        let t = self.norm.forward(xs, false)?.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        // One head over all pixels: [B,HW,C] → [B,1,HW,C].
+        let q = t.apply(&self.q)?.unsqueeze(1)?;
+        let k = t.apply(&self.k)?.unsqueeze(1)?;
+        let v = t.apply(&self.v)?.unsqueeze(1)?;
+        let o = kernels::attention(&q, &k, &v, 1.0 / (c as f64).sqrt())?.apply(&self.out)?;
         // [B,HW,C] → [B,C,H,W]
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
         xs + o
@@ -153,8 +168,7 @@ impl Encoder {
                 .map(|j| Resnet::new(if j == 0 { in_c } else { out_c }, out_c, g, act, vbi.pp(format!("resnets.{j}"))))
                 .collect::<Result<Vec<_>>>()?;
             let downsample = if i + 1 < ch.len() {
-                let cfg = Conv2dConfig { stride: 2, padding: 0, ..Default::default() };
-                Some(conv2d(out_c, out_c, 3, cfg, vbi.pp("downsamplers.0.conv"))?)
+                Some(Conv2d::new(out_c, out_c, 3, 2, 0, vbi.pp("downsamplers.0.conv"))?)
             } else {
                 None
             };
@@ -183,7 +197,7 @@ impl Encoder {
         }
         let h = self.mid.forward(&h)?;
         // The encoder's and decoder's final activation is always SiLU in diffusers, whatever act_fn says.
-        h.apply(&self.norm_out)?.silu()?.apply(&self.conv_out)
+        self.norm_out.forward(&h, true)?.apply(&self.conv_out)
     }
 }
 
@@ -231,11 +245,10 @@ impl Decoder {
                 h = r.forward(&h)?;
             }
             if let Some(conv) = &block.upsample {
-                let (_, _, hh, ww) = h.dims4()?;
-                h = h.upsample_nearest2d(hh * 2, ww * 2)?.apply(conv)?;
+                h = kernels::upsample2x(&h)?.apply(conv)?;
             }
         }
-        h.apply(&self.norm_out)?.silu()?.apply(&self.conv_out)
+        self.norm_out.forward(&h, true)?.apply(&self.conv_out)
     }
 }
 
@@ -252,9 +265,9 @@ impl AutoencoderKl {
     pub fn new(cfg: &VaeConfig, act: Act, vb: VarBuilder) -> Result<Self> {
         let l = cfg.latent_channels;
         let quant_conv =
-            if cfg.use_quant_conv { Some(conv2d(2 * l, 2 * l, 1, Default::default(), vb.pp("quant_conv"))?) } else { None };
+            if cfg.use_quant_conv { Some(conv1(2 * l, 2 * l, vb.pp("quant_conv"))?) } else { None };
         let post_quant_conv =
-            if cfg.use_post_quant_conv { Some(conv2d(l, l, 1, Default::default(), vb.pp("post_quant_conv"))?) } else { None };
+            if cfg.use_post_quant_conv { Some(conv1(l, l, vb.pp("post_quant_conv"))?) } else { None };
         Ok(Self {
             encoder: Encoder::new(cfg, act, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, act, vb.pp("decoder"))?,
