@@ -10,8 +10,7 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use std::path::Path;
 
-/// Decodes any supported image file to 8-bit RGB (alpha dropped, grey expanded).
-pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+fn open(path: &Path) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
     let err = |msg: String| Error::Image { path: path.to_path_buf(), msg };
     if !path.exists() {
         return Err(err("no such file".into()));
@@ -26,7 +25,20 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     if reader.format().is_none() {
         return Err(err("not an image (unrecognised format; use PNG, JPEG, WebP, BMP, TIFF or GIF)".into()));
     }
-    let img = reader.decode().map_err(|e| err(format!("cannot decode: {e}")))?;
+    Ok(reader)
+}
+
+/// Width and height from the file's header, without decoding the pixels (dry runs, batch planning).
+pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
+    open(path)?
+        .into_dimensions()
+        .map_err(|e| Error::Image { path: path.to_path_buf(), msg: format!("cannot read the header: {e}") })
+}
+
+/// Decodes any supported image file to 8-bit RGB (alpha dropped, grey expanded).
+pub fn load_rgb(path: &Path) -> Result<RgbImage> {
+    let err = |msg: String| Error::Image { path: path.to_path_buf(), msg };
+    let img = open(path)?.decode().map_err(|e| err(format!("cannot decode: {e}")))?;
     Ok(img.to_rgb8())
 }
 

@@ -7,6 +7,7 @@
 //! → `schedule` (steps, strength → sigmas) → `sdedit` (noise + Euler loop) → `image_io` (tensor → RGB) →
 //! `output` (atomic PNG). `pipeline` strings them together; `cli` turns flags into a `pipeline::Request`.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -1,23 +1,50 @@
-//! The `flux-img2img` binary: parse flags, run the pipeline, print the result path on stdout, and turn any error
-//! into one line on stderr with exit code 2.
+//! The `flux-img2img` binary: flags → a batch of edits → results on stdout, progress and errors on stderr.
+//! Exit codes: 0 every item written, 1 some items failed (the rest were written), 2 bad usage or a fatal error
+//! (and a one-item run that fails), 130 interrupted.
 
 use clap::Parser;
-use flux_img2img::cli::Args;
+use flux_img2img::{batch, cli::Args};
 use std::process::ExitCode;
-
 
 fn main() -> ExitCode {
     tune_allocator();
     let args = Args::parse();
-    let result = args.into_request().and_then(|req| flux_img2img::pipeline::run(&req));
-    match result {
-        Ok(report) => {
-            println!("{}", report.output.display());
-            ExitCode::SUCCESS
+    let batch = match args.into_batch() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
+    };
+    match batch::execute(&batch) {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+        Ok(s) => {
+            if batch.total > 1 && !batch.quiet {
+                eprintln!(
+                    "summary: {} written, {} skipped, {} failed{} ({} items in this run, {} in the batch)",
+                    s.written,
+                    s.skipped,
+                    s.failed.len(),
+                    if s.interrupted { ", interrupted" } else { "" },
+                    batch.items.len(),
+                    batch.total
+                );
+                for (i, msg) in &s.failed {
+                    eprintln!("  failed item {i}: {msg}");
+                }
+            }
+            if s.interrupted {
+                ExitCode::from(130)
+            } else if s.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else if batch.total == 1 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

@@ -14,10 +14,11 @@ use crate::rng::{self, RngKind};
 use crate::schedule::{self, Schedule};
 use crate::sdedit;
 use crate::source::ModelFiles;
-use crate::text;
+use crate::text::{self, Conditioning};
 use crate::weights::CheckedWeights;
 use candle_core::{DType, Device, Tensor};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Everything one edit needs, already checked for type and range by the CLI.
@@ -74,6 +75,8 @@ pub struct Report {
     pub output: PathBuf,
     pub plan: Plan,
     pub timings: Timings,
+    /// Host peak RSS of the process when this image was written (Linux), MiB.
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Default steps and guidance for a transformer: dev-like models embed guidance.
@@ -148,7 +151,7 @@ fn plan(req: &Request, t: &TransformerConfig, vae: &VaeConfig, sched: &Scheduler
 }
 
 /// A seed below 2^32: torch keeps only the low 32 bits, so larger ones would only confuse.
-fn random_seed() -> u64 {
+pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
@@ -159,115 +162,206 @@ fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// Runs one edit end to end.
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// One model folder opened for any number of edits: configs read at once, weights loaded on first use and kept
+/// (VAE, transformer), prompt encodings cached. A batch loads each model once, not once per image.
+pub struct Session {
+    pub files: ModelFiles,
+    pub transformer_config: TransformerConfig,
+    pub vae_config: VaeConfig,
+    pub scheduler_config: SchedulerConfig,
+    vae_act: Act,
+    device: Device,
+    dtype: DType,
+    prompts: HashMap<String, (Conditioning, f64)>,
+    vae: Option<AutoencoderKl>,
+    transformer: Option<FluxTransformer>,
+}
+
+impl Session {
+    /// Reads the model folder's layout and configs; no weights yet.
+    pub fn open(model: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let files = ModelFiles::from_dir(model)?;
+        let transformer_config: TransformerConfig = read_json(&files.transformer.config)?;
+        let vae_config: VaeConfig = read_json(&files.vae.config)?;
+        let scheduler_config: SchedulerConfig = read_json(&files.scheduler_config)?;
+        let vae_act = Act::parse(&vae_config.act_fn, &files.vae.config)?;
+        Ok(Self {
+            files,
+            transformer_config,
+            vae_config,
+            scheduler_config,
+            vae_act,
+            device: device.clone(),
+            dtype,
+            prompts: HashMap::new(),
+            vae: None,
+            transformer: None,
+        })
+    }
+
+    /// The plan for `req` given its input's size: validates size flags, steps left by strength, channels.
+    pub fn plan(&self, req: &Request, input_size: (u32, u32)) -> Result<Plan> {
+        plan(req, &self.transformer_config, &self.vae_config, &self.scheduler_config, input_size)
+    }
+
+    /// Encodes every prompt not yet cached, loading the text encoders once and dropping them afterwards.
+    pub fn encode_prompts(&mut self, prompts: &[&str], max_sequence_length: usize) -> Result<()> {
+        let todo: Vec<&str> = prompts.iter().copied().filter(|p| !self.prompts.contains_key(*p)).collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let mut enc = text::TextEncoders::load(&self.files, max_sequence_length, self.dtype, &self.device)?;
+        let load = secs(t0);
+        for p in todo {
+            if self.prompts.contains_key(p) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let cond = enc.encode(p)?;
+            // The load is charged to the first prompt: one encoder load per batch.
+            let took = secs(t0) + if self.prompts.is_empty() { load } else { 0.0 };
+            self.prompts.insert(p.to_string(), (cond, took));
+        }
+        Ok(())
+    }
+
+    fn vae(&mut self) -> Result<&AutoencoderKl> {
+        if self.vae.is_none() {
+            let w = CheckedWeights::open("vae", &self.files.vae.weights)?;
+            let vae = AutoencoderKl::new(&self.vae_config, self.vae_act, w.var_builder(self.dtype, &self.device, None))?;
+            w.finish()?;
+            self.vae = Some(vae);
+        }
+        Ok(self.vae.as_ref().expect("loaded above"))
+    }
+
+    fn load_transformer(&mut self) -> Result<()> {
+        if self.transformer.is_none() {
+            let tw = CheckedWeights::open("transformer", &self.files.transformer.weights)?;
+            let t = &self.transformer_config;
+            let inner = t.num_attention_heads * t.attention_head_dim;
+            let mlp_hidden = tw.shape_of("transformer_blocks.0.ff.net.0.proj.weight").map_or(4 * inner, |s| s[0]);
+            let model = FluxTransformer::new(t, mlp_hidden, tw.var_builder(self.dtype, &self.device, None))?;
+            tw.finish()?;
+            self.transformer = Some(model);
+        }
+        Ok(())
+    }
+
+    /// Runs one edit: checks the input and output first (nothing heavy happens for bad input), then text
+    /// (cached), VAE encode with the posterior noise drawn first and the initial noise second, the Euler loop,
+    /// decode, atomic PNG write.
+    pub fn run(&mut self, req: &Request) -> Result<Report> {
+        let start = Instant::now();
+        let input = image_io::load_rgb(&req.image)?;
+        output::check_output(&req.output, &req.image)?;
+        let plan = self.plan(req, input.dimensions())?;
+        let s = plan.schedule.clone();
+        let say = |msg: String| {
+            if !req.quiet {
+                eprintln!("{msg}");
+            }
+        };
+        say(format!(
+            "plan: {}x{} from {}x{}{}, {} of {} steps (t_start {}), start sigma {:.6}{}, guidance {}, seed {} ({})",
+            plan.width,
+            plan.height,
+            plan.input_size.0,
+            plan.input_size.1,
+            if plan.crop { " (centre-cropped to aspect)" } else { "" },
+            s.steps_to_run(),
+            plan.steps,
+            s.t_start,
+            s.start_sigma(),
+            s.mu.map(|m| format!(", mu {m:.4}")).unwrap_or_default(),
+            plan.guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+            plan.seed,
+            req.rng,
+        ));
+        let (dev, dtype) = (self.device.clone(), self.dtype);
+        let mut timings = Timings::default();
+
+        self.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?;
+        let (cond, text_secs) = self.prompts.get(req.prompt.as_str()).cloned().expect("encoded above");
+        timings.text_encoding = text_secs;
+        // Charged once: later items reuse the encoding.
+        if let Some(e) = self.prompts.get_mut(req.prompt.as_str()) {
+            e.1 = 0.0;
+        }
+
+        // Image → latents (posterior noise is random draw #1).
+        let t0 = Instant::now();
+        let mut img = input;
+        if plan.crop {
+            img = image_io::center_crop_to_aspect(&img, plan.width, plan.height);
+        }
+        if img.dimensions() != (plan.width, plan.height) {
+            img = image_io::resize_lanczos(&img, plan.width, plan.height);
+        }
+        let pixels = image_io::to_tensor(&img, &dev)?.to_dtype(dtype)?;
+        let (mean, logvar) = self.vae()?.encode(&pixels)?;
+        let shape = mean.shape().clone();
+        let mut gen = rng::generator(req.rng, plan.seed);
+        let eps = Tensor::from_vec(gen.randn(shape.elem_count()), &shape, &dev)?.to_dtype(dtype)?;
+        let shift = self.vae_config.shift_factor.unwrap_or(0.0);
+        let scale = self.vae_config.scaling_factor;
+        let z = sdedit::sample_latents(&mean, &logvar, &eps, shift, scale)?;
+        // Initial noise: random draw #2, same generator.
+        let noise = Tensor::from_vec(gen.randn(shape.elem_count()), &shape, &dev)?.to_dtype(dtype)?;
+        let latents = sdedit::pack(&sdedit::noise_to(&z, &noise, s.start_sigma())?)?;
+        let (_, c, h, w) = shape.dims4()?;
+        timings.vae_encode = secs(t0);
+
+        let t0 = Instant::now();
+        self.load_transformer()?;
+        timings.load_transformer = secs(t0);
+
+        let t0 = Instant::now();
+        let img_ids = sdedit::image_ids(h / 2, w / 2, dtype, &dev)?;
+        let txt_ids = Tensor::zeros((1, cond.t5.dim(1)?, 3), dtype, &dev)?;
+        let guidance = match plan.guidance {
+            Some(g) => Some(Tensor::new(&[g as f32], &dev)?.to_dtype(dtype)?),
+            None => None,
+        };
+        let inputs =
+            Inputs { img_ids: &img_ids, txt: &cond.t5, txt_ids: &txt_ids, pooled: &cond.pooled, guidance: guidance.as_ref() };
+        let step_start = Instant::now();
+        let model = self.transformer.as_ref().expect("loaded above");
+        let latents = sdedit::denoise(model, latents, &inputs, &s, |i, n| {
+            if !req.quiet {
+                let el = step_start.elapsed().as_secs_f64();
+                eprintln!("denoise: step {i}/{n} ({:.2}s/step)", el / i as f64);
+            }
+        })?;
+        timings.denoise = secs(t0);
+
+        // Latents → image.
+        let t0 = Instant::now();
+        let z = ((sdedit::unpack(&latents, c, h, w)? / scale)? + shift)?;
+        let decoded = self.vae()?.decode(&z)?;
+        let rgb = image_io::from_tensor(&decoded)?;
+        timings.vae_decode = secs(t0);
+        output::write_png(&req.output, &rgb, &metadata(req, &plan))?;
+        timings.total = secs(start) + timings.text_encoding;
+        say(format!(
+            "done in {:.2}s (text {:.2}s, vae encode {:.2}s, transformer load {:.2}s, denoise {:.2}s, decode {:.2}s)",
+            timings.total, timings.text_encoding, timings.vae_encode, timings.load_transformer, timings.denoise, timings.vae_decode
+        ));
+        Ok(Report { output: req.output.clone(), plan, timings, peak_rss_mib: peak_rss_mib() })
+    }
+}
+
+/// Runs one edit end to end: bad input fails before any weight is read.
 pub fn run(req: &Request) -> Result<Report> {
-    let start = Instant::now();
-    let files = ModelFiles::from_dir(&req.model)?;
-    let t_cfg: TransformerConfig = read_json(&files.transformer.config)?;
-    let vae_cfg: VaeConfig = read_json(&files.vae.config)?;
-    let sched_cfg: SchedulerConfig = read_json(&files.scheduler_config)?;
-    let vae_act = Act::parse(&vae_cfg.act_fn, &files.vae.config)?;
-    let input = image_io::load_rgb(&req.image)?;
-    output::check_output(&req.output, &req.image)?;
-    let plan = plan(req, &t_cfg, &vae_cfg, &sched_cfg, input.dimensions())?;
-    let s = &plan.schedule;
-    let say = |msg: String| {
-        if !req.quiet {
-            eprintln!("{msg}");
-        }
-    };
-    say(format!(
-        "plan: {}x{} from {}x{}{}, {} of {} steps (t_start {}), start sigma {:.6}{}, guidance {}, seed {} ({})",
-        plan.width,
-        plan.height,
-        plan.input_size.0,
-        plan.input_size.1,
-        if plan.crop { " (centre-cropped to aspect)" } else { "" },
-        s.steps_to_run(),
-        plan.steps,
-        s.t_start,
-        s.start_sigma(),
-        s.mu.map(|m| format!(", mu {m:.4}")).unwrap_or_default(),
-        plan.guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
-        plan.seed,
-        req.rng,
-    ));
-    let dev = &req.device;
-    let dtype = req.dtype;
-    let mut timings = Timings::default();
-
-    // Text conditioning; the encoders are dropped inside.
-    let t0 = Instant::now();
-    let cond = text::encode_prompt(&files, &req.prompt, req.max_sequence_length, dtype, dev)?;
-    timings.text_encoding = secs(t0);
-    say(format!("text encoded in {:.2}s", timings.text_encoding));
-
-    // Image → latents (posterior noise is random draw #1).
-    let t0 = Instant::now();
-    let mut img = input;
-    if plan.crop {
-        img = image_io::center_crop_to_aspect(&img, plan.width, plan.height);
-    }
-    if img.dimensions() != (plan.width, plan.height) {
-        img = image_io::resize_lanczos(&img, plan.width, plan.height);
-    }
-    let pixels = image_io::to_tensor(&img, dev)?.to_dtype(dtype)?;
-    let vae_w = CheckedWeights::open("vae", &files.vae.weights)?;
-    let vae = AutoencoderKl::new(&vae_cfg, vae_act, vae_w.var_builder(dtype, dev, None))?;
-    vae_w.finish()?;
-    let (mean, logvar) = vae.encode(&pixels)?;
-    let shape = mean.shape().clone();
-    let mut gen = rng::generator(req.rng, plan.seed);
-    let eps = Tensor::from_vec(gen.randn(shape.elem_count()), &shape, dev)?.to_dtype(dtype)?;
-    let shift = vae_cfg.shift_factor.unwrap_or(0.0);
-    let scale = vae_cfg.scaling_factor;
-    let z = sdedit::sample_latents(&mean, &logvar, &eps, shift, scale)?;
-    // Initial noise: random draw #2, same generator.
-    let noise = Tensor::from_vec(gen.randn(shape.elem_count()), &shape, dev)?.to_dtype(dtype)?;
-    let latents = sdedit::pack(&sdedit::noise_to(&z, &noise, s.start_sigma())?)?;
-    let (_, c, h, w) = shape.dims4()?;
-    timings.vae_encode = secs(t0);
-
-    // Transformer.
-    let t0 = Instant::now();
-    let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
-    let inner = t_cfg.num_attention_heads * t_cfg.attention_head_dim;
-    let mlp_hidden = tw.shape_of("transformer_blocks.0.ff.net.0.proj.weight").map_or(4 * inner, |s| s[0]);
-    let model = FluxTransformer::new(&t_cfg, mlp_hidden, tw.var_builder(dtype, dev, None))?;
-    tw.finish()?;
-    timings.load_transformer = secs(t0);
-
-    let t0 = Instant::now();
-    let img_ids = sdedit::image_ids(h / 2, w / 2, dtype, dev)?;
-    let txt_ids = Tensor::zeros((1, cond.t5.dim(1)?, 3), dtype, dev)?;
-    let guidance = match plan.guidance {
-        Some(g) => Some(Tensor::new(&[g as f32], dev)?.to_dtype(dtype)?),
-        None => None,
-    };
-    let inputs = Inputs { img_ids: &img_ids, txt: &cond.t5, txt_ids: &txt_ids, pooled: &cond.pooled, guidance: guidance.as_ref() };
-    let step_start = Instant::now();
-    let latents = sdedit::denoise(&model, latents, &inputs, s, |i, n| {
-        if !req.quiet {
-            let el = step_start.elapsed().as_secs_f64();
-            eprintln!("denoise: step {i}/{n} ({:.2}s/step)", el / i as f64);
-        }
-    })?;
-    drop(model);
-    timings.denoise = secs(t0);
-
-    // Latents → image.
-    let t0 = Instant::now();
-    let z = ((sdedit::unpack(&latents, c, h, w)? / scale)? + shift)?;
-    let decoded = vae.decode(&z)?;
-    let rgb = image_io::from_tensor(&decoded)?;
-    timings.vae_decode = secs(t0);
-    output::write_png(&req.output, &rgb, &metadata(req, &plan))?;
-    timings.total = secs(start);
-    say(format!(
-        "done in {:.2}s (text {:.2}s, vae encode {:.2}s, transformer load {:.2}s, denoise {:.2}s, decode {:.2}s)",
-        timings.total, timings.text_encoding, timings.vae_encode, timings.load_transformer, timings.denoise, timings.vae_decode
-    ));
-    Ok(Report { output: req.output.clone(), plan, timings })
+    Session::open(&req.model, &req.device, req.dtype)?.run(req)
 }
 
 /// PNG text chunks: A1111's `parameters` line (read by image sites) and a JSON record of everything.

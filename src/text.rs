@@ -23,6 +23,7 @@ use tokenizers::{
 };
 
 /// What the transformer is conditioned on.
+#[derive(Clone)]
 pub struct Conditioning {
     /// T5 last hidden state [1, L, joint_attention_dim].
     pub t5: Tensor,
@@ -135,48 +136,57 @@ impl FixedTokenizer {
     }
 }
 
-/// Runs both text encoders on `prompt`; warns on stderr about any text T5 or CLIP truncated.
-pub fn encode_prompt(
-    files: &ModelFiles,
-    prompt: &str,
+/// Both text encoders and their tokenizers, loaded once for any number of prompts (a batch encodes all its
+/// prompts, then drops this to free the memory before the transformer runs).
+pub struct TextEncoders {
+    clip_tok: FixedTokenizer,
+    clip: ClipText,
+    clip_max: usize,
+    t5_tok: FixedTokenizer,
+    t5: candle_transformers::models::t5::T5EncoderModel,
     max_sequence_length: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Conditioning> {
-    // CLIP: pooled embedding.
-    let clip_cfg: ClipConfig = read_json(&files.text_encoder.config)?;
-    let clip_max = clip_model_max_length(&files.tokenizer).unwrap_or(clip_cfg.max_position_embeddings);
-    let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?;
-    let (clip_ids, clip_dropped) = clip_tok.encode(prompt)?;
-    if !clip_dropped.trim().is_empty() {
-        eprintln!("warning: CLIP takes {clip_max} tokens; this part of the prompt only reaches T5: {:?}", clip_dropped.trim());
-    }
-    let pooled = {
+    device: Device,
+}
+
+impl TextEncoders {
+    pub fn load(files: &ModelFiles, max_sequence_length: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let clip_cfg: ClipConfig = read_json(&files.text_encoder.config)?;
+        let clip_max = clip_model_max_length(&files.tokenizer).unwrap_or(clip_cfg.max_position_embeddings);
+        let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?;
         let act = Act::parse(&clip_cfg.hidden_act, &files.text_encoder.config)?;
         let w = CheckedWeights::open("text_encoder (CLIP)", &files.text_encoder.weights)?;
-        let model = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None))?;
+        let clip = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None))?;
         w.finish()?;
-        let ids = Tensor::new(clip_ids.as_slice(), device)?.unsqueeze(0)?;
-        model.pooled(&ids)?
-    };
-    // T5: sequence embedding.
-    let t5_cfg: candle_transformers::models::t5::Config = read_json(&files.text_encoder_2.config)?;
-    let t5_tok = FixedTokenizer::load(&files.tokenizer_2, max_sequence_length, "<pad>", false)?;
-    let (t5_ids, t5_dropped) = t5_tok.encode(prompt)?;
-    if !t5_dropped.trim().is_empty() {
-        eprintln!(
-            "warning: the prompt is longer than --max-sequence-length {max_sequence_length} T5 tokens; truncated: {:?}",
-            t5_dropped.trim()
-        );
-    }
-    let t5 = {
+        let t5_cfg: candle_transformers::models::t5::Config = read_json(&files.text_encoder_2.config)?;
+        let t5_tok = FixedTokenizer::load(&files.tokenizer_2, max_sequence_length, "<pad>", false)?;
         let w = CheckedWeights::open("text_encoder_2 (T5)", &files.text_encoder_2.weights)?;
-        let mut model = candle_transformers::models::t5::T5EncoderModel::load(w.var_builder(dtype, device, None), &t5_cfg)?;
+        let t5 = candle_transformers::models::t5::T5EncoderModel::load(w.var_builder(dtype, device, None), &t5_cfg)?;
         w.finish()?;
-        let ids = Tensor::new(t5_ids.as_slice(), device)?.unsqueeze(0)?;
-        model.forward(&ids)?
-    };
-    Ok(Conditioning { t5, pooled })
+        Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone() })
+    }
+
+    /// CLIP pooled + T5 sequence for `prompt`; warns on stderr about any text T5 or CLIP truncated.
+    pub fn encode(&mut self, prompt: &str) -> Result<Conditioning> {
+        let (clip_ids, clip_dropped) = self.clip_tok.encode(prompt)?;
+        if !clip_dropped.trim().is_empty() {
+            eprintln!(
+                "warning: CLIP takes {} tokens; this part of the prompt only reaches T5: {:?}",
+                self.clip_max,
+                clip_dropped.trim()
+            );
+        }
+        let pooled = self.clip.pooled(&Tensor::new(clip_ids.as_slice(), &self.device)?.unsqueeze(0)?)?;
+        let (t5_ids, t5_dropped) = self.t5_tok.encode(prompt)?;
+        if !t5_dropped.trim().is_empty() {
+            eprintln!(
+                "warning: the prompt is longer than --max-sequence-length {} T5 tokens; truncated: {:?}",
+                self.max_sequence_length,
+                t5_dropped.trim()
+            );
+        }
+        let t5 = self.t5.forward(&Tensor::new(t5_ids.as_slice(), &self.device)?.unsqueeze(0)?)?;
+        Ok(Conditioning { t5, pooled })
+    }
 }
 
 /// `model_max_length` from the CLIP tokenizer's config (77 for FLUX.1), which diffusers pads to.

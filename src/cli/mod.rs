@@ -2,11 +2,13 @@
 //! checks that need the model's configs (size multiples, steps left by strength) happen in `pipeline::plan`.
 
 use crate::error::{Error, Result};
-use crate::pipeline::Request;
 use crate::rng::RngKind;
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::Parser;
 use std::path::PathBuf;
+
+pub mod jobs;
+pub mod manifest;
 
 const AFTER_HELP: &str = "\
 Defaults: steps and guidance follow the model: guidance-distilled (dev-like) transformers run 28 steps at guidance
@@ -17,58 +19,97 @@ with both and another aspect, the input is centre-cropped to that aspect, then r
 Strength: the run starts at step int(steps - steps*strength) of the schedule, exactly as diffusers does, so
 `--steps 28 --strength 0.6` runs 17 steps. The plan printed on stderr shows what will run.
 
-Output: stdout prints the path of the written PNG; progress and the plan go to stderr. Exit codes: 0 success,
-2 bad input or failure (nothing written).
+Batches: --image takes several files, folders or globs, or --manifest gives one item per row; each model is
+loaded once. Lists in --strength and --seed, and --num-images, render every combination. One base seed S gives
+item k (in the order inputs x strengths x seeds) the seed S + k, so a batch is reproducible and --shard I/N
+splits it without changing any item's seed.
+
+Output: stdout prints the path of each written PNG (or one JSON object per item with --json); the plan and
+progress go to stderr. Exit codes: 0 all items written, 1 some items failed (the others are written),
+2 bad usage or a fatal error (nothing written). A batch of one item that fails exits 2.
 
 Example:
   flux-img2img --model ./FLUX.1-schnell --image cat.jpg --prompt \"a cat, oil painting\" --strength 0.8 -o cat-oil.png";
 
-/// Edit an image with FLUX.1 (dev or schnell) by SDEdit, matching diffusers' FluxImg2ImgPipeline.
-#[derive(Debug, Parser)]
+/// Edit images with FLUX.1 (dev or schnell) by SDEdit, matching diffusers' FluxImg2ImgPipeline.
+#[derive(Debug, Clone, Parser)]
 #[command(name = "flux-img2img", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
 pub struct Args {
     /// FLUX.1 pipeline folder in diffusers layout (model_index.json, transformer/, vae/, text_encoder/, ...).
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR")]
-    pub model: PathBuf,
-    /// Input image (PNG, JPEG, WebP, BMP, TIFF, GIF).
-    #[arg(long, short = 'i', value_name = "PATH")]
-    pub image: PathBuf,
+    pub model: Option<PathBuf>,
+    /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
+    #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
+    pub image: Vec<String>,
     /// What the edited image should show.
     #[arg(long, short = 'p')]
-    pub prompt: String,
-    /// How much to change: 0 keeps the input, 1 ignores it. Range [0, 1].
-    #[arg(long, default_value_t = 0.6)]
-    pub strength: f64,
+    pub prompt: Option<String>,
+    /// How much to change: 0 keeps the input, 1 ignores it. Range [0, 1]. A list (0.5,0.7,0.9) renders each.
+    /// [default: 0.6]
+    #[arg(long, value_name = "F[,F...]")]
+    pub strength: Option<String>,
     /// Scheduler steps before strength is applied [default: 28 dev, 4 schnell].
     #[arg(long)]
     pub steps: Option<usize>,
     /// Guidance embedded in dev-like models [default: 3.5]; schnell ignores it.
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// Random seed [default: random, printed]. torch uses its low 32 bits.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Seed, or a list (1,2,3) rendering each. One seed is a base: item k of the batch gets seed + k.
+    /// [default: random, printed]
+    #[arg(long, value_name = "N[,N...]")]
+    pub seed: Option<String>,
+    /// Images per input with consecutive seeds (seed + k).
+    #[arg(long, value_name = "N")]
+    pub num_images: Option<usize>,
     /// Noise generator to reproduce.
-    #[arg(long, value_enum, default_value_t = RngKind::TorchCpu)]
-    pub rng: RngKind,
+    #[arg(long, value_enum)]
+    pub rng: Option<RngKind>,
     /// Output width in pixels, a multiple of 16 [default: from the input].
     #[arg(long)]
     pub width: Option<u32>,
     /// Output height in pixels, a multiple of 16 [default: from the input].
     #[arg(long)]
     pub height: Option<u32>,
-    /// T5 prompt length in tokens (1..=512), as diffusers' max_sequence_length.
-    #[arg(long, default_value_t = 512)]
-    pub max_sequence_length: usize,
+    /// T5 prompt length in tokens (1..=512), as diffusers' max_sequence_length. [default: 512]
+    #[arg(long)]
+    pub max_sequence_length: Option<usize>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", env = "FLUX_DEVICE")]
     pub device: String,
     /// Compute precision [default: f32 on CPU, bf16 on CUDA].
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
-    /// Output PNG [default: <input stem>-edited.png beside the input].
+    /// Output PNG for a single edit [default: <input stem>-edited.png beside the input].
     #[arg(long, short = 'o', value_name = "PATH")]
     pub output: Option<PathBuf>,
+    /// Folder for the outputs of a batch (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Output file name template: {stem} {seed} {strength} {steps} {index} [default: {stem}, plus -{strength}
+    /// and -{seed} when those vary, .png].
+    #[arg(long, value_name = "TEMPLATE")]
+    pub name: Option<String>,
+    /// CSV (with header) or JSON-lines file of items: image (required), prompt, strength, seed, steps,
+    /// guidance, output. Missing fields take the flags' values; paths are relative to the manifest.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Skip items whose output file already exists (resume an interrupted batch).
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Run only shard I of N (0-based, items k with k mod N = I). `auto` reads I (and N) from
+    /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_MIN/SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Print what would run (size, shift, start sigma, steps) for each item; needs only the model's configs.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object per item on stdout (instead of the output path).
+    #[arg(long)]
+    pub json: bool,
+    /// Take prompt, strength, steps, guidance, seed, size, RNG and input from a PNG this tool wrote;
+    /// flags given explicitly win.
+    #[arg(long, value_name = "PNG")]
+    pub from_metadata: Option<PathBuf>,
     /// No plan or progress on stderr (warnings and errors still print).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -104,57 +145,3 @@ pub fn parse_device(s: &str) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| Error::Usage(format!("--device {s}: no usable CUDA GPU ({e})")))
 }
 
-impl Args {
-    /// Checks the flags that need no file and builds the request.
-    pub fn into_request(self) -> Result<Request> {
-        if !(0.0..=1.0).contains(&self.strength) || self.strength.is_nan() {
-            return Err(Error::Usage(format!("--strength {} is outside [0, 1]", self.strength)));
-        }
-        if self.steps == Some(0) {
-            return Err(Error::Usage("--steps 0: at least one step is needed".into()));
-        }
-        if self.max_sequence_length == 0 || self.max_sequence_length > 512 {
-            return Err(Error::Usage(format!(
-                "--max-sequence-length {} is outside 1..=512 (FLUX's T5 limit)",
-                self.max_sequence_length
-            )));
-        }
-        if let Some(g) = self.guidance {
-            if !g.is_finite() {
-                return Err(Error::Usage(format!("--guidance {g} is not a number")));
-            }
-        }
-        let device = parse_device(&self.device)?;
-        let dtype = match self.dtype {
-            Some(DTypeArg::F32) => DType::F32,
-            Some(DTypeArg::Bf16) => DType::BF16,
-            Some(DTypeArg::F16) => DType::F16,
-            None if device.is_cpu() => DType::F32,
-            None => DType::BF16,
-        };
-        let output = match self.output {
-            Some(o) => o,
-            None => {
-                let stem = self.image.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or("image".into());
-                self.image.with_file_name(format!("{stem}-edited.png"))
-            }
-        };
-        Ok(Request {
-            model: self.model,
-            image: self.image,
-            prompt: self.prompt,
-            strength: self.strength,
-            steps: self.steps,
-            guidance: self.guidance,
-            seed: self.seed,
-            rng: self.rng,
-            width: self.width,
-            height: self.height,
-            max_sequence_length: self.max_sequence_length,
-            device,
-            dtype,
-            output,
-            quiet: self.quiet,
-        })
-    }
-}

@@ -76,7 +76,8 @@ fn missing_and_non_image_inputs() {
     let bytes = std::fs::read(img()).unwrap();
     std::fs::write(trunc.path(), &bytes[..bytes.len() / 3]).unwrap();
     c.fails(&dev(), trunc.path(), &[], "cannot decode");
-    c.fails(&dev(), &fixtures(), &[], "is a folder");
+    // A folder is a batch of its images; one without any is an error.
+    c.fails(&dev(), &fixtures(), &[], "the folder has no images");
 }
 
 #[test]

@@ -1,0 +1,48 @@
+//! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
+//! Columns/keys: image (required), prompt, strength, seed, steps, guidance, output; empty CSV cells mean "use
+//! the flag's value". Unknown columns are an error, so a typo cannot silently drop a setting.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    pub image: String,
+    pub prompt: Option<String>,
+    pub strength: Option<f64>,
+    pub seed: Option<u64>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub output: Option<String>,
+}
+
+pub fn read(path: &Path) -> Result<Vec<Row>> {
+    let err = |msg: String| Error::Usage(format!("--manifest {}: {msg}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let rows = match ext.as_str() {
+        "csv" => {
+            let mut r = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+            r.deserialize::<Row>()
+                .enumerate()
+                .map(|(i, row)| row.map_err(|e| err(format!("line {}: {e}", i + 2))))
+                .collect::<Result<Vec<_>>>()?
+        }
+        "jsonl" | "ndjson" | "json" => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str::<Row>(l).map_err(|e| err(format!("line {}: {e}", i + 1))))
+            .collect::<Result<Vec<_>>>()?,
+        _ => return Err(err("unknown format; name it .csv (with a header line) or .jsonl (one object per line)".into())),
+    };
+    if let Some((i, _)) = rows.iter().enumerate().find(|(_, r)| r.image.trim().is_empty()) {
+        return Err(err(format!("item {} has no image", i + 1)));
+    }
+    if rows.is_empty() {
+        return Err(err("no items".into()));
+    }
+    Ok(rows)
+}
