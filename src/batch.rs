@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct Summary {
+    /// Items a dry run planned.
+    pub planned: usize,
     pub written: usize,
     pub skipped: usize,
     /// (item index, message)
@@ -78,7 +80,8 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
         return Ok(summary);
     };
     let r0 = &first.request;
-    let mut session = Session::open(&r0.model, &r0.device, r0.dtype)?;
+    let mut session =
+        if batch.dry_run { Session::open_configs(&r0.model)? } else { Session::open(&r0.model, &r0.device, r0.dtype)? };
     let say = |msg: String| {
         if !batch.quiet {
             eprintln!("{msg}");
@@ -159,17 +162,20 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
                     plan.seed
                 );
             }
-            let key = (format!("{}|{}|{}", r.image.display(), plan.seed, r.prompt), plan.steps, plan.schedule.t_start as u64);
+            // Same input, prompt and steps: the seed is left out, since what matters is that both strengths
+            // run the very same denoising steps.
+            let key = (format!("{}|{}", r.image.display(), r.prompt), plan.steps, plan.schedule.t_start as u64);
             starts.entry(key).or_default().push(r.strength);
         }
+        summary.planned = ready.len();
         for ((img, steps, t_start), strengths) in starts {
             let mut distinct = strengths.clone();
             distinct.sort_by(f64::total_cmp);
             distinct.dedup();
             if distinct.len() > 1 {
                 eprintln!(
-                    "warning: strengths {distinct:?} all start at step {t_start} of {steps} for {} and give the same image; \
-                     use more --steps to tell them apart",
+                    "warning: strengths {distinct:?} all start at step {t_start} of {steps} for {} and give the same image \
+                     for the same seed; use more --steps to tell them apart",
                     img.split('|').next().unwrap_or("")
                 );
             }

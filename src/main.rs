@@ -24,8 +24,8 @@ fn main() -> ExitCode {
         Ok(s) => {
             if batch.total > 1 && !batch.quiet {
                 eprintln!(
-                    "summary: {} written, {} skipped, {} failed{} ({} items in this run, {} in the batch)",
-                    s.written,
+                    "summary: {}{} skipped, {} failed{} ({} items in this run, {} in the batch)",
+                    if batch.dry_run { format!("{} planned, ", s.planned) } else { format!("{} written, ", s.written) },
                     s.skipped,
                     s.failed.len(),
                     if s.interrupted { ", interrupted" } else { "" },

@@ -185,9 +185,17 @@ pub struct Session {
 }
 
 impl Session {
-    /// Reads the model folder's layout and configs; no weights yet.
+    /// Reads the model folder's layout and configs and checks the weight files exist; loads no weights yet.
     pub fn open(model: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let files = ModelFiles::from_dir(model)?;
+        Self::with_files(ModelFiles::from_dir(model)?, device, dtype)
+    }
+
+    /// Configs only, for planning (dry runs): weight files need not exist, and nothing can be run.
+    pub fn open_configs(model: &Path) -> Result<Self> {
+        Self::with_files(ModelFiles::configs_only(model)?, &Device::Cpu, DType::F32)
+    }
+
+    fn with_files(files: ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let transformer_config: TransformerConfig = read_json(&files.transformer.config)?;
         let vae_config: VaeConfig = read_json(&files.vae.config)?;
         let scheduler_config: SchedulerConfig = read_json(&files.scheduler_config)?;

@@ -33,6 +33,15 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Resolves a local diffusers-layout folder (the layout of black-forest-labs/FLUX.1-dev on the Hub).
     pub fn from_dir(root: &Path) -> Result<Self> {
+        Self::resolve(root, true)
+    }
+
+    /// The same without looking for weight files (their lists stay empty): enough to plan a run.
+    pub fn configs_only(root: &Path) -> Result<Self> {
+        Self::resolve(root, false)
+    }
+
+    fn resolve(root: &Path, weights: bool) -> Result<Self> {
         if !root.is_dir() {
             return Err(Error::model(
                 root,
@@ -54,10 +63,10 @@ impl ModelFiles {
         }
         Ok(Self {
             root: root.to_path_buf(),
-            transformer: component(root, "transformer", "diffusion_pytorch_model")?,
-            vae: component(root, "vae", "diffusion_pytorch_model")?,
-            text_encoder: component(root, "text_encoder", "model")?,
-            text_encoder_2: component(root, "text_encoder_2", "model")?,
+            transformer: component(root, "transformer", "diffusion_pytorch_model", weights)?,
+            vae: component(root, "vae", "diffusion_pytorch_model", weights)?,
+            text_encoder: component(root, "text_encoder", "model", weights)?,
+            text_encoder_2: component(root, "text_encoder_2", "model", weights)?,
             tokenizer: sub("tokenizer")?,
             tokenizer_2: sub("tokenizer_2")?,
             scheduler_config,
@@ -65,7 +74,7 @@ impl ModelFiles {
     }
 }
 
-fn component(root: &Path, name: &str, stem: &str) -> Result<Component> {
+fn component(root: &Path, name: &str, stem: &str, with_weights: bool) -> Result<Component> {
     let dir = root.join(name);
     if !dir.is_dir() {
         return Err(Error::model(root, format!("component folder {name}/ is missing (expected diffusers layout)")));
@@ -74,7 +83,7 @@ fn component(root: &Path, name: &str, stem: &str) -> Result<Component> {
     if !config.is_file() {
         return Err(Error::model(&config, "missing"));
     }
-    let weights = weight_files(&dir, stem)?;
+    let weights = if with_weights { weight_files(&dir, stem)? } else { Vec::new() };
     Ok(Component { name: name.to_string(), dir, config, weights })
 }
 

@@ -2,5 +2,6 @@
 //! with diffusers' own outputs, plus the command-line contract for bad input.
 
 mod bad_input;
+mod batch;
 mod common;
 mod parity;
