@@ -21,6 +21,9 @@ fn main() -> anyhow::Result<()> {
         device: candle_core::Device::Cpu,
         dtype: candle_core::DType::F32,
         quiet: false,
+        resize: flux_img2img::image_io::ResizeMode::Crop,
+        max_megapixels: None,
+        keep_size: false,
     };
     let report = pipeline::run(&req)?;
     println!("{} ({} steps run, {:.1}s)", report.output.display(), report.plan.schedule.steps_to_run(), report.timings.total);

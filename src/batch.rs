@@ -5,6 +5,7 @@
 
 use crate::cli::jobs::{Batch, Item};
 use crate::error::{Error, Result};
+use crate::grid;
 use crate::image_io;
 use crate::output;
 use crate::pipeline::{Plan, Report, Session};
@@ -98,6 +99,11 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
         }
         summary.failed.push((item.index, msg));
     };
+
+    if let (Some(g), false) = (&batch.grid, batch.dry_run) {
+        output::check_output(g, &r0.image)?;
+    }
+    let mut cells: Vec<grid::Cell> = Vec::new();
 
     // 1. Cheap checks and plans for every item: no weights needed.
     let mut ready: Vec<(&Item, Plan)> = Vec::new();
@@ -220,6 +226,8 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
                     println!("{}", rep.output.display());
                 }
                 summary.written += 1;
+                let r = &item.request;
+                cells.push(grid::Cell { input: r.image.clone(), output: r.output.clone(), strength: r.strength, seed: rep.plan.seed });
             }
             Err(e) if is_fatal(&e) => return Err(e),
             Err(e) => emit_failure(&mut summary, item, e.to_string()),
@@ -227,6 +235,10 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
     }
     if stop.load(Ordering::SeqCst) {
         summary.interrupted = true;
+    }
+    if let (Some(g), false) = (&batch.grid, cells.is_empty()) {
+        let (w, h) = grid::write(g, &cells)?;
+        say(format!("grid: {} ({w}x{h}, {} images)", g.display(), cells.len()));
     }
     Ok(summary)
 }

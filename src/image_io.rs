@@ -55,6 +55,36 @@ pub fn target_size(input: (u32, u32), width: Option<u32>, height: Option<u32>, m
     }
 }
 
+/// How an input with another aspect ratio than the requested size is brought to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizeMode {
+    /// Centre-crop to the target aspect, then resize (as the diffusers tutorials do).
+    #[default]
+    Crop,
+    /// Keep the whole input: the output is the largest size with its aspect inside width × height.
+    Fit,
+    /// Keep the whole input, resized to fit inside and centred on black bars to exactly width × height.
+    Pad,
+    /// Resize to width × height, distorting the aspect (diffusers' behaviour when both are passed).
+    Stretch,
+}
+
+/// The largest size with the aspect of `input` inside `w`×`h` (at least 1×1).
+pub fn fit_inside(input: (u32, u32), w: u32, h: u32) -> (u32, u32) {
+    let s = (w as f64 / input.0 as f64).min(h as f64 / input.1 as f64);
+    (((input.0 as f64 * s).round() as u32).clamp(1, w), ((input.1 as f64 * s).round() as u32).clamp(1, h))
+}
+
+/// `img` resized to fit inside `width`×`height` and centred on black.
+pub fn pad_to(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (iw, ih) = fit_inside(img.dimensions(), width, height);
+    let inner = if (iw, ih) == img.dimensions() { img.clone() } else { resize_lanczos(img, iw, ih) };
+    let mut canvas = RgbImage::new(width, height);
+    image::imageops::replace(&mut canvas, &inner, ((width - iw) / 2) as i64, ((height - ih) / 2) as i64);
+    canvas
+}
+
 /// The largest centred box of `img` with the aspect ratio of `width`×`height` (the image itself if it has it).
 pub fn center_crop_to_aspect(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (w, h) = (img.width() as u64, img.height() as u64);

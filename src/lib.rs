@@ -11,6 +11,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod grid;
 pub mod image_io;
 pub mod kernels;
 pub mod models;

@@ -6,7 +6,7 @@
 
 use crate::config::{read_json, Act, SchedulerConfig, TransformerConfig, VaeConfig};
 use crate::error::{Error, Result};
-use crate::image_io;
+use crate::image_io::{self, ResizeMode};
 use crate::models::transformer::{FluxTransformer, Inputs};
 use crate::models::vae::AutoencoderKl;
 use crate::output;
@@ -18,6 +18,7 @@ use crate::text::{self, Conditioning};
 use crate::weights::CheckedWeights;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -42,6 +43,12 @@ pub struct Request {
     pub dtype: DType,
     pub output: PathBuf,
     pub quiet: bool,
+    /// How a different aspect ratio is handled when both width and height are given.
+    pub resize: ResizeMode,
+    /// Scale the output size down (keeping its aspect) to at most this many megapixels.
+    pub max_megapixels: Option<f64>,
+    /// Resize the result back to exactly the input's size.
+    pub keep_size: bool,
 }
 
 /// What will run, decided before loading weights.
@@ -51,6 +58,8 @@ pub struct Plan {
     pub height: u32,
     pub input_size: (u32, u32),
     pub crop: bool,
+    /// Resize mode in effect (crop, fit, pad or stretch).
+    pub resize: ResizeMode,
     pub steps: usize,
     pub guidance: Option<f64>,
     pub seed: u64,
@@ -107,8 +116,31 @@ fn plan(req: &Request, t: &TransformerConfig, vae: &VaeConfig, sched: &Scheduler
             }
         }
     }
-    let (width, height) = image_io::target_size(input, req.width, req.height, multiple);
-    let crop = req.width.is_some() && req.height.is_some() && (input.0 as u64 * height as u64 != input.1 as u64 * width as u64);
+    let (mut width, mut height) = image_io::target_size(input, req.width, req.height, multiple);
+    let other_aspect =
+        req.width.is_some() && req.height.is_some() && (input.0 as u64 * height as u64 != input.1 as u64 * width as u64);
+    let floor = |v: f64| ((v / multiple as f64).floor() as u32).max(1) * multiple;
+    if other_aspect && req.resize == ResizeMode::Fit {
+        let (w, h) = image_io::fit_inside(input, width, height);
+        (width, height) = (floor(w as f64), floor(h as f64));
+    }
+    if let Some(mp) = req.max_megapixels {
+        if mp.is_nan() || mp <= 0.0 {
+            return Err(Error::Usage(format!("--max-megapixels {mp} must be above 0")));
+        }
+        let area = width as f64 * height as f64;
+        if area > mp * 1e6 {
+            let f = (mp * 1e6 / area).sqrt();
+            (width, height) = (floor(width as f64 * f), floor(height as f64 * f));
+        }
+    } else if width as f64 * height as f64 > 4.2e6 && !req.quiet {
+        eprintln!(
+            "warning: {width}x{height} is {:.1} megapixels; FLUX.1 is trained up to ~2 MP and this needs a lot of \
+             memory; --max-megapixels 1 (with --keep-size) edits at 1 MP and gives back the input's size",
+            width as f64 * height as f64 / 1e6
+        );
+    }
+    let crop = other_aspect && req.resize == ResizeMode::Crop;
     let (default_steps, default_guidance) = defaults(t);
     let steps = req.steps.unwrap_or(default_steps);
     let guidance = if t.guidance_embeds { Some(req.guidance.or(default_guidance).unwrap_or(3.5)) } else { None };
@@ -141,6 +173,7 @@ fn plan(req: &Request, t: &TransformerConfig, vae: &VaeConfig, sched: &Scheduler
         height,
         input_size: input,
         crop,
+        resize: req.resize,
         steps,
         guidance,
         seed,
@@ -311,6 +344,9 @@ impl Session {
         if plan.crop {
             img = image_io::center_crop_to_aspect(&img, plan.width, plan.height);
         }
+        if plan.resize == ResizeMode::Pad && img.dimensions() != (plan.width, plan.height) {
+            img = image_io::pad_to(&img, plan.width, plan.height);
+        }
         if img.dimensions() != (plan.width, plan.height) {
             img = image_io::resize_lanczos(&img, plan.width, plan.height);
         }
@@ -343,19 +379,36 @@ impl Session {
             Inputs { img_ids: &img_ids, txt: &cond.t5, txt_ids: &txt_ids, pooled: &cond.pooled, guidance: guidance.as_ref() };
         let step_start = Instant::now();
         let model = self.transformer.as_ref().expect("loaded above");
-        let latents = sdedit::denoise(model, latents, &inputs, &s, |i, n| {
-            if !req.quiet {
+        // A bar on a terminal; plain lines for logs and pipes (scripts and CI read those).
+        let bar = (!req.quiet && std::io::stderr().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(s.steps_to_run() as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("denoise {bar:30} {pos}/{len} steps  {per_sec}  eta {eta}")
+                    .expect("valid template"),
+            );
+            b
+        });
+        let latents = sdedit::denoise(model, latents, &inputs, &s, |i, n| match &bar {
+            Some(b) => b.set_position(i as u64),
+            None if !req.quiet => {
                 let el = step_start.elapsed().as_secs_f64();
                 eprintln!("denoise: step {i}/{n} ({:.2}s/step)", el / i as f64);
             }
+            None => {}
         })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
         timings.denoise = secs(t0);
 
         // Latents → image.
         let t0 = Instant::now();
         let z = ((sdedit::unpack(&latents, c, h, w)? / scale)? + shift)?;
         let decoded = self.vae()?.decode(&z)?;
-        let rgb = image_io::from_tensor(&decoded)?;
+        let mut rgb = image_io::from_tensor(&decoded)?;
+        if req.keep_size && rgb.dimensions() != plan.input_size {
+            rgb = image_io::resize_lanczos(&rgb, plan.input_size.0, plan.input_size.1);
+        }
         timings.vae_decode = secs(t0);
         output::write_png(&req.output, &rgb, &metadata(req, &plan))?;
         timings.total = secs(start) + timings.text_encoding;
@@ -397,6 +450,9 @@ fn metadata(req: &Request, plan: &Plan) -> Vec<(&'static str, String)> {
         "guidance": plan.guidance,
         "seed": plan.seed,
         "rng": req.rng,
+        "resize": plan.resize,
+        "max_megapixels": req.max_megapixels,
+        "keep_size": req.keep_size,
         "width": plan.width,
         "height": plan.height,
         "max_sequence_length": req.max_sequence_length,

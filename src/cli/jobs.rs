@@ -6,6 +6,7 @@
 
 use super::{manifest, parse_device, Args, DTypeArg};
 use crate::error::{Error, Result};
+use crate::image_io::ResizeMode;
 use crate::pipeline::Request;
 use crate::rng::RngKind;
 use candle_core::DType;
@@ -32,6 +33,8 @@ pub struct Batch {
     pub quiet: bool,
     /// `--output-dir`: created (with sub-folders a manifest names) when missing.
     pub output_dir: Option<PathBuf>,
+    /// `--grid`: contact sheet of the images written.
+    pub grid: Option<PathBuf>,
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
@@ -192,6 +195,13 @@ impl Args {
         self.width = self.width.or(u("width").map(|v| v as u32));
         self.height = self.height.or(u("height").map(|v| v as u32));
         self.max_sequence_length = self.max_sequence_length.or(u("max_sequence_length").map(|v| v as usize));
+        if self.max_megapixels.is_none() {
+            self.max_megapixels = f("max_megapixels");
+        }
+        if self.resize.is_none() {
+            self.resize = s("resize").and_then(|r| ResizeMode::from_str(&r, true).ok());
+        }
+        self.keep_size |= m.get("keep_size").and_then(|v| v.as_bool()).unwrap_or(false);
         if self.rng.is_none() {
             self.rng = s("rng").and_then(|r| RngKind::from_str(&r, true).ok());
         }
@@ -361,6 +371,9 @@ impl Args {
                         dtype,
                         output,
                         quiet: self.quiet,
+                        resize: self.resize.unwrap_or_default(),
+                        max_megapixels: self.max_megapixels,
+                        keep_size: self.keep_size,
                     };
                     items.push(Item { index, request });
                 }
@@ -391,6 +404,7 @@ impl Args {
             skip_existing: self.skip_existing,
             quiet: self.quiet,
             output_dir: self.output_dir,
+            grid: self.grid,
         })
     }
 }

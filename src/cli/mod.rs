@@ -2,6 +2,7 @@
 //! checks that need the model's configs (size multiples, steps left by strength) happen in `pipeline::plan`.
 
 use crate::error::{Error, Result};
+use crate::image_io::ResizeMode;
 use crate::rng::RngKind;
 use candle_core::Device;
 use clap::Parser;
@@ -70,6 +71,16 @@ pub struct Args {
     /// Output height in pixels, a multiple of 16 [default: from the input].
     #[arg(long)]
     pub height: Option<u32>,
+    /// With both --width and --height and another aspect: crop (centre-crop, then resize), fit (whole input,
+    /// largest size inside), pad (whole input on black bars) or stretch. [default: crop]
+    #[arg(long, value_enum)]
+    pub resize: Option<ResizeMode>,
+    /// Scale the working size down (keeping the aspect) to at most this many megapixels.
+    #[arg(long, value_name = "MP")]
+    pub max_megapixels: Option<f64>,
+    /// Give the result back at exactly the input's size (resized after decoding).
+    #[arg(long)]
+    pub keep_size: bool,
     /// T5 prompt length in tokens (1..=512), as diffusers' max_sequence_length. [default: 512]
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
@@ -93,6 +104,9 @@ pub struct Args {
     /// guidance, output. Missing fields take the flags' values; paths are relative to the manifest.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
+    /// Also write a contact sheet of this run's images: a row per input, a column per strength/seed, labelled.
+    #[arg(long, value_name = "PNG")]
+    pub grid: Option<PathBuf>,
     /// Skip items whose output file already exists (resume an interrupted batch).
     #[arg(long)]
     pub skip_existing: bool,

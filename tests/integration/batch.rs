@@ -321,3 +321,42 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn resize_modes_keep_size_and_grid() {
+    let t = tempfile::tempdir().unwrap();
+    let wide = s(&image("wide-100x60.png"));
+    let sizes = |extra: &[&str]| -> ((u64, u64), (u32, u32)) {
+        let out = t.path().join("r.png");
+        let mut args = base(&schnell());
+        args.extend(["--image".into(), wide.clone(), "-o".into(), s(&out), "--seed".into(), "1".into(), "--json".into()]);
+        args.push("-q".into());
+        if !extra.contains(&"--width") {
+            args.extend(["--width", "64", "--height", "64"].map(String::from));
+        }
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let o = bin().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v = &json_lines(&o.stdout)[0];
+        let file = image::image_dimensions(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        ((v["width"].as_u64().unwrap(), v["height"].as_u64().unwrap()), file)
+    };
+    // The schnell fixture's VAE downscales 2× → sizes are multiples of 4. 100×60 into 64×64:
+    assert_eq!(sizes(&["--resize", "crop"]), ((64, 64), (64, 64)));
+    assert_eq!(sizes(&["--resize", "stretch"]), ((64, 64), (64, 64)));
+    assert_eq!(sizes(&["--resize", "pad"]), ((64, 64), (64, 64)));
+    assert_eq!(sizes(&["--resize", "fit"]), ((64, 36), (64, 36)), "64×38.4 floored to the multiple of 4");
+    // Working size capped at 2000 px (100×60 → 56×32), result given back at the input's 100×60.
+    assert_eq!(sizes(&["--width", "100", "--height", "60", "--max-megapixels", "0.002", "--keep-size"]), ((56, 32), (100, 60)));
+
+    // Grid: 2 inputs × (2 strengths × 2 seeds) → 2 rows of 4 cells of 256 px plus a 16 px label strip.
+    let g = t.path().join("sheet.png");
+    let mut args = base(&schnell());
+    args.extend(["--image".into(), wide.clone(), s(&image("tall-48x64.png")), "--output-dir".into(), s(&t.path().join("o"))]);
+    args.extend(["--strength", "0.5,0.9", "--seed", "1,22", "-q", "--grid"].map(String::from));
+    args.push(s(&g));
+    let o = bin().args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(image::image_dimensions(&g).unwrap(), (4 * 256, 2 * (256 + 16)));
+}
