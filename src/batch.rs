@@ -117,6 +117,10 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
             summary.skipped += 1;
             continue;
         }
+        if let Some(why) = batch.fetched.failure(&r.image) {
+            emit_failure(&mut summary, item, why.to_string());
+            continue;
+        }
         // A real run decodes the whole file now, so a truncated image fails before any weight is loaded;
         // a dry run reads only the header.
         let dims = if batch.dry_run {
@@ -220,7 +224,9 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
         }
         match session.run(&item.request) {
             Ok(rep) => {
-                if batch.json {
+                if batch.stdout_png.is_some() {
+                    // Standard output carries the PNG itself (main copies it there).
+                } else if batch.json {
                     println!("{}", report_json(item, &rep));
                 } else {
                     println!("{}", rep.output.display());

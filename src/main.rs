@@ -36,6 +36,18 @@ fn main() -> ExitCode {
                     eprintln!("  failed item {i}: {msg}");
                 }
             }
+            if let (Some(png), 1) = (&batch.stdout_png, s.written) {
+                let copied = std::fs::read(png).and_then(|bytes| {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)?;
+                    out.flush()
+                });
+                if let Err(e) = copied {
+                    eprintln!("error: cannot write the PNG to standard output: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             if s.interrupted {
                 ExitCode::from(130)
             } else if s.failed.is_empty() {

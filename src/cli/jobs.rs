@@ -13,6 +13,7 @@ use candle_core::DType;
 use clap::ValueEnum;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One edit and its position in the whole (unsharded) batch.
 #[derive(Debug, Clone)]
@@ -35,17 +36,110 @@ pub struct Batch {
     pub output_dir: Option<PathBuf>,
     /// `--grid`: contact sheet of the images written.
     pub grid: Option<PathBuf>,
+    /// `-o -`: the single image goes to standard output (written here first).
+    pub stdout_png: Option<PathBuf>,
+    /// Downloaded and standard-input images, kept until the batch is done.
+    pub fetched: Arc<Fetched>,
 }
 
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"];
 const DEFAULT_STRENGTH: f64 = 0.6;
 
+/// Inputs that are not files: `-` (standard input) and http(s) URLs are saved into a temporary folder that
+/// lives as long as the batch, under a name taken from the URL so output names still make sense.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    dir: Option<tempfile::TempDir>,
+    /// Inputs that could not be fetched, with the reason; their items fail with it.
+    failed: HashMap<PathBuf, String>,
+}
+
+impl Fetched {
+    fn dir(&mut self) -> Result<&Path> {
+        if self.dir.is_none() {
+            let d = tempfile::Builder::new()
+                .prefix("flux-img2img-inputs-")
+                .tempdir()
+                .map_err(|e| Error::Usage(format!("cannot create a temporary folder for downloaded inputs: {e}")))?;
+            self.dir = Some(d);
+        }
+        Ok(self.dir.as_ref().expect("created above").path())
+    }
+
+    /// Whether `p` is one of ours (its default output then goes to the current folder, not the temp one).
+    pub fn owns(&self, p: &Path) -> bool {
+        self.dir.as_ref().is_some_and(|d| p.starts_with(d.path()))
+    }
+
+    /// Why the input `p` could not be fetched, if it could not.
+    pub fn failure(&self, p: &Path) -> Option<&str> {
+        self.failed.get(p).map(String::as_str)
+    }
+
+    /// `spec` as a local path, recording a failed fetch instead of failing the whole batch.
+    fn resolve_or_record(&mut self, spec: &str) -> PathBuf {
+        match self.resolve(spec) {
+            Ok(p) => p,
+            Err(e) => {
+                self.failed.insert(PathBuf::from(spec), e.to_string());
+                PathBuf::from(spec)
+            }
+        }
+    }
+
+    /// `spec` as a local path: files as they are, `-` and URLs fetched first.
+    pub fn resolve(&mut self, spec: &str) -> Result<PathBuf> {
+        let is_url = spec.starts_with("http://") || spec.starts_with("https://");
+        if spec != "-" && !is_url {
+            return Ok(PathBuf::from(spec));
+        }
+        let err = |msg: String| Error::Image { path: PathBuf::from(spec), msg };
+        let (name, bytes) = if spec == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| err(format!("cannot read standard input: {e}")))?;
+            ("stdin".to_string(), buf)
+        } else {
+            let name = spec
+                .split(['?', '#'])
+                .next()
+                .and_then(|u| u.trim_end_matches('/').rsplit('/').next())
+                .map(|n| n.rsplit_once('.').map_or(n, |(stem, _)| stem))
+                .filter(|n| !n.is_empty() && !n.contains(':'))
+                .unwrap_or("download")
+                .to_string();
+            let mut resp = ureq::get(spec).call().map_err(|e| err(format!("cannot download: {e}")))?;
+            let bytes = resp
+                .body_mut()
+                .with_config()
+                .limit(512 << 20)
+                .read_to_vec()
+                .map_err(|e| err(format!("cannot download: {e}")))?;
+            (name, bytes)
+        };
+        if bytes.is_empty() {
+            return Err(err("empty".into()));
+        }
+        let dir = self.dir()?.to_path_buf();
+        let mut path = dir.join(format!("{name}.img"));
+        let mut n = 1;
+        while path.exists() {
+            path = dir.join(format!("{name}-{n}.img"));
+            n += 1;
+        }
+        std::fs::write(&path, bytes).map_err(|e| err(format!("cannot store the download: {e}")))?;
+        Ok(path)
+    }
+}
+
 /// Files, folders (their images, sorted by name) and globs (matches, sorted) → paths, in the order given.
-pub fn expand_inputs(specs: &[String]) -> Result<Vec<PathBuf>> {
+pub fn expand_inputs(specs: &[String], fetched: &mut Fetched) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for spec in specs {
         let p = Path::new(spec);
-        if p.is_dir() {
+        if spec == "-" || spec.starts_with("http://") || spec.starts_with("https://") {
+            // A failed download fails as its own item.
+            out.push(fetched.resolve_or_record(spec));
+        } else if p.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| Error::Usage(format!("--image {spec}: cannot list the folder: {e}")))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -258,6 +352,16 @@ impl Args {
         };
         let per_row_seeds = seed_list.as_ref().map_or(self.num_images.unwrap_or(1), Vec::len);
 
+        let mut fetched = Fetched::default();
+        // `-o -`: one image to standard output, through a temporary file like every output.
+        let stdout_png = if self.output.as_deref() == Some(Path::new("-")) {
+            let dir = fetched.dir()?.to_path_buf();
+            let p = dir.join("stdout.png");
+            self.output = Some(p.clone());
+            Some(p)
+        } else {
+            None
+        };
         // Rows: manifest lines, or the expanded inputs.
         let (rows, rel_base): (Vec<manifest::Row>, Option<PathBuf>) = match &self.manifest {
             Some(m) => {
@@ -271,7 +375,7 @@ impl Args {
                 if self.image.is_empty() {
                     return Err(Error::Usage("no input: give --image PATH (files, folders or globs) or --manifest FILE".into()));
                 }
-                let rows = expand_inputs(&self.image)?
+                let rows = expand_inputs(&self.image, &mut fetched)?
                     .into_iter()
                     .map(|p| manifest::Row { image: p.to_string_lossy().into_owned(), ..Default::default() })
                     .collect();
@@ -285,6 +389,14 @@ impl Args {
                 _ => p,
             }
         };
+        let mut rows = rows;
+        if rel_base.is_some() {
+            for row in rows.iter_mut() {
+                if row.image.starts_with("http://") || row.image.starts_with("https://") {
+                    row.image = fetched.resolve_or_record(&row.image).to_string_lossy().into_owned();
+                }
+            }
+        }
         if let Some(dir) = &self.output_dir {
             if dir.exists() && !dir.is_dir() {
                 return Err(Error::Usage(format!("--output-dir {}: is a file, not a folder", dir.display())));
@@ -337,6 +449,8 @@ impl Args {
                         }
                         let dir = match &self.output_dir {
                             Some(d) => d.clone(),
+                            // Downloads and stdin live in a temporary folder: their outputs go to the current one.
+                            None if fetched.owns(&image) => PathBuf::new(),
                             None => image.parent().map(Path::to_path_buf).unwrap_or_default(),
                         };
                         let default_template = format!(
@@ -405,6 +519,8 @@ impl Args {
             quiet: self.quiet,
             output_dir: self.output_dir,
             grid: self.grid,
+            stdout_png,
+            fetched: Arc::new(fetched),
         })
     }
 }

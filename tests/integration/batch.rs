@@ -360,3 +360,61 @@ fn resize_modes_keep_size_and_grid() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(image::image_dimensions(&g).unwrap(), (4 * 256, 2 * (256 + 16)));
 }
+
+#[test]
+fn stdin_url_and_stdout() {
+    use std::io::{Read, Write};
+    let t = tempfile::tempdir().unwrap();
+    let src = image("gradient-80x80.png");
+    let bytes = std::fs::read(&src).unwrap();
+    let reference = t.path().join("ref.png");
+    let mut args = base(&schnell());
+    args.extend(["--image".into(), s(&src), "--seed".into(), "3".into(), "-o".into(), s(&reference), "-q".into()]);
+    assert_eq!(bin().args(&args).output().unwrap().status.code(), Some(0));
+
+    // `--image - -o -`: PNG bytes in, PNG bytes out, nothing else on stdout.
+    let mut args = base(&schnell());
+    args.extend(["--image", "-", "--seed", "3", "-o", "-", "-q"].map(String::from));
+    let mut child = bin()
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let piped = image::load_from_memory(&o.stdout).unwrap().to_rgb8().into_raw();
+    assert_eq!(piped, pixels(&reference));
+
+    // An http URL served by a one-shot local server; the output is named after the URL's file.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = bytes.clone();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut req = [0u8; 4096];
+        let _ = conn.read(&mut req).unwrap();
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", served.len());
+        conn.write_all(head.as_bytes()).unwrap();
+        conn.write_all(&served).unwrap();
+    });
+    let out = t.path().join("out");
+    let mut args = base(&schnell());
+    args.extend(["--image".into(), format!("http://127.0.0.1:{port}/pics/cat.png?x=1"), "--output-dir".into(), s(&out)]);
+    args.extend(["--seed", "3", "-q"].map(String::from));
+    let o = bin().args(&args).output().unwrap();
+    server.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(pixels(&out.join("cat.png")), pixels(&reference));
+
+    // A URL that cannot be fetched is that item's failure, with the URL named.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut args = base(&schnell());
+    args.extend(["--image".into(), format!("http://127.0.0.1:{dead}/x.png"), "-o".into(), s(&t.path().join("x.png"))]);
+    let o = bin().args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot download"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().filter(|l| l.starts_with("error:")).count(), 1, "{}", stderr(&o));
+}
