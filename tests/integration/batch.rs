@@ -224,6 +224,15 @@ fn sweep_writes_every_combination_and_json_has_the_schema() {
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0);
     assert_eq!(v["steps_run"], 2, "schnell 4 steps at strength 0.5");
     assert_eq!(lines[2]["steps_run"], 4);
+    assert!(lines[1]["timings"]["vae_encode"].as_f64().unwrap() < v["timings"]["vae_encode"].as_f64().unwrap());
+    // The sweep reuses the text encoding and the input's VAE posterior; its last image must still be exactly
+    // what a single run with those settings gives.
+    let single = t.path().join("single.png");
+    let mut args = base(&schnell());
+    args.extend(["--image".into(), s(&image("gradient-80x80.png")), "-o".into(), s(&single)]);
+    args.extend(["--strength", "0.5", "--seed", "2", "-q"].map(String::from));
+    assert_eq!(bin().args(&args).output().unwrap().status.code(), Some(0));
+    assert_eq!(pixels(&single), pixels(&out.join("gradient-80x80-s0.5-2.png")));
 }
 
 #[test]
@@ -417,4 +426,32 @@ fn stdin_url_and_stdout() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot download"), "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().filter(|l| l.starts_with("error:")).count(), 1, "{}", stderr(&o));
+}
+
+#[test]
+fn ctrl_c_finishes_the_current_image_and_prints_the_summary() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out");
+    let mut args = base(&dev());
+    args.extend(["--image".into(), s(&image("photo-96x64.png")), "--output-dir".into(), s(&out)]);
+    args.extend(["--num-images", "400", "--seed", "1", "--steps", "8", "--strength", "1"].map(String::from));
+    let mut child = bin().args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Wait for the first image, then interrupt.
+    let start = std::time::Instant::now();
+    while !out.join("photo-96x64-1.png").exists() {
+        assert!(start.elapsed().as_secs() < 120, "no first image");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(err.contains("summary:"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert!(names.len() < 400, "stopped early");
+    assert!(names.iter().all(|n| n.ends_with(".png") && !n.starts_with('.')), "no partial files: {names:?}");
+    for n in &names {
+        image::open(out.join(n)).expect("every written image is complete");
+    }
 }
