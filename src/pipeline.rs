@@ -7,7 +7,7 @@
 use crate::config::{read_json, Act, SchedulerConfig, TransformerConfig, VaeConfig};
 use crate::error::{Error, Result};
 use crate::image_io::{self, ResizeMode};
-use crate::models::transformer::{FluxTransformer, Inputs};
+use crate::models::transformer::{FluxTransformer, Inputs, MLP_PROBE};
 use crate::models::vae::AutoencoderKl;
 use crate::output;
 use crate::rng::{self, RngKind};
@@ -15,7 +15,9 @@ use crate::schedule::{self, Schedule};
 use crate::sdedit;
 use crate::source::ModelFiles;
 use crate::text::{self, Conditioning};
-use crate::weights::CheckedWeights;
+use crate::weights::flux_keys::{self, Source};
+use crate::weights::{CheckedWeights, NameMap};
+use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -292,8 +294,13 @@ impl Session {
             let tw = CheckedWeights::open("transformer", &self.files.transformer.weights)?;
             let t = &self.transformer_config;
             let inner = t.num_attention_heads * t.attention_head_dim;
-            let mlp_hidden = tw.shape_of("transformer_blocks.0.ff.net.0.proj.weight").map_or(4 * inner, |s| s[0]);
-            let model = FluxTransformer::new(t, mlp_hidden, tw.var_builder(self.dtype, &self.device, None))?;
+            // The model reads BFL names; a diffusers checkpoint is translated (and its q/k/v concatenated).
+            let map: NameMap = Arc::new(|n: &str| flux_keys::bfl_to_diffusers(n));
+            let mlp_hidden = match flux_keys::bfl_to_diffusers(MLP_PROBE) {
+                Source::One(name) => tw.shape_of(&name).map_or(4 * inner, |s| s[0]),
+                _ => 4 * inner,
+            };
+            let model = FluxTransformer::new(t, mlp_hidden, tw.var_builder(self.dtype, &self.device, Some(map)))?;
             tw.finish()?;
             self.transformer = Some(model);
         }

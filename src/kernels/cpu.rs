@@ -202,15 +202,28 @@ pub fn upsample2x(x: &[f32], h: usize, w: usize) -> Vec<f32> {
     out
 }
 
+#[inline(always)]
+fn gelu_tanh1(v: f32) -> f32 {
+    const K: f32 = 0.797_884_6; // √(2/π)
+    0.5 * v * (1.0 + tanh(K * (v + 0.044715 * v * v * v)))
+}
+
 /// torch's `gelu(approximate="tanh")`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
 pub fn gelu_tanh(x: &[f32]) -> Vec<f32> {
-    const K: f32 = 0.797_884_6; // √(2/π)
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, xs)| {
-        for (d, &v) in o.iter_mut().zip(xs) {
-            let inner = K * (v + 0.044715 * v * v * v);
-            *d = 0.5 * v * (1.0 + tanh(inner));
-        }
+        o.iter_mut().zip(xs).for_each(|(d, &v)| *d = gelu_tanh1(v));
+    });
+    out
+}
+
+/// GELU-tanh of columns col..col+width of rows of `row_stride` (the MLP part of a fused projection).
+pub fn gelu_tanh_cols(x: &[f32], row_stride: usize, col: usize, width: usize) -> Vec<f32> {
+    let rows = x.len() / row_stride;
+    let mut out = vec![0f32; rows * width];
+    out.par_chunks_mut(width).enumerate().for_each(|(r, o)| {
+        let src = &x[r * row_stride + col..][..width];
+        o.iter_mut().zip(src).for_each(|(d, &v)| *d = gelu_tanh1(v));
     });
     out
 }
@@ -247,12 +260,12 @@ pub fn gated_residual(x: &[f32], y: &[f32], gate: &[f32], d: usize, rows_per_bat
 /// move from [B, S, H·D] (linear output; `row_stride` ≥ H·D lets q, k come out of a fused projection) to
 /// [B, H, S, D]. `cos`/`sin` are [S, D/2].
 #[allow(clippy::too_many_arguments)]
-pub fn qk_norm_rope(x: &[f32], row_stride: usize, b: usize, s: usize, h: usize, d: usize, weight: &[f32], eps: f64, cos: &[f32], sin: &[f32]) -> Vec<f32> {
+pub fn qk_norm_rope(x: &[f32], row_stride: usize, col: usize, b: usize, s: usize, h: usize, d: usize, weight: &[f32], eps: f64, cos: &[f32], sin: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; b * h * s * d];
     out.par_chunks_mut(s * d).enumerate().for_each(|(bh, o)| {
         let (bi, hi) = (bh / h, bh % h);
         for t in 0..s {
-            let src = &x[(bi * s + t) * row_stride + hi * d..][..d];
+            let src = &x[(bi * s + t) * row_stride + col + hi * d..][..d];
             let ms = src.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
             let r = (1.0 / (ms + eps).sqrt()) as f32;
             let (c, sn) = (&cos[t * d / 2..(t + 1) * d / 2], &sin[t * d / 2..(t + 1) * d / 2]);
@@ -268,13 +281,14 @@ pub fn qk_norm_rope(x: &[f32], row_stride: usize, b: usize, s: usize, h: usize, 
     out
 }
 
-/// [B, S, H·D] (rows of `row_stride`) → [B, H, S, D].
-pub fn heads_first(x: &[f32], row_stride: usize, b: usize, s: usize, h: usize, d: usize) -> Vec<f32> {
+/// [B, S, H·D] (rows of `row_stride`, starting at column `col`) → [B, H, S, D].
+#[allow(clippy::too_many_arguments)]
+pub fn heads_first(x: &[f32], row_stride: usize, col: usize, b: usize, s: usize, h: usize, d: usize) -> Vec<f32> {
     let mut out = vec![0f32; b * h * s * d];
     out.par_chunks_mut(s * d).enumerate().for_each(|(bh, o)| {
         let (bi, hi) = (bh / h, bh % h);
         for t in 0..s {
-            o[t * d..(t + 1) * d].copy_from_slice(&x[(bi * s + t) * row_stride + hi * d..][..d]);
+            o[t * d..(t + 1) * d].copy_from_slice(&x[(bi * s + t) * row_stride + col + hi * d..][..d]);
         }
     });
     out

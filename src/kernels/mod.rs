@@ -167,20 +167,32 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     x + y.broadcast_mul(&gate.unsqueeze(1)?)?
 }
 
-/// Per-head RMSNorm (learned weight) and RoPE for queries or keys: x [B, S, H·D] → [B, H, S, D].
-/// `cos`, `sin` are [S, D/2] (one angle per pair (2i, 2i+1)).
-pub fn qk_norm_rope(x: &Tensor, heads: usize, weight: &Tensor, eps: f64, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (b, s, hd) = x.dims3()?;
-    let d = hd / heads;
+/// GELU-tanh of columns `col..col+width` of x [B, S, W] (the MLP part of a fused projection) → [B, S, width].
+pub fn gelu_tanh_cols(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+    let (b, s, w) = x.dims3()?;
+    if fast(x) {
+        let x = x.contiguous()?;
+        return cpu_tensor(cpu::gelu_tanh_cols(view(&x).expect("checked").s(), w, col, width), (b, s, width));
+    }
+    x.narrow(2, col, width)?.gelu()
+}
+
+/// Per-head RMSNorm (learned weight) and RoPE for queries or keys taken from columns `col..col+H·D` of
+/// x [B, S, W] (a fused qkv projection) → [B, H, S, D]. `cos`, `sin` are [S, D/2] (one angle per pair
+/// (2i, 2i+1)).
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope(x: &Tensor, col: usize, heads: usize, weight: &Tensor, eps: f64, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, s, w) = x.dims3()?;
+    let d = weight.dim(0)?;
     if fast(x) && fast(weight) && fast(cos) {
         let (x, weight, cos, sin) = (x.contiguous()?, weight.contiguous()?, cos.contiguous()?, sin.contiguous()?);
         let (xv, wv) = (view(&x).expect("checked"), view(&weight).expect("checked"));
         let (cv, sv) = (view(&cos).expect("checked"), view(&sin).expect("checked"));
-        let y = cpu::qk_norm_rope(xv.s(), hd, b, s, heads, d, wv.s(), eps, cv.s(), sv.s());
+        let y = cpu::qk_norm_rope(xv.s(), w, col, b, s, heads, d, wv.s(), eps, cv.s(), sv.s());
         return cpu_tensor(y, (b, heads, s, d));
     }
     let dtype = x.dtype();
-    let xf = x.reshape((b, s, heads, d))?.transpose(1, 2)?.to_dtype(DType::F32)?;
+    let xf = x.narrow(2, col, heads * d)?.reshape((b, s, heads, d))?.transpose(1, 2)?.to_dtype(DType::F32)?;
     let rms = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
     let n = xf.broadcast_div(&rms)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
     // Pairs (2i, 2i+1): [.., D] → [.., D/2, 2].
@@ -192,14 +204,14 @@ pub fn qk_norm_rope(x: &Tensor, heads: usize, weight: &Tensor, eps: f64, cos: &T
     Tensor::stack(&[ra, rb], D::Minus1)?.reshape((b, heads, s, d))?.to_dtype(dtype)
 }
 
-/// [B, S, H·D] → [B, H, S, D] (values, which get no norm or RoPE).
-pub fn heads_first(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, s, hd) = x.dims3()?;
+/// Columns `col..col+heads·d` of x [B, S, W] → [B, H, S, d] (values, which get no norm or RoPE).
+pub fn heads_first(x: &Tensor, col: usize, heads: usize, d: usize) -> Result<Tensor> {
+    let (b, s, w) = x.dims3()?;
     if fast(x) {
         let x = x.contiguous()?;
-        return cpu_tensor(cpu::heads_first(view(&x).expect("checked").s(), hd, b, s, heads, hd / heads), (b, heads, s, hd / heads));
+        return cpu_tensor(cpu::heads_first(view(&x).expect("checked").s(), w, col, b, s, heads, d), (b, heads, s, d));
     }
-    x.reshape((b, s, heads, hd / heads))?.transpose(1, 2)?.contiguous()
+    x.narrow(2, col, heads * d)?.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
 }
 
 /// Unmasked scaled dot-product attention: q, k, v [B, H, S, D] → [B, S, H·D].

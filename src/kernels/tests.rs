@@ -80,15 +80,17 @@ fn modulation_and_residual() {
 #[test]
 fn attention_path() {
     let (b, s, h, d) = (2, 70, 3, 8);
-    let x = rand(&[b, s, h * d], 11);
+    // A fused projection [q | k | v | extra]: each part is read at its column offset.
+    let x = rand(&[b, s, 3 * h * d + 5], 11);
     let w = rand(&[d], 12);
     let (cos, sin) = (rand(&[s, d / 2], 13), rand(&[s, d / 2], 14));
-    let q = qk_norm_rope(&x, h, &w, 1e-6, &cos, &sin).unwrap();
-    let q_ref = qk_norm_rope(&f64(&x), h, &f64(&w), 1e-6, &f64(&cos), &f64(&sin)).unwrap();
+    let q = qk_norm_rope(&x, h * d, h, &w, 1e-6, &cos, &sin).unwrap();
+    let q_ref = qk_norm_rope(&f64(&x), h * d, h, &f64(&w), 1e-6, &f64(&cos), &f64(&sin)).unwrap();
     assert_close(&q, &q_ref, "qk_norm_rope");
     let k = rand(&[b, h, s, d], 15);
-    let v = heads_first(&rand(&[b, s, h * d], 16), h).unwrap();
-    assert_close(&v, &heads_first(&f64(&rand(&[b, s, h * d], 16)), h).unwrap(), "heads_first");
+    let v = heads_first(&x, 2 * h * d, h, d).unwrap();
+    assert_close(&v, &heads_first(&f64(&x), 2 * h * d, h, d).unwrap(), "heads_first");
+    assert_close(&gelu_tanh_cols(&x, 3 * h * d, 5).unwrap(), &gelu_tanh_cols(&f64(&x), 3 * h * d, 5).unwrap(), "gelu_tanh_cols");
     let o = attention(&q, &k, &v, 0.3).unwrap();
     let o_ref = attention(&q_ref, &f64(&k), &f64(&v), 0.3).unwrap();
     assert_close(&o, &o_ref, "attention");

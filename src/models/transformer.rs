@@ -1,9 +1,12 @@
 //! The FLUX MM-DiT (`FluxTransformer2DModel`): packed latents + conditioning → velocity.
 //!
-//! Structure and weight names follow diffusers (`transformer_flux.py`), so a diffusers checkpoint loads as it is
-//! stored; spec §6 gives the maths. Every size comes from `transformer/config.json` except the feed-forward
-//! width, which diffusers fixes at 4× and we read from the checkpoint. The per-token work (modulated LayerNorm,
-//! RMSNorm + RoPE, attention, GELU, gated residuals) goes through [`crate::kernels`].
+//! Spec §6 gives the maths (diffusers' `transformer_flux.py`). Weight names are Black Forest Labs' original ones
+//! (`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1`, …) because those keep q, k, v (and, in single
+//! blocks, the MLP input) fused: one GEMM instead of three or four, and GGUF/BFL files load without splitting
+//! quantised tensors. Diffusers checkpoints are presented under these names by [`crate::weights::flux_keys`]
+//! (concatenating their separate projections at load). Every size comes from `transformer/config.json` except
+//! the feed-forward width, read from the checkpoint. The per-token work (modulated LayerNorm, RMSNorm + RoPE,
+//! attention, GELU, gated residuals) goes through [`crate::kernels`].
 
 use crate::config::TransformerConfig;
 use crate::kernels;
@@ -24,21 +27,6 @@ pub struct Inputs<'a> {
     pub pooled: &'a Tensor,
     /// [B] guidance scale, for transformers with a guidance embedder.
     pub guidance: Option<&'a Tensor>,
-}
-
-/// `Linear → SiLU → Linear` (the time, guidance and pooled-text embedders).
-struct Mlp {
-    linear_1: Linear,
-    linear_2: Linear,
-}
-
-impl Mlp {
-    fn new(i: usize, o: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { linear_1: linear(i, o, vb.pp("linear_1"))?, linear_2: linear(o, o, vb.pp("linear_2"))? })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply(&self.linear_1)?.silu()?.apply(&self.linear_2)
-    }
 }
 
 /// diffusers' `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)` for values already ×1000:
@@ -98,171 +86,179 @@ impl Rope<'_> {
     }
 }
 
-/// q/k/v projections with their RMSNorms for one stream.
-struct Qkv {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    norm_q: Tensor,
-    norm_k: Tensor,
+/// RMSNorm weights for queries and keys (`norm.query_norm.scale`, `norm.key_norm.scale`).
+struct QkNorm {
+    q: Tensor,
+    k: Tensor,
 }
 
-impl Qkv {
-    fn new(dim: usize, head_dim: usize, vb: &VarBuilder, names: [&str; 5]) -> Result<Self> {
-        Ok(Self {
-            q: linear(dim, dim, vb.pp(names[0]))?,
-            k: linear(dim, dim, vb.pp(names[1]))?,
-            v: linear(dim, dim, vb.pp(names[2]))?,
-            norm_q: vb.pp(names[3]).get(head_dim, "weight")?,
-            norm_k: vb.pp(names[4]).get(head_dim, "weight")?,
-        })
+impl QkNorm {
+    fn new(head_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { q: vb.pp("query_norm").get(head_dim, "scale")?, k: vb.pp("key_norm").get(head_dim, "scale")? })
     }
 
-    /// (q, k, v) as [B, H, S, Dh], q and k normalised and rotated with the angles of positions `start..`.
-    fn forward(&self, x: &Tensor, heads: usize, rope: &Rope, start: usize) -> Result<(Tensor, Tensor, Tensor)> {
-        let (cos, sin) = rope.range(start, x.dim(1)?)?;
-        let q = kernels::qk_norm_rope(&x.apply(&self.q)?, heads, &self.norm_q, EPS, &cos, &sin)?;
-        let k = kernels::qk_norm_rope(&x.apply(&self.k)?, heads, &self.norm_k, EPS, &cos, &sin)?;
-        let v = kernels::heads_first(&x.apply(&self.v)?, heads)?;
+    /// (q, k, v) [B, H, S, Dh] from a fused projection [B, S, ≥3·H·Dh] laid out [q | k | v | …]; q and k
+    /// normalised and rotated with the angles of positions `start..`.
+    fn split(&self, qkv: &Tensor, heads: usize, rope: &Rope, start: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let hd = self.q.dim(0)?;
+        let dim = heads * hd;
+        let (cos, sin) = rope.range(start, qkv.dim(1)?)?;
+        let q = kernels::qk_norm_rope(qkv, 0, heads, &self.q, EPS, &cos, &sin)?;
+        let k = kernels::qk_norm_rope(qkv, dim, heads, &self.k, EPS, &cos, &sin)?;
+        let v = kernels::heads_first(qkv, 2 * dim, heads, hd)?;
         Ok((q, k, v))
     }
 }
 
-/// diffusers `FeedForward` with GELU(tanh): `net.0.proj`, `net.2`.
-struct FeedForward {
-    up: Linear,
-    down: Linear,
+/// One stream of a double block: modulation, fused qkv, q/k norms, output projection, MLP (`img_*`/`txt_*`).
+struct Stream {
+    modulation: Linear,
+    qkv: Linear,
+    norm: QkNorm,
+    proj: Linear,
+    mlp_in: Linear,
+    mlp_out: Linear,
 }
 
-impl FeedForward {
-    fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { up: linear(dim, hidden, vb.pp("net.0.proj"))?, down: linear(hidden, dim, vb.pp("net.2"))? })
+impl Stream {
+    fn new(dim: usize, head_dim: usize, mlp: usize, vb: &VarBuilder, p: &str) -> Result<Self> {
+        Ok(Self {
+            modulation: linear(dim, 6 * dim, vb.pp(format!("{p}_mod.lin")))?,
+            qkv: linear(dim, 3 * dim, vb.pp(format!("{p}_attn.qkv")))?,
+            norm: QkNorm::new(head_dim, vb.pp(format!("{p}_attn.norm")))?,
+            proj: linear(dim, dim, vb.pp(format!("{p}_attn.proj")))?,
+            mlp_in: linear(dim, mlp, vb.pp(format!("{p}_mlp.0")))?,
+            mlp_out: linear(mlp, dim, vb.pp(format!("{p}_mlp.2")))?,
+        })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::gelu_tanh(&x.apply(&self.up)?)?.apply(&self.down)
+
+    /// After attention: `x + gate·proj(att)`, then `x + gate·MLP(LN(x)·(1+scale)+shift)`.
+    fn finish(&self, x: &Tensor, att: &Tensor, m: &[Tensor]) -> Result<Tensor> {
+        let x = kernels::gated_residual(x, &att.apply(&self.proj)?, &m[2])?;
+        let h = kernels::layer_norm_modulate(&x, &m[4], &m[3], EPS)?.apply(&self.mlp_in)?;
+        let h = kernels::gelu_tanh(&h)?.apply(&self.mlp_out)?;
+        kernels::gated_residual(&x, &h, &m[5])
     }
 }
 
-/// `transformer_blocks.N`: image and text streams with their own weights, joint attention over [text; image].
+/// `double_blocks.N`: image and text streams with their own weights, joint attention over [text; image].
 struct DoubleBlock {
-    norm1: Linear,
-    norm1_context: Linear,
-    img: Qkv,
-    txt: Qkv,
-    to_out: Linear,
-    to_add_out: Linear,
-    ff: FeedForward,
-    ff_context: FeedForward,
+    img: Stream,
+    txt: Stream,
 }
 
 impl DoubleBlock {
     fn new(dim: usize, head_dim: usize, mlp: usize, vb: VarBuilder) -> Result<Self> {
-        let a = vb.pp("attn");
-        Ok(Self {
-            norm1: linear(dim, 6 * dim, vb.pp("norm1.linear"))?,
-            norm1_context: linear(dim, 6 * dim, vb.pp("norm1_context.linear"))?,
-            img: Qkv::new(dim, head_dim, &a, ["to_q", "to_k", "to_v", "norm_q", "norm_k"])?,
-            txt: Qkv::new(dim, head_dim, &a, ["add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k"])?,
-            to_out: linear(dim, dim, a.pp("to_out.0"))?,
-            to_add_out: linear(dim, dim, a.pp("to_add_out"))?,
-            ff: FeedForward::new(dim, mlp, vb.pp("ff"))?,
-            ff_context: FeedForward::new(dim, mlp, vb.pp("ff_context"))?,
-        })
+        Ok(Self { img: Stream::new(dim, head_dim, mlp, &vb, "img")?, txt: Stream::new(dim, head_dim, mlp, &vb, "txt")? })
     }
 
     fn forward(&self, x: &Tensor, ctx: &Tensor, temb: &Tensor, heads: usize, rope: &Rope) -> Result<(Tensor, Tensor)> {
-        let m = chunks(&temb.apply(&self.norm1)?, 6)?; // shift, scale, gate (attention); shift, scale, gate (MLP)
-        let c = chunks(&temb.apply(&self.norm1_context)?, 6)?;
+        // shift, scale, gate (attention); shift, scale, gate (MLP)
+        let m = chunks(&temb.apply(&self.img.modulation)?, 6)?;
+        let c = chunks(&temb.apply(&self.txt.modulation)?, 6)?;
         let st = ctx.dim(1)?;
-        let nx = kernels::layer_norm_modulate(x, &m[1], &m[0], EPS)?;
-        let nc = kernels::layer_norm_modulate(ctx, &c[1], &c[0], EPS)?;
-        let (qt, kt, vt) = self.txt.forward(&nc, heads, rope, 0)?;
-        let (qi, ki, vi) = self.img.forward(&nx, heads, rope, st)?;
+        let qkv_i = kernels::layer_norm_modulate(x, &m[1], &m[0], EPS)?.apply(&self.img.qkv)?;
+        let qkv_t = kernels::layer_norm_modulate(ctx, &c[1], &c[0], EPS)?.apply(&self.txt.qkv)?;
+        let (qt, kt, vt) = self.txt.norm.split(&qkv_t, heads, rope, 0)?;
+        let (qi, ki, vi) = self.img.norm.split(&qkv_i, heads, rope, st)?;
         let q = Tensor::cat(&[qt, qi], 2)?;
         let k = Tensor::cat(&[kt, ki], 2)?;
         let v = Tensor::cat(&[vt, vi], 2)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let att = kernels::attention(&q, &k, &v, scale)?;
-        let att_txt = att.narrow(1, 0, st)?.apply(&self.to_add_out)?;
-        let att_img = att.narrow(1, st, att.dim(1)? - st)?.apply(&self.to_out)?;
-
-        let x = kernels::gated_residual(x, &att_img, &m[2])?;
-        let ff = self.ff.forward(&kernels::layer_norm_modulate(&x, &m[4], &m[3], EPS)?)?;
-        let x = kernels::gated_residual(&x, &ff, &m[5])?;
-
-        let ctx = kernels::gated_residual(ctx, &att_txt, &c[2])?;
-        let ff = self.ff_context.forward(&kernels::layer_norm_modulate(&ctx, &c[4], &c[3], EPS)?)?;
-        let ctx = kernels::gated_residual(&ctx, &ff, &c[5])?;
-        Ok((x, ctx))
+        let att_txt = att.narrow(1, 0, st)?;
+        let att_img = att.narrow(1, st, att.dim(1)? - st)?;
+        Ok((self.img.finish(x, &att_img, &m)?, self.txt.finish(ctx, &att_txt, &c)?))
     }
 }
 
-/// `single_transformer_blocks.N`: one stream over [text; image], attention and MLP in parallel.
+/// `single_blocks.N`: one stream over [text; image]; `linear1` gives [q | k | v | MLP input] at once and
+/// `linear2` projects [attention | GELU(MLP)] back.
 struct SingleBlock {
-    norm: Linear,
-    qkv: Qkv,
-    proj_mlp: Linear,
-    proj_out: Linear,
+    modulation: Linear,
+    linear1: Linear,
+    norm: QkNorm,
+    linear2: Linear,
+    mlp: usize,
 }
 
 impl SingleBlock {
     fn new(dim: usize, head_dim: usize, mlp: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            norm: linear(dim, 3 * dim, vb.pp("norm.linear"))?,
-            qkv: Qkv::new(dim, head_dim, &vb.pp("attn"), ["to_q", "to_k", "to_v", "norm_q", "norm_k"])?,
-            proj_mlp: linear(dim, mlp, vb.pp("proj_mlp"))?,
-            proj_out: linear(dim + mlp, dim, vb.pp("proj_out"))?,
+            modulation: linear(dim, 3 * dim, vb.pp("modulation.lin"))?,
+            linear1: linear(dim, 3 * dim + mlp, vb.pp("linear1"))?,
+            norm: QkNorm::new(head_dim, vb.pp("norm"))?,
+            linear2: linear(dim + mlp, dim, vb.pp("linear2"))?,
+            mlp,
         })
     }
 
     fn forward(&self, h: &Tensor, temb: &Tensor, heads: usize, rope: &Rope) -> Result<Tensor> {
-        let m = chunks(&temb.apply(&self.norm)?, 3)?; // shift, scale, gate
-        let n = kernels::layer_norm_modulate(h, &m[1], &m[0], EPS)?;
-        let mlp = kernels::gelu_tanh(&n.apply(&self.proj_mlp)?)?;
-        let (q, k, v) = self.qkv.forward(&n, heads, rope, 0)?;
+        let m = chunks(&temb.apply(&self.modulation)?, 3)?; // shift, scale, gate
+        let fused = kernels::layer_norm_modulate(h, &m[1], &m[0], EPS)?.apply(&self.linear1)?;
+        let dim = fused.dim(2)? - self.mlp;
+        let mlp = kernels::gelu_tanh_cols(&fused, dim, self.mlp)?;
+        let (q, k, v) = self.norm.split(&fused, heads, rope, 0)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let att = kernels::attention(&q, &k, &v, scale)?;
-        let out = Tensor::cat(&[att, mlp], 2)?.apply(&self.proj_out)?;
+        let out = Tensor::cat(&[att, mlp], 2)?.apply(&self.linear2)?;
         kernels::gated_residual(h, &out, &m[2])
     }
 }
 
+/// `in_layer → SiLU → out_layer` (BFL's MLPEmbedder: time, guidance and pooled-text embedders).
+struct Embedder {
+    in_layer: Linear,
+    out_layer: Linear,
+}
+
+impl Embedder {
+    fn new(i: usize, o: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { in_layer: linear(i, o, vb.pp("in_layer"))?, out_layer: linear(o, o, vb.pp("out_layer"))? })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.apply(&self.in_layer)?.silu()?.apply(&self.out_layer)
+    }
+}
+
 pub struct FluxTransformer {
-    x_embedder: Linear,
-    context_embedder: Linear,
-    time: Mlp,
-    guidance: Option<Mlp>,
-    text: Mlp,
+    img_in: Linear,
+    txt_in: Linear,
+    time_in: Embedder,
+    guidance_in: Option<Embedder>,
+    vector_in: Embedder,
     double: Vec<DoubleBlock>,
     single: Vec<SingleBlock>,
-    norm_out: Linear,
-    proj_out: Linear,
+    final_modulation: Linear,
+    final_linear: Linear,
     heads: usize,
     axes: Vec<usize>,
     dtype: DType,
 }
 
+/// BFL name of the tensor that gives the feed-forward width (rows of the first MLP layer).
+pub const MLP_PROBE: &str = "double_blocks.0.img_mlp.0.weight";
+
 impl FluxTransformer {
-    /// `mlp_hidden`: the feed-forward width as stored (diffusers: 4 × inner dim).
+    /// `vb` presents BFL names; `mlp_hidden` is the feed-forward width as stored (4 × inner dim in FLUX.1).
     pub fn new(cfg: &TransformerConfig, mlp_hidden: usize, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.num_attention_heads * cfg.attention_head_dim;
         let hd = cfg.attention_head_dim;
         let out_channels = cfg.out_channels.unwrap_or(cfg.in_channels);
-        let t = vb.pp("time_text_embed");
         Ok(Self {
-            x_embedder: linear(cfg.in_channels, dim, vb.pp("x_embedder"))?,
-            context_embedder: linear(cfg.joint_attention_dim, dim, vb.pp("context_embedder"))?,
-            time: Mlp::new(256, dim, t.pp("timestep_embedder"))?,
-            guidance: if cfg.guidance_embeds { Some(Mlp::new(256, dim, t.pp("guidance_embedder"))?) } else { None },
-            text: Mlp::new(cfg.pooled_projection_dim, dim, t.pp("text_embedder"))?,
+            img_in: linear(cfg.in_channels, dim, vb.pp("img_in"))?,
+            txt_in: linear(cfg.joint_attention_dim, dim, vb.pp("txt_in"))?,
+            time_in: Embedder::new(256, dim, vb.pp("time_in"))?,
+            guidance_in: if cfg.guidance_embeds { Some(Embedder::new(256, dim, vb.pp("guidance_in"))?) } else { None },
+            vector_in: Embedder::new(cfg.pooled_projection_dim, dim, vb.pp("vector_in"))?,
             double: (0..cfg.num_layers)
-                .map(|i| DoubleBlock::new(dim, hd, mlp_hidden, vb.pp(format!("transformer_blocks.{i}"))))
+                .map(|i| DoubleBlock::new(dim, hd, mlp_hidden, vb.pp(format!("double_blocks.{i}"))))
                 .collect::<Result<_>>()?,
             single: (0..cfg.num_single_layers)
-                .map(|i| SingleBlock::new(dim, hd, mlp_hidden, vb.pp(format!("single_transformer_blocks.{i}"))))
+                .map(|i| SingleBlock::new(dim, hd, mlp_hidden, vb.pp(format!("single_blocks.{i}"))))
                 .collect::<Result<_>>()?,
-            norm_out: linear(dim, 2 * dim, vb.pp("norm_out.linear"))?,
-            proj_out: linear(dim, out_channels, vb.pp("proj_out"))?,
+            final_modulation: linear(dim, 2 * dim, vb.pp("final_layer.adaLN_modulation.1"))?,
+            final_linear: linear(dim, out_channels, vb.pp("final_layer.linear"))?,
             heads: cfg.num_attention_heads,
             axes: cfg.axes_dims_rope.clone(),
             dtype: vb.dtype(),
@@ -273,14 +269,13 @@ impl FluxTransformer {
     pub fn forward(&self, latents: &Tensor, timestep: &Tensor, inp: &Inputs) -> Result<Tensor> {
         let dev = latents.device();
         let (dtype, heads) = (self.dtype, self.heads);
-        let mut temb = sinusoidal(&scaled_scalars(timestep, dtype)?, dtype, dev)?.apply(&self.time.linear_1)?;
-        temb = temb.silu()?.apply(&self.time.linear_2)?;
-        if let (Some(g), Some(mlp)) = (inp.guidance, &self.guidance) {
+        let mut temb = self.time_in.forward(&sinusoidal(&scaled_scalars(timestep, dtype)?, dtype, dev)?)?;
+        if let (Some(g), Some(mlp)) = (inp.guidance, &self.guidance_in) {
             let mut gv = scaled_scalars(g, dtype)?;
             gv.resize(temb.dim(0)?, gv[0]);
             temb = (temb + mlp.forward(&sinusoidal(&gv, dtype, dev)?)?)?;
         }
-        temb = (temb + self.text.forward(inp.pooled)?)?;
+        temb = (temb + self.vector_in.forward(inp.pooled)?)?;
         // Every modulation layer reads SiLU(temb).
         let temb = temb.silu()?;
 
@@ -288,8 +283,8 @@ impl FluxTransformer {
         let (cos, sin) = rope(&ids, &self.axes, dev)?;
         let rope = Rope { cos: &cos, sin: &sin };
 
-        let mut x = latents.apply(&self.x_embedder)?;
-        let mut ctx = inp.txt.apply(&self.context_embedder)?;
+        let mut x = latents.apply(&self.img_in)?;
+        let mut ctx = inp.txt.apply(&self.txt_in)?;
         for block in &self.double {
             (x, ctx) = block.forward(&x, &ctx, &temb, heads, &rope)?;
         }
@@ -299,7 +294,7 @@ impl FluxTransformer {
             h = block.forward(&h, &temb, heads, &rope)?;
         }
         let x = h.narrow(1, st, h.dim(1)? - st)?;
-        let m = chunks(&temb.apply(&self.norm_out)?, 2)?; // scale, shift — this order here (spec §6.9)
-        kernels::layer_norm_modulate(&x, &m[0], &m[1], EPS)?.apply(&self.proj_out)
+        let m = chunks(&temb.apply(&self.final_modulation)?, 2)?; // shift, scale — BFL's order (spec §10.1)
+        kernels::layer_norm_modulate(&x, &m[1], &m[0], EPS)?.apply(&self.final_linear)
     }
 }
