@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         resize: flux_img2img::image_io::ResizeMode::Crop,
         max_megapixels: None,
         keep_size: false,
+        overrides: Default::default(),
     };
     let report = pipeline::run(&req)?;
     println!("{} ({} steps run, {:.1}s)", report.output.display(), report.plan.schedule.steps_to_run(), report.timings.total);

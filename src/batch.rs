@@ -82,7 +82,7 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
     };
     let r0 = &first.request;
     let mut session =
-        if batch.dry_run { Session::open_configs(&r0.model)? } else { Session::open(&r0.model, &r0.device, r0.dtype)? };
+        if batch.dry_run { Session::open_configs(&r0.model)? } else { Session::open_with(&r0.model, &r0.overrides, &r0.device, r0.dtype)? };
     let say = |msg: String| {
         if !batch.quiet {
             eprintln!("{msg}");

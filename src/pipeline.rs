@@ -13,10 +13,10 @@ use crate::output;
 use crate::rng::{self, RngKind};
 use crate::schedule::{self, Schedule};
 use crate::sdedit;
-use crate::source::ModelFiles;
+use crate::source::{ModelFiles, Overrides};
 use crate::text::{self, Conditioning};
 use crate::weights::flux_keys::{self, Source};
-use crate::weights::{CheckedWeights, NameMap};
+use crate::weights::{vae_keys, CheckedWeights, NameMap};
 use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -51,6 +51,8 @@ pub struct Request {
     pub max_megapixels: Option<f64>,
     /// Resize the result back to exactly the input's size.
     pub keep_size: bool,
+    /// Component weight files replacing the model folder's.
+    pub overrides: Overrides,
 }
 
 /// What will run, decided before loading weights.
@@ -217,6 +219,7 @@ pub struct Session {
     prompts: HashMap<String, (Conditioning, f64)>,
     vae: Option<AutoencoderKl>,
     transformer: Option<FluxTransformer>,
+    transformer_layout: Option<flux_keys::Layout>,
     /// (hash of the preprocessed input, posterior mean, logvar) of the last VAE encode.
     last_posterior: Option<(u64, Tensor, Tensor)>,
 }
@@ -224,7 +227,48 @@ pub struct Session {
 impl Session {
     /// Reads the model folder's layout and configs and checks the weight files exist; loads no weights yet.
     pub fn open(model: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        Self::with_files(ModelFiles::from_dir(model)?, device, dtype)
+        Self::open_with(model, &Overrides::default(), device, dtype)
+    }
+
+    /// As [`Session::open`], with component files replacing the folder's weights.
+    pub fn open_with(model: &Path, overrides: &Overrides, device: &Device, dtype: DType) -> Result<Self> {
+        let mut files = ModelFiles::from_dir(model)?;
+        files.apply(overrides)?;
+        let mut s = Self::with_files(files, device, dtype)?;
+        s.detect_guidance()?;
+        Ok(s)
+    }
+
+    /// dev or schnell is decided by the transformer's tensors (a guidance embedder or none), which may differ
+    /// from the folder's config when `--transformer` swaps the weights.
+    fn detect_guidance(&mut self) -> Result<()> {
+        let tw = CheckedWeights::open("transformer", &self.files.transformer.weights)?;
+        let names = tw.names();
+        let Some(layout) = flux_keys::transformer_layout(&names) else {
+            return Err(Error::Tensors {
+                component: "transformer".into(),
+                detail: format!(
+                    "{} has neither diffusers (transformer_blocks.0.attn.to_q) nor Black Forest Labs \
+                     (double_blocks.0.img_attn.qkv) FLUX tensor names",
+                    self.files.transformer.weights.first().map(|p| p.display().to_string()).unwrap_or_default()
+                ),
+            });
+        };
+        let probe = match &layout {
+            flux_keys::Layout::Diffusers => "time_text_embed.guidance_embedder.linear_1.weight".to_string(),
+            flux_keys::Layout::Bfl { prefix } => format!("{prefix}guidance_in.in_layer.weight"),
+        };
+        let has = names.contains(&probe);
+        if has != self.transformer_config.guidance_embeds {
+            eprintln!(
+                "note: the transformer weights {} ({}-like); using that, not config.json's guidance_embeds",
+                if has { "embed guidance" } else { "have no guidance embedding" },
+                if has { "dev" } else { "schnell" }
+            );
+            self.transformer_config.guidance_embeds = has;
+        }
+        self.transformer_layout = Some(layout);
+        Ok(())
     }
 
     /// Configs only, for planning (dry runs): weight files need not exist, and nothing can be run.
@@ -249,6 +293,7 @@ impl Session {
             vae: None,
             transformer: None,
             last_posterior: None,
+            transformer_layout: None,
         })
     }
 
@@ -282,7 +327,12 @@ impl Session {
     fn vae(&mut self) -> Result<&AutoencoderKl> {
         if self.vae.is_none() {
             let w = CheckedWeights::open("vae", &self.files.vae.weights)?;
-            let vae = AutoencoderKl::new(&self.vae_config, self.vae_act, w.var_builder(self.dtype, &self.device, None))?;
+            // Black Forest Labs' ae.safetensors names are mapped to the diffusers ones the model asks for.
+            let map: Option<NameMap> = vae_keys::bfl_prefix(&w.names()).map(|prefix| {
+                let blocks = self.vae_config.block_out_channels.len();
+                Arc::new(move |n: &str| vae_keys::diffusers_to_bfl(n, blocks, &prefix)) as NameMap
+            });
+            let vae = AutoencoderKl::new(&self.vae_config, self.vae_act, w.var_builder(self.dtype, &self.device, map))?;
             w.finish()?;
             self.vae = Some(vae);
         }
@@ -295,8 +345,9 @@ impl Session {
             let t = &self.transformer_config;
             let inner = t.num_attention_heads * t.attention_head_dim;
             // The model reads BFL names; a diffusers checkpoint is translated (and its q/k/v concatenated).
-            let map: NameMap = Arc::new(|n: &str| flux_keys::bfl_to_diffusers(n));
-            let mlp_hidden = match flux_keys::bfl_to_diffusers(MLP_PROBE) {
+            let layout = self.transformer_layout.clone().unwrap_or(flux_keys::Layout::Diffusers);
+            let map: NameMap = Arc::new(flux_keys::transformer_map(&layout));
+            let mlp_hidden = match map(MLP_PROBE) {
                 Source::One(name) => tw.shape_of(&name).map_or(4 * inner, |s| s[0]),
                 _ => 4 * inner,
             };
@@ -447,7 +498,7 @@ impl Session {
 
 /// Runs one edit end to end: bad input fails before any weight is read.
 pub fn run(req: &Request) -> Result<Report> {
-    Session::open(&req.model, &req.device, req.dtype)?.run(req)
+    Session::open_with(&req.model, &req.overrides, &req.device, req.dtype)?.run(req)
 }
 
 /// PNG text chunks: A1111's `parameters` line (read by image sites) and a JSON record of everything.

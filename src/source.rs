@@ -30,7 +30,34 @@ pub struct ModelFiles {
     pub scheduler_config: PathBuf,
 }
 
+/// Single weight files that replace one component's weights from `--model` (configs stay the folder's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub transformer: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub text_encoder: Option<PathBuf>,
+    pub text_encoder_2: Option<PathBuf>,
+}
+
 impl ModelFiles {
+    /// Points components at override files (BFL or diffusers names; the loaders detect which).
+    pub fn apply(&mut self, o: &Overrides) -> Result<()> {
+        for (file, comp, flag) in [
+            (&o.transformer, &mut self.transformer, "--transformer"),
+            (&o.vae, &mut self.vae, "--vae"),
+            (&o.text_encoder, &mut self.text_encoder, "--text-encoder"),
+            (&o.text_encoder_2, &mut self.text_encoder_2, "--text-encoder-2"),
+        ] {
+            if let Some(f) = file {
+                if !f.is_file() {
+                    return Err(Error::Usage(format!("{flag} {}: no such file", f.display())));
+                }
+                comp.weights = vec![f.clone()];
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves a local diffusers-layout folder (the layout of black-forest-labs/FLUX.1-dev on the Hub).
     pub fn from_dir(root: &Path) -> Result<Self> {
         Self::resolve(root, true)

@@ -352,6 +352,12 @@ impl Args {
         };
         let per_row_seeds = seed_list.as_ref().map_or(self.num_images.unwrap_or(1), Vec::len);
 
+        let overrides = crate::source::Overrides {
+            transformer: self.transformer.clone(),
+            vae: self.vae.clone(),
+            text_encoder: self.text_encoder.clone(),
+            text_encoder_2: self.text_encoder_2.clone(),
+        };
         let mut fetched = Fetched::default();
         // `-o -`: one image to standard output, through a temporary file like every output.
         let stdout_png = if self.output.as_deref() == Some(Path::new("-")) {
@@ -488,6 +494,7 @@ impl Args {
                         resize: self.resize.unwrap_or_default(),
                         max_megapixels: self.max_megapixels,
                         keep_size: self.keep_size,
+                        overrides: overrides.clone(),
                     };
                     items.push(Item { index, request });
                 }

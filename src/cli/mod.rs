@@ -39,6 +39,19 @@ pub struct Args {
     /// FLUX.1 pipeline folder in diffusers layout (model_index.json, transformer/, vae/, text_encoder/, ...).
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// Transformer weights replacing the model folder's: diffusers or original Black Forest Labs names
+    /// (flux1-dev.safetensors, ComfyUI's model.diffusion_model. prefix); dev or schnell is read from the tensors.
+    #[arg(long, value_name = "FILE")]
+    pub transformer: Option<PathBuf>,
+    /// VAE weights replacing the folder's: diffusers names or Black Forest Labs' ae.safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub vae: Option<PathBuf>,
+    /// CLIP text encoder weights replacing the folder's (e.g. clip_l.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub text_encoder: Option<PathBuf>,
+    /// T5 encoder weights replacing the folder's (e.g. t5xxl_fp16.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub text_encoder_2: Option<PathBuf>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
     #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
     pub image: Vec<String>,

@@ -14,6 +14,36 @@ pub enum Source {
     Cat(Vec<String>),
     /// This tensor with its two halves along dim 0 exchanged (final layer's shift/scale order).
     SwapHalves(String),
+    /// This tensor reshaped to the requested shape (same element count): BFL's VAE attention uses 1×1
+    /// convolutions [C, C, 1, 1] where diffusers has Linear [C, C].
+    Reshape(String),
+}
+
+/// How a transformer checkpoint names its tensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// diffusers `FluxTransformer2DModel` names.
+    Diffusers,
+    /// Black Forest Labs' names, behind `prefix` (ComfyUI files add `model.diffusion_model.`).
+    Bfl { prefix: String },
+}
+
+/// Detects the layout of a transformer checkpoint from its tensor names (spec §10.1).
+pub fn transformer_layout(names: &[String]) -> Option<Layout> {
+    const PROBE: &str = "double_blocks.0.img_attn.qkv.weight";
+    if names.iter().any(|n| n.starts_with("transformer_blocks.0.attn.to_q.")) {
+        return Some(Layout::Diffusers);
+    }
+    names.iter().find(|n| n.ends_with(PROBE)).map(|n| Layout::Bfl { prefix: n[..n.len() - PROBE.len()].to_string() })
+}
+
+/// The name map that presents a checkpoint of `layout` under the BFL names the model asks for.
+pub fn transformer_map(layout: &Layout) -> impl Fn(&str) -> Source + Send + Sync + 'static {
+    let layout = layout.clone();
+    move |n: &str| match &layout {
+        Layout::Diffusers => bfl_to_diffusers(n),
+        Layout::Bfl { prefix } => Source::One(format!("{prefix}{n}")),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -161,7 +191,7 @@ mod tests {
             let params: &[&str] = if m.contains("_norm") { &["scale"] } else { &["weight", "bias"] };
             for p in params {
                 match bfl_to_diffusers(&format!("{m}.{p}")) {
-                    Source::One(n) | Source::SwapHalves(n) => reached.push(n),
+                    Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => reached.push(n),
                     Source::Cat(ns) => reached.extend(ns),
                 }
             }

@@ -6,6 +6,7 @@
 //! Name translation between checkpoint layouts lives in [`flux_keys`] as a table.
 
 pub mod flux_keys;
+pub mod vae_keys;
 
 use crate::error::{Error, Result};
 use candle_core::safetensors::MmapedSafetensors;
@@ -49,7 +50,7 @@ impl Backend {
     fn fetch(&self, name: &str, dev: &Device) -> candle_core::Result<Option<Tensor>> {
         let source = self.resolve(name);
         let parts: Vec<&String> = match &source {
-            Source::One(n) | Source::SwapHalves(n) => vec![n],
+            Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => vec![n],
             Source::Cat(ns) => ns.iter().collect(),
         };
         let mut tensors = Vec::with_capacity(parts.len());
@@ -67,7 +68,7 @@ impl Backend {
             return Ok(None);
         }
         let t = match source {
-            Source::One(_) => tensors.pop().unwrap(),
+            Source::One(_) | Source::Reshape(_) => tensors.pop().unwrap(),
             Source::Cat(_) => Tensor::cat(&tensors, 0)?,
             Source::SwapHalves(_) => {
                 let t = tensors.pop().unwrap();
@@ -80,7 +81,7 @@ impl Backend {
 
     fn display_name(&self, name: &str) -> String {
         match self.resolve(name) {
-            Source::One(n) | Source::SwapHalves(n) => n,
+            Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => n,
             Source::Cat(ns) => ns.join(" + "),
         }
     }
@@ -100,7 +101,10 @@ impl SimpleBackend for Backend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let Some(t) = self.fetch(name, dev)? else { return placeholder(&s, dtype, dev) };
+        let Some(mut t) = self.fetch(name, dev)? else { return placeholder(&s, dtype, dev) };
+        if matches!(self.resolve(name), Source::Reshape(_)) && t.elem_count() == s.elem_count() {
+            t = t.reshape(&s)?;
+        }
         if t.shape() != &s {
             self.problems.lock().unwrap().push(Problem::Shape {
                 name: self.display_name(name),
@@ -121,7 +125,7 @@ impl SimpleBackend for Backend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         match self.resolve(name) {
-            Source::One(n) | Source::SwapHalves(n) => self.files.get(&n).is_ok(),
+            Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => self.files.get(&n).is_ok(),
             Source::Cat(ns) => ns.iter().all(|n| self.files.get(n).is_ok()),
         }
     }

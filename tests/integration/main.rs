@@ -4,4 +4,5 @@
 mod bad_input;
 mod batch;
 mod common;
+mod formats;
 mod parity;
