@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         max_megapixels: None,
         keep_size: false,
         overrides: Default::default(),
+        quantize: None,
     };
     let report = pipeline::run(&req)?;
     println!("{} ({} steps run, {:.1}s)", report.output.display(), report.plan.schedule.steps_to_run(), report.timings.total);

@@ -7,7 +7,9 @@
 use crate::config::{read_json, Act, SchedulerConfig, TransformerConfig, VaeConfig};
 use crate::error::{Error, Result};
 use crate::image_io::{self, ResizeMode};
+use crate::models::linear::{gguf_names, Quant, QuantStats, Weights};
 use crate::models::transformer::{FluxTransformer, Inputs, MLP_PROBE};
+use std::sync::atomic::Ordering;
 use crate::models::vae::AutoencoderKl;
 use crate::output;
 use crate::rng::{self, RngKind};
@@ -53,6 +55,8 @@ pub struct Request {
     pub keep_size: bool,
     /// Component weight files replacing the model folder's.
     pub overrides: Overrides,
+    /// Quantise the transformer's block matrices at load.
+    pub quantize: Option<Quant>,
 }
 
 /// What will run, decided before loading weights.
@@ -242,8 +246,10 @@ impl Session {
     /// dev or schnell is decided by the transformer's tensors (a guidance embedder or none), which may differ
     /// from the folder's config when `--transformer` swaps the weights.
     fn detect_guidance(&mut self) -> Result<()> {
-        let tw = CheckedWeights::open("transformer", &self.files.transformer.weights)?;
-        let names = tw.names();
+        let names = match self.gguf_transformer() {
+            Some(path) => gguf_names(&path)?,
+            None => CheckedWeights::open("transformer", &self.files.transformer.weights)?.names(),
+        };
         let Some(layout) = flux_keys::transformer_layout(&names) else {
             return Err(Error::Tensors {
                 component: "transformer".into(),
@@ -339,8 +345,31 @@ impl Session {
         Ok(self.vae.as_ref().expect("loaded above"))
     }
 
-    fn load_transformer(&mut self) -> Result<()> {
+    /// The transformer file when it is GGUF.
+    fn gguf_transformer(&self) -> Option<PathBuf> {
+        let w = &self.files.transformer.weights;
+        (w.len() == 1 && w[0].extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))).then(|| w[0].clone())
+    }
+
+    fn load_transformer(&mut self, quantize: Option<Quant>) -> Result<()> {
         if self.transformer.is_none() {
+            if let Some(path) = self.gguf_transformer() {
+                let t = &self.transformer_config;
+                let inner = t.num_attention_heads * t.attention_head_dim;
+                let prefix = match &self.transformer_layout {
+                    Some(flux_keys::Layout::Bfl { prefix }) => prefix.clone(),
+                    _ => return Err(Error::model(&path, "GGUF transformers must use Black Forest Labs tensor names")),
+                };
+                let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(&path, &self.device)
+                    .map_err(|e| Error::model(&path, format!("unreadable GGUF: {e}")))?;
+                let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
+                let mlp_hidden = gguf_dim0(&path, &format!("{prefix}{MLP_PROBE}")).unwrap_or(4 * inner);
+                let w = Weights::Gguf { vb, dtype: self.dtype };
+                let model = FluxTransformer::new(t, mlp_hidden, w)
+                    .map_err(|e| Error::model(&path, format!("does not fit transformer/config.json: {e}")))?;
+                self.transformer = Some(model);
+                return Ok(());
+            }
             let tw = CheckedWeights::open("transformer", &self.files.transformer.weights)?;
             let t = &self.transformer_config;
             let inner = t.num_attention_heads * t.attention_head_dim;
@@ -351,8 +380,23 @@ impl Session {
                 Source::One(name) => tw.shape_of(&name).map_or(4 * inner, |s| s[0]),
                 _ => 4 * inner,
             };
-            let model = FluxTransformer::new(t, mlp_hidden, tw.var_builder(self.dtype, &self.device, Some(map)))?;
+            let stats = Arc::new(QuantStats::default());
+            let w = Weights::Dense {
+                vb: tw.var_builder(self.dtype, &self.device, Some(map.clone())),
+                cpu: tw.var_builder(DType::F32, &Device::Cpu, Some(map)),
+                quant: quantize.map(Quant::ggml),
+                stats: stats.clone(),
+            };
+            let model = FluxTransformer::new(t, mlp_hidden, w)?;
             tw.finish()?;
+            if let Some(q) = quantize {
+                let (n, f) = (stats.requested.load(Ordering::Relaxed), stats.fallback.load(Ordering::Relaxed));
+                eprintln!(
+                    "quantized {n} transformer matrices to {}{}",
+                    serde_json::to_value(q).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                    if f > 0 { format!(" ({f} narrower than 256 columns to the nearest 32-block format)") } else { String::new() }
+                );
+            }
             self.transformer = Some(model);
         }
         Ok(())
@@ -441,7 +485,7 @@ impl Session {
         timings.vae_encode = secs(t0);
 
         let t0 = Instant::now();
-        self.load_transformer()?;
+        self.load_transformer(req.quantize)?;
         timings.load_transformer = secs(t0);
 
         let t0 = Instant::now();
@@ -535,4 +579,11 @@ fn metadata(req: &Request, plan: &Plan) -> Vec<(&'static str, String)> {
         "dtype": format!("{:?}", req.dtype).to_lowercase(),
     });
     vec![("parameters", params), ("flux-img2img", json.to_string())]
+}
+
+/// Rows of a GGUF tensor (GGUF stores dimensions innermost first).
+fn gguf_dim0(path: &Path, name: &str) -> Option<usize> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let c = candle_core::quantized::gguf_file::Content::read(&mut f).ok()?;
+    c.tensor_infos.get(name).map(|i| i.shape.dims()[0])
 }

@@ -495,6 +495,7 @@ impl Args {
                         max_megapixels: self.max_megapixels,
                         keep_size: self.keep_size,
                         overrides: overrides.clone(),
+                        quantize: self.quantize,
                     };
                     items.push(Item { index, request });
                 }

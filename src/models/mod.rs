@@ -1,10 +1,12 @@
-//! Model code: pure `new(cfg, vb)` constructors and `forward` functions, no I/O, no CLI types.
+//! Model code: pure `new(cfg, weights)` constructors and `forward` functions, no I/O, no CLI types.
 //!
 //! - `vae`: diffusers `AutoencoderKL` (encoder with posterior parameters, decoder).
 //! - `clip`: transformers `CLIPTextModel` (pooled output only, as FLUX uses it).
-//! - `transformer`: FLUX's MM-DiT, built from candle-transformers with names translated from diffusers.
+//! - `transformer`: FLUX's MM-DiT (spec §6) in Black Forest Labs' weight names, fused projections.
+//! - `linear`: dense / quantised (`--quantize`, GGUF) linear layers for the transformer.
 //! - T5 comes straight from `candle_transformers::models::t5`.
 
 pub mod clip;
+pub mod linear;
 pub mod transformer;
 pub mod vae;

@@ -11,7 +11,7 @@
 use crate::config::TransformerConfig;
 use crate::kernels;
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use super::linear::{Lin, Weights};
 
 const EPS: f64 = 1e-6;
 
@@ -93,7 +93,7 @@ struct QkNorm {
 }
 
 impl QkNorm {
-    fn new(head_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(head_dim: usize, vb: Weights) -> Result<Self> {
         Ok(Self { q: vb.pp("query_norm").get(head_dim, "scale")?, k: vb.pp("key_norm").get(head_dim, "scale")? })
     }
 
@@ -112,23 +112,23 @@ impl QkNorm {
 
 /// One stream of a double block: modulation, fused qkv, q/k norms, output projection, MLP (`img_*`/`txt_*`).
 struct Stream {
-    modulation: Linear,
-    qkv: Linear,
+    modulation: Lin,
+    qkv: Lin,
     norm: QkNorm,
-    proj: Linear,
-    mlp_in: Linear,
-    mlp_out: Linear,
+    proj: Lin,
+    mlp_in: Lin,
+    mlp_out: Lin,
 }
 
 impl Stream {
-    fn new(dim: usize, head_dim: usize, mlp: usize, vb: &VarBuilder, p: &str) -> Result<Self> {
+    fn new(dim: usize, head_dim: usize, mlp: usize, vb: &Weights, p: &str) -> Result<Self> {
         Ok(Self {
-            modulation: linear(dim, 6 * dim, vb.pp(format!("{p}_mod.lin")))?,
-            qkv: linear(dim, 3 * dim, vb.pp(format!("{p}_attn.qkv")))?,
+            modulation: vb.pp(format!("{p}_mod.lin")).linear(dim, 6 * dim)?,
+            qkv: vb.pp(format!("{p}_attn.qkv")).linear(dim, 3 * dim)?,
             norm: QkNorm::new(head_dim, vb.pp(format!("{p}_attn.norm")))?,
-            proj: linear(dim, dim, vb.pp(format!("{p}_attn.proj")))?,
-            mlp_in: linear(dim, mlp, vb.pp(format!("{p}_mlp.0")))?,
-            mlp_out: linear(mlp, dim, vb.pp(format!("{p}_mlp.2")))?,
+            proj: vb.pp(format!("{p}_attn.proj")).linear(dim, dim)?,
+            mlp_in: vb.pp(format!("{p}_mlp.0")).linear(dim, mlp)?,
+            mlp_out: vb.pp(format!("{p}_mlp.2")).linear(mlp, dim)?,
         })
     }
 
@@ -148,7 +148,7 @@ struct DoubleBlock {
 }
 
 impl DoubleBlock {
-    fn new(dim: usize, head_dim: usize, mlp: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, head_dim: usize, mlp: usize, vb: Weights) -> Result<Self> {
         Ok(Self { img: Stream::new(dim, head_dim, mlp, &vb, "img")?, txt: Stream::new(dim, head_dim, mlp, &vb, "txt")? })
     }
 
@@ -175,20 +175,20 @@ impl DoubleBlock {
 /// `single_blocks.N`: one stream over [text; image]; `linear1` gives [q | k | v | MLP input] at once and
 /// `linear2` projects [attention | GELU(MLP)] back.
 struct SingleBlock {
-    modulation: Linear,
-    linear1: Linear,
+    modulation: Lin,
+    linear1: Lin,
     norm: QkNorm,
-    linear2: Linear,
+    linear2: Lin,
     mlp: usize,
 }
 
 impl SingleBlock {
-    fn new(dim: usize, head_dim: usize, mlp: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, head_dim: usize, mlp: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
-            modulation: linear(dim, 3 * dim, vb.pp("modulation.lin"))?,
-            linear1: linear(dim, 3 * dim + mlp, vb.pp("linear1"))?,
+            modulation: vb.pp("modulation.lin").linear(dim, 3 * dim)?,
+            linear1: vb.pp("linear1").linear(dim, 3 * dim + mlp)?,
             norm: QkNorm::new(head_dim, vb.pp("norm"))?,
-            linear2: linear(dim + mlp, dim, vb.pp("linear2"))?,
+            linear2: vb.pp("linear2").linear(dim + mlp, dim)?,
             mlp,
         })
     }
@@ -208,13 +208,13 @@ impl SingleBlock {
 
 /// `in_layer → SiLU → out_layer` (BFL's MLPEmbedder: time, guidance and pooled-text embedders).
 struct Embedder {
-    in_layer: Linear,
-    out_layer: Linear,
+    in_layer: Lin,
+    out_layer: Lin,
 }
 
 impl Embedder {
-    fn new(i: usize, o: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { in_layer: linear(i, o, vb.pp("in_layer"))?, out_layer: linear(o, o, vb.pp("out_layer"))? })
+    fn new(i: usize, o: usize, vb: Weights) -> Result<Self> {
+        Ok(Self { in_layer: vb.pp("in_layer").dense_linear(i, o)?, out_layer: vb.pp("out_layer").dense_linear(o, o)? })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.apply(&self.in_layer)?.silu()?.apply(&self.out_layer)
@@ -222,15 +222,15 @@ impl Embedder {
 }
 
 pub struct FluxTransformer {
-    img_in: Linear,
-    txt_in: Linear,
+    img_in: Lin,
+    txt_in: Lin,
     time_in: Embedder,
     guidance_in: Option<Embedder>,
     vector_in: Embedder,
     double: Vec<DoubleBlock>,
     single: Vec<SingleBlock>,
-    final_modulation: Linear,
-    final_linear: Linear,
+    final_modulation: Lin,
+    final_linear: Lin,
     heads: usize,
     axes: Vec<usize>,
     dtype: DType,
@@ -241,13 +241,13 @@ pub const MLP_PROBE: &str = "double_blocks.0.img_mlp.0.weight";
 
 impl FluxTransformer {
     /// `vb` presents BFL names; `mlp_hidden` is the feed-forward width as stored (4 × inner dim in FLUX.1).
-    pub fn new(cfg: &TransformerConfig, mlp_hidden: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &TransformerConfig, mlp_hidden: usize, vb: Weights) -> Result<Self> {
         let dim = cfg.num_attention_heads * cfg.attention_head_dim;
         let hd = cfg.attention_head_dim;
         let out_channels = cfg.out_channels.unwrap_or(cfg.in_channels);
         Ok(Self {
-            img_in: linear(cfg.in_channels, dim, vb.pp("img_in"))?,
-            txt_in: linear(cfg.joint_attention_dim, dim, vb.pp("txt_in"))?,
+            img_in: vb.pp("img_in").dense_linear(cfg.in_channels, dim)?,
+            txt_in: vb.pp("txt_in").dense_linear(cfg.joint_attention_dim, dim)?,
             time_in: Embedder::new(256, dim, vb.pp("time_in"))?,
             guidance_in: if cfg.guidance_embeds { Some(Embedder::new(256, dim, vb.pp("guidance_in"))?) } else { None },
             vector_in: Embedder::new(cfg.pooled_projection_dim, dim, vb.pp("vector_in"))?,
@@ -257,8 +257,8 @@ impl FluxTransformer {
             single: (0..cfg.num_single_layers)
                 .map(|i| SingleBlock::new(dim, hd, mlp_hidden, vb.pp(format!("single_blocks.{i}"))))
                 .collect::<Result<_>>()?,
-            final_modulation: linear(dim, 2 * dim, vb.pp("final_layer.adaLN_modulation.1"))?,
-            final_linear: linear(dim, out_channels, vb.pp("final_layer.linear"))?,
+            final_modulation: vb.pp("final_layer.adaLN_modulation.1").linear(dim, 2 * dim)?,
+            final_linear: vb.pp("final_layer.linear").dense_linear(dim, out_channels)?,
             heads: cfg.num_attention_heads,
             axes: cfg.axes_dims_rope.clone(),
             dtype: vb.dtype(),

@@ -69,3 +69,31 @@ fn wrong_or_missing_component_files() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--transformer /nonexistent/flux1-dev.safetensors: no such file"), "{}", stderr(&o));
 }
+
+/// Quantised transformers against the f32 run of the same weights. Random toy weights are harsher on
+/// quantisation than trained ones; the floors sit a few dB under what was measured (in brackets).
+#[test]
+fn quantized_and_gguf_transformers_keep_a_measured_floor() {
+    let t = tempfile::tempdir().unwrap();
+    let reference = t.path().join("f32.png");
+    assert_eq!(edit(&reference, &[]).status.code(), Some(0));
+    let cases: [(&[&str], f64, &str); 4] = [
+        (&["--quantize", "q8_0"], 47.0, "q8_0 in memory (50.9 dB)"),
+        (&["--quantize", "q4_0"], 25.0, "q4_0 in memory (28.0 dB)"),
+        // k-quants need 256-column blocks: the 32-wide toy falls back to q4_0 and says so.
+        (&["--quantize", "q4_k"], 25.0, "q4_k → q4_0 fallback (28.0 dB)"),
+        (&["--transformer", "GGUF"], 42.0, "community-style Q8_0 GGUF, embedders quantised too (45.0 dB)"),
+    ];
+    for (extra, floor, what) in cases {
+        let gguf = bfl("flux1-Q8_0.gguf");
+        let extra: Vec<&str> = extra.iter().map(|a| if *a == "GGUF" { gguf.as_str() } else { a }).collect();
+        let out = t.path().join("q.png");
+        let o = edit(&out, &extra);
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(&o));
+        if what.contains("fallback") {
+            assert!(stderr(&o).contains("nearest 32-block format"), "{}", stderr(&o));
+        }
+        let p = psnr(&out, &reference);
+        assert!(p >= floor && p.is_finite(), "{what}: {p:.1} dB (floor {floor})");
+    }
+}

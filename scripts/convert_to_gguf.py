@@ -1,0 +1,36 @@
+#!/usr/bin/env python3
+"""Writes a BFL-named FLUX transformer (safetensors, e.g. from convert_to_bfl.py) as GGUF the way the community
+files (FLUX.1-dev-Q8_0.gguf, ...) are laid out: BFL tensor names, 2-D weight matrices quantised, biases and norm
+scales kept in F32, dimensions in GGML order. Uses llama.cpp's gguf-py for the format and the quantisation.
+
+usage: python scripts/convert_to_gguf.py IN.safetensors OUT.gguf [Q8_0|Q4_0|Q5_0]
+"""
+import sys
+
+import gguf
+import numpy as np
+from safetensors.numpy import load_file
+
+
+def main():
+    src, dst = sys.argv[1], sys.argv[2]
+    qtype = getattr(gguf.GGMLQuantizationType, sys.argv[3] if len(sys.argv) > 3 else "Q8_0")
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    w = gguf.GGUFWriter(dst, arch="flux")
+    n_q = 0
+    for name, t in sorted(load_file(src).items()):
+        t = t.astype(np.float32)
+        if t.ndim == 2 and t.shape[1] % block == 0 and name.endswith(".weight"):
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+            n_q += 1
+        else:
+            w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"{dst}: {n_q} matrices in {qtype.name}")
+
+
+if __name__ == "__main__":
+    main()
