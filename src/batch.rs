@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::grid;
 use crate::image_io;
 use crate::output;
+use crate::source;
 use crate::pipeline::{Plan, Report, Session};
 use serde_json::json;
 use std::collections::HashMap;
@@ -81,8 +82,13 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
         return Ok(summary);
     };
     let r0 = &first.request;
-    let mut session =
-        if batch.dry_run { Session::open_configs(&r0.model)? } else { Session::open_with(&r0.model, &r0.overrides, &r0.device, r0.dtype)? };
+    // Configs (and, for a run, weights) from the folder or the Hub cache; a dry run downloads no weights.
+    let model_dir = source::locate(&r0.model, &r0.overrides, !batch.dry_run, batch.quiet)?;
+    let mut session = if batch.dry_run {
+        Session::open_configs(&model_dir, &r0.overrides)?
+    } else {
+        Session::open_with(&model_dir, &r0.overrides, &r0.device, r0.dtype)?
+    };
     let say = |msg: String| {
         if !batch.quiet {
             eprintln!("{msg}");

@@ -278,8 +278,16 @@ impl Session {
     }
 
     /// Configs only, for planning (dry runs): weight files need not exist, and nothing can be run.
-    pub fn open_configs(model: &Path) -> Result<Self> {
-        Self::with_files(ModelFiles::configs_only(model)?, &Device::Cpu, DType::F32)
+    pub fn open_configs(model: &Path, overrides: &Overrides) -> Result<Self> {
+        let mut files = ModelFiles::configs_only(model)?;
+        let swapped = overrides.transformer.is_some();
+        files.apply(overrides)?;
+        let mut s = Self::with_files(files, &Device::Cpu, DType::F32)?;
+        // A swapped transformer decides dev or schnell (and so the default steps) even for a plan.
+        if swapped {
+            s.detect_guidance()?;
+        }
+        Ok(s)
     }
 
     fn with_files(files: ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
@@ -542,7 +550,8 @@ impl Session {
 
 /// Runs one edit end to end: bad input fails before any weight is read.
 pub fn run(req: &Request) -> Result<Report> {
-    Session::open_with(&req.model, &req.overrides, &req.device, req.dtype)?.run(req)
+    let dir = crate::source::locate(&req.model, &req.overrides, true, req.quiet)?;
+    Session::open_with(&dir, &req.overrides, &req.device, req.dtype)?.run(req)
 }
 
 /// PNG text chunks: A1111's `parameters` line (read by image sites) and a JSON record of everything.

@@ -107,12 +107,9 @@ impl Fetched {
                 .filter(|n| !n.is_empty() && !n.contains(':'))
                 .unwrap_or("download")
                 .to_string();
-            let mut resp = ureq::get(spec).call().map_err(|e| err(format!("cannot download: {e}")))?;
-            let bytes = resp
-                .body_mut()
-                .with_config()
-                .limit(512 << 20)
-                .read_to_vec()
+            let resp = ureq::get(spec).call().map_err(|e| err(format!("cannot download: {e}")))?;
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(resp.into_reader(), 512 << 20), &mut bytes)
                 .map_err(|e| err(format!("cannot download: {e}")))?;
             (name, bytes)
         };
@@ -324,8 +321,11 @@ impl Args {
         if self.num_images == Some(0) {
             return Err(Error::Usage("--num-images 0: at least one image is needed".into()));
         }
-        let model = self.model.clone().ok_or_else(|| {
-            Error::Usage("no model: give --model DIR (or set FLUX_MODEL) with a FLUX.1 pipeline in diffusers layout".into())
+        let model = self.model.clone().or_else(|| std::env::var_os("MODEL_PATH").map(PathBuf::from)).ok_or_else(|| {
+            Error::Usage(
+                "no model: give --model with a diffusers-layout folder, a Hub repo id or dev / schnell (or set FLUX_MODEL)"
+                    .into(),
+            )
         })?;
         let device = parse_device(&self.device)?;
         let dtype = match self.dtype {
@@ -357,6 +357,7 @@ impl Args {
             vae: self.vae.clone(),
             text_encoder: self.text_encoder.clone(),
             text_encoder_2: self.text_encoder_2.clone(),
+            revision: self.revision.clone(),
         };
         let mut fetched = Fetched::default();
         // `-o -`: one image to standard output, through a temporary file like every output.

@@ -36,9 +36,13 @@ Example:
 #[derive(Debug, Clone, Parser)]
 #[command(name = "flux-img2img", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
 pub struct Args {
-    /// FLUX.1 pipeline folder in diffusers layout (model_index.json, transformer/, vae/, text_encoder/, ...).
-    #[arg(long, env = "FLUX_MODEL", value_name = "DIR")]
+    /// FLUX.1 pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or dev / schnell
+    /// (black-forest-labs/FLUX.1-dev / -schnell). Also read from FLUX_MODEL or MODEL_PATH.
+    #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
     pub model: Option<PathBuf>,
+    /// Hub revision (branch, tag or commit) for a repo --model.
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Transformer weights replacing the model folder's: diffusers or original Black Forest Labs names
     /// (flux1-dev.safetensors, ComfyUI's model.diffusion_model. prefix); dev or schnell is read from the tensors.
     #[arg(long, value_name = "FILE")]

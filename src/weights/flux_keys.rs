@@ -53,6 +53,9 @@ enum Kind {
     Swap,
 }
 
+/// Rows of (BFL module, diffusers module(s), how they relate).
+type Table = &'static [(&'static str, &'static [&'static str], Kind)];
+
 /// (BFL module, diffusers module(s), how they relate) for modules outside the blocks.
 const GLOBAL: &[(&str, &[&str], Kind)] = &[
     ("img_in", &["x_embedder"], Kind::One),
@@ -110,7 +113,7 @@ pub fn bfl_to_diffusers(name: &str) -> Source {
     };
     // BFL's RMSNorm calls its weight `scale`; diffusers' `weight`.
     let dparam = if param == "scale" { "weight" } else { param };
-    let (table, dprefix, module): (&[(&str, &[&str], Kind)], String, &str) =
+    let (table, dprefix, module): (Table, String, &str) =
         if let Some((n, rest)) = block_index(module, "double_blocks") {
             (DOUBLE, format!("transformer_blocks.{n}."), rest)
         } else if let Some((n, rest)) = block_index(module, "single_blocks") {

@@ -435,7 +435,7 @@ fn ctrl_c_finishes_the_current_image_and_prints_the_summary() {
     let mut args = base(&dev());
     args.extend(["--image".into(), s(&image("photo-96x64.png")), "--output-dir".into(), s(&out)]);
     args.extend(["--num-images", "400", "--seed", "1", "--steps", "8", "--strength", "1"].map(String::from));
-    let mut child = bin().args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = bin().args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Wait for the first image, then interrupt.
     let start = std::time::Instant::now();
     while !out.join("photo-96x64-1.png").exists() {

@@ -3,13 +3,13 @@
 //! scripts/convert_to_bfl.py (an independent Python implementation of spec §10).
 
 use crate::common::*;
-use std::path::PathBuf;
+
 
 fn bfl(name: &str) -> String {
     fixtures().join("bfl-tiny-dev").join(name).to_string_lossy().into_owned()
 }
 
-fn edit(out: &PathBuf, extra: &[&str]) -> std::process::Output {
+fn edit(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let model = fixtures().join("tiny-dev");
     let image = fixtures().join("images/wide-100x60.png");
     let mut args: Vec<String> = ["--model", &model.to_string_lossy(), "--image", &image.to_string_lossy()]

@@ -5,4 +5,5 @@ mod bad_input;
 mod batch;
 mod common;
 mod formats;
+mod hub;
 mod parity;

@@ -1,4 +1,5 @@
-//! Model sources: a local folder in diffusers layout → typed paths of every component.
+//! Model sources: a local folder in diffusers layout (or a Hub repo, fetched into the cache by [`hub`]) →
+//! typed paths of every component.
 //!
 //! Takes the `--model` folder, gives [`ModelFiles`]: for each component its folder, config and weight files
 //! (one `*.safetensors`, or every shard listed by `*.safetensors.index.json`, as the real FLUX.1 repos ship the
@@ -7,6 +8,20 @@
 use crate::error::{Error, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+pub mod hub;
+
+/// `--model` (a folder, an alias or a Hub repo id) → a local diffusers-layout folder. `weights`: fetch the
+/// weight files too (not needed to plan a dry run).
+pub fn locate(model: &Path, o: &Overrides, weights: bool, quiet: bool) -> Result<PathBuf> {
+    if model.is_dir() {
+        return Ok(model.to_path_buf());
+    }
+    match hub::repo_id(&model.to_string_lossy()) {
+        Some(id) => hub::resolve(&id, o.revision.as_deref(), weights, o, quiet),
+        None => Ok(model.to_path_buf()),
+    }
+}
 
 /// One model component (transformer, vae, text encoder) on disk.
 #[derive(Debug, Clone)]
@@ -37,6 +52,8 @@ pub struct Overrides {
     pub vae: Option<PathBuf>,
     pub text_encoder: Option<PathBuf>,
     pub text_encoder_2: Option<PathBuf>,
+    /// Hub revision (branch, tag or commit) when `--model` is a repo.
+    pub revision: Option<String>,
 }
 
 impl ModelFiles {
@@ -73,7 +90,8 @@ impl ModelFiles {
             return Err(Error::model(
                 root,
                 "no such folder; pass --model a FLUX.1 pipeline folder in diffusers layout (model_index.json, \
-                 transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)",
+                 transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/), \
+                 a Hub repo id (org/name) or dev / schnell",
             ));
         }
         let sub = |name: &str| -> Result<PathBuf> {

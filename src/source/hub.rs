@@ -1,0 +1,197 @@
+//! `--model` as a Hugging Face Hub repo: aliases (`dev`, `schnell`) or `org/name` at a revision → a local
+//! snapshot folder in diffusers layout inside the standard Hugging Face cache.
+//!
+//! The cache is the one Python tools use (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub), so
+//! files downloaded by either are reused by the other. Only the files a run needs are fetched: configs,
+//! tokenizers and the diffusers weights of each component, never the repo's single-file checkpoints
+//! (flux1-dev.safetensors, ae.safetensors), and no weights at all for a dry run or an overridden component.
+//! HF_TOKEN (or the saved token file) authenticates; HF_HUB_OFFLINE=1 uses the cache only; HF_ENDPOINT
+//! points at a mirror. hf-hub does the
+//! downloading (resumable, with progress bars on a terminal).
+
+use super::Overrides;
+use crate::error::{Error, Result};
+use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+pub const ALIASES: &[(&str, &str)] =
+    &[("dev", "black-forest-labs/FLUX.1-dev"), ("schnell", "black-forest-labs/FLUX.1-schnell")];
+
+/// The repo id `--model` names, if it names one: an alias, or `org/name` that is not a local path.
+pub fn repo_id(spec: &str) -> Option<String> {
+    if let Some((_, id)) = ALIASES.iter().find(|(a, _)| *a == spec) {
+        return Some(id.to_string());
+    }
+    let parts: Vec<&str> = spec.split('/').collect();
+    let ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    (parts.len() == 2 && parts.iter().all(|p| ok(p)) && !Path::new(spec).exists()).then(|| spec.to_string())
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn hf_home() -> PathBuf {
+    env_dir("HF_HOME").unwrap_or_else(|| {
+        env_dir("XDG_CACHE_HOME")
+            .or_else(|| env_dir("HOME").map(|h| h.join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"))
+            .join("huggingface")
+    })
+}
+
+/// The hub cache folder, as huggingface_hub resolves it.
+pub fn cache_dir() -> PathBuf {
+    env_dir("HF_HUB_CACHE").unwrap_or_else(|| hf_home().join("hub"))
+}
+
+fn token() -> Option<String> {
+    std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| std::fs::read_to_string(hf_home().join("token")).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// (component folder, weight-file stem, overridden?) for the four weighted components.
+fn components(o: &Overrides) -> [(&'static str, &'static str, bool); 4] {
+    [
+        ("transformer", "diffusion_pytorch_model", o.transformer.is_some()),
+        ("vae", "diffusion_pytorch_model", o.vae.is_some()),
+        ("text_encoder", "model", o.text_encoder.is_some()),
+        ("text_encoder_2", "model", o.text_encoder_2.is_some()),
+    ]
+}
+
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer_2/tokenizer.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/special_tokens_map.json",
+];
+
+/// Where the files come from: the cache alone, or the Hub through the cache.
+enum Fetcher {
+    Offline(hf_hub::CacheRepo),
+    Online { api: hf_hub::api::sync::ApiRepo, listed: Vec<String> },
+}
+
+impl Fetcher {
+    /// The file's local path; None when the repo does not have it (online) or the cache lacks it (offline).
+    fn get(&self, file: &str, ctx: &Ctx) -> Result<Option<PathBuf>> {
+        match self {
+            Fetcher::Offline(c) => Ok(c.get(file)),
+            Fetcher::Online { api, listed } => {
+                if !listed.iter().any(|f| f == file) {
+                    return Ok(None);
+                }
+                api.get(file).map(Some).map_err(|e| ctx.error(&e.to_string(), Some(file)))
+            }
+        }
+    }
+}
+
+struct Ctx {
+    id: String,
+    revision: String,
+}
+
+impl Ctx {
+    fn error(&self, msg: &str, file: Option<&str>) -> Error {
+        let what = format!("{}@{}", self.id, self.revision);
+        let m = msg.to_ascii_lowercase();
+        let text = if m.contains("401") || m.contains("403") || m.contains("gated") || m.contains("unauthorized") {
+            format!(
+                "{what}: access denied — the repo is gated or private. Accept its licence at https://huggingface.co/{}, \
+                 then set HF_TOKEN (or run `huggingface-cli login`); FLUX.1-schnell is not gated: --model schnell",
+                self.id
+            )
+        } else if m.contains("404") || m.contains("not found") {
+            format!("{what}: not found on the Hub — check the repo id and --revision")
+        } else {
+            format!("{what}{}: {msg}", file.map(|f| format!(" ({f})")).unwrap_or_default())
+        };
+        Error::model(PathBuf::from(&self.id), text)
+    }
+}
+
+/// Downloads (or finds in the cache) what a run needs and returns the snapshot folder.
+pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Overrides, quiet: bool) -> Result<PathBuf> {
+    let ctx = Ctx { id: id.to_string(), revision: revision.unwrap_or("main").to_string() };
+    let repo = Repo::with_revision(ctx.id.clone(), RepoType::Model, ctx.revision.clone());
+    let cache = cache_dir();
+    let fetcher = if offline() {
+        Fetcher::Offline(Cache::new(cache.clone()).repo(repo))
+    } else {
+        let mut builder = ApiBuilder::new();
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+        }
+        let api = builder
+            .with_cache_dir(cache.clone())
+            .with_token(token())
+            .with_progress(!quiet && std::io::stderr().is_terminal())
+            .build()
+            .map_err(|e| ctx.error(&e.to_string(), None))?
+            .repo(repo);
+        let info = api.info().map_err(|e| ctx.error(&e.to_string(), None))?;
+        Fetcher::Online { api, listed: info.siblings.into_iter().map(|s| s.rfilename).collect() }
+    };
+    let missing = |file: &str| {
+        if matches!(fetcher, Fetcher::Offline(_)) {
+            Error::model(
+                PathBuf::from(id),
+                format!(
+                    "{}@{}: {file} is not in the cache {} and HF_HUB_OFFLINE is set; run once online (or unset \
+                     HF_HUB_OFFLINE)",
+                    ctx.id,
+                    ctx.revision,
+                    cache.display()
+                ),
+            )
+        } else {
+            Error::model(PathBuf::from(id), format!("{}@{}: the repo has no {file}; is it a FLUX.1 diffusers repo?", ctx.id, ctx.revision))
+        }
+    };
+    let required = |file: &str| -> Result<PathBuf> { fetcher.get(file, &ctx)?.ok_or_else(|| missing(file)) };
+
+    let scheduler = required("scheduler/scheduler_config.json")?;
+    let _ = fetcher.get("model_index.json", &ctx)?;
+    for f in TOKENIZER_FILES {
+        fetcher.get(f, &ctx)?;
+    }
+    for (dir, stem, overridden) in components(overrides) {
+        required(&format!("{dir}/config.json"))?;
+        if !weights || overridden {
+            continue;
+        }
+        let index = format!("{dir}/{stem}.safetensors.index.json");
+        if let Some(idx) = fetcher.get(&index, &ctx)? {
+            #[derive(serde::Deserialize)]
+            struct Index {
+                weight_map: std::collections::HashMap<String, String>,
+            }
+            let parsed: Index = crate::config::read_json(&idx)?;
+            let mut shards: Vec<&String> = parsed.weight_map.values().collect();
+            shards.sort();
+            shards.dedup();
+            for s in shards {
+                required(&format!("{dir}/{s}"))?;
+            }
+        } else {
+            required(&format!("{dir}/{stem}.safetensors"))?;
+        }
+    }
+    // snapshots/<commit>/scheduler/scheduler_config.json → snapshots/<commit>
+    Ok(scheduler.parent().and_then(Path::parent).map(Path::to_path_buf).expect("a file two levels down"))
+}
