@@ -193,5 +193,5 @@ impl TextEncoders {
 fn clip_model_max_length(dir: &Path) -> Option<usize> {
     let v: serde_json::Value = read_json(&dir.join("tokenizer_config.json")).ok()?;
     let n = v.get("model_max_length")?.as_f64()?;
-    (n >= 1.0 && n < 1e6).then_some(n as usize)
+    (1.0..1e6).contains(&n).then_some(n as usize)
 }

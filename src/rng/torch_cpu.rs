@@ -9,6 +9,9 @@
 //! The FMA placement below mirrors what GCC emitted for torch's shipped binaries; without it about 1 % of values
 //! differ by an ulp (measured in the spec), which is why `mul_add` appears exactly where it does.
 
+// The polynomial coefficients are torch's (Sleef-derived) constants, written out in full on purpose.
+#![allow(clippy::excessive_precision)]
+
 use super::NoiseSource;
 
 const MT_N: usize = 624;
