@@ -204,7 +204,8 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
         let mut prompts: Vec<&str> = ready.iter().map(|(i, _)| i.request.prompt.as_str()).collect();
         prompts.sort();
         prompts.dedup();
-        session.encode_prompts(&prompts, ready[0].0.request.max_sequence_length)?;
+        let first = &ready[0].0.request;
+        session.encode_prompts(&prompts, first.max_sequence_length, first.quantize)?;
     }
 
     // 3. The edits. Ctrl-C lets the current image finish, then stops with the summary.

@@ -317,13 +317,14 @@ impl Session {
     }
 
     /// Encodes every prompt not yet cached, loading the text encoders once and dropping them afterwards.
-    pub fn encode_prompts(&mut self, prompts: &[&str], max_sequence_length: usize) -> Result<()> {
+    pub fn encode_prompts(&mut self, prompts: &[&str], max_sequence_length: usize, quantize: Option<Quant>) -> Result<()> {
         let todo: Vec<&str> = prompts.iter().copied().filter(|p| !self.prompts.contains_key(*p)).collect();
         if todo.is_empty() {
             return Ok(());
         }
         let t0 = Instant::now();
-        let mut enc = text::TextEncoders::load(&self.files, max_sequence_length, self.dtype, &self.device)?;
+        let mut enc =
+            text::TextEncoders::load(&self.files, max_sequence_length, self.dtype, &self.device, quantize.map(Quant::ggml))?;
         let load = secs(t0);
         for p in todo {
             if self.prompts.contains_key(p) {
@@ -443,7 +444,7 @@ impl Session {
         let (dev, dtype) = (self.device.clone(), self.dtype);
         let mut timings = Timings::default();
 
-        self.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length)?;
+        self.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length, req.quantize)?;
         let (cond, text_secs) = self.prompts.get(req.prompt.as_str()).cloned().expect("encoded above");
         timings.text_encoding = text_secs;
         // Charged once: later items reuse the encoding.

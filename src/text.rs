@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::models::clip::ClipText;
 use crate::source::ModelFiles;
 use crate::weights::CheckedWeights;
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 use tokenizers::models::bpe::BPE;
@@ -143,13 +144,50 @@ pub struct TextEncoders {
     clip: ClipText,
     clip_max: usize,
     t5_tok: FixedTokenizer,
-    t5: candle_transformers::models::t5::T5EncoderModel,
+    t5: T5,
     max_sequence_length: usize,
     device: Device,
+    dtype: DType,
+}
+
+enum T5 {
+    Dense(candle_transformers::models::t5::T5EncoderModel),
+    Quant(candle_transformers::models::quantized_t5::T5EncoderModel),
+}
+
+/// T5 with its 2-D matrices quantized: each tensor is read from the mmap, quantized on the CPU and collected
+/// into an in-memory GGUF image that candle's quantized T5 loads (vectors and the embedding stay f32).
+fn quantized_t5(
+    w: &CheckedWeights,
+    q: GgmlDType,
+    cfg: &candle_transformers::models::quantized_t5::Config,
+    device: &Device,
+) -> Result<candle_transformers::models::quantized_t5::T5EncoderModel> {
+    use candle_core::quantized::{gguf_file, QTensor};
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for name in w.names() {
+        let t = w.load_f32_cpu(&name)?;
+        let fmt = if t.rank() == 2 && name != "shared.weight" && t.dim(1)? % q.block_size() == 0 { q } else { GgmlDType::F32 };
+        tensors.push((name, QTensor::quantize(&t, fmt)?));
+    }
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &[], &refs)?;
+    drop(tensors);
+    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf_buffer(buf.get_ref(), device)?;
+    Ok(candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, cfg)?)
 }
 
 impl TextEncoders {
-    pub fn load(files: &ModelFiles, max_sequence_length: usize, dtype: DType, device: &Device) -> Result<Self> {
+    /// `quantize`: also quantize T5's matrices (T5-XXL is 4.7 B parameters, the largest part of FLUX.1 after the
+    /// transformer).
+    pub fn load(
+        files: &ModelFiles,
+        max_sequence_length: usize,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<GgmlDType>,
+    ) -> Result<Self> {
         let clip_cfg: ClipConfig = read_json(&files.text_encoder.config)?;
         let clip_max = clip_model_max_length(&files.tokenizer).unwrap_or(clip_cfg.max_position_embeddings);
         let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?;
@@ -160,9 +198,12 @@ impl TextEncoders {
         let t5_cfg: candle_transformers::models::t5::Config = read_json(&files.text_encoder_2.config)?;
         let t5_tok = FixedTokenizer::load(&files.tokenizer_2, max_sequence_length, "<pad>", false)?;
         let w = CheckedWeights::open("text_encoder_2 (T5)", &files.text_encoder_2.weights)?;
-        let t5 = candle_transformers::models::t5::T5EncoderModel::load(w.var_builder(dtype, device, None), &t5_cfg)?;
+        let t5 = match quantize {
+            None => T5::Dense(candle_transformers::models::t5::T5EncoderModel::load(w.var_builder(dtype, device, None), &t5_cfg)?),
+            Some(q) => T5::Quant(quantized_t5(&w, q, &read_json(&files.text_encoder_2.config)?, device)?),
+        };
         w.finish()?;
-        Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone() })
+        Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone(), dtype })
     }
 
     /// CLIP pooled + T5 sequence for `prompt`; warns on stderr about any text T5 or CLIP truncated.
@@ -184,7 +225,11 @@ impl TextEncoders {
                 t5_dropped.trim()
             );
         }
-        let t5 = self.t5.forward(&Tensor::new(t5_ids.as_slice(), &self.device)?.unsqueeze(0)?)?;
+        let ids = Tensor::new(t5_ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let t5 = match &mut self.t5 {
+            T5::Dense(m) => m.forward(&ids)?,
+            T5::Quant(m) => m.forward(&ids)?.to_dtype(self.dtype)?,
+        };
         Ok(Conditioning { t5, pooled })
     }
 }

@@ -56,7 +56,7 @@ pub struct Args {
     /// T5 encoder weights replacing the folder's (e.g. t5xxl_fp16.safetensors).
     #[arg(long, value_name = "FILE")]
     pub text_encoder_2: Option<PathBuf>,
-    /// Quantize the transformer's block matrices at load (less memory; small quality cost).
+    /// Quantize the transformer's block matrices and T5's matrices at load (less memory; small quality cost).
     #[arg(long, value_enum)]
     pub quantize: Option<crate::models::linear::Quant>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").

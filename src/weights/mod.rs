@@ -166,6 +166,11 @@ impl CheckedWeights {
     }
 
     /// Shape of one tensor in the files, if present.
+    /// One stored tensor as f32 on the CPU (for quantizing).
+    pub fn load_f32_cpu(&self, name: &str) -> Result<Tensor> {
+        Ok(self.files.load(name, &Device::Cpu)?.to_dtype(DType::F32)?)
+    }
+
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         self.files.get(name).ok().map(|v| v.shape().to_vec())
     }
