@@ -44,7 +44,8 @@ pub struct Args {
     #[arg(long)]
     pub revision: Option<String>,
     /// Transformer weights replacing the model folder's: diffusers or original Black Forest Labs names
-    /// (flux1-dev.safetensors, ComfyUI's model.diffusion_model. prefix); dev or schnell is read from the tensors.
+    /// (flux1-dev.safetensors, ComfyUI's model.diffusion_model. prefix), or GGUF (FLUX.1-dev-Q8_0.gguf); dev or
+    /// schnell is read from the tensors.
     #[arg(long, value_name = "FILE")]
     pub transformer: Option<PathBuf>,
     /// VAE weights replacing the folder's: diffusers names or Black Forest Labs' ae.safetensors.
