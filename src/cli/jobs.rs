@@ -335,6 +335,14 @@ impl Args {
             None if device.is_cpu() => DType::F32,
             None => DType::BF16,
         };
+        if device.is_cpu() && dtype == DType::BF16 {
+            // candle's CPU matmul has no bf16 kernel; failing here beats failing after the models load.
+            return Err(Error::Usage(
+                "--dtype bf16 is not available on the CPU (candle has no bf16 CPU matmul); use f32 (default) or f16, \
+                 or --device cuda"
+                    .into(),
+            ));
+        }
         let strengths = match &self.strength {
             Some(s) => parse_list("--strength", s, check_strength)?,
             None => vec![DEFAULT_STRENGTH],

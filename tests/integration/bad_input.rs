@@ -88,6 +88,7 @@ fn out_of_range_flags() {
     c.fails(&dev(), &img(), &["--steps", "0"], "at least one step");
     c.fails(&dev(), &img(), &["--max-sequence-length", "600"], "1..=512");
     c.fails(&dev(), &img(), &["--device", "tpu"], "expected cpu, cuda or cuda:N");
+    c.fails(&dev(), &img(), &["--dtype", "bf16"], "not available on the CPU");
 }
 
 #[test]
