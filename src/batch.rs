@@ -12,6 +12,7 @@ use crate::source;
 use crate::pipeline::{Plan, Report, Session};
 use serde_json::json;
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -221,13 +222,31 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
         });
     }
     let n = ready.len();
+    // On a terminal a batch bar sits above each image's denoising bar; elsewhere "[k/n]" lines.
+    let batch_bar = (n > 1 && !batch.quiet && std::io::stderr().is_terminal()).then(|| {
+        let mp = indicatif::MultiProgress::new();
+        let bar = mp.add(indicatif::ProgressBar::new(n as u64));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("batch   {bar:30} {pos}/{len} images  eta {eta}  {msg}")
+                .expect("valid template"),
+        );
+        session.progress = Some(mp);
+        bar
+    });
     for (k, (item, _)) in ready.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
             break;
         }
-        if n > 1 {
-            say(format!("[{}/{n}] {} -> {}", k + 1, item.request.image.display(), item.request.output.display()));
+        match &batch_bar {
+            Some(bar) => {
+                bar.set_position(k as u64);
+                bar.set_message(item.request.image.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+            }
+            None if n > 1 => {
+                say(format!("[{}/{n}] {} -> {}", k + 1, item.request.image.display(), item.request.output.display()))
+            }
+            None => {}
         }
         match session.run(&item.request) {
             Ok(rep) => {
@@ -245,6 +264,9 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
             Err(e) if is_fatal(&e) => return Err(e),
             Err(e) => emit_failure(&mut summary, item, e.to_string()),
         }
+    }
+    if let Some(bar) = batch_bar {
+        bar.finish_and_clear();
     }
     if stop.load(Ordering::SeqCst) {
         summary.interrupted = true;

@@ -224,6 +224,8 @@ pub struct Session {
     vae: Option<AutoencoderKl>,
     transformer: Option<FluxTransformer>,
     transformer_layout: Option<flux_keys::Layout>,
+    /// Set by a batch that draws its own bar on a terminal.
+    pub progress: Option<indicatif::MultiProgress>,
     /// (hash of the preprocessed input, posterior mean, logvar) of the last VAE encode.
     last_posterior: Option<(u64, Tensor, Tensor)>,
 }
@@ -308,6 +310,7 @@ impl Session {
             transformer: None,
             last_posterior: None,
             transformer_layout: None,
+            progress: None,
         })
     }
 
@@ -420,9 +423,16 @@ impl Session {
         output::check_output(&req.output, &req.image)?;
         let plan = self.plan(req, input.dimensions())?;
         let s = plan.schedule.clone();
+        // Under a batch's bars, lines go above them instead of through them.
+        let bars = self.progress.clone();
         let say = |msg: String| {
             if !req.quiet {
-                eprintln!("{msg}");
+                match &bars {
+                    Some(mp) => {
+                        let _ = mp.println(&msg);
+                    }
+                    None => eprintln!("{msg}"),
+                }
             }
         };
         say(format!(
@@ -511,6 +521,11 @@ impl Session {
         // A bar on a terminal; plain lines for logs and pipes (scripts and CI read those).
         let bar = (!req.quiet && std::io::stderr().is_terminal()).then(|| {
             let b = indicatif::ProgressBar::new(s.steps_to_run() as u64);
+            // Under a batch bar, drawn by the same MultiProgress so the two do not overwrite each other.
+            let b = match &self.progress {
+                Some(mp) => mp.add(b),
+                None => b,
+            };
             b.set_style(
                 indicatif::ProgressStyle::with_template("denoise {bar:30} {pos}/{len} steps  {per_sec}  eta {eta}")
                     .expect("valid template"),
