@@ -9,7 +9,7 @@ use crate::grid;
 use crate::image_io;
 use crate::output;
 use crate::source;
-use crate::pipeline::{Plan, Report, Session};
+use crate::pipeline::{self, Plan, Report, Session};
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -34,31 +34,10 @@ fn is_fatal(e: &Error) -> bool {
 }
 
 fn plan_json(item: &Item, plan: &Plan) -> serde_json::Value {
-    let r = &item.request;
-    let s = &plan.schedule;
-    json!({
-        "index": item.index,
-        "input": r.image,
-        "output": r.output,
-        "prompt": r.prompt,
-        "model": r.model,
-        "strength": r.strength,
-        "steps": plan.steps,
-        "steps_run": s.steps_to_run(),
-        "t_start": s.t_start,
-        "start_sigma": s.start_sigma(),
-        "mu": s.mu,
-        "guidance": plan.guidance,
-        "seed": plan.seed,
-        "rng": r.rng.to_string(),
-        "width": plan.width,
-        "height": plan.height,
-        "input_width": plan.input_size.0,
-        "input_height": plan.input_size.1,
-        "max_sequence_length": r.max_sequence_length,
-        "dtype": format!("{:?}", r.dtype).to_lowercase(),
-        "device": if r.device.is_cpu() { "cpu" } else { "cuda" },
-    })
+    let mut v = pipeline::record(&item.request, plan);
+    v["index"] = json!(item.index);
+    v["output"] = json!(item.request.output);
+    v
 }
 
 fn report_json(item: &Item, rep: &Report) -> serde_json::Value {

@@ -572,7 +572,6 @@ pub fn run(req: &Request) -> Result<Report> {
 
 /// PNG text chunks: A1111's `parameters` line (read by image sites) and a JSON record of everything.
 fn metadata(req: &Request, plan: &Plan) -> Vec<(&'static str, String)> {
-    let s = &plan.schedule;
     let model = req.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut params = format!(
         "{}\nSteps: {}, Sampler: Euler (flow matching), Seed: {}, Size: {}x{}, Model: {}, Denoising strength: {}, RNG: {}",
@@ -581,8 +580,16 @@ fn metadata(req: &Request, plan: &Plan) -> Vec<(&'static str, String)> {
     if let Some(g) = plan.guidance {
         params.push_str(&format!(", Guidance: {g}"));
     }
-    let json = serde_json::json!({
-        "tool": concat!("flux-img2img ", env!("CARGO_PKG_VERSION")),
+    let mut json = record(req, plan);
+    json["tool"] = serde_json::json!(concat!("flux-img2img ", env!("CARGO_PKG_VERSION")));
+    vec![("parameters", params), ("flux-img2img", json.to_string())]
+}
+
+/// Every parameter of an edit and what the plan made of it: the PNG's JSON chunk (which `--from-metadata` reads
+/// back) and, with an index, output and status added, each `--json` line.
+pub fn record(req: &Request, plan: &Plan) -> serde_json::Value {
+    let s = &plan.schedule;
+    serde_json::json!({
         "prompt": req.prompt,
         "model": req.model,
         "input": req.image,
@@ -598,12 +605,15 @@ fn metadata(req: &Request, plan: &Plan) -> Vec<(&'static str, String)> {
         "resize": plan.resize,
         "max_megapixels": req.max_megapixels,
         "keep_size": req.keep_size,
+        "quantize": req.quantize,
         "width": plan.width,
         "height": plan.height,
+        "input_width": plan.input_size.0,
+        "input_height": plan.input_size.1,
         "max_sequence_length": req.max_sequence_length,
         "dtype": format!("{:?}", req.dtype).to_lowercase(),
-    });
-    vec![("parameters", params), ("flux-img2img", json.to_string())]
+        "device": if req.device.is_cpu() { "cpu" } else { "cuda" },
+    })
 }
 
 /// Rows of a GGUF tensor (GGUF stores dimensions innermost first).

@@ -289,6 +289,9 @@ impl Args {
         if self.max_megapixels.is_none() {
             self.max_megapixels = f("max_megapixels");
         }
+        if self.quantize.is_none() {
+            self.quantize = s("quantize").and_then(|q| crate::models::linear::Quant::from_str(&q, true).ok());
+        }
         if self.resize.is_none() {
             self.resize = s("resize").and_then(|r| ResizeMode::from_str(&r, true).ok());
         }
