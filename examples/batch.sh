@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# Edit every image of a folder with one prompt; a failing file is reported and the loop goes on.
-#   examples/batch.sh MODEL_DIR IN_DIR OUT_DIR "prompt" [strength]
+# Edit every image of a folder with one prompt, in one process (the model loads once), resumable, with one JSON
+# line per image for later processing. Exit code: 0 all written, 1 some failed (the rest are written), 2 usage.
+#   examples/batch.sh MODEL IN_DIR OUT_DIR "prompt" [strength]
+# On a cluster, add `--shard auto` to a Slurm array job (or `--shard $I/$N` anywhere): each task takes its share.
 set -u
 model=$1 in=$2 out=$3 prompt=$4 strength=${5:-0.6}
-mkdir -p "$out"
-failed=0
-for f in "$in"/*.{png,jpg,jpeg,webp}; do
-  [ -e "$f" ] || continue
-  name=$(basename "${f%.*}")
-  if ! flux-img2img --model "$model" --image "$f" --prompt "$prompt" --strength "$strength" --seed 42 -q \
-       --output "$out/$name.png"; then
-    echo "failed: $f" >&2
-    failed=1
-  fi
-done
-exit $failed
+flux-img2img --model "$model" --image "$in" --prompt "$prompt" --strength "$strength" --seed 42 \
+  --output-dir "$out" --skip-existing --json > "$out.results.jsonl"
+status=$?
+# Which files failed, from the JSON lines (jq is optional; grep works as well).
+grep '"status":"failed"' "$out.results.jsonl" >&2 || true
+exit $status
