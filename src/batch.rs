@@ -67,7 +67,7 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
     let mut session = if batch.dry_run {
         Session::open_configs(&model_dir, &r0.overrides)?
     } else {
-        Session::open_with(&model_dir, &r0.overrides, &r0.device, r0.dtype)?
+        Session::open(&model_dir, &r0.overrides, &r0.device, r0.dtype)?
     };
     let say = |msg: String| {
         if !batch.quiet {
@@ -212,7 +212,7 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
         session.progress = Some(mp);
         bar
     });
-    for (k, (item, _)) in ready.iter().enumerate() {
+    for (k, (item, plan)) in ready.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
             break;
@@ -227,7 +227,10 @@ pub fn execute(batch: &Batch) -> Result<Summary> {
             }
             None => {}
         }
-        match session.run(&item.request) {
+        // Decoded again rather than kept from the checks: a batch of large images would not fit in memory.
+        let result = image_io::load_rgb(&item.request.image)
+            .and_then(|input| session.run_planned(&item.request, input, plan.clone()));
+        match result {
             Ok(rep) => {
                 if batch.stdout_png.is_some() {
                     // Standard output carries the PNG itself (main copies it there).

@@ -21,6 +21,7 @@ use crate::weights::flux_keys::{self, Source};
 use crate::weights::{vae_keys, CheckedWeights, NameMap};
 use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -231,13 +232,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Reads the model folder's layout and configs and checks the weight files exist; loads no weights yet.
-    pub fn open(model: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        Self::open_with(model, &Overrides::default(), device, dtype)
-    }
-
-    /// As [`Session::open`], with component files replacing the folder's weights.
-    pub fn open_with(model: &Path, overrides: &Overrides, device: &Device, dtype: DType) -> Result<Self> {
+    /// Reads the model folder's layout and configs, applies component overrides and checks the weight files
+    /// exist; loads no weights yet.
+    pub fn open(model: &Path, overrides: &Overrides, device: &Device, dtype: DType) -> Result<Self> {
         let mut files = ModelFiles::from_dir(model)?;
         files.apply(overrides)?;
         let mut s = Self::with_files(files, device, dtype)?;
@@ -375,7 +372,7 @@ impl Session {
                 let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(&path, &self.device)
                     .map_err(|e| Error::model(&path, format!("unreadable GGUF: {e}")))?;
                 let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
-                let mlp_hidden = gguf_dim0(&path, &format!("{prefix}{MLP_PROBE}")).unwrap_or(4 * inner);
+                let mlp_hidden = vb.get_no_shape(MLP_PROBE).map_or(4 * inner, |w| w.shape().dims()[0]);
                 let w = Weights::Gguf { vb, dtype: self.dtype };
                 let model = FluxTransformer::new(t, mlp_hidden, w)
                     .map_err(|e| Error::model(&path, format!("does not fit transformer/config.json: {e}")))?;
@@ -405,7 +402,7 @@ impl Session {
                 let (n, f) = (stats.requested.load(Ordering::Relaxed), stats.fallback.load(Ordering::Relaxed));
                 eprintln!(
                     "quantized {n} transformer matrices to {}{}",
-                    serde_json::to_value(q).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                    q.name(),
                     if f > 0 { format!(" ({f} narrower than 256 columns to the nearest 32-block format)") } else { String::new() }
                 );
             }
@@ -418,10 +415,15 @@ impl Session {
     /// (cached), VAE encode with the posterior noise drawn first and the initial noise second, the Euler loop,
     /// decode, atomic PNG write.
     pub fn run(&mut self, req: &Request) -> Result<Report> {
-        let start = Instant::now();
         let input = image_io::load_rgb(&req.image)?;
         output::check_output(&req.output, &req.image)?;
         let plan = self.plan(req, input.dimensions())?;
+        self.run_planned(req, input, plan)
+    }
+
+    /// Runs one edit whose input is decoded and whose plan is made (a batch plans every item up front).
+    pub fn run_planned(&mut self, req: &Request, input: RgbImage, plan: Plan) -> Result<Report> {
+        let start = Instant::now();
         let s = plan.schedule.clone();
         // Under a batch's bars, lines go above them instead of through them.
         let bars = self.progress.clone();
@@ -567,7 +569,7 @@ impl Session {
 /// Runs one edit end to end: bad input fails before any weight is read.
 pub fn run(req: &Request) -> Result<Report> {
     let dir = crate::source::locate(&req.model, &req.overrides, true, req.quiet)?;
-    Session::open_with(&dir, &req.overrides, &req.device, req.dtype)?.run(req)
+    Session::open(&dir, &req.overrides, &req.device, req.dtype)?.run(req)
 }
 
 /// PNG text chunks: A1111's `parameters` line (read by image sites) and a JSON record of everything.
@@ -614,11 +616,4 @@ pub fn record(req: &Request, plan: &Plan) -> serde_json::Value {
         "dtype": format!("{:?}", req.dtype).to_lowercase(),
         "device": if req.device.is_cpu() { "cpu" } else { "cuda" },
     })
-}
-
-/// Rows of a GGUF tensor (GGUF stores dimensions innermost first).
-fn gguf_dim0(path: &Path, name: &str) -> Option<usize> {
-    let mut f = std::fs::File::open(path).ok()?;
-    let c = candle_core::quantized::gguf_file::Content::read(&mut f).ok()?;
-    c.tensor_infos.get(name).map(|i| i.shape.dims()[0])
 }

@@ -154,6 +154,12 @@ pub enum Quant {
 }
 
 impl Quant {
+    /// The name as the flag spells it (`q8_0`, `q4_k`, …).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+
     pub fn ggml(self) -> GgmlDType {
         match self {
             Quant::Q8_0 => GgmlDType::Q8_0,
