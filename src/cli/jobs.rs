@@ -424,12 +424,21 @@ impl Args {
         if base_seed.is_none() && seed_list.is_none() && !self.quiet && !self.dry_run {
             eprintln!("seed: {base} (random; item k uses {base} + k)");
         }
-        let vary_strength = strengths.len() > 1;
-        let vary_seed = per_row_seeds > 1;
+        // Default names carry what varies, so a sweep never writes two items to one file.
+        let template = self.name.clone().unwrap_or_else(|| {
+            format!(
+                "{{stem}}{}{}{}.png",
+                if self.output_dir.is_none() { "-edited" } else { "" },
+                if strengths.len() > 1 { "-s{strength}" } else { "" },
+                if per_row_seeds > 1 { "-{seed}" } else { "" }
+            )
+        });
+        let template = template.as_str();
 
         let mut items = Vec::new();
         for row in &rows {
             let image = resolve(&row.image);
+            let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
             let prompt = row.prompt.clone().or_else(|| self.prompt.clone()).ok_or_else(|| {
                 Error::Usage(format!("no prompt for {}: give --prompt (or a prompt column in the manifest)", image.display()))
             })?;
@@ -451,7 +460,6 @@ impl Args {
                         (None, None) => base.wrapping_add(index as u64),
                     };
                     let steps = row.steps.or(self.steps);
-                    let stem = image.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
                     let output = if let Some(o) = &row.output {
                         match &self.output_dir {
                             Some(d) if Path::new(o).is_relative() => d.join(o),
@@ -471,13 +479,6 @@ impl Args {
                             None if fetched.owns(&image) => PathBuf::new(),
                             None => image.parent().map(Path::to_path_buf).unwrap_or_default(),
                         };
-                        let default_template = format!(
-                            "{{stem}}{}{}{}.png",
-                            if self.output_dir.is_none() { "-edited" } else { "" },
-                            if vary_strength { "-s{strength}" } else { "" },
-                            if vary_seed { "-{seed}" } else { "" }
-                        );
-                        let template = self.name.clone().unwrap_or(default_template);
                         let vars = [
                             ("stem", stem.clone()),
                             ("seed", seed.to_string()),
@@ -485,7 +486,7 @@ impl Args {
                             ("steps", steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
                             ("index", format!("{index:05}")),
                         ];
-                        dir.join(render(&template, &vars)?)
+                        dir.join(render(template, &vars)?)
                     };
                     let request = Request {
                         model: model.clone(),
