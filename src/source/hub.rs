@@ -116,6 +116,14 @@ impl Ctx {
                  then set HF_TOKEN (or run `huggingface-cli login`); FLUX.1-schnell is not gated: --model schnell",
                 self.id
             )
+        } else if ["dns failed", "connection refused", "timed out", "connection reset", "network is unreachable"]
+            .iter()
+            .any(|k| m.contains(k))
+        {
+            format!(
+                "{what}: cannot reach the Hub ({msg}); check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to \
+                 use what is already in the cache"
+            )
         } else if m.contains("404") || m.contains("not found") {
             format!("{what}: not found on the Hub — check the repo id and --revision")
         } else {
