@@ -1,16 +1,16 @@
 //! Library use: one edit with explicit parameters.
 //!   cargo run --release --example edit -- MODEL_DIR INPUT.png OUTPUT.png "a prompt"
-use flux_img2img::{pipeline, rng::RngKind, Request};
+use flux_img2img::{engine, rng::RngKind, Mode, Request};
+use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     anyhow::ensure!(a.len() == 4, "usage: edit MODEL_DIR INPUT OUTPUT PROMPT");
     let req = Request {
         model: a[0].clone().into(),
-        image: a[1].clone().into(),
+        mode: Mode::Img2Img { image: a[1].clone().into(), strength: 0.75 },
         output: a[2].clone().into(),
         prompt: a[3].clone(),
-        strength: 0.75,
         steps: None,
         guidance: None,
         seed: Some(42),
@@ -20,14 +20,15 @@ fn main() -> anyhow::Result<()> {
         max_sequence_length: 512,
         device: candle_core::Device::Cpu,
         dtype: candle_core::DType::F32,
-        quiet: false,
         resize: flux_img2img::image_io::ResizeMode::Crop,
         max_megapixels: None,
         keep_size: false,
         overrides: Default::default(),
         quantize: None,
     };
-    let report = pipeline::run(&req)?;
+    // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.
+    let ui = Arc::new(flux_img2img::ui::Ui::new(false, false));
+    let report = engine::run(&req, ui)?;
     println!("{} ({} steps run, {:.1}s)", report.output.display(), report.plan.schedule.steps_to_run(), report.timings.total);
     Ok(())
 }

@@ -1,17 +1,59 @@
 //! Configs read from the model folder's JSON files, with upstream field names (diffusers / transformers).
 //!
-//! Takes a path, gives a typed config. Nothing here hard-codes a dev or schnell number: defaults are the ones the
+//! Takes a path, gives a typed config, validated on load: an empty or inconsistent list is a clear error naming
+//! the file, never a panic later. Nothing here hard-codes a dev or schnell number: defaults are the ones the
 //! upstream classes use when a field is absent.
 
 use crate::error::{Error, Result};
+use crate::source::ModelFiles;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::path::Path;
 
 /// Reads and parses one JSON file, naming the file in any error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::model(path, format!("cannot read: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| Error::model(path, format!("invalid config: {e}")))
+    let text = std::fs::read_to_string(path).map_err(|e| Error::model_from(path, "cannot read", e))?;
+    serde_json::from_str(&text).map_err(|e| Error::model_from(path, "invalid config", e))
+}
+
+/// The configs that shape a run: transformer, VAE and scheduler, read and checked together.
+#[derive(Debug, Clone)]
+pub struct ModelConfigs {
+    pub transformer: TransformerConfig,
+    pub vae: VaeConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+impl ModelConfigs {
+    pub fn read(files: &ModelFiles) -> Result<Self> {
+        let c = Self {
+            transformer: read_json(&files.transformer.config)?,
+            vae: read_json(&files.vae.config)?,
+            scheduler: read_json(&files.scheduler_config)?,
+        };
+        c.transformer.validate(&files.transformer.config)?;
+        c.vae.validate(&files.vae.config)?;
+        c.scheduler.validate(&files.scheduler_config)?;
+        if c.transformer.in_channels != 4 * c.vae.latent_channels {
+            return Err(Error::model(
+                &files.transformer.config,
+                format!(
+                    "transformer in_channels {} does not match 4 × vae latent_channels {}",
+                    c.transformer.in_channels, c.vae.latent_channels
+                ),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// An error naming `file` unless `ok`.
+fn ensure(ok: bool, file: &Path, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::model(file, format!("invalid config: {}", msg())))
+    }
 }
 
 fn default_axes() -> Vec<usize> {
@@ -39,6 +81,36 @@ pub struct TransformerConfig {
     pub guidance_embeds: bool,
     #[serde(default = "default_axes")]
     pub axes_dims_rope: Vec<usize>,
+}
+
+impl TransformerConfig {
+    /// Width of the token stream: heads × head dim.
+    pub fn inner_dim(&self) -> usize {
+        self.num_attention_heads * self.attention_head_dim
+    }
+
+    fn validate(&self, file: &Path) -> Result<()> {
+        ensure(self.patch_size == 1, file, || {
+            format!("patch_size {} is not supported (FLUX.1 packs 2×2 latent patches itself; expected 1)", self.patch_size)
+        })?;
+        ensure(self.num_attention_heads > 0 && self.attention_head_dim > 0, file, || {
+            "num_attention_heads and attention_head_dim must be above 0".into()
+        })?;
+        ensure(self.in_channels > 0 && self.in_channels % 4 == 0, file, || {
+            format!("in_channels {} is not a positive multiple of 4 (2×2 packed latents)", self.in_channels)
+        })?;
+        ensure(self.axes_dims_rope.iter().all(|d| d % 2 == 0), file, || {
+            format!("axes_dims_rope {:?} has an odd entry; each axis rotates pairs", self.axes_dims_rope)
+        })?;
+        ensure(self.axes_dims_rope.iter().sum::<usize>() == self.attention_head_dim, file, || {
+            format!(
+                "axes_dims_rope {:?} sums to {}, not attention_head_dim {}",
+                self.axes_dims_rope,
+                self.axes_dims_rope.iter().sum::<usize>(),
+                self.attention_head_dim
+            )
+        })
+    }
 }
 
 fn three() -> usize {
@@ -84,6 +156,39 @@ impl VaeConfig {
     /// Pixels per latent cell: `2^(len(block_out_channels) - 1)` (8 for FLUX.1).
     pub fn scale_factor(&self) -> usize {
         1 << (self.block_out_channels.len().saturating_sub(1))
+    }
+
+    /// Pixel multiple every output size must have: the VAE's downscale times the 2×2 packing — 16 for FLUX.1's
+    /// 4-block VAE (diffusers' `vae_scale_factor * 2`), smaller for the shallow VAEs of test pipelines.
+    pub fn size_multiple(&self) -> u32 {
+        (2 * self.scale_factor()) as u32
+    }
+
+    /// The block activation (checked by `validate`).
+    pub fn activation(&self) -> Act {
+        Act::from_name(&self.act_fn).unwrap_or(Act::Silu)
+    }
+
+    fn validate(&self, file: &Path) -> Result<()> {
+        ensure(!self.block_out_channels.is_empty(), file, || "block_out_channels is empty".into())?;
+        ensure(self.block_out_channels.len() <= 8, file, || {
+            format!("block_out_channels has {} entries; a 2^{} downscale is not a FLUX VAE", self.block_out_channels.len(), self.block_out_channels.len() - 1)
+        })?;
+        ensure(self.norm_num_groups > 0, file, || "norm_num_groups must be above 0".into())?;
+        let bad = self.block_out_channels.iter().find(|&&c| c == 0 || c % self.norm_num_groups != 0);
+        ensure(bad.is_none(), file, || {
+            format!(
+                "block_out_channels {:?}: every entry must be a positive multiple of norm_num_groups {}",
+                self.block_out_channels, self.norm_num_groups
+            )
+        })?;
+        ensure(self.latent_channels > 0 && self.layers_per_block > 0, file, || {
+            "latent_channels and layers_per_block must be above 0".into()
+        })?;
+        ensure(self.scaling_factor.is_finite() && self.scaling_factor != 0.0, file, || {
+            format!("scaling_factor {} must be a non-zero number", self.scaling_factor)
+        })?;
+        Act::parse(&self.act_fn, file).map(|_| ())
     }
 }
 
@@ -140,6 +245,15 @@ pub struct SchedulerConfig {
     pub invert_sigmas: bool,
 }
 
+impl SchedulerConfig {
+    fn validate(&self, file: &Path) -> Result<()> {
+        ensure(self.num_train_timesteps > 0, file, || "num_train_timesteps must be above 0".into())?;
+        ensure(!self.use_dynamic_shifting || self.max_image_seq_len != self.base_image_seq_len, file, || {
+            "max_image_seq_len equals base_image_seq_len; the dynamic shift is undefined".into()
+        })
+    }
+}
+
 fn quick_gelu() -> String {
     "quick_gelu".into()
 }
@@ -168,6 +282,16 @@ pub struct ClipConfig {
     pub eos_token_id: u32,
 }
 
+impl ClipConfig {
+    /// Checks the sizes the model code divides by.
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        ensure(self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0, file, || {
+            format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads)
+        })?;
+        Act::parse(&self.hidden_act, file).map(|_| ())
+    }
+}
+
 /// Activations named in the model configs; computed as torch computes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -183,17 +307,22 @@ pub enum Act {
 }
 
 impl Act {
-    /// Parses a name as transformers/diffusers spell it; `file` is named in the error.
-    pub fn parse(name: &str, file: &Path) -> Result<Self> {
-        Ok(match name {
+    /// The activation transformers/diffusers call `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
             "silu" | "swish" => Act::Silu,
             "quick_gelu" => Act::QuickGelu,
             "gelu" => Act::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Act::GeluTanh,
             "relu" => Act::Relu,
             "mish" => Act::Mish,
-            other => return Err(Error::model(file, format!("unsupported activation {other:?}"))),
+            _ => return None,
         })
+    }
+
+    /// Parses a name as transformers/diffusers spell it; `file` is named in the error.
+    pub fn parse(name: &str, file: &Path) -> Result<Self> {
+        Self::from_name(name).ok_or_else(|| Error::model(file, format!("unsupported activation {name:?}")))
     }
 
     pub fn apply(self, xs: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {

@@ -1,7 +1,11 @@
 //! Typed errors of the library. Every message names the file, flag or tensor at fault and, where one exists,
-//! the fix; the binary prints them as one line and exits with code 2.
+//! the fix. Errors keep their cause as a `source`; [`Error::one_line`] prints the whole chain as one line (what
+//! the binary shows), [`Error::report`] the chain with any backtrace (`-v`, `RUST_BACKTRACE`).
 
 use std::path::PathBuf;
+
+/// A cause kept behind one of our errors.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -10,19 +14,40 @@ pub enum Error {
     Usage(String),
     /// The input image is missing, unreadable or not an image.
     #[error("input image {}: {msg}", path.display())]
-    Image { path: PathBuf, msg: String },
+    Image {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// A model folder, component, config or weight file is missing or unreadable.
     #[error("model {}: {msg}", path.display())]
-    Model { path: PathBuf, msg: String },
+    Model {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// Tensors the config requires are absent from, or shaped differently in, the weight files.
     #[error("{component} weights do not fit its config.json: {detail}")]
     Tensors { component: String, detail: String },
     /// The output cannot be written where asked.
     #[error("output {}: {msg}", path.display())]
-    Output { path: PathBuf, msg: String },
+    Output {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<Source>,
+    },
     #[error("tokenizer {}: {msg}", path.display())]
-    Tokenizer { path: PathBuf, msg: String },
-    #[error(transparent)]
+    Tokenizer {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<Source>,
+    },
+    /// A tensor operation failed (out of memory, a CUDA driver error, ...).
+    #[error("{}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 }
 
@@ -30,6 +55,125 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn model(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Model { path: path.into(), msg: msg.into() }
+        Error::Model { path: path.into(), msg: msg.into(), source: None }
+    }
+
+    pub(crate) fn model_from(path: impl Into<PathBuf>, msg: impl Into<String>, e: impl Into<Source>) -> Self {
+        Error::Model { path: path.into(), msg: msg.into(), source: Some(e.into()) }
+    }
+
+    pub(crate) fn image(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Image { path: path.into(), msg: msg.into(), source: None }
+    }
+
+    pub(crate) fn image_from(path: impl Into<PathBuf>, msg: impl Into<String>, e: impl Into<Source>) -> Self {
+        Error::Image { path: path.into(), msg: msg.into(), source: Some(e.into()) }
+    }
+
+    pub(crate) fn output(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Output { path: path.into(), msg: msg.into(), source: None }
+    }
+
+    pub(crate) fn output_from(path: impl Into<PathBuf>, msg: impl Into<String>, e: impl Into<Source>) -> Self {
+        Error::Output { path: path.into(), msg: msg.into(), source: Some(e.into()) }
+    }
+
+    pub(crate) fn tokenizer_from(path: impl Into<PathBuf>, msg: impl Into<String>, e: impl Into<Source>) -> Self {
+        Error::Tokenizer { path: path.into(), msg: msg.into(), source: Some(e.into()) }
+    }
+
+    /// Whether the problem hits every item of a batch (the model itself) rather than one input.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Model { .. } | Error::Tensors { .. } | Error::Tokenizer { .. })
+    }
+
+    /// The message and its causes on one line, `a: b: c`, without backtraces.
+    pub fn one_line(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            let text = match c.downcast_ref::<candle_core::Error>() {
+                Some(ce) => candle_message(ce),
+                None => first_paragraph(&c.to_string()),
+            };
+            if !text.is_empty() && !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            cause = c.source();
+        }
+        out
+    }
+
+    /// Every cause on its own line, as each describes itself (backtraces included): for `-v`.
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(&format!("\n  caused by: {c}"));
+            cause = c.source();
+        }
+        if let Error::Candle(candle_core::Error::WithBacktrace { backtrace, .. }) = self {
+            out.push_str(&format!("\n{backtrace}"));
+        }
+        out
+    }
+}
+
+/// A candle error on one line: backtraces dropped, context and paths joined with `: `.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        E::WrappedContext { wrapped, context } => format!("{context}: {}", first_paragraph(&wrapped.to_string())),
+        other => first_paragraph(&other.to_string()),
+    }
+}
+
+/// Text up to the first line that looks like a backtrace frame, its lines joined by `; `.
+fn first_paragraph(text: &str) -> String {
+    let is_frame = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !is_frame(l) && !l.starts_with("stack backtrace"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_errors_with_backtraces_print_as_one_line() {
+        let bt = std::backtrace::Backtrace::force_capture();
+        let inner = candle_core::Error::Msg("DriverError(CUDA_ERROR_INVALID_DEVICE, \"invalid device ordinal\")".into());
+        let e: Error = candle_core::Error::WithBacktrace { inner: Box::new(inner), backtrace: Box::new(bt) }
+            .context("cannot open cuda:3")
+            .into();
+        let line = e.one_line();
+        assert_eq!(line, "cannot open cuda:3: DriverError(CUDA_ERROR_INVALID_DEVICE, \"invalid device ordinal\")");
+        assert!(!line.contains('\n'));
+        assert!(e.report().lines().count() > 1, "the report keeps the backtrace");
+    }
+
+    #[test]
+    fn causes_are_chained() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = Error::image_from("cat.png", "cannot read", io);
+        assert_eq!(e.one_line(), "input image cat.png: cannot read: No such file or directory (os error 2)");
+    }
+
+    #[test]
+    fn frames_are_cut() {
+        let text = "invalid device ordinal\n   0: <unknown>\n   1: <unknown>\n  at src/main.rs:3";
+        assert_eq!(first_paragraph(text), "invalid device ordinal");
+        assert_eq!(first_paragraph("a\nb"), "a; b");
     }
 }

@@ -1,7 +1,7 @@
 //! Image file ⇄ tensor: decode, choose the output size, centre-crop, Pillow-exact Lanczos resize, [-1,1] tensor;
 //! and back from the VAE's output to 8-bit RGB.
 //!
-//! The resize reproduces `PIL.Image.resize(size, LANCZOS)` bit for bit (spec §2): separable, horizontal pass
+//! The resize reproduces `PIL.Image.resize(size, LANCZOS)` bit for bit (docs/spec-flux1-img2img.md §2): separable, horizontal pass
 //! first into a uint8 intermediate, 22-bit fixed-point coefficients, a dimension that keeps its size is not
 //! filtered. That is what diffusers' `VaeImageProcessor` runs, so inputs match to the last bit.
 
@@ -11,41 +11,37 @@ use image::RgbImage;
 use std::path::Path;
 
 fn open(path: &Path) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
-    let err = |msg: String| Error::Image { path: path.to_path_buf(), msg };
     if !path.exists() {
-        return Err(err("no such file".into()));
+        return Err(Error::image(path, "no such file"));
     }
     if path.is_dir() {
-        return Err(err("is a folder, not an image file".into()));
+        return Err(Error::image(path, "is a folder, not an image file"));
     }
     let reader = image::ImageReader::open(path)
-        .map_err(|e| err(format!("cannot read: {e}")))?
+        .map_err(|e| Error::image_from(path, "cannot read", e))?
         .with_guessed_format()
-        .map_err(|e| err(format!("cannot read: {e}")))?;
+        .map_err(|e| Error::image_from(path, "cannot read", e))?;
     if reader.format().is_none() {
-        return Err(err("not an image (unrecognised format; use PNG, JPEG, WebP, BMP, TIFF or GIF)".into()));
+        return Err(Error::image(path, "not an image (unrecognised format; use PNG, JPEG, WebP, BMP, TIFF or GIF)"));
     }
     Ok(reader)
 }
 
 /// Width and height from the file's header, without decoding the pixels (dry runs, batch planning).
 pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
-    open(path)?
-        .into_dimensions()
-        .map_err(|e| Error::Image { path: path.to_path_buf(), msg: format!("cannot read the header: {e}") })
+    open(path)?.into_dimensions().map_err(|e| Error::image_from(path, "cannot read the header", e))
 }
 
 /// Decodes any supported image file to 8-bit RGB (alpha dropped, grey expanded).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let err = |msg: String| Error::Image { path: path.to_path_buf(), msg };
-    let img = open(path)?.decode().map_err(|e| err(format!("cannot decode: {e}")))?;
+    let img = open(path)?.decode().map_err(|e| Error::image_from(path, "cannot decode", e))?;
     Ok(img.to_rgb8())
 }
 
 /// The output size: given width and height as they are; one given → the other from the input's aspect ratio;
 /// none → the input's size. Derived sizes are floored to `multiple` (at least `multiple`).
 pub fn target_size(input: (u32, u32), width: Option<u32>, height: Option<u32>, multiple: u32) -> (u32, u32) {
-    let floor = |v: f64| (((v / multiple as f64).floor() as u32).max(1)) * multiple;
+    let floor = |v: f64| floor_to_multiple(v, multiple);
     let (iw, ih) = (input.0 as f64, input.1 as f64);
     match (width, height) {
         (Some(w), Some(h)) => (w, h),
@@ -55,9 +51,14 @@ pub fn target_size(input: (u32, u32), width: Option<u32>, height: Option<u32>, m
     }
 }
 
+/// `v` rounded down to a multiple of `multiple`, at least `multiple` (sizes the latent grid can hold).
+pub fn floor_to_multiple(v: f64, multiple: u32) -> u32 {
+    ((v / multiple as f64).floor() as u32).max(1) * multiple
+}
+
 /// How an input with another aspect ratio than the requested size is brought to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum ResizeMode {
     /// Centre-crop to the target aspect, then resize (as the diffusers tutorials do).
     #[default]
@@ -69,6 +70,8 @@ pub enum ResizeMode {
     /// Resize to width × height, distorting the aspect (diffusers' behaviour when both are passed).
     Stretch,
 }
+
+crate::named_enum!(ResizeMode, "resize mode", [Crop = "crop", Fit = "fit", Pad = "pad", Stretch = "stretch"]);
 
 /// The largest size with the aspect of `input` inside `w`×`h` (at least 1×1).
 pub fn fit_inside(input: (u32, u32), w: u32, h: u32) -> (u32, u32) {

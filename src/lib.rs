@@ -1,28 +1,31 @@
-//! flux-img2img: SDEdit image editing with FLUX.1 (dev, schnell), numerically matching diffusers'
-//! `FluxImg2ImgPipeline`.
+//! flux-img2img: image editing with FLUX.1 (dev, schnell), numerically matching diffusers' pipelines
+//! (`FluxImg2ImgPipeline` for SDEdit).
 //!
 //! Stages, one module each, data flowing one way:
-//! `source` (model folder → files) → `config` (JSON → typed configs) → `weights` (safetensors → checked
-//! VarBuilders, name tables) → `text` (prompt → conditioning) → `image_io` (file → tensor) → `rng` (seed → noise)
-//! → `schedule` (steps, strength → sigmas) → `sdedit` (noise + Euler loop) → `image_io` (tensor → RGB) →
-//! `output` (atomic PNG). `pipeline` strings them together; `cli` turns flags into a `pipeline::Request`.
+//! `source` (model folder or Hub repo → files) → `config` (JSON → validated configs) → `weights` (safetensors →
+//! checked VarBuilders, name tables) → `text` (prompt → conditioning) → `image_io` (file → tensor) → `rng`
+//! (seed → noise) → `schedule` (steps, strength → sigmas) → `engine` (plan, session, the edit's numerics) →
+//! `output` (atomic PNG). `models` and `kernels` hold the networks and their fused operations. Front ends:
+//! `cli` (flags → a batch), `batch` (runs it), `ui` (everything on stderr).
+
+mod enum_names;
+pub(crate) use enum_names::named_enum;
 
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod error;
-pub mod grid;
 pub mod image_io;
 pub mod kernels;
 pub mod models;
 pub mod output;
-pub mod pipeline;
 pub mod rng;
 pub mod schedule;
-pub mod sdedit;
 pub mod source;
 pub mod text;
+pub mod ui;
 pub mod weights;
 
+pub use engine::{Mode, Report, Request, Session};
 pub use error::{Error, Result};
-pub use pipeline::{Report, Request};

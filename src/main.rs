@@ -3,60 +3,38 @@
 //! (and a one-item run that fails), 130 interrupted.
 
 use clap::Parser;
-use flux_img2img::{batch, cli::Args};
+use flux_img2img::{batch, cli::Args, ui::lines, ui::Ui};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 fn main() -> ExitCode {
     tune_allocator();
     let args = Args::parse();
+    let ui = Arc::new(Ui::new(args.quiet, args.verbose));
+    let dry_run = args.dry_run;
     let batch = match args.into_batch() {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("error: {e}");
+            ui.error(&e);
             return ExitCode::from(2);
         }
     };
-    match batch::execute(&batch) {
+    if let (Some(base), false) = (batch.random_seed, dry_run) {
+        ui.info(&format!("seed: {base} (random; item k uses {base} + k)"));
+    }
+    match batch::run(&batch, &ui) {
         Err(e) => {
-            eprintln!("error: {e}");
+            ui.error(&e);
             ExitCode::from(2)
         }
         Ok(s) => {
-            if batch.total > 1 && !batch.quiet {
-                eprintln!(
-                    "summary: {}{} skipped, {} failed{} ({} items in this run, {} in the batch)",
-                    if batch.dry_run { format!("{} planned, ", s.planned) } else { format!("{} written, ", s.written) },
-                    s.skipped,
-                    s.failed.len(),
-                    if s.interrupted { ", interrupted" } else { "" },
-                    batch.items.len(),
-                    batch.total
-                );
+            if batch.total > 1 {
+                ui.info(&lines::summary(&s, dry_run, batch.items.len(), batch.total));
                 for (i, msg) in &s.failed {
-                    eprintln!("  failed item {i}: {msg}");
+                    ui.info(&format!("  failed item {i}: {msg}"));
                 }
             }
-            if let (Some(png), 1) = (&batch.stdout_png, s.written) {
-                let copied = std::fs::read(png).and_then(|bytes| {
-                    use std::io::Write;
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&bytes)?;
-                    out.flush()
-                });
-                if let Err(e) = copied {
-                    eprintln!("error: cannot write the PNG to standard output: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-            if s.interrupted {
-                ExitCode::from(130)
-            } else if s.failed.is_empty() {
-                ExitCode::SUCCESS
-            } else if batch.total == 1 {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            ExitCode::from(s.exit_code(batch.total))
         }
     }
 }

@@ -7,23 +7,20 @@ use std::io::Write;
 use std::path::Path;
 
 /// Checks before any heavy work that `output` can be written and is not the input file.
-pub fn check_output(output: &Path, input: &Path) -> Result<()> {
-    let err = |msg: &str| Error::Output { path: output.to_path_buf(), msg: msg.to_string() };
+pub fn check_output(output: &Path, input: Option<&Path>) -> Result<()> {
+    let err = |msg: &str| Error::output(output, msg);
     let ext = output.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase());
     if ext.as_deref() != Some("png") {
         return Err(err("flux-img2img writes PNG; give the output a .png name"));
     }
     let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
-        return Err(Error::Output {
-            path: output.to_path_buf(),
-            msg: format!("folder {} does not exist; create it first", parent.display()),
-        });
+        return Err(Error::output(output, format!("folder {} does not exist; create it first", parent.display())));
     }
     if output.is_dir() {
         return Err(err("is a folder; give a file name ending in .png"));
     }
-    if let (Ok(a), Ok(b)) = (output.canonicalize(), input.canonicalize()) {
+    if let (Ok(a), Some(Ok(b))) = (output.canonicalize(), input.map(Path::canonicalize)) {
         if a == b {
             return Err(err("is the input image; choose another --output so the input is never overwritten"));
         }
@@ -33,13 +30,13 @@ pub fn check_output(output: &Path, input: &Path) -> Result<()> {
 
 /// Writes `img` as PNG with `text` chunks (keyword, value), replacing `path` only once the file is complete.
 pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
-    let err = |msg: String| Error::Output { path: path.to_path_buf(), msg };
+    let err = |msg: String| Error::output(path, msg);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".flux-img2img-")
         .suffix(".png.part")
         .tempfile_in(dir)
-        .map_err(|e| err(format!("cannot create a file in {}: {e}", dir.display())))?;
+        .map_err(|e| Error::output_from(path, format!("cannot create a file in {}", dir.display()), e))?;
     {
         let mut enc = png::Encoder::new(std::io::BufWriter::new(tmp.as_file_mut()), img.width(), img.height());
         enc.set_color(png::ColorType::Rgb);
@@ -52,7 +49,22 @@ pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result
         w.write_image_data(img.as_raw()).map_err(|e| err(e.to_string()))?;
         w.finish().map_err(|e| err(e.to_string()))?;
     }
-    tmp.as_file_mut().flush().map_err(|e| err(e.to_string()))?;
-    tmp.persist(path).map_err(|e| err(format!("cannot rename into place: {}", e.error)))?;
+    tmp.as_file_mut().flush().map_err(|e| Error::output_from(path, "cannot write", e))?;
+    tmp.persist(path).map_err(|e| Error::output_from(path, "cannot rename into place", e.error))?;
     Ok(())
+}
+
+/// The text of the PNG chunk `key` (tEXt, zTXt or iTXt), if the file has one; Err with a reason when the file is
+/// not a readable PNG.
+pub fn read_text_chunk(path: &Path, key: &str) -> std::result::Result<Option<String>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| format!("not a PNG: {e}"))?;
+    let info = reader.info();
+    if let Some(c) = info.utf8_text.iter().find(|c| c.keyword == key) {
+        return c.get_text().map(Some).map_err(|e| e.to_string());
+    }
+    if let Some(c) = info.uncompressed_latin1_text.iter().find(|c| c.keyword == key) {
+        return Ok(Some(c.text.clone()));
+    }
+    Ok(None)
 }

@@ -1,7 +1,7 @@
 //! Flow-matching schedule: steps, strength and the scheduler config → sigmas, timesteps and the first step.
 //!
 //! Mirrors `FlowMatchEulerDiscreteScheduler.set_timesteps(sigmas=linspace(1, 1/N, N), mu)` and the img2img
-//! pipeline's `get_timesteps` (spec §4): the linspace in f64, cast to f32 *before* shifting, the exponential
+//! pipeline's `get_timesteps` (docs/spec-flux1-img2img.md §4): the linspace in f64, cast to f32 *before* shifting, the exponential
 //! shift in f32 arithmetic with `e = f32(exp(mu))`, a terminal 0 appended, and `t_start` truncated in f64.
 
 use crate::config::SchedulerConfig;

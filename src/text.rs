@@ -2,11 +2,13 @@
 //!
 //! Tokenizers: `tokenizer.json` when the folder has one; otherwise CLIP's `vocab.json` + `merges.txt` (the layout of
 //! the real FLUX.1 repos) assembled with transformers' `CLIPTokenizer` rules. Both encoders see the ids padded to a
-//! fixed length with no attention mask, as in diffusers. Encoders are dropped when this stage returns.
+//! fixed length with no attention mask, as in diffusers. Encoders are dropped when this stage returns. Text that
+//! truncation cuts off comes back as warnings; this stage prints nothing.
 
 use crate::config::{read_json, Act, ClipConfig};
 use crate::error::{Error, Result};
 use crate::models::clip::ClipText;
+use crate::models::linear::Quant;
 use crate::source::ModelFiles;
 use crate::weights::CheckedWeights;
 use candle_core::quantized::GgmlDType;
@@ -43,7 +45,12 @@ fn special_token(dir: &Path, key: &str, default: &str) -> String {
 }
 
 fn tok_err(dir: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::Tokenizer { path: dir.to_path_buf(), msg: msg.to_string() }
+    Error::Tokenizer { path: dir.to_path_buf(), msg: msg.to_string(), source: None }
+}
+
+/// A tokenizer-library failure while doing `what` with the tokenizer at `path`.
+fn tok_fail(path: &Path, what: &str, e: tokenizers::Error) -> Error {
+    Error::tokenizer_from(path, what, e)
 }
 
 /// transformers' `CLIPTokenizer` built from `vocab.json` + `merges.txt`.
@@ -56,7 +63,8 @@ fn clip_from_vocab_merges(dir: &Path) -> Result<Tokenizer> {
     let unk = special_token(dir, "unk_token", "<|endoftext|>");
     let bos = special_token(dir, "bos_token", "<|startoftext|>");
     let eos = special_token(dir, "eos_token", "<|endoftext|>");
-    let (v, m) = BPE::read_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).map_err(|e| tok_err(dir, e))?;
+    let (v, m) = BPE::read_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+        .map_err(|e| tok_fail(dir, "cannot read vocab.json + merges.txt", e))?;
     let bpe = BPE::builder()
         .vocab_and_merges(v, m)
         .continuing_subword_prefix(String::new())
@@ -64,10 +72,10 @@ fn clip_from_vocab_merges(dir: &Path) -> Result<Tokenizer> {
         .unk_token(unk)
         .fuse_unk(false)
         .build()
-        .map_err(|e| tok_err(dir, e))?;
+        .map_err(|e| tok_fail(dir, "cannot build CLIP's BPE", e))?;
     let mut tok = Tokenizer::new(bpe);
     let ws = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-        .map_err(|e| tok_err(dir, e))?;
+        .map_err(|e| tok_fail(dir, "whitespace rule", e))?;
     tok.with_normalizer(Some(NormSeq::new(vec![NFC.into(), ws.into(), Lowercase.into()])));
     let split = Split::new(
         SplitPattern::Regex(
@@ -76,7 +84,7 @@ fn clip_from_vocab_merges(dir: &Path) -> Result<Tokenizer> {
         SplitDelimiterBehavior::Removed,
         true,
     )
-    .map_err(|e| tok_err(dir, e))?;
+    .map_err(|e| tok_fail(dir, "split rule", e))?;
     tok.with_pre_tokenizer(Some(PreSeq::new(vec![split.into(), ByteLevel::new(false, true, true).into()])));
     tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
     tok.add_special_tokens(&[AddedToken::from(bos.clone(), true), AddedToken::from(eos.clone(), true)]);
@@ -99,7 +107,7 @@ impl FixedTokenizer {
     pub fn load(dir: &Path, max_len: usize, default_pad: &str, clip_fallback: bool) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         let mut tok = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?
+            Tokenizer::from_file(&json).map_err(|e| tok_fail(&json, "unreadable", e))?
         } else if clip_fallback {
             clip_from_vocab_merges(dir)?
         } else {
@@ -121,13 +129,13 @@ impl FixedTokenizer {
             stride: 0,
             direction: TruncationDirection::Right,
         }))
-        .map_err(|e| tok_err(dir, e))?;
+        .map_err(|e| tok_fail(dir, "truncation settings", e))?;
         Ok(Self { tok, max_len, dir: dir.to_path_buf() })
     }
 
     /// Ids padded/truncated to the fixed length, and the text that truncation cut off (empty if none).
     pub fn encode(&self, prompt: &str) -> Result<(Vec<u32>, String)> {
-        let enc = self.tok.encode(prompt, true).map_err(|e| tok_err(&self.dir, e))?;
+        let enc = self.tok.encode(prompt, true).map_err(|e| tok_fail(&self.dir, "cannot encode the prompt", e))?;
         let ids = enc.get_ids().to_vec();
         // Truncation splits the rest into overflow chunks of the same length; all of them were cut off.
         let over: Vec<u32> = enc.get_overflowing().iter().flat_map(|o| o.get_ids().iter().copied()).collect();
@@ -160,7 +168,7 @@ enum T5 {
 fn quantized_t5(
     w: &CheckedWeights,
     q: GgmlDType,
-    cfg: &candle_transformers::models::quantized_t5::Config,
+    cfg: &serde_json::Value,
     device: &Device,
 ) -> Result<candle_transformers::models::quantized_t5::T5EncoderModel> {
     use candle_core::quantized::{gguf_file, QTensor};
@@ -175,7 +183,13 @@ fn quantized_t5(
     gguf_file::write(&mut buf, &[], &refs)?;
     drop(tensors);
     let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf_buffer(buf.get_ref(), device)?;
-    Ok(candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, cfg)?)
+    let cfg = t5_config(cfg, w)?;
+    Ok(candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, &cfg)?)
+}
+
+/// T5's config in the form one of candle's T5 implementations reads (dense and quantized have their own type).
+fn t5_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, w: &CheckedWeights) -> Result<T> {
+    serde_json::from_value(raw.clone()).map_err(|e| Error::model_from(w.first_file(), "invalid T5 config", e))
 }
 
 impl TextEncoders {
@@ -186,51 +200,56 @@ impl TextEncoders {
         max_sequence_length: usize,
         dtype: DType,
         device: &Device,
-        quantize: Option<GgmlDType>,
+        quantize: Option<Quant>,
     ) -> Result<Self> {
         let clip_cfg: ClipConfig = read_json(&files.text_encoder.config)?;
+        clip_cfg.validate(&files.text_encoder.config)?;
         let clip_max = clip_model_max_length(&files.tokenizer).unwrap_or(clip_cfg.max_position_embeddings);
         let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?;
         let act = Act::parse(&clip_cfg.hidden_act, &files.text_encoder.config)?;
         let w = CheckedWeights::open("text_encoder (CLIP)", &files.text_encoder.weights)?;
         let clip = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None))?;
         w.finish()?;
-        let t5_cfg: candle_transformers::models::t5::Config = read_json(&files.text_encoder_2.config)?;
+        let t5_raw: serde_json::Value = read_json(&files.text_encoder_2.config)?;
         let t5_tok = FixedTokenizer::load(&files.tokenizer_2, max_sequence_length, "<pad>", false)?;
         let w = CheckedWeights::open("text_encoder_2 (T5)", &files.text_encoder_2.weights)?;
         let t5 = match quantize {
-            None => T5::Dense(candle_transformers::models::t5::T5EncoderModel::load(w.var_builder(dtype, device, None), &t5_cfg)?),
-            Some(q) => T5::Quant(quantized_t5(&w, q, &read_json(&files.text_encoder_2.config)?, device)?),
+            None => T5::Dense(candle_transformers::models::t5::T5EncoderModel::load(
+                w.var_builder(dtype, device, None),
+                &t5_config(&t5_raw, &w)?,
+            )?),
+            Some(q) => T5::Quant(quantized_t5(&w, q.ggml(), &t5_raw, device)?),
         };
         w.finish()?;
         Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone(), dtype })
     }
 
-    /// CLIP pooled + T5 sequence for `prompt`; warns on stderr about any text T5 or CLIP truncated.
-    pub fn encode(&mut self, prompt: &str) -> Result<Conditioning> {
+    /// CLIP pooled + T5 sequence for `prompt`, and a warning for any text CLIP or T5 cut off.
+    pub fn encode(&mut self, prompt: &str) -> Result<(Conditioning, Vec<String>)> {
+        let mut warnings = Vec::new();
         let (clip_ids, clip_dropped) = self.clip_tok.encode(prompt)?;
         if !clip_dropped.trim().is_empty() {
-            eprintln!(
-                "warning: CLIP takes {} tokens; this part of the prompt only reaches T5: {:?}",
+            warnings.push(format!(
+                "CLIP takes {} tokens; this part of the prompt only reaches T5: {:?}",
                 self.clip_max,
                 clip_dropped.trim()
-            );
+            ));
         }
         let pooled = self.clip.pooled(&Tensor::new(clip_ids.as_slice(), &self.device)?.unsqueeze(0)?)?;
         let (t5_ids, t5_dropped) = self.t5_tok.encode(prompt)?;
         if !t5_dropped.trim().is_empty() {
-            eprintln!(
-                "warning: the prompt is longer than --max-sequence-length {} T5 tokens; truncated: {:?}",
+            warnings.push(format!(
+                "the prompt is longer than --max-sequence-length {} T5 tokens; truncated: {:?}",
                 self.max_sequence_length,
                 t5_dropped.trim()
-            );
+            ));
         }
         let ids = Tensor::new(t5_ids.as_slice(), &self.device)?.unsqueeze(0)?;
         let t5 = match &mut self.t5 {
             T5::Dense(m) => m.forward(&ids)?,
             T5::Quant(m) => m.forward(&ids)?.to_dtype(self.dtype)?,
         };
-        Ok(Conditioning { t5, pooled })
+        Ok((Conditioning { t5, pooled }, warnings))
     }
 }
 

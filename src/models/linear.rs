@@ -1,5 +1,5 @@
 //! Weight access for the transformer: dense safetensors (optionally quantised at load, `--quantize`) or a
-//! GGUF file's already-quantised tensors. Takes tensor names, gives [`Lin`] layers and plain tensors.
+//! GGUF file's already-quantised tensors. Takes tensor names, gives [`LinearLayer`] layers and plain tensors.
 //!
 //! Quantisation is per weight matrix, on the CPU, straight from the checkpoint (one dense tensor alive at a
 //! time), then moved to the device. A matrix whose input width is not a multiple of the format's block (256
@@ -7,23 +7,23 @@
 //! all multiples of 256, so only toy models hit that.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Shape, Tensor};
+use candle_core::{DType, Module, Result, Shape, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use candle_transformers::quantized_var_builder::VarBuilder as GgufVarBuilder;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A linear layer, dense or quantised.
-pub enum Lin {
+pub enum LinearLayer {
     Dense(Linear),
     Quant { w: QMatMul, b: Option<Tensor> },
 }
 
-impl Module for Lin {
+impl Module for LinearLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Lin::Dense(l) => l.forward(x),
-            Lin::Quant { w, b } => {
+            LinearLayer::Dense(l) => l.forward(x),
+            LinearLayer::Quant { w, b } => {
                 // Quantised kernels take and give f32.
                 let y = w.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
                 match b {
@@ -78,13 +78,6 @@ impl Weights {
         }
     }
 
-    pub fn device(&self) -> Device {
-        match self {
-            Weights::Dense { vb, .. } => vb.device().clone(),
-            Weights::Gguf { vb, .. } => vb.device().clone(),
-        }
-    }
-
     /// A plain tensor (biases, norm scales).
     pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
         match self {
@@ -94,7 +87,7 @@ impl Weights {
     }
 
     /// A linear layer `weight` [o, i] + `bias` [o], quantised if asked (or stored so).
-    pub fn linear(&self, i: usize, o: usize) -> Result<Lin> {
+    pub fn linear(&self, i: usize, o: usize) -> Result<LinearLayer> {
         match self {
             Weights::Dense { vb, cpu, quant: Some(q), stats } => {
                 let fmt = if i % q.block_size() == 0 { *q } else { fallback(*q) };
@@ -105,25 +98,25 @@ impl Weights {
                 let qt = QTensor::quantize_onto(&w, fmt, vb.device())?;
                 let counter = if fmt == *q { &stats.requested } else { &stats.fallback };
                 counter.fetch_add(1, Ordering::Relaxed);
-                Ok(Lin::Quant { w: QMatMul::from_qtensor(qt)?, b: Some(vb.get(o, "bias")?) })
+                Ok(LinearLayer::Quant { w: QMatMul::from_qtensor(qt)?, b: Some(vb.get(o, "bias")?) })
             }
             Weights::Dense { .. } => self.dense_linear(i, o),
             Weights::Gguf { vb, dtype } => {
                 let w = vb.get((o, i), "weight")?;
                 let b = vb.get(o, "bias")?.dequantize(vb.device())?.to_dtype(*dtype)?;
-                Ok(Lin::Quant { w: QMatMul::from_arc(w)?, b: Some(b) })
+                Ok(LinearLayer::Quant { w: QMatMul::from_arc(w)?, b: Some(b) })
             }
         }
     }
 
     /// A linear layer that stays dense (embedders, the final projection: small and precision-sensitive).
-    pub fn dense_linear(&self, i: usize, o: usize) -> Result<Lin> {
+    pub fn dense_linear(&self, i: usize, o: usize) -> Result<LinearLayer> {
         match self {
-            Weights::Dense { vb, .. } => Ok(Lin::Dense(candle_nn::linear(i, o, vb.clone())?)),
+            Weights::Dense { vb, .. } => Ok(LinearLayer::Dense(candle_nn::linear(i, o, vb.clone())?)),
             Weights::Gguf { .. } => {
                 let w = self.get((o, i), "weight")?;
                 let b = self.get(o, "bias")?;
-                Ok(Lin::Dense(Linear::new(w, Some(b))))
+                Ok(LinearLayer::Dense(Linear::new(w, Some(b))))
             }
         }
     }
@@ -131,35 +124,26 @@ impl Weights {
 
 /// The tensor names of a GGUF file (to detect the layout and dev/schnell like a safetensors file).
 pub fn gguf_names(path: &std::path::Path) -> crate::Result<Vec<String>> {
-    let err = |e: String| crate::Error::model(path, format!("unreadable GGUF: {e}"));
-    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| err(e.to_string()))?;
+    let mut f = std::fs::File::open(path).map_err(|e| crate::Error::model_from(path, "cannot open", e))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f)
+        .map_err(|e| crate::Error::model_from(path, "unreadable GGUF", e))?;
     Ok(content.tensor_infos.keys().cloned().collect())
 }
 
 /// `--quantize` formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Quant {
-    #[value(name = "q8_0")]
     Q8_0,
-    #[value(name = "q6_k")]
     Q6K,
-    #[value(name = "q5_k")]
     Q5K,
-    #[value(name = "q4_k")]
     Q4K,
-    #[value(name = "q4_0")]
     Q4_0,
 }
 
-impl Quant {
-    /// The name as the flag spells it (`q8_0`, `q4_k`, …).
-    pub fn name(self) -> String {
-        use clap::ValueEnum;
-        self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default()
-    }
+crate::named_enum!(Quant, "quantization", [Q8_0 = "q8_0", Q6K = "q6_k", Q5K = "q5_k", Q4K = "q4_k", Q4_0 = "q4_0"]);
 
+impl Quant {
     pub fn ggml(self) -> GgmlDType {
         match self {
             Quant::Q8_0 => GgmlDType::Q8_0,

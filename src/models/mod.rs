@@ -2,7 +2,7 @@
 //!
 //! - `vae`: diffusers `AutoencoderKL` (encoder with posterior parameters, decoder).
 //! - `clip`: transformers `CLIPTextModel` (pooled output only, as FLUX uses it).
-//! - `transformer`: FLUX's MM-DiT (spec §6) in Black Forest Labs' weight names, fused projections.
+//! - `transformer`: FLUX's MM-DiT (docs/spec-flux1-img2img.md §6) in Black Forest Labs' weight names, fused projections.
 //! - `linear`: dense / quantised (`--quantize`, GGUF) linear layers for the transformer.
 //! - T5 comes straight from `candle_transformers::models::t5`.
 

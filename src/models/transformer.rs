@@ -1,6 +1,6 @@
 //! The FLUX MM-DiT (`FluxTransformer2DModel`): packed latents + conditioning → velocity.
 //!
-//! Spec §6 gives the maths (diffusers' `transformer_flux.py`). Weight names are Black Forest Labs' original ones
+//! The maths are diffusers' `transformer_flux.py`. Weight names are Black Forest Labs' original ones
 //! (`double_blocks.N.img_attn.qkv`, `single_blocks.N.linear1`, …) because those keep q, k, v (and, in single
 //! blocks, the MLP input) fused: one GEMM instead of three or four, and GGUF/BFL files load without splitting
 //! quantised tensors. Diffusers checkpoints are presented under these names by [`crate::weights::flux_keys`]
@@ -11,7 +11,7 @@
 use crate::config::TransformerConfig;
 use crate::kernels;
 use candle_core::{DType, Device, Result, Tensor, D};
-use super::linear::{Lin, Weights};
+use super::linear::{LinearLayer, Weights};
 
 const EPS: f64 = 1e-6;
 
@@ -42,8 +42,8 @@ fn sinusoidal(values: &[f32], dtype: DType, dev: &Device) -> Result<Tensor> {
     Tensor::from_vec(out, (values.len(), 2 * HALF), dev)?.to_dtype(dtype)
 }
 
-/// Scalars per batch item as the model sees them: cast to the model dtype, then ×1000 in that dtype (spec §6.4:
-/// in bf16 this rounds twice, and diffusers' numbers carry that rounding).
+/// Scalars per batch item as the model sees them: cast to the model dtype, then ×1000 in that dtype (as
+/// diffusers' `FluxTransformer2DModel.forward` does: in bf16 this rounds twice, and its numbers carry that).
 fn scaled_scalars(t: &Tensor, dtype: DType) -> Result<Vec<f32>> {
     (t.to_dtype(dtype)? * 1000.0)?.to_dtype(DType::F32)?.to_vec1()
 }
@@ -72,6 +72,28 @@ fn rope(ids: &Tensor, axes: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> 
 fn chunks(m: &Tensor, n: usize) -> Result<Vec<Tensor>> {
     let d = m.dim(D::Minus1)? / n;
     (0..n).map(|i| m.narrow(D::Minus1, i * d, d)).collect()
+}
+
+/// One adaptive-LayerNorm modulation: `LN(x)·(1 + scale) + shift` in front of a sub-layer, and the `gate` of
+/// the residual it feeds (BFL's `ModulationOut`).
+struct Modulation {
+    shift: Tensor,
+    scale: Tensor,
+    gate: Tensor,
+}
+
+impl Modulation {
+    /// The `n` modulations a layer's output [B, 3n·D] holds, each as (shift, scale, gate).
+    fn split(m: &Tensor, n: usize) -> Result<Vec<Self>> {
+        let mut c = chunks(m, 3 * n)?.into_iter();
+        let mut next = || c.next().expect("3n chunks");
+        Ok((0..n).map(|_| Modulation { shift: next(), scale: next(), gate: next() }).collect())
+    }
+
+    /// `LN(x)·(1 + scale) + shift`.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        kernels::layer_norm_modulate(x, &self.scale, &self.shift, EPS)
+    }
 }
 
 /// The angles for a slice of the sequence.
@@ -112,12 +134,12 @@ impl QkNorm {
 
 /// One stream of a double block: modulation, fused qkv, q/k norms, output projection, MLP (`img_*`/`txt_*`).
 struct Stream {
-    modulation: Lin,
-    qkv: Lin,
+    modulation: LinearLayer,
+    qkv: LinearLayer,
     norm: QkNorm,
-    proj: Lin,
-    mlp_in: Lin,
-    mlp_out: Lin,
+    proj: LinearLayer,
+    mlp_in: LinearLayer,
+    mlp_out: LinearLayer,
 }
 
 impl Stream {
@@ -132,12 +154,18 @@ impl Stream {
         })
     }
 
+    /// (attention, MLP) modulations from the shared time embedding.
+    fn modulations(&self, temb: &Tensor) -> Result<(Modulation, Modulation)> {
+        let mut m = Modulation::split(&temb.apply(&self.modulation)?, 2)?.into_iter();
+        Ok((m.next().expect("two"), m.next().expect("two")))
+    }
+
     /// After attention: `x + gate·proj(att)`, then `x + gate·MLP(LN(x)·(1+scale)+shift)`.
-    fn finish(&self, x: &Tensor, att: &Tensor, m: &[Tensor]) -> Result<Tensor> {
-        let x = kernels::gated_residual(x, &att.apply(&self.proj)?, &m[2])?;
-        let h = kernels::layer_norm_modulate(&x, &m[4], &m[3], EPS)?.apply(&self.mlp_in)?;
+    fn finish(&self, x: &Tensor, att: &Tensor, attn: &Modulation, mlp: &Modulation) -> Result<Tensor> {
+        let x = kernels::gated_residual(x, &att.apply(&self.proj)?, &attn.gate)?;
+        let h = mlp.apply(&x)?.apply(&self.mlp_in)?;
         let h = kernels::gelu_tanh(&h)?.apply(&self.mlp_out)?;
-        kernels::gated_residual(&x, &h, &m[5])
+        kernels::gated_residual(&x, &h, &mlp.gate)
     }
 }
 
@@ -153,12 +181,11 @@ impl DoubleBlock {
     }
 
     fn forward(&self, x: &Tensor, ctx: &Tensor, temb: &Tensor, heads: usize, rope: &Rope) -> Result<(Tensor, Tensor)> {
-        // shift, scale, gate (attention); shift, scale, gate (MLP)
-        let m = chunks(&temb.apply(&self.img.modulation)?, 6)?;
-        let c = chunks(&temb.apply(&self.txt.modulation)?, 6)?;
+        let (img_attn, img_mlp) = self.img.modulations(temb)?;
+        let (txt_attn, txt_mlp) = self.txt.modulations(temb)?;
         let st = ctx.dim(1)?;
-        let qkv_i = kernels::layer_norm_modulate(x, &m[1], &m[0], EPS)?.apply(&self.img.qkv)?;
-        let qkv_t = kernels::layer_norm_modulate(ctx, &c[1], &c[0], EPS)?.apply(&self.txt.qkv)?;
+        let qkv_i = img_attn.apply(x)?.apply(&self.img.qkv)?;
+        let qkv_t = txt_attn.apply(ctx)?.apply(&self.txt.qkv)?;
         let (qt, kt, vt) = self.txt.norm.split(&qkv_t, heads, rope, 0)?;
         let (qi, ki, vi) = self.img.norm.split(&qkv_i, heads, rope, st)?;
         let q = Tensor::cat(&[qt, qi], 2)?;
@@ -168,17 +195,20 @@ impl DoubleBlock {
         let att = kernels::attention(&q, &k, &v, scale)?;
         let att_txt = att.narrow(1, 0, st)?;
         let att_img = att.narrow(1, st, att.dim(1)? - st)?;
-        Ok((self.img.finish(x, &att_img, &m)?, self.txt.finish(ctx, &att_txt, &c)?))
+        Ok((
+            self.img.finish(x, &att_img, &img_attn, &img_mlp)?,
+            self.txt.finish(ctx, &att_txt, &txt_attn, &txt_mlp)?,
+        ))
     }
 }
 
 /// `single_blocks.N`: one stream over [text; image]; `linear1` gives [q | k | v | MLP input] at once and
 /// `linear2` projects [attention | GELU(MLP)] back.
 struct SingleBlock {
-    modulation: Lin,
-    linear1: Lin,
+    modulation: LinearLayer,
+    linear1: LinearLayer,
     norm: QkNorm,
-    linear2: Lin,
+    linear2: LinearLayer,
     mlp: usize,
 }
 
@@ -194,22 +224,22 @@ impl SingleBlock {
     }
 
     fn forward(&self, h: &Tensor, temb: &Tensor, heads: usize, rope: &Rope) -> Result<Tensor> {
-        let m = chunks(&temb.apply(&self.modulation)?, 3)?; // shift, scale, gate
-        let fused = kernels::layer_norm_modulate(h, &m[1], &m[0], EPS)?.apply(&self.linear1)?;
+        let m = Modulation::split(&temb.apply(&self.modulation)?, 1)?.remove(0);
+        let fused = m.apply(h)?.apply(&self.linear1)?;
         let dim = fused.dim(2)? - self.mlp;
         let mlp = kernels::gelu_tanh_cols(&fused, dim, self.mlp)?;
         let (q, k, v) = self.norm.split(&fused, heads, rope, 0)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let att = kernels::attention(&q, &k, &v, scale)?;
         let out = Tensor::cat(&[att, mlp], 2)?.apply(&self.linear2)?;
-        kernels::gated_residual(h, &out, &m[2])
+        kernels::gated_residual(h, &out, &m.gate)
     }
 }
 
 /// `in_layer → SiLU → out_layer` (BFL's MLPEmbedder: time, guidance and pooled-text embedders).
 struct Embedder {
-    in_layer: Lin,
-    out_layer: Lin,
+    in_layer: LinearLayer,
+    out_layer: LinearLayer,
 }
 
 impl Embedder {
@@ -222,15 +252,15 @@ impl Embedder {
 }
 
 pub struct FluxTransformer {
-    img_in: Lin,
-    txt_in: Lin,
+    img_in: LinearLayer,
+    txt_in: LinearLayer,
     time_in: Embedder,
     guidance_in: Option<Embedder>,
     vector_in: Embedder,
     double: Vec<DoubleBlock>,
     single: Vec<SingleBlock>,
-    final_modulation: Lin,
-    final_linear: Lin,
+    final_modulation: LinearLayer,
+    final_linear: LinearLayer,
     heads: usize,
     axes: Vec<usize>,
     dtype: DType,
@@ -294,7 +324,9 @@ impl FluxTransformer {
             h = block.forward(&h, &temb, heads, &rope)?;
         }
         let x = h.narrow(1, st, h.dim(1)? - st)?;
-        let m = chunks(&temb.apply(&self.final_modulation)?, 2)?; // shift, scale — BFL's order (spec §10.1)
-        kernels::layer_norm_modulate(&x, &m[1], &m[0], EPS)?.apply(&self.final_linear)
+        // (shift, scale): BFL's order, the reverse of diffusers' `norm_out` (its halves are swapped at load).
+        let m = chunks(&temb.apply(&self.final_modulation)?, 2)?;
+        let (shift, scale) = (&m[0], &m[1]);
+        kernels::layer_norm_modulate(&x, scale, shift, EPS)?.apply(&self.final_linear)
     }
 }

@@ -12,6 +12,10 @@ use candle_nn::{linear, Linear, VarBuilder};
 
 const EPS: f64 = 1e-6;
 
+fn empty_blocks() -> candle_core::Error {
+    candle_core::Error::Msg("vae config: block_out_channels is empty".into())
+}
+
 fn conv3(i: usize, o: usize, vb: VarBuilder) -> Result<Conv2d> {
     Conv2d::new(i, o, 3, 1, 1, vb)
 }
@@ -156,10 +160,11 @@ pub struct Encoder {
 impl Encoder {
     fn new(cfg: &VaeConfig, act: Act, vb: VarBuilder) -> Result<Self> {
         let ch = &cfg.block_out_channels;
+        let (&first, &last) = ch.first().zip(ch.last()).ok_or_else(empty_blocks)?;
         let g = cfg.norm_num_groups;
-        let conv_in = conv3(cfg.in_channels, ch[0], vb.pp("conv_in"))?;
+        let conv_in = conv3(cfg.in_channels, first, vb.pp("conv_in"))?;
         let mut down = Vec::new();
-        let mut out_c = ch[0];
+        let mut out_c = first;
         for (i, &c) in ch.iter().enumerate() {
             let in_c = out_c;
             out_c = c;
@@ -174,7 +179,6 @@ impl Encoder {
             };
             down.push(DownBlock { resnets, downsample });
         }
-        let last = *ch.last().unwrap();
         Ok(Self {
             conv_in,
             down,
@@ -212,11 +216,12 @@ pub struct Decoder {
 impl Decoder {
     fn new(cfg: &VaeConfig, act: Act, vb: VarBuilder) -> Result<Self> {
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+        let (&deepest, &first) = rev.first().zip(rev.last()).ok_or_else(empty_blocks)?;
         let g = cfg.norm_num_groups;
-        let conv_in = conv3(cfg.latent_channels, rev[0], vb.pp("conv_in"))?;
-        let mid = MidBlock::new(rev[0], cfg, act, vb.pp("mid_block"))?;
+        let conv_in = conv3(cfg.latent_channels, deepest, vb.pp("conv_in"))?;
+        let mid = MidBlock::new(deepest, cfg, act, vb.pp("mid_block"))?;
         let mut up = Vec::new();
-        let mut out_c = rev[0];
+        let mut out_c = deepest;
         for (i, &c) in rev.iter().enumerate() {
             let prev = out_c;
             out_c = c;
@@ -228,7 +233,6 @@ impl Decoder {
                 if i + 1 < rev.len() { Some(conv3(out_c, out_c, vbi.pp("upsamplers.0.conv"))?) } else { None };
             up.push(UpBlock { resnets, upsample });
         }
-        let first = cfg.block_out_channels[0];
         Ok(Self {
             conv_in,
             mid,

@@ -8,20 +8,15 @@ pub mod torch_cpu;
 pub use torch_cpu::TorchCpuGenerator;
 
 /// Which random number generator produces the VAE posterior noise and the initial latent noise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum RngKind {
     /// `torch.Generator("cpu").manual_seed(seed)` as diffusers uses it (MT19937 + torch's AVX2 Box-Muller).
+    #[default]
     TorchCpu,
 }
 
-impl std::fmt::Display for RngKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RngKind::TorchCpu => f.write_str("torch-cpu"),
-        }
-    }
-}
+crate::named_enum!(RngKind, "generator", [TorchCpu = "torch-cpu"]);
 
 /// A seeded source of standard-normal noise; one per image, drawn from in pipeline order.
 pub trait NoiseSource {

@@ -1,4 +1,4 @@
-//! `torch.Generator("cpu")` + `torch.randn` re-implemented (spec §11).
+//! `torch.Generator("cpu")` + `torch.randn` re-implemented (docs/spec-flux1-img2img.md §11).
 //!
 //! Input: a 64-bit seed (torch keeps only its low 32 bits). Output: float32 normals identical to torch 2.x on
 //! x86-64, whose `normal_fill_AVX2` kernel is used even on AVX-512 machines. Invariants kept from torch:
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn pipeline_draw_order_1024() {
-        // VAE posterior noise first, then the initial noise, from one generator (spec §11.8).
+        // VAE posterior noise first, then the initial noise, from one generator (docs/spec-flux1-img2img.md §11.8).
         let mut g = TorchCpuGenerator::new(0);
         let eps = g.randn(16 * 128 * 128);
         let noise = g.randn(16 * 128 * 128);

@@ -9,10 +9,10 @@
 //! points at a mirror. hf-hub does the
 //! downloading (resumable, with progress bars on a terminal).
 
-use super::Overrides;
+use super::{Overrides, ShardIndex, COMPONENTS};
 use crate::error::{Error, Result};
-use hf_hub::{api::sync::ApiBuilder, Cache, Repo, RepoType};
-use std::io::IsTerminal;
+use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
 pub const ALIASES: &[(&str, &str)] =
@@ -59,16 +59,6 @@ fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
-/// (component folder, weight-file stem, overridden?) for the four weighted components.
-fn components(o: &Overrides) -> [(&'static str, &'static str, bool); 4] {
-    [
-        ("transformer", "diffusion_pytorch_model", o.transformer.is_some()),
-        ("vae", "diffusion_pytorch_model", o.vae.is_some()),
-        ("text_encoder", "model", o.text_encoder.is_some()),
-        ("text_encoder_2", "model", o.text_encoder_2.is_some()),
-    ]
-}
-
 const TOKENIZER_FILES: &[&str] = &[
     "tokenizer/vocab.json",
     "tokenizer/merges.txt",
@@ -95,7 +85,7 @@ impl Fetcher {
                 if !listed.iter().any(|f| f == file) {
                     return Ok(None);
                 }
-                api.get(file).map(Some).map_err(|e| ctx.error(&e.to_string(), Some(file)))
+                api.get(file).map(Some).map_err(|e| ctx.error(e, Some(file)))
             }
         }
     }
@@ -106,35 +96,53 @@ struct Ctx {
     revision: String,
 }
 
-impl Ctx {
-    fn error(&self, msg: &str, file: Option<&str>) -> Error {
-        let what = format!("{}@{}", self.id, self.revision);
-        let m = msg.to_ascii_lowercase();
-        let text = if m.contains("401") || m.contains("403") || m.contains("gated") || m.contains("unauthorized") {
-            format!(
-                "{what}: access denied — the repo is gated or private. Accept its licence at https://huggingface.co/{}, \
-                 then set HF_TOKEN (or run `huggingface-cli login`); FLUX.1-schnell is not gated: --model schnell",
-                self.id
-            )
-        } else if ["dns failed", "connection refused", "timed out", "connection reset", "network is unreachable"]
-            .iter()
-            .any(|k| m.contains(k))
-        {
-            format!(
-                "{what}: cannot reach the Hub ({msg}); check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to \
-                 use what is already in the cache"
-            )
-        } else if m.contains("404") || m.contains("not found") {
-            format!("{what}: not found on the Hub — check the repo id and --revision")
-        } else {
-            format!("{what}{}: {msg}", file.map(|f| format!(" ({f})")).unwrap_or_default())
-        };
-        Error::model(PathBuf::from(&self.id), text)
+/// Why a Hub request failed, read from the error's type rather than its text.
+enum Failure {
+    Denied,
+    NotFound,
+    Unreachable,
+    Other,
+}
+
+fn classify(e: &ApiError) -> Failure {
+    match e {
+        ApiError::TooManyRetries(inner) => classify(inner),
+        ApiError::RequestError(r) => match r.as_ref() {
+            ureq::Error::Status(401 | 403, _) => Failure::Denied,
+            ureq::Error::Status(404, _) => Failure::NotFound,
+            ureq::Error::Status(..) => Failure::Other,
+            ureq::Error::Transport(t) => match t.kind() {
+                ureq::ErrorKind::Dns | ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Io => Failure::Unreachable,
+                _ => Failure::Other,
+            },
+        },
+        _ => Failure::Other,
     }
 }
 
-/// Downloads (or finds in the cache) what a run needs and returns the snapshot folder.
-pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Overrides, quiet: bool) -> Result<PathBuf> {
+impl Ctx {
+    fn error(&self, e: ApiError, file: Option<&str>) -> Error {
+        let what = format!("{}@{}", self.id, self.revision);
+        let text = match classify(&e) {
+            Failure::Denied => format!(
+                "{what}: access denied — the repo is gated or private. Accept its licence at https://huggingface.co/{}, \
+                 then set HF_TOKEN (or run `huggingface-cli login`); FLUX.1-schnell is not gated: --model schnell",
+                self.id
+            ),
+            Failure::Unreachable => format!(
+                "{what}: cannot reach the Hub; check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use what \
+                 is already in the cache"
+            ),
+            Failure::NotFound => format!("{what}: not found on the Hub — check the repo id and --revision"),
+            Failure::Other => format!("{what}{}", file.map(|f| format!(" ({f})")).unwrap_or_default()),
+        };
+        Error::model_from(PathBuf::from(&self.id), text, e)
+    }
+}
+
+/// Downloads (or finds in the cache) what a run needs and returns the snapshot folder; `bars`: hf-hub draws
+/// download progress bars on stderr.
+pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Overrides, bars: bool) -> Result<PathBuf> {
     let ctx = Ctx { id: id.to_string(), revision: revision.unwrap_or("main").to_string() };
     let repo = Repo::with_revision(ctx.id.clone(), RepoType::Model, ctx.revision.clone());
     let cache = cache_dir();
@@ -148,11 +156,11 @@ pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Over
         let api = builder
             .with_cache_dir(cache.clone())
             .with_token(token())
-            .with_progress(!quiet && std::io::stderr().is_terminal())
+            .with_progress(bars)
             .build()
-            .map_err(|e| ctx.error(&e.to_string(), None))?
+            .map_err(|e| ctx.error(e, None))?
             .repo(repo);
-        let info = api.info().map_err(|e| ctx.error(&e.to_string(), None))?;
+        let info = api.info().map_err(|e| ctx.error(e, None))?;
         Fetcher::Online { api, listed: info.siblings.into_iter().map(|s| s.rfilename).collect() }
     };
     let missing = |file: &str| {
@@ -178,22 +186,14 @@ pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Over
     for f in TOKENIZER_FILES {
         fetcher.get(f, &ctx)?;
     }
-    for (dir, stem, overridden) in components(overrides) {
+    for (dir, stem) in COMPONENTS {
         required(&format!("{dir}/config.json"))?;
-        if !weights || overridden {
+        if !weights || overrides.for_component(dir).is_some() {
             continue;
         }
         let index = format!("{dir}/{stem}.safetensors.index.json");
         if let Some(idx) = fetcher.get(&index, &ctx)? {
-            #[derive(serde::Deserialize)]
-            struct Index {
-                weight_map: std::collections::HashMap<String, String>,
-            }
-            let parsed: Index = crate::config::read_json(&idx)?;
-            let mut shards: Vec<&String> = parsed.weight_map.values().collect();
-            shards.sort();
-            shards.dedup();
-            for s in shards {
+            for s in ShardIndex::read(&idx)?.shards() {
                 required(&format!("{dir}/{s}"))?;
             }
         } else {

@@ -6,19 +6,44 @@
 //! transformer and T5). Checks only that files exist; parsing happens in the stages that use them.
 
 use crate::error::{Error, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub mod hub;
 
+/// (folder, weight-file stem) of the weighted components of a diffusers FLUX.1 pipeline.
+pub const COMPONENTS: [(&str, &str); 4] = [
+    ("transformer", "diffusion_pytorch_model"),
+    ("vae", "diffusion_pytorch_model"),
+    ("text_encoder", "model"),
+    ("text_encoder_2", "model"),
+];
+
+/// `<stem>.safetensors.index.json`: which shard file holds each tensor.
+#[derive(Debug, serde::Deserialize)]
+pub struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+impl ShardIndex {
+    pub fn read(path: &Path) -> Result<Self> {
+        crate::config::read_json(path)
+    }
+
+    /// The shard file names, sorted, each once.
+    pub fn shards(&self) -> Vec<&str> {
+        self.weight_map.values().map(String::as_str).collect::<BTreeSet<_>>().into_iter().collect()
+    }
+}
+
 /// `--model` (a folder, an alias or a Hub repo id) → a local diffusers-layout folder. `weights`: fetch the
-/// weight files too (not needed to plan a dry run).
-pub fn locate(model: &Path, o: &Overrides, weights: bool, quiet: bool) -> Result<PathBuf> {
+/// weight files too (not needed to plan a dry run); `bars`: show download progress bars.
+pub fn locate(model: &Path, o: &Overrides, weights: bool, bars: bool) -> Result<PathBuf> {
     if model.is_dir() {
         return Ok(model.to_path_buf());
     }
     match hub::repo_id(&model.to_string_lossy()) {
-        Some(id) => hub::resolve(&id, o.revision.as_deref(), weights, o, quiet),
+        Some(id) => hub::resolve(&id, o.revision.as_deref(), weights, o, bars),
         None => Ok(model.to_path_buf()),
     }
 }
@@ -26,8 +51,6 @@ pub fn locate(model: &Path, o: &Overrides, weights: bool, quiet: bool) -> Result
 /// One model component (transformer, vae, text encoder) on disk.
 #[derive(Debug, Clone)]
 pub struct Component {
-    pub name: String,
-    pub dir: PathBuf,
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
 }
@@ -35,7 +58,6 @@ pub struct Component {
 /// Every file of a diffusers-layout FLUX.1 pipeline that flux-img2img reads.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
-    pub root: PathBuf,
     pub transformer: Component,
     pub vae: Component,
     pub text_encoder: Component,
@@ -54,6 +76,19 @@ pub struct Overrides {
     pub text_encoder_2: Option<PathBuf>,
     /// Hub revision (branch, tag or commit) when `--model` is a repo.
     pub revision: Option<String>,
+}
+
+impl Overrides {
+    /// The file replacing component `name` (a diffusers folder name), if any.
+    pub fn for_component(&self, name: &str) -> Option<&PathBuf> {
+        match name {
+            "transformer" => self.transformer.as_ref(),
+            "vae" => self.vae.as_ref(),
+            "text_encoder" => self.text_encoder.as_ref(),
+            "text_encoder_2" => self.text_encoder_2.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 impl ModelFiles {
@@ -106,12 +141,12 @@ impl ModelFiles {
         if !scheduler_config.is_file() {
             return Err(Error::model(&scheduler_config, "missing"));
         }
+        let [transformer, vae, text_encoder, text_encoder_2] = COMPONENTS.map(|(name, stem)| component(root, name, stem, weights));
         Ok(Self {
-            root: root.to_path_buf(),
-            transformer: component(root, "transformer", "diffusion_pytorch_model", weights)?,
-            vae: component(root, "vae", "diffusion_pytorch_model", weights)?,
-            text_encoder: component(root, "text_encoder", "model", weights)?,
-            text_encoder_2: component(root, "text_encoder_2", "model", weights)?,
+            transformer: transformer?,
+            vae: vae?,
+            text_encoder: text_encoder?,
+            text_encoder_2: text_encoder_2?,
             tokenizer: sub("tokenizer")?,
             tokenizer_2: sub("tokenizer_2")?,
             scheduler_config,
@@ -129,21 +164,15 @@ fn component(root: &Path, name: &str, stem: &str, with_weights: bool) -> Result<
         return Err(Error::model(&config, "missing"));
     }
     let weights = if with_weights { weight_files(&dir, stem)? } else { Vec::new() };
-    Ok(Component { name: name.to_string(), dir, config, weights })
+    Ok(Component { config, weights })
 }
 
 /// The safetensors files of one component: the shards named by the index, or the single file.
 pub fn weight_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
     let index = dir.join(format!("{stem}.safetensors.index.json"));
     if index.is_file() {
-        #[derive(serde::Deserialize)]
-        struct Index {
-            weight_map: std::collections::HashMap<String, String>,
-        }
-        let idx: Index = crate::config::read_json(&index)?;
-        let files: BTreeSet<&String> = idx.weight_map.values().collect();
         let mut out = Vec::new();
-        for f in files {
+        for f in ShardIndex::read(&index)?.shards() {
             let p = dir.join(f);
             if !p.is_file() {
                 return Err(Error::model(&p, format!("shard listed in {} is missing", index.display())));

@@ -1,9 +1,9 @@
 //! The FLUX transformer's weight names: original Black Forest Labs (BFL) layout ⇄ diffusers layout, as data.
 //!
-//! The model code (candle-transformers' FLUX) uses BFL names. A diffusers checkpoint stores the same numbers
+//! Our transformer (`models::transformer`) asks for BFL names. A diffusers checkpoint stores the same numbers
 //! under other names, split differently: BFL fuses q, k and v into one `qkv` matrix, fuses q, k, v and the MLP
 //! input of single blocks into `linear1`, and orders the final modulation (shift, scale) where diffusers has
-//! (scale, shift). Spec §10.1 is the source of every row below.
+//! (scale, shift). docs/spec-flux1-img2img.md §10.1 is the source of every row below.
 
 /// Where the tensor the model asks for lives in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum Layout {
     Bfl { prefix: String },
 }
 
-/// Detects the layout of a transformer checkpoint from its tensor names (spec §10.1).
+/// Detects the layout of a transformer checkpoint from its tensor names (docs/spec-flux1-img2img.md §10.1).
 pub fn transformer_layout(names: &[String]) -> Option<Layout> {
     const PROBE: &str = "double_blocks.0.img_attn.qkv.weight";
     if names.iter().any(|n| n.starts_with("transformer_blocks.0.attn.to_q.")) {

@@ -134,6 +134,7 @@ impl SimpleBackend for Backend {
 /// The weight files of one component, opened for checked loading.
 pub struct CheckedWeights {
     component: String,
+    paths: Vec<PathBuf>,
     files: Arc<MmapedSafetensors>,
     problems: Arc<Mutex<Vec<Problem>>>,
 }
@@ -143,15 +144,25 @@ impl CheckedWeights {
     pub fn open(component: &str, paths: &[PathBuf]) -> Result<Self> {
         for p in paths {
             // Read the header ourselves first: candle's error for a broken file does not name it.
-            let bytes = std::fs::File::open(p).map_err(|e| Error::model(p, format!("cannot open: {e}")))?;
+            let bytes = std::fs::File::open(p).map_err(|e| Error::model_from(p, "cannot open", e))?;
             let mut header = [0u8; 8];
             use std::io::Read;
             (&bytes).read_exact(&mut header).map_err(|_| Error::model(p, "not a safetensors file (too short)"))?;
         }
         // SAFETY: the files are mapped read-only and not modified while mapped.
         let files = unsafe { MmapedSafetensors::multi(paths) }
-            .map_err(|e| Error::model(paths.first().cloned().unwrap_or_default(), format!("unreadable weights: {e}")))?;
-        Ok(Self { component: component.to_string(), files: Arc::new(files), problems: Default::default() })
+            .map_err(|e| Error::model_from(paths.first().cloned().unwrap_or_default(), "unreadable weights", e))?;
+        Ok(Self {
+            component: component.to_string(),
+            paths: paths.to_vec(),
+            files: Arc::new(files),
+            problems: Default::default(),
+        })
+    }
+
+    /// The first weight file (named in errors about the component as a whole).
+    pub fn first_file(&self) -> PathBuf {
+        self.paths.first().cloned().unwrap_or_default()
     }
 
     /// A `VarBuilder` whose names are translated by `map` (or used as they are).
@@ -165,12 +176,12 @@ impl CheckedWeights {
         self.files.tensors().into_iter().map(|(n, _)| n).collect()
     }
 
-    /// Shape of one tensor in the files, if present.
     /// One stored tensor as f32 on the CPU (for quantizing).
     pub fn load_f32_cpu(&self, name: &str) -> Result<Tensor> {
         Ok(self.files.load(name, &Device::Cpu)?.to_dtype(DType::F32)?)
     }
 
+    /// Shape of one tensor in the files, if present.
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
         self.files.get(name).ok().map(|v| v.shape().to_vec())
     }

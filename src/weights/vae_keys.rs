@@ -1,5 +1,5 @@
 //! VAE weight names: the diffusers `AutoencoderKL` names the model asks for → where Black Forest Labs'
-//! `ae.safetensors` keeps them (spec §10.2). BFL numbers the decoder's up blocks from the lowest resolution
+//! `ae.safetensors` keeps them (docs/spec-flux1-img2img.md §10.2). BFL numbers the decoder's up blocks from the lowest resolution
 //! up, diffusers from the highest down, so decoder block i is BFL's block n−1−i; mid-block attention is stored
 //! as 1×1 convolutions.
 

@@ -1,12 +1,88 @@
-//! SDEdit on packed latents: noise the encoded image to the start sigma, then integrate the flow with Euler steps.
+//! The numerics of an edit, as pure functions: preprocessed pixels → posterior → noised, packed latents →
+//! Euler steps of the flow → latents for the VAE decoder. No I/O: the session hands in the models, the
+//! conditioning, the schedule and the noise generator.
 //!
-//! Pure functions of their inputs (no I/O): the pipeline hands in the model, the conditioning, the schedule and
-//! the noise, and gets latents back. Numerics follow spec §3–§7: `x = σ·noise + (1−σ)·z`,
-//! `x ← x + (σ_next − σ)·v`, the transformer called with σ (diffusers' `t/1000`).
+//! As diffusers' `FluxImg2ImgPipeline`: `z = (mean + σ_post·ε − shift)·scale`, `x = σ·noise + (1−σ)·z`
+//! (`scale_noise`), `x ← x + (σ_next − σ)·v` in f32, the transformer called with σ (diffusers' `t/1000`).
 
+use super::Plan;
+use crate::config::VaeConfig;
+use crate::image_io::{self, ResizeMode};
 use crate::models::transformer::{FluxTransformer, Inputs};
+use crate::rng::NoiseSource;
 use crate::schedule::Schedule;
 use candle_core::{DType, Device, Result, Tensor};
+use image::RgbImage;
+
+/// How VAE latents map into the transformer's latent space: `(z − shift)·scale`.
+pub struct LatentSpace {
+    pub shift: f64,
+    pub scale: f64,
+}
+
+impl LatentSpace {
+    pub fn of(vae: &VaeConfig) -> Self {
+        Self { shift: vae.shift_factor.unwrap_or(0.0), scale: vae.scaling_factor }
+    }
+}
+
+/// Packed start latents and the latent grid they came from.
+pub struct Start {
+    /// [B, (h/2)(w/2), 4C]
+    pub packed: Tensor,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// The input brought to the plan's size: centre-crop or pad first if the plan says so, then Lanczos.
+pub fn fit_to_plan(input: RgbImage, plan: &Plan) -> RgbImage {
+    let mut img = input;
+    if plan.crop {
+        img = image_io::center_crop_to_aspect(&img, plan.width, plan.height);
+    }
+    if plan.resize == ResizeMode::Pad && img.dimensions() != (plan.width, plan.height) {
+        img = image_io::pad_to(&img, plan.width, plan.height);
+    }
+    if img.dimensions() != (plan.width, plan.height) {
+        img = image_io::resize_lanczos(&img, plan.width, plan.height);
+    }
+    img
+}
+
+/// A hash of an image's size and pixels (sweeps edit the same pixels again and reuse their posterior).
+pub fn pixel_key(img: &RgbImage) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (img.dimensions(), img.as_raw()).hash(&mut h);
+    h.finish()
+}
+
+/// Noise of `shape` from the generator's next draws, in `like`'s dtype and device.
+fn draw(gen: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
+    let shape = like.shape();
+    Tensor::from_vec(gen.randn(shape.elem_count()), shape, like.device())?.to_dtype(like.dtype())
+}
+
+/// Posterior sample (draw #1), initial noise (draw #2), both mixed at `sigma` and packed.
+pub fn start_latents(
+    mean: &Tensor,
+    logvar: &Tensor,
+    gen: &mut dyn NoiseSource,
+    space: &LatentSpace,
+    sigma: f32,
+) -> Result<Start> {
+    let eps = draw(gen, mean)?;
+    let z = sample_latents(mean, logvar, &eps, space.shift, space.scale)?;
+    let noise = draw(gen, mean)?;
+    let (_, channels, height, width) = mean.dims4()?;
+    Ok(Start { packed: pack(&noise_to(&z, &noise, sigma)?)?, channels, height, width })
+}
+
+/// Denoised packed latents → the VAE's latent space `z/scale + shift`, unpacked to [B, C, h, w].
+pub fn unpack_for_decode(latents: &Tensor, start: &Start, space: &LatentSpace) -> Result<Tensor> {
+    (unpack(latents, start.channels, start.height, start.width)? / space.scale)? + space.shift
+}
 
 /// `_pack_latents`: [B,C,h,w] → [B,(h/2)(w/2),4C], each token one 2×2 patch (channel index c·4 + dy·2 + dx).
 pub fn pack(x: &Tensor) -> Result<Tensor> {
@@ -60,8 +136,7 @@ pub fn denoise(
     let mut x = latents;
     for (k, i) in (schedule.t_start..schedule.timesteps.len()).enumerate() {
         // diffusers passes t/1000 in the latents' dtype; the model multiplies by 1000 again.
-        let t = Tensor::full(schedule.timesteps[i], b, &dev)?.to_dtype(dtype)?;
-        let t = (t / 1000.0)?;
+        let t = (Tensor::full(schedule.timesteps[i], b, &dev)?.to_dtype(dtype)? / 1000.0)?;
         let v = model.forward(&x, &t, inputs)?;
         let dt = schedule.sigmas[i + 1] - schedule.sigmas[i];
         // The step is taken in f32 and cast back, as the scheduler does.
@@ -70,7 +145,6 @@ pub fn denoise(
     }
     Ok(x)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
-//! Contact sheet of a sweep: written images → one PNG, a row per input, a column per (strength, seed), each
-//! cell labelled "strength #seed" underneath, so the settings that worked can be read off the sheet.
+//! Contact sheet of a sweep: written images → one PNG, a row per input, a column per setting (strength, seed, …),
+//! each cell labelled underneath ("0.75 #42"), so the settings that worked can be read off the sheet.
 
 use crate::error::Result;
 use crate::image_io;
@@ -12,12 +12,11 @@ const CELL: u32 = 256;
 const LABEL_H: u32 = 16;
 const SCALE: u32 = 2;
 
-/// One written image and what it is labelled with.
+/// One written image and what it is labelled with (digits, `.`, `#`, `x` and spaces are drawn).
 pub struct Cell {
     pub input: PathBuf,
     pub output: PathBuf,
-    pub strength: f64,
-    pub seed: u64,
+    pub label: String,
 }
 
 /// 3×5 glyphs, one row per u8 (low 3 bits, leftmost pixel = bit 2), for the characters labels use.
@@ -35,6 +34,7 @@ fn glyph(c: char) -> [u8; 5] {
         '9' => [7, 5, 7, 1, 7],
         '.' => [0, 0, 0, 0, 2],
         '#' => [5, 7, 5, 7, 5],
+        'x' => [0, 5, 2, 5, 0],
         _ => [0; 5],
     }
 }
@@ -78,7 +78,7 @@ pub fn write(path: &Path, cells: &[Cell]) -> Result<(u32, u32)> {
             let thumb = image_io::resize_lanczos(&img, tw, th);
             let (x, y) = (k as u32 * CELL, r as u32 * (CELL + LABEL_H));
             image::imageops::replace(&mut sheet, &thumb, (x + (CELL - tw) / 2) as i64, (y + (CELL - th) / 2) as i64);
-            draw_text(&mut sheet, x + 4, y + CELL + 3, &format!("{} #{}", cell.strength, cell.seed));
+            draw_text(&mut sheet, x + 4, y + CELL + 3, &cell.label);
         }
     }
     let text = [("flux-img2img-grid", format!("{} images, {} rows", cells.len(), rows.len()))];

@@ -1,0 +1,84 @@
+//! Batches: an ordered list of edits run with one model session.
+//!
+//! - `inputs`: what `--image` names (files, folders, globs, URLs, stdin) → local files;
+//! - [`Batch`] / [`Item`]: the item list, in the order inputs × strengths × seeds (item k's seed is base + k, so
+//!   names, seeds and shards are the same on every machine);
+//! - `runner`: pre-check, dry run, prompt encoding, the edits, the contact sheet — each a short step;
+//! - `results`: what goes to stdout (paths or JSON lines);
+//! - `grid`: the labelled contact sheet.
+
+pub mod grid;
+pub mod inputs;
+mod results;
+mod runner;
+
+pub use inputs::Input;
+pub use runner::run;
+
+use crate::engine::Request;
+use std::path::PathBuf;
+
+/// One edit and its position in the whole (unsharded) batch.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub index: usize,
+    /// Where the input image comes from (fetched when the batch runs if remote).
+    pub input: Input,
+    pub request: Request,
+}
+
+/// How the batch reports and writes.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Plan every item, write nothing.
+    pub dry_run: bool,
+    /// One JSON object per item on stdout.
+    pub json: bool,
+    /// Items whose output exists are skipped.
+    pub skip_existing: bool,
+    /// `--output-dir`: created (with sub-folders a manifest names) when missing.
+    pub output_dir: Option<PathBuf>,
+    /// `--grid`: contact sheet of the images written.
+    pub grid: Option<PathBuf>,
+    /// `-o -`: the single image goes to standard output.
+    pub stdout: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The items this process runs (its shard).
+    pub items: Vec<Item>,
+    /// Items in the whole batch, all shards.
+    pub total: usize,
+    pub options: Options,
+    /// The base seed, when it was drawn at random (reported so the batch can be repeated).
+    pub random_seed: Option<u64>,
+}
+
+/// How a batch went.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Items a dry run planned.
+    pub planned: usize,
+    pub written: usize,
+    pub skipped: usize,
+    /// (item index, message)
+    pub failed: Vec<(usize, String)>,
+    /// Stopped by Ctrl-C before every item ran.
+    pub interrupted: bool,
+}
+
+impl Summary {
+    /// The process exit code: 0 all written, 1 some failed, 2 a one-item batch failed, 130 interrupted.
+    pub fn exit_code(&self, total: usize) -> u8 {
+        if self.interrupted {
+            130
+        } else if self.failed.is_empty() {
+            0
+        } else if total == 1 {
+            2
+        } else {
+            1
+        }
+    }
+}

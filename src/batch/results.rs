@@ -1,0 +1,67 @@
+//! What a batch prints on stdout, item by item: the written path, or with `--json` one object per item (the
+//! edit's record plus index, output, status and, when written, timings and peak memory).
+
+use super::{Item, Options};
+use crate::engine::{EditRecord, Plan, Report};
+use serde_json::{json, Value};
+
+fn record(item: &Item, plan: &Plan, status: &str) -> Value {
+    let mut v = serde_json::to_value(EditRecord::new(&item.request, plan)).expect("a record always serializes");
+    v["index"] = json!(item.index);
+    v["output"] = json!(item.request.output);
+    v["status"] = json!(status);
+    v
+}
+
+fn bare(item: &Item, status: &str) -> Value {
+    json!({"index": item.index, "input": item.request.image(), "output": item.request.output, "status": status})
+}
+
+/// A written item (nothing when the PNG itself goes to stdout).
+pub fn written(opts: &Options, item: &Item, rep: &Report) {
+    if opts.stdout {
+        return;
+    }
+    if opts.json {
+        let mut v = record(item, &rep.plan, "written");
+        v["timings"] = json!(rep.timings);
+        v["peak_rss_mib"] = json!(rep.peak_rss_mib);
+        println!("{v}");
+    } else {
+        println!("{}", rep.output.display());
+    }
+}
+
+/// A dry run's item: its record, or `input -> output: plan`.
+pub fn planned(opts: &Options, item: &Item, plan: &Plan) {
+    if opts.json {
+        println!("{}", record(item, plan, "planned"));
+    } else {
+        let r = &item.request;
+        let input = r.image().map(|p| p.display().to_string()).unwrap_or_default();
+        println!("{input} -> {}: {}", r.output.display(), crate::ui::lines::plan(r, plan));
+    }
+}
+
+pub fn skipped(opts: &Options, item: &Item) {
+    if opts.json {
+        println!("{}", bare(item, "skipped"));
+    }
+}
+
+pub fn failed(opts: &Options, item: &Item, msg: &str) {
+    if opts.json {
+        let mut v = bare(item, "failed");
+        v["error"] = json!(msg);
+        println!("{v}");
+    }
+}
+
+/// Copies the single written PNG to stdout (`-o -`).
+pub fn png_to_stdout(png: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = std::fs::read(png)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)?;
+    out.flush()
+}

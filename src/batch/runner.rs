@@ -1,0 +1,234 @@
+//! Runs a [`Batch`] with one model [`Session`], in steps: open the model; pre-check every item (input, output,
+//! plan: no weights needed, so bad input fails before any loading); a dry run stops there; otherwise encode
+//! every prompt with one load of the text encoders, run each item (VAE and transformer loaded once), and draw
+//! the contact sheet. An item that fails is reported and the batch goes on; model problems stop it. Ctrl-C lets
+//! the current image finish, then stops with the summary.
+
+use super::grid::{self, Cell};
+use super::inputs::Downloads;
+use super::{results, Batch, Item, Options, Summary};
+use crate::engine::{Plan, Progress, Session};
+use crate::error::{Error, Result};
+use crate::ui::Ui;
+use crate::{image_io, output, source};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// An item that passed the checks: local input and output paths, and its plan.
+struct Ready {
+    item: Item,
+    plan: Plan,
+}
+
+/// The state of one batch run.
+struct Run<'a> {
+    batch: &'a Batch,
+    opts: &'a Options,
+    ui: &'a Arc<Ui>,
+    summary: Summary,
+    downloads: Downloads,
+    /// Plan warnings already shown (a sweep would repeat them item after item).
+    warned: HashSet<String>,
+}
+
+/// Runs (or, with `--dry-run`, plans) every item. Err only for fatal problems: a bad model folder or weights.
+pub fn run(batch: &Batch, ui: &Arc<Ui>) -> Result<Summary> {
+    let Some(first) = batch.items.first() else {
+        ui.info(&format!("nothing to do: this shard has no items (the batch has {})", batch.total));
+        return Ok(Summary::default());
+    };
+    let mut run = Run {
+        batch,
+        opts: &batch.options,
+        ui,
+        summary: Summary::default(),
+        downloads: Downloads::default(),
+        warned: HashSet::new(),
+    };
+    let mut session = run.open_session(first)?;
+    if let (Some(g), false) = (&run.opts.grid, run.opts.dry_run) {
+        output::check_output(g, first.request.image())?;
+    }
+    let ready = run.precheck(&session)?;
+    if run.opts.dry_run {
+        run.dry_run(&ready);
+        return Ok(run.summary);
+    }
+    run.encode_prompts(&mut session, &ready)?;
+    let cells = run.edit_all(&mut session, &ready)?;
+    run.draw_grid(&cells)?;
+    Ok(run.summary)
+}
+
+impl Run<'_> {
+    /// Configs (and, for a real run, weights) from the folder or the Hub cache; a dry run downloads no weights.
+    fn open_session(&self, first: &Item) -> Result<Session> {
+        let r = &first.request;
+        let dir = source::locate(&r.model, &r.overrides, !self.opts.dry_run, self.ui.bars())?;
+        let progress: Arc<dyn Progress> = self.ui.clone();
+        if self.opts.dry_run {
+            Session::open_configs(&dir, &r.overrides, progress)
+        } else {
+            Session::open(&dir, &r.overrides, &r.device, r.dtype, progress)
+        }
+    }
+
+    fn fail(&mut self, item: &Item, msg: String) {
+        let input = item.request.image().map(|p| p.display().to_string()).unwrap_or_default();
+        self.ui.item_failed(self.batch.total, item.index, &input, &msg);
+        results::failed(self.opts, item, &msg);
+        self.summary.failed.push((item.index, msg));
+    }
+
+    /// Cheap checks and a plan for every item; failed items are reported and left out.
+    fn precheck(&mut self, session: &Session) -> Result<Vec<Ready>> {
+        let mut ready = Vec::new();
+        for item in &self.batch.items {
+            if self.opts.skip_existing && item.request.output.exists() {
+                self.ui.info(&format!("skip: {} exists", item.request.output.display()));
+                results::skipped(self.opts, item);
+                self.summary.skipped += 1;
+                continue;
+            }
+            match self.check(session, item) {
+                Ok(r) => ready.push(r),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => self.fail(item, e.one_line()),
+            }
+        }
+        Ok(ready)
+    }
+
+    /// One item's input fetched and read, its output checked (folders under `--output-dir` created), its plan.
+    fn check(&mut self, session: &Session, item: &Item) -> Result<Ready> {
+        let mut item = item.clone();
+        let local = self.downloads.local(&item.input)?;
+        item.request.set_image(local);
+        if self.opts.stdout {
+            item.request.output = self.downloads.temp_path("stdout.png")?;
+        }
+        let r = &item.request;
+        let input = r.image().expect("batch items edit an input");
+        // A real run decodes the whole file now, so a truncated image fails before any weight is loaded; a dry
+        // run reads only the header.
+        let dims = if self.opts.dry_run { image_io::dimensions(input)? } else { image_io::load_rgb(input)?.dimensions() };
+        if !self.opts.dry_run {
+            self.prepare_output(&r.output, input)?;
+        }
+        let plan = session.plan(r, dims)?;
+        for w in &plan.warnings {
+            if self.warned.insert(w.clone()) {
+                self.ui.warn(w);
+            }
+        }
+        Ok(Ready { item, plan })
+    }
+
+    /// Folders under `--output-dir` are ours to create; a missing folder in an explicit `--output` is an error.
+    fn prepare_output(&self, out: &Path, input: &Path) -> Result<()> {
+        let ours = self.opts.output_dir.as_ref().is_some_and(|d| out.starts_with(d));
+        if let Some(dir) = out.parent().filter(|d| ours && !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::output_from(out, "cannot create its folder", e))?;
+        }
+        output::check_output(out, Some(input))
+    }
+
+    /// Lists each item's plan; strengths that land on the same first step give identical images: say so.
+    fn dry_run(&mut self, ready: &[Ready]) {
+        let mut starts: HashMap<(String, usize, usize), Vec<f64>> = HashMap::new();
+        for Ready { item, plan } in ready {
+            results::planned(self.opts, item, plan);
+            let r = &item.request;
+            let input = r.image().map(|p| p.display().to_string()).unwrap_or_default();
+            // Same input, prompt and steps; the seed is left out: both strengths run the very same steps.
+            let key = (format!("{input}|{}", r.prompt), plan.steps, plan.schedule.t_start);
+            starts.entry(key).or_default().extend(r.strength());
+        }
+        self.summary.planned = ready.len();
+        for ((key, steps, t_start), mut strengths) in starts {
+            strengths.sort_by(f64::total_cmp);
+            strengths.dedup();
+            if strengths.len() > 1 {
+                self.ui.warn(&format!(
+                    "strengths {strengths:?} all start at step {t_start} of {steps} for {} and give the same image for \
+                     the same seed; use more --steps to tell them apart",
+                    key.split('|').next().unwrap_or("")
+                ));
+            }
+        }
+    }
+
+    /// Every prompt encoded with one load of the text encoders.
+    fn encode_prompts(&self, session: &mut Session, ready: &[Ready]) -> Result<()> {
+        let Some(first) = ready.first() else { return Ok(()) };
+        let mut prompts: Vec<&str> = ready.iter().map(|r| r.item.request.prompt.as_str()).collect();
+        prompts.sort();
+        prompts.dedup();
+        let r = &first.item.request;
+        session.encode_prompts(&prompts, r.max_sequence_length, r.quantize)
+    }
+
+    /// The edits, one after another, until done or interrupted.
+    fn edit_all(&mut self, session: &mut Session, ready: &[Ready]) -> Result<Vec<Cell>> {
+        let stop = ctrl_c_flag(self.ui);
+        let n = ready.len();
+        let mut cells = Vec::new();
+        self.ui.batch_started(n);
+        for (k, Ready { item, plan }) in ready.iter().enumerate() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let r = &item.request;
+            let input = r.image().expect("batch items edit an input");
+            let name = input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            self.ui.batch_item(k, n, &input.display().to_string(), &r.output.display().to_string(), &name);
+            // Decoded again rather than kept from the checks: a batch of large images would not fit in memory.
+            match image_io::load_rgb(input).and_then(|img| session.run_planned(r, img, plan.clone())) {
+                Ok(rep) => {
+                    self.written(item, &rep)?;
+                    let label = format!("{}#{}", r.strength().map(|s| format!("{s} ")).unwrap_or_default(), rep.plan.seed);
+                    cells.push(Cell { input: input.to_path_buf(), output: rep.output, label });
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => self.fail(item, e.one_line()),
+            }
+        }
+        self.ui.batch_finished();
+        self.summary.interrupted = stop.load(Ordering::SeqCst);
+        Ok(cells)
+    }
+
+    fn written(&mut self, item: &Item, rep: &crate::engine::Report) -> Result<()> {
+        results::written(self.opts, item, rep);
+        if self.opts.stdout {
+            results::png_to_stdout(&rep.output)
+                .map_err(|e| Error::output_from("-", "cannot write the PNG to standard output", e))?;
+        }
+        self.summary.written += 1;
+        Ok(())
+    }
+
+    fn draw_grid(&self, cells: &[Cell]) -> Result<()> {
+        if let (Some(g), false) = (&self.opts.grid, cells.is_empty()) {
+            let (w, h) = grid::write(g, cells)?;
+            self.ui.info(&format!("grid: {} ({w}x{h}, {} images)", g.display(), cells.len()));
+        }
+        Ok(())
+    }
+}
+
+/// A flag Ctrl-C sets: the current image finishes, then the batch stops. A second Ctrl-C exits at once (the
+/// image being written is then never renamed into place).
+fn ctrl_c_flag(ui: &Arc<Ui>) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (flag, ui) = (stop.clone(), ui.clone());
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        ui.alert("\ninterrupted: finishing the current image, then stopping (Ctrl-C again to abandon it)");
+    });
+    stop
+}

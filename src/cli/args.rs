@@ -1,0 +1,158 @@
+//! The flags, as clap parses them: raw values and help texts only. `expand` turns them into a batch; checks
+//! that need the model's configs (size multiples, steps left by strength) happen in `engine::plan`.
+
+use super::values;
+use crate::image_io::ResizeMode;
+use crate::models::linear::Quant;
+use crate::rng::RngKind;
+use clap::Parser;
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Defaults: steps and guidance follow the model: guidance-distilled (dev-like) transformers run 28 steps at guidance
+3.5; schnell-like ones (no guidance embedding) run 4 steps without guidance. The output keeps the input's size,
+floored to a multiple of 16 (for FLUX.1's VAE; 2 x the VAE's downscale in general). With --width or --height alone, the other side follows the input's aspect ratio;
+with both and another aspect, the input is centre-cropped to that aspect, then resized (Lanczos).
+
+Strength: the run starts at step int(steps - steps*strength) of the schedule, exactly as diffusers does, so
+`--steps 28 --strength 0.6` runs 17 steps. The plan printed on stderr shows what will run.
+
+Batches: --image takes several files, folders or globs, or --manifest gives one item per row; each model is
+loaded once. Lists in --strength and --seed, and --num-images, render every combination. One base seed S gives
+item k (in the order inputs x strengths x seeds) the seed S + k, so a batch is reproducible and --shard I/N
+splits it without changing any item's seed.
+
+Output: stdout prints the path of each written PNG (or one JSON object per item with --json); the plan and
+progress go to stderr. Exit codes: 0 all items written, 1 some items failed (the others are written),
+2 bad usage or a fatal error (nothing written). A batch of one item that fails exits 2.
+
+Example:
+  flux-img2img --model ./FLUX.1-schnell --image cat.jpg --prompt \"a cat, oil painting\" --strength 0.8 -o cat-oil.png";
+
+/// Edit images with FLUX.1 (dev or schnell) by SDEdit, matching diffusers' FluxImg2ImgPipeline.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flux-img2img", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
+pub struct Args {
+    /// FLUX.1 pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or dev / schnell
+    /// (black-forest-labs/FLUX.1-dev / -schnell). Also read from FLUX_MODEL or MODEL_PATH.
+    #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
+    pub model: Option<PathBuf>,
+    /// Hub revision (branch, tag or commit) for a repo --model.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Transformer weights replacing the model folder's: diffusers or original Black Forest Labs names
+    /// (flux1-dev.safetensors, ComfyUI's model.diffusion_model. prefix), or GGUF (FLUX.1-dev-Q8_0.gguf); dev or
+    /// schnell is read from the tensors.
+    #[arg(long, value_name = "FILE")]
+    pub transformer: Option<PathBuf>,
+    /// VAE weights replacing the folder's: diffusers names or Black Forest Labs' ae.safetensors.
+    #[arg(long, value_name = "FILE")]
+    pub vae: Option<PathBuf>,
+    /// CLIP text encoder weights replacing the folder's (e.g. clip_l.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub text_encoder: Option<PathBuf>,
+    /// T5 encoder weights replacing the folder's (e.g. t5xxl_fp16.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub text_encoder_2: Option<PathBuf>,
+    /// Quantize the transformer's block matrices and T5's matrices at load (less memory; small quality cost).
+    #[arg(long, value_parser = values::named(Quant::NAMES))]
+    pub quantize: Option<Quant>,
+    /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
+    #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
+    pub image: Vec<String>,
+    /// What the edited image should show.
+    #[arg(long, short = 'p')]
+    pub prompt: Option<String>,
+    /// How much to change: 0 keeps the input, 1 ignores it. Range [0, 1]. A list (0.5,0.7,0.9) renders each.
+    /// [default: 0.6]
+    #[arg(long, value_name = "F[,F...]")]
+    pub strength: Option<String>,
+    /// Scheduler steps before strength is applied [default: 28 dev, 4 schnell].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Guidance embedded in dev-like models [default: 3.5]; schnell ignores it.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Seed, or a list (1,2,3) rendering each. One seed is a base: item k of the batch gets seed + k.
+    /// [default: random, printed]
+    #[arg(long, value_name = "N[,N...]")]
+    pub seed: Option<String>,
+    /// Images per input with consecutive seeds (seed + k).
+    #[arg(long, value_name = "N")]
+    pub num_images: Option<usize>,
+    /// Noise generator to reproduce.
+    #[arg(long, value_parser = values::named(RngKind::NAMES))]
+    pub rng: Option<RngKind>,
+    /// Output width in pixels, a multiple of 16 [default: from the input].
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Output height in pixels, a multiple of 16 [default: from the input].
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// With both --width and --height and another aspect: crop (centre-crop, then resize), fit (whole input,
+    /// largest size inside), pad (whole input on black bars) or stretch. [default: crop]
+    #[arg(long, value_enum)]
+    pub resize: Option<ResizeMode>,
+    /// Scale the working size down (keeping the aspect) to at most this many megapixels.
+    #[arg(long, value_name = "MP")]
+    pub max_megapixels: Option<f64>,
+    /// Give the result back at exactly the input's size (resized after decoding).
+    #[arg(long)]
+    pub keep_size: bool,
+    /// T5 prompt length in tokens (1..=512), as diffusers' max_sequence_length. [default: 512]
+    #[arg(long)]
+    pub max_sequence_length: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "FLUX_DEVICE")]
+    pub device: String,
+    /// Compute precision [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+    /// Output PNG for a single edit [default: <input stem>-edited.png beside the input].
+    #[arg(long, short = 'o', value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Folder for the outputs of a batch (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// Output file name template: {stem} {seed} {strength} {steps} {index} [default: {stem}, plus -{strength}
+    /// and -{seed} when those vary, .png].
+    #[arg(long, value_name = "TEMPLATE")]
+    pub name: Option<String>,
+    /// CSV (with header) or JSON-lines file of items: image (required), prompt, strength, seed, steps,
+    /// guidance, output. Missing fields take the flags' values; paths are relative to the manifest.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Also write a contact sheet of this run's images: a row per input, a column per strength/seed, labelled.
+    #[arg(long, value_name = "PNG")]
+    pub grid: Option<PathBuf>,
+    /// Skip items whose output file already exists (resume an interrupted batch).
+    #[arg(long)]
+    pub skip_existing: bool,
+    /// Run only shard I of N (0-based, items k with k mod N = I). `auto` reads I (and N) from
+    /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_MIN/SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Print what would run (size, shift, start sigma, steps) for each item; needs only the model's configs.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object per item on stdout (instead of the output path).
+    #[arg(long)]
+    pub json: bool,
+    /// Take prompt, strength, steps, guidance, seed, size, RNG and input from a PNG this tool wrote;
+    /// flags given explicitly win.
+    #[arg(long, value_name = "PNG")]
+    pub from_metadata: Option<PathBuf>,
+    /// No plan or progress on stderr (warnings and errors still print).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Errors with their whole chain of causes and any backtrace (also with RUST_BACKTRACE=1).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+    F16,
+}

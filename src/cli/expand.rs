@@ -1,0 +1,492 @@
+//! Flags (plus a manifest, or a PNG's stored record) → the ordered list of edits this run performs.
+//!
+//! Order: rows (inputs as given, folders sorted, or manifest lines) × strengths × seeds; item k of that list gets
+//! seed base + k when one base seed is given, so the list, its seeds and its output names are the same on every
+//! machine — which is what makes `--shard I/N` (items with k mod N = I) safe to spread over a cluster. Nothing
+//! here downloads or reads standard input: remote inputs are fetched when the batch runs.
+
+use super::{manifest, Args, DTypeArg};
+use crate::batch::{inputs, Batch, Input, Item, Options};
+use crate::engine::{EditRecord, Mode, Request};
+use crate::error::{Error, Result};
+use crate::source::Overrides;
+use candle_core::{DType, Device};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const DEFAULT_STRENGTH: f64 = 0.6;
+const DEFAULT_MAX_SEQUENCE_LENGTH: usize = 512;
+
+/// One row of the batch before sweeps: an input and what a manifest line sets for it.
+struct Row {
+    input: Input,
+    prompt: Option<String>,
+    strength: Option<f64>,
+    seed: Option<u64>,
+    steps: Option<usize>,
+    guidance: Option<f64>,
+    output: Option<PathBuf>,
+}
+
+/// Seeds of a row: one base (item k gets base + k) or an explicit list rendered for every row.
+enum Seeds {
+    Base(u64),
+    List(Vec<u64>),
+}
+
+impl Args {
+    /// Checks the flags that need no model file and builds the batch.
+    pub fn into_batch(mut self) -> Result<Batch> {
+        if let Some(png) = self.from_metadata.clone() {
+            self.apply_record(&read_record(&png)?);
+        }
+        self.check_scalars()?;
+        let (seeds, random_seed) = self.seeds()?;
+        let per_row = match &seeds {
+            Seeds::List(l) => l.len(),
+            Seeds::Base(_) => self.num_images.unwrap_or(1),
+        };
+        let strengths = match &self.strength {
+            Some(s) => parse_list("--strength", s, check_strength)?,
+            None => vec![DEFAULT_STRENGTH],
+        };
+        let template = Template::new(&self, strengths.len(), per_row);
+        let base = self.base_request()?;
+        let rows = self.rows()?;
+        let mut items = Vec::new();
+        for row in &rows {
+            let ctx = RowCtx { base: &base, template: &template, seeds: &seeds, per_row, rows: rows.len() };
+            self.row_items(row, &strengths, &ctx, &mut items)?;
+        }
+        check_distinct(&items)?;
+        let total = items.len();
+        if let Some(spec) = &self.shard {
+            let (i, n) = parse_shard(spec, &|k| std::env::var(k).ok())?;
+            items.retain(|it| it.index % n == i);
+        }
+        Ok(Batch { items, total, options: self.options(), random_seed })
+    }
+
+    /// Fills every flag not given on the command line from a stored record.
+    fn apply_record(&mut self, r: &EditRecord) {
+        if self.prompt.is_none() && !r.prompt.is_empty() {
+            self.prompt = Some(r.prompt.clone());
+        }
+        if let (true, None, Some(input)) = (self.image.is_empty(), &self.manifest, &r.input) {
+            self.image.push(input.to_string_lossy().into_owned());
+        }
+        if self.model.is_none() && !r.model.as_os_str().is_empty() {
+            self.model = Some(r.model.clone());
+        }
+        self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        self.seed = self.seed.take().or(Some(r.seed.to_string()));
+        self.steps = self.steps.or(Some(r.steps).filter(|s| *s > 0));
+        self.guidance = self.guidance.or(r.guidance);
+        self.width = self.width.or(Some(r.width).filter(|w| *w > 0));
+        self.height = self.height.or(Some(r.height).filter(|h| *h > 0));
+        self.max_sequence_length = self.max_sequence_length.or(Some(r.max_sequence_length).filter(|m| *m > 0));
+        self.max_megapixels = self.max_megapixels.or(r.max_megapixels);
+        self.quantize = self.quantize.or(r.quantize);
+        self.resize = self.resize.or(Some(r.resize));
+        self.keep_size |= r.keep_size;
+        self.rng = self.rng.or(Some(r.rng));
+    }
+
+    /// Range checks of single values.
+    fn check_scalars(&self) -> Result<()> {
+        if self.steps == Some(0) {
+            return Err(Error::Usage("--steps 0: at least one step is needed".into()));
+        }
+        let msl = self.max_sequence_length.unwrap_or(DEFAULT_MAX_SEQUENCE_LENGTH);
+        if msl == 0 || msl > DEFAULT_MAX_SEQUENCE_LENGTH {
+            return Err(Error::Usage(format!("--max-sequence-length {msl} is outside 1..=512 (FLUX's T5 limit)")));
+        }
+        if let Some(g) = self.guidance.filter(|g| !g.is_finite()) {
+            return Err(Error::Usage(format!("--guidance {g} is not a number")));
+        }
+        if self.num_images == Some(0) {
+            return Err(Error::Usage("--num-images 0: at least one image is needed".into()));
+        }
+        Ok(())
+    }
+
+    /// The seeds, and the base seed when it had to be drawn at random.
+    fn seeds(&self) -> Result<(Seeds, Option<u64>)> {
+        match &self.seed {
+            Some(s) if s.contains(',') => {
+                if self.num_images.is_some() {
+                    return Err(Error::Usage("give either a --seed list or --num-images, not both".into()));
+                }
+                Ok((Seeds::List(parse_list("--seed", s, |_: &u64| None)?), None))
+            }
+            Some(s) => Ok((Seeds::Base(parse_list("--seed", s, |_: &u64| None)?[0]), None)),
+            None => {
+                let base = crate::engine::random_seed();
+                Ok((Seeds::Base(base), Some(base)))
+            }
+        }
+    }
+
+    /// The parameters every item shares (model, device, precision, sizes, ...); rows fill in the rest.
+    fn base_request(&self) -> Result<Request> {
+        let model = self.model.clone().or_else(|| std::env::var_os("MODEL_PATH").map(PathBuf::from)).ok_or_else(|| {
+            Error::Usage(
+                "no model: give --model with a diffusers-layout folder, a Hub repo id or dev / schnell (or set FLUX_MODEL)"
+                    .into(),
+            )
+        })?;
+        let device = parse_device(&self.device)?;
+        let dtype = dtype_for(self.dtype, &device)?;
+        if let Some(dir) = self.output_dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+            return Err(Error::Usage(format!("--output-dir {}: is a file, not a folder", dir.display())));
+        }
+        Ok(Request {
+            model,
+            mode: Mode::Img2Img { image: PathBuf::new(), strength: DEFAULT_STRENGTH },
+            prompt: String::new(),
+            steps: self.steps,
+            guidance: self.guidance,
+            seed: None,
+            rng: self.rng.unwrap_or_default(),
+            width: self.width,
+            height: self.height,
+            max_sequence_length: self.max_sequence_length.unwrap_or(DEFAULT_MAX_SEQUENCE_LENGTH),
+            device,
+            dtype,
+            output: PathBuf::new(),
+            resize: self.resize.unwrap_or_default(),
+            max_megapixels: self.max_megapixels,
+            keep_size: self.keep_size,
+            overrides: Overrides {
+                transformer: self.transformer.clone(),
+                vae: self.vae.clone(),
+                text_encoder: self.text_encoder.clone(),
+                text_encoder_2: self.text_encoder_2.clone(),
+                revision: self.revision.clone(),
+            },
+            quantize: self.quantize,
+        })
+    }
+
+    /// Manifest lines (paths relative to the manifest), or the expanded `--image` inputs.
+    fn rows(&self) -> Result<Vec<Row>> {
+        let Some(m) = &self.manifest else {
+            if self.image.is_empty() {
+                return Err(Error::Usage("no input: give --image PATH (files, folders or globs) or --manifest FILE".into()));
+            }
+            let inputs = inputs::expand(&self.image)?;
+            return Ok(inputs.into_iter().map(Row::plain).collect());
+        };
+        if !self.image.is_empty() {
+            return Err(Error::Usage("give either --image or --manifest, not both".into()));
+        }
+        let base = m.parent().map(Path::to_path_buf).unwrap_or_default();
+        let near = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_relative() { base.join(p) } else { p }
+        };
+        Ok(manifest::read(m)?
+            .into_iter()
+            .map(|r| Row {
+                input: match Input::parse(&r.image) {
+                    Input::File(p) => Input::File(near(&p.to_string_lossy())),
+                    remote => remote,
+                },
+                output: r.output.map(|o| match &self.output_dir {
+                    Some(d) if Path::new(&o).is_relative() => d.join(o),
+                    _ => near(&o),
+                }),
+                prompt: r.prompt,
+                strength: r.strength,
+                seed: r.seed,
+                steps: r.steps,
+                guidance: r.guidance,
+            })
+            .collect())
+    }
+
+    /// The items of one row: its strengths × its seeds.
+    fn row_items(&self, row: &Row, strengths: &[f64], ctx: &RowCtx, items: &mut Vec<Item>) -> Result<()> {
+        let shown = row.input.display_path();
+        let prompt = row.prompt.clone().or_else(|| self.prompt.clone()).ok_or_else(|| {
+            Error::Usage(format!("no prompt for {}: give --prompt (or a prompt column in the manifest)", shown.display()))
+        })?;
+        let row_strengths = match row.strength {
+            Some(s) => match check_strength(&s) {
+                Some(msg) => return Err(Error::Usage(format!("manifest strength {s} for {}: {msg}", shown.display()))),
+                None => vec![s],
+            },
+            None => strengths.to_vec(),
+        };
+        let single = ctx.rows == 1 && row_strengths.len() * ctx.per_row == 1;
+        for &strength in &row_strengths {
+            for j in 0..ctx.per_row {
+                let index = items.len();
+                let seed = match (row.seed, ctx.seeds) {
+                    (Some(s), _) => s + j as u64,
+                    (None, Seeds::List(list)) => list[j],
+                    (None, Seeds::Base(b)) => b.wrapping_add(index as u64),
+                };
+                let mut request = ctx.base.clone();
+                request.mode = Mode::Img2Img { image: shown.clone(), strength };
+                request.prompt = prompt.clone();
+                request.steps = row.steps.or(self.steps);
+                request.guidance = row.guidance.or(self.guidance);
+                request.seed = Some(seed);
+                request.output = self.output_for(row, single, ctx.template, &[
+                    ("stem", row.input.stem()),
+                    ("seed", seed.to_string()),
+                    ("strength", strength.to_string()),
+                    ("steps", request.steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
+                    ("index", format!("{index:05}")),
+                ])?;
+                items.push(Item { index, input: row.input.clone(), request });
+            }
+        }
+        Ok(())
+    }
+
+    /// Where one item is written: the manifest's output, `--output` for a single item, else the name template
+    /// in `--output-dir` (or beside the input; downloads and stdin into the current folder).
+    fn output_for(&self, row: &Row, single: bool, template: &Template, vars: &[(&str, String)]) -> Result<PathBuf> {
+        if let Some(o) = &row.output {
+            return Ok(o.clone());
+        }
+        if let (Some(o), true, None) = (&self.output, single, &self.output_dir) {
+            return Ok(o.clone());
+        }
+        if self.output.is_some() {
+            return Err(Error::Usage(
+                "--output names one file but this run writes several; use --output-dir DIR (and --name)".into(),
+            ));
+        }
+        let dir = match (&self.output_dir, &row.input) {
+            (Some(d), _) => d.clone(),
+            (None, Input::File(p)) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            (None, _) => PathBuf::new(),
+        };
+        Ok(dir.join(template.render(vars)?))
+    }
+
+    fn options(&self) -> Options {
+        Options {
+            dry_run: self.dry_run,
+            json: self.json,
+            skip_existing: self.skip_existing,
+            output_dir: self.output_dir.clone(),
+            grid: self.grid.clone(),
+            stdout: self.output.as_deref() == Some(Path::new("-")),
+        }
+    }
+}
+
+impl Row {
+    fn plain(input: Input) -> Self {
+        Row { input, prompt: None, strength: None, seed: None, steps: None, guidance: None, output: None }
+    }
+}
+
+/// What every row's items share.
+struct RowCtx<'a> {
+    base: &'a Request,
+    template: &'a Template,
+    seeds: &'a Seeds,
+    per_row: usize,
+    rows: usize,
+}
+
+/// The output-name template: `--name`, or `{stem}` plus what varies, so a sweep never writes two items to one file.
+struct Template(String);
+
+impl Template {
+    fn new(args: &Args, strengths: usize, per_row: usize) -> Self {
+        Template(args.name.clone().unwrap_or_else(|| {
+            format!(
+                "{{stem}}{}{}{}.png",
+                if args.output_dir.is_none() { "-edited" } else { "" },
+                if strengths > 1 { "-s{strength}" } else { "" },
+                if per_row > 1 { "-{seed}" } else { "" }
+            )
+        }))
+    }
+
+    /// Expands the placeholders; unknown ones are an error.
+    fn render(&self, vars: &[(&str, String)]) -> Result<String> {
+        render(&self.0, vars)
+    }
+}
+
+/// Expands an output-name template; unknown placeholders are an error.
+fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = rest[open..].find('}').ok_or_else(|| Error::Usage(format!("--name {template}: unclosed {{")))?;
+        let key = &rest[open + 1..open + close];
+        let v = vars.iter().find(|(k, _)| *k == key).ok_or_else(|| {
+            Error::Usage(format!("--name {template}: unknown placeholder {{{key}}} (use stem, seed, strength, steps, index)"))
+        })?;
+        out.push_str(&v.1);
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(if out.to_ascii_lowercase().ends_with(".png") { out } else { format!("{out}.png") })
+}
+
+/// Two items writing one file would silently lose one of them.
+fn check_distinct(items: &[Item]) -> Result<()> {
+    let mut seen: HashMap<&Path, usize> = HashMap::new();
+    for it in items {
+        if let Some(prev) = seen.insert(it.request.output.as_path(), it.index) {
+            return Err(Error::Usage(format!(
+                "items {prev} and {} would both write {}; add {{index}} or {{seed}} to --name",
+                it.index,
+                it.request.output.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The record a PNG written by this tool carries.
+fn read_record(png: &Path) -> Result<EditRecord> {
+    let err = |msg: String| Error::Usage(format!("--from-metadata {}: {msg}", png.display()));
+    let text = crate::output::read_text_chunk(png, crate::engine::record::PNG_KEY)
+        .map_err(err)?
+        .ok_or_else(|| err("no flux-img2img parameters in this PNG (was it written by flux-img2img?)".into()))?;
+    serde_json::from_str(&text).map_err(|e| err(format!("unreadable parameters: {e}")))
+}
+
+/// "0.5,0.7" → values, each checked by `check`.
+fn parse_list<T: std::str::FromStr>(flag: &str, s: &str, check: impl Fn(&T) -> Option<String>) -> Result<Vec<T>> {
+    s.split(',')
+        .map(|part| {
+            let v: T = part.trim().parse().map_err(|_| Error::Usage(format!("{flag} {s}: {part:?} is not a number")))?;
+            match check(&v) {
+                Some(msg) => Err(Error::Usage(format!("{flag} {}: {msg}", part.trim()))),
+                None => Ok(v),
+            }
+        })
+        .collect()
+}
+
+fn check_strength(v: &f64) -> Option<String> {
+    (!(0.0..=1.0).contains(v) || v.is_nan()).then(|| "is outside [0, 1]".to_string())
+}
+
+/// The compute precision: asked for, or f32 on CPU and bf16 on CUDA.
+fn dtype_for(asked: Option<DTypeArg>, device: &Device) -> Result<DType> {
+    let dtype = match asked {
+        Some(DTypeArg::F32) => DType::F32,
+        Some(DTypeArg::Bf16) => DType::BF16,
+        Some(DTypeArg::F16) => DType::F16,
+        None if device.is_cpu() => DType::F32,
+        None => DType::BF16,
+    };
+    if device.is_cpu() && dtype == DType::BF16 {
+        // candle's CPU matmul has no bf16 kernel; failing here beats failing after the models load.
+        return Err(Error::Usage(
+            "--dtype bf16 is not available on the CPU (candle has no bf16 CPU matmul); use f32 (default) or f16, or \
+             --device cuda"
+                .into(),
+        ));
+    }
+    Ok(dtype)
+}
+
+/// `cpu`, `cuda`, `cuda:N` → a candle device, with a clear message when this build or machine has no CUDA.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let s = s.trim().to_ascii_lowercase();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let bad = || Error::Usage(format!("--device {s}: expected cpu, cuda or cuda:N"));
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest.strip_prefix(':').and_then(|n| n.parse::<usize>().ok()).ok_or_else(bad)?,
+        None => return Err(bad()),
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(Error::Usage(format!(
+            "--device {s}: this binary was built without CUDA; rebuild with `cargo build --release --features cuda` \
+             or use --device cpu"
+        )));
+    }
+    Device::new_cuda(ordinal).map_err(|e| {
+        Error::Usage(format!("--device {s}: no usable CUDA GPU ({})", crate::error::candle_message(&e)))
+    })
+}
+
+/// `I/N`, `auto/N` or `auto` → (I, N).
+pub fn parse_shard(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(usize, usize)> {
+    let bad = |msg: &str| Error::Usage(format!("--shard {s}: {msg}"));
+    let num = |v: &str, what: &str| v.trim().parse::<usize>().map_err(|_| bad(&format!("{what} {v:?} is not a number")));
+    let (i_part, n_part) = match s.split_once('/') {
+        Some((i, n)) => (i, Some(n)),
+        None => (s, None),
+    };
+    let n = match n_part {
+        Some(n) => num(n, "N")?,
+        None if i_part == "auto" => num(
+            &env("SLURM_ARRAY_TASK_COUNT").ok_or_else(|| bad("no SLURM_ARRAY_TASK_COUNT; give the count as auto/N"))?,
+            "SLURM_ARRAY_TASK_COUNT",
+        )?,
+        None => return Err(bad("expected I/N (e.g. 0/4), auto/N or auto")),
+    };
+    let i = if i_part == "auto" { auto_shard_index(env, &bad, &num)? } else { num(i_part, "I")? };
+    if n == 0 || i >= n {
+        return Err(bad(&format!("shard index {i} is not in 0..{n}")));
+    }
+    Ok((i, n))
+}
+
+/// This task's index from SLURM (minus SLURM_ARRAY_TASK_MIN) or a Kubernetes indexed job.
+fn auto_shard_index(
+    env: &dyn Fn(&str) -> Option<String>,
+    bad: &dyn Fn(&str) -> Error,
+    num: &dyn Fn(&str, &str) -> Result<usize>,
+) -> Result<usize> {
+    if let Some(id) = env("SLURM_ARRAY_TASK_ID") {
+        let min = env("SLURM_ARRAY_TASK_MIN").map(|m| num(&m, "SLURM_ARRAY_TASK_MIN")).transpose()?.unwrap_or(0);
+        return num(&id, "SLURM_ARRAY_TASK_ID")?
+            .checked_sub(min)
+            .ok_or_else(|| bad("SLURM_ARRAY_TASK_ID is below SLURM_ARRAY_TASK_MIN"));
+    }
+    match env("JOB_COMPLETION_INDEX").or_else(|| env("FLUX_SHARD_INDEX")) {
+        Some(id) => num(&id, "JOB_COMPLETION_INDEX"),
+        None => Err(bad("auto: none of SLURM_ARRAY_TASK_ID, JOB_COMPLETION_INDEX, FLUX_SHARD_INDEX is set")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_specs() {
+        let none = |_: &str| None;
+        assert_eq!(parse_shard("1/4", &none).unwrap(), (1, 4));
+        assert!(parse_shard("4/4", &none).is_err());
+        assert!(parse_shard("x/4", &none).is_err());
+        let slurm = |k: &str| match k {
+            "SLURM_ARRAY_TASK_ID" => Some("7".to_string()),
+            "SLURM_ARRAY_TASK_MIN" => Some("5".to_string()),
+            "SLURM_ARRAY_TASK_COUNT" => Some("3".to_string()),
+            _ => None,
+        };
+        assert_eq!(parse_shard("auto", &slurm).unwrap(), (2, 3));
+        let k8s = |k: &str| (k == "JOB_COMPLETION_INDEX").then(|| "1".to_string());
+        assert_eq!(parse_shard("auto/2", &k8s).unwrap(), (1, 2));
+        assert!(parse_shard("auto", &k8s).is_err()); // no count
+    }
+
+    #[test]
+    fn templates() {
+        let vars = [("stem", "cat".to_string()), ("seed", "7".to_string())];
+        assert_eq!(render("{stem}-{seed}", &vars).unwrap(), "cat-7.png");
+        assert_eq!(render("x/{stem}.png", &vars).unwrap(), "x/cat.png");
+        assert!(render("{stem}-{nope}", &vars).is_err());
+        assert!(render("{stem", &vars).is_err());
+    }
+}

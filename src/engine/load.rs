@@ -1,0 +1,146 @@
+//! Model files → loaded models. Detects how the transformer checkpoint names its tensors (diffusers or Black
+//! Forest Labs, dev or schnell) and builds the VAE and transformer through the checked weights, so that every
+//! missing or mis-shaped tensor is named in one message.
+
+use crate::config::{TransformerConfig, VaeConfig};
+use crate::error::{Error, Result};
+use crate::models::linear::{gguf_names, Quant, QuantStats, Weights};
+use crate::models::transformer::{FluxTransformer, MLP_PROBE};
+use crate::models::vae::AutoencoderKl;
+use crate::source::ModelFiles;
+use crate::weights::flux_keys::{self, Layout, Source};
+use crate::weights::{vae_keys, CheckedWeights, NameMap};
+use candle_core::{DType, Device};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// What the transformer's tensor names say about it.
+#[derive(Debug, Clone)]
+pub struct TransformerKind {
+    pub layout: Layout,
+    /// It has a guidance embedder (dev-like) or not (schnell-like).
+    pub guidance_embeds: bool,
+}
+
+/// The transformer file when it is GGUF.
+pub fn gguf_file(files: &ModelFiles) -> Option<PathBuf> {
+    let w = &files.transformer.weights;
+    (w.len() == 1 && w[0].extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))).then(|| w[0].clone())
+}
+
+/// Reads the transformer's tensor names: its layout, and dev or schnell (a guidance embedder or none), which
+/// may differ from the folder's config when `--transformer` swaps the weights.
+pub fn inspect_transformer(files: &ModelFiles) -> Result<TransformerKind> {
+    let names = match gguf_file(files) {
+        Some(path) => gguf_names(&path)?,
+        None => CheckedWeights::open("transformer", &files.transformer.weights)?.names(),
+    };
+    let layout = flux_keys::transformer_layout(&names).ok_or_else(|| Error::Tensors {
+        component: "transformer".into(),
+        detail: format!(
+            "{} has neither diffusers (transformer_blocks.0.attn.to_q) nor Black Forest Labs \
+             (double_blocks.0.img_attn.qkv) FLUX tensor names",
+            files.transformer.weights.first().map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+    })?;
+    let probe = match &layout {
+        Layout::Diffusers => "time_text_embed.guidance_embedder.linear_1.weight".to_string(),
+        Layout::Bfl { prefix } => format!("{prefix}guidance_in.in_layer.weight"),
+    };
+    Ok(TransformerKind { guidance_embeds: names.contains(&probe), layout })
+}
+
+/// The VAE; Black Forest Labs' `ae.safetensors` names are mapped to the diffusers ones the model asks for.
+pub fn vae(files: &ModelFiles, cfg: &VaeConfig, dtype: DType, device: &Device) -> Result<AutoencoderKl> {
+    let w = CheckedWeights::open("vae", &files.vae.weights)?;
+    let map: Option<NameMap> = vae_keys::bfl_prefix(&w.names()).map(|prefix| {
+        let blocks = cfg.block_out_channels.len();
+        Arc::new(move |n: &str| vae_keys::diffusers_to_bfl(n, blocks, &prefix)) as NameMap
+    });
+    let vae = AutoencoderKl::new(cfg, cfg.activation(), w.var_builder(dtype, device, map))?;
+    w.finish()?;
+    Ok(vae)
+}
+
+/// A loaded transformer and, when it was quantized at load, a note saying how.
+pub struct LoadedTransformer {
+    pub model: FluxTransformer,
+    pub note: Option<String>,
+}
+
+/// The transformer from safetensors (optionally quantized at load) or GGUF.
+pub fn transformer(
+    files: &ModelFiles,
+    cfg: &TransformerConfig,
+    layout: &Layout,
+    quantize: Option<Quant>,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedTransformer> {
+    match gguf_file(files) {
+        Some(path) => gguf_transformer(&path, cfg, layout, dtype, device),
+        None => dense_transformer(files, cfg, layout, quantize, dtype, device),
+    }
+}
+
+/// Feed-forward width as stored (rows of the first MLP matrix); FLUX.1's 4 × inner width when the checkpoint
+/// lacks it (the checked loader then names the missing tensor).
+fn mlp_width(stored_rows: Option<usize>, cfg: &TransformerConfig) -> usize {
+    stored_rows.unwrap_or(4 * cfg.inner_dim())
+}
+
+fn gguf_transformer(
+    path: &std::path::Path,
+    cfg: &TransformerConfig,
+    layout: &Layout,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedTransformer> {
+    let Layout::Bfl { prefix } = layout else {
+        return Err(Error::model(path, "GGUF transformers must use Black Forest Labs tensor names"));
+    };
+    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)
+        .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
+    let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
+    let mlp = mlp_width(vb.get_no_shape(MLP_PROBE).ok().map(|w| w.shape().dims()[0]), cfg);
+    let model = FluxTransformer::new(cfg, mlp, Weights::Gguf { vb, dtype })
+        .map_err(|e| Error::model_from(path, "does not fit transformer/config.json", e))?;
+    Ok(LoadedTransformer { model, note: None })
+}
+
+fn dense_transformer(
+    files: &ModelFiles,
+    cfg: &TransformerConfig,
+    layout: &Layout,
+    quantize: Option<Quant>,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedTransformer> {
+    let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
+    // The model reads BFL names; a diffusers checkpoint is translated (and its q/k/v concatenated).
+    let map: NameMap = Arc::new(flux_keys::transformer_map(layout));
+    let stored_rows = match map(MLP_PROBE) {
+        Source::One(name) => tw.shape_of(&name).map(|s| s[0]),
+        _ => None,
+    };
+    let stats = Arc::new(QuantStats::default());
+    let w = Weights::Dense {
+        vb: tw.var_builder(dtype, device, Some(map.clone())),
+        cpu: tw.var_builder(DType::F32, &Device::Cpu, Some(map)),
+        quant: quantize.map(Quant::ggml),
+        stats: stats.clone(),
+    };
+    let model = FluxTransformer::new(cfg, mlp_width(stored_rows, cfg), w)?;
+    tw.finish()?;
+    let note = quantize.map(|q| {
+        let (n, f) = (stats.requested.load(Ordering::Relaxed), stats.fallback.load(Ordering::Relaxed));
+        let fallback = if f > 0 {
+            format!(" ({f} narrower than 256 columns to the nearest 32-block format)")
+        } else {
+            String::new()
+        };
+        format!("quantized {n} transformer matrices to {q}{fallback}")
+    });
+    Ok(LoadedTransformer { model, note })
+}

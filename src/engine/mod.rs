@@ -1,0 +1,48 @@
+//! The engine: one edit from a [`Request`] to a PNG, in small stages.
+//!
+//! - [`request`]: what is asked (the [`Mode`] of the edit and its parameters);
+//! - [`plan`]: request + configs + input size → [`Plan`] (pure, before any weight is read);
+//! - [`session`]: model loading and caches; runs planned edits;
+//! - [`load`]: model files → loaded models;
+//! - [`edit`]: the numerics (latents, noise, Euler loop), pure functions;
+//! - [`record`]: the typed [`EditRecord`] written into PNGs, printed by `--json`, read by `--from-metadata`;
+//! - [`progress`]: events the engine reports through the [`Progress`] trait; it never writes to stderr.
+
+pub mod edit;
+pub mod load;
+pub mod plan;
+pub mod progress;
+pub mod record;
+pub mod request;
+pub mod session;
+
+pub use plan::Plan;
+pub use progress::{Event, Progress, Silent};
+pub use record::EditRecord;
+pub use request::{Mode, Request};
+pub use session::{Report, Session, Timings};
+
+use crate::error::Result;
+use std::sync::Arc;
+
+/// Runs one edit end to end (the model resolved from a folder or the Hub cache); bad input fails before any
+/// weight is read.
+pub fn run(req: &Request, progress: Arc<dyn Progress>) -> Result<Report> {
+    let dir = crate::source::locate(&req.model, &req.overrides, true, false)?;
+    Session::open(&dir, &req.overrides, &req.device, req.dtype, progress)?.run(req)
+}
+
+/// A seed below 2^32: torch keeps only the low 32 bits, so larger ones would only confuse.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() & 0xffff_ffff
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,119 @@
+//! Request + model configs + the input's size → a [`Plan`]: working size, steps, guidance, seed and schedule,
+//! decided before any weight is read. Pure: problems come back as errors, remarks as `Plan::warnings`.
+
+use super::request::{Request, DEFAULT_GUIDANCE, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL};
+use crate::config::ModelConfigs;
+use crate::error::{Error, Result};
+use crate::image_io::{self, floor_to_multiple, ResizeMode};
+use crate::schedule::{self, Schedule};
+
+/// Above this many pixels the size is worth a warning (FLUX.1 is trained up to about 2 MP).
+const LARGE_AREA: f64 = 4.2e6;
+
+/// What will run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub width: u32,
+    pub height: u32,
+    pub input_size: (u32, u32),
+    /// The input is centre-cropped to the output's aspect first.
+    pub crop: bool,
+    /// Resize mode in effect (crop, fit, pad or stretch).
+    pub resize: ResizeMode,
+    pub steps: usize,
+    pub guidance: Option<f64>,
+    pub seed: u64,
+    pub schedule: Schedule,
+    /// Remarks for the user (large size, ignored flags); the plan is still valid.
+    pub warnings: Vec<String>,
+}
+
+/// Default steps and guidance for a transformer: dev-like models embed guidance.
+pub fn defaults(guidance_embeds: bool) -> (usize, Option<f64>) {
+    if guidance_embeds {
+        (DEFAULT_STEPS_DEV, Some(DEFAULT_GUIDANCE))
+    } else {
+        (DEFAULT_STEPS_SCHNELL, None)
+    }
+}
+
+/// Plans `req` for an input of `input` pixels with `seed`.
+pub fn plan(req: &Request, cfg: &ModelConfigs, input: (u32, u32), seed: u64) -> Result<Plan> {
+    let multiple = cfg.vae.size_multiple();
+    check_size_flags(req, multiple)?;
+    let mut warnings = Vec::new();
+    let (width, height, crop) = working_size(req, input, multiple, &mut warnings)?;
+    let (default_steps, default_guidance) = defaults(cfg.transformer.guidance_embeds);
+    let steps = req.steps.unwrap_or(default_steps);
+    let guidance = default_guidance.map(|d| req.guidance.unwrap_or(d));
+    if default_guidance.is_none() && req.guidance.is_some() {
+        warnings.push("this transformer has no guidance embedding (schnell-like); --guidance is ignored".into());
+    }
+    let vae_scale = cfg.vae.scale_factor();
+    let image_seq_len = (height as usize / vae_scale / 2) * (width as usize / vae_scale / 2);
+    let strength = req.strength().unwrap_or(1.0);
+    let schedule = schedule::schedule(&cfg.scheduler, steps, strength, image_seq_len)?;
+    if schedule.steps_to_run() == 0 {
+        return Err(Error::Usage(format!(
+            "--strength {strength} leaves no denoising step out of {steps}; the smallest strength that runs one is \
+             any value above 0 (e.g. {:.4} runs exactly 1 step)",
+            1.0 / steps as f64
+        )));
+    }
+    let (width_u, height_u) = (width, height);
+    Ok(Plan {
+        width: width_u,
+        height: height_u,
+        input_size: input,
+        crop,
+        resize: req.resize,
+        steps,
+        guidance,
+        seed,
+        schedule,
+        warnings,
+    })
+}
+
+/// `--width` / `--height` must be positive multiples of the latent grid.
+fn check_size_flags(req: &Request, multiple: u32) -> Result<()> {
+    for (flag, v) in [("--width", req.width), ("--height", req.height)] {
+        if let Some(v) = v.filter(|v| *v == 0 || v % multiple != 0) {
+            let lo = (v / multiple).max(1) * multiple;
+            return Err(Error::Usage(format!(
+                "{flag} {v} is not a multiple of {multiple} (the model's VAE downscale × 2); use {lo} or {}",
+                lo + multiple
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The size the model works at (after resize mode and the megapixel cap) and whether the input is cropped.
+fn working_size(req: &Request, input: (u32, u32), multiple: u32, warnings: &mut Vec<String>) -> Result<(u32, u32, bool)> {
+    let (mut width, mut height) = image_io::target_size(input, req.width, req.height, multiple);
+    let other_aspect =
+        req.width.is_some() && req.height.is_some() && (input.0 as u64 * height as u64 != input.1 as u64 * width as u64);
+    let floor = |v: f64| floor_to_multiple(v, multiple);
+    if other_aspect && req.resize == ResizeMode::Fit {
+        let (w, h) = image_io::fit_inside(input, width, height);
+        (width, height) = (floor(w as f64), floor(h as f64));
+    }
+    let area = width as f64 * height as f64;
+    match req.max_megapixels {
+        Some(mp) if mp.is_nan() || mp <= 0.0 => {
+            return Err(Error::Usage(format!("--max-megapixels {mp} must be above 0")));
+        }
+        Some(mp) if area > mp * 1e6 => {
+            let f = (mp * 1e6 / area).sqrt();
+            (width, height) = (floor(width as f64 * f), floor(height as f64 * f));
+        }
+        None if area > LARGE_AREA => warnings.push(format!(
+            "{width}x{height} is {:.1} megapixels; FLUX.1 is trained up to ~2 MP and this needs a lot of memory; \
+             --max-megapixels 1 (with --keep-size) edits at 1 MP and gives back the input's size",
+            area / 1e6
+        )),
+        _ => {}
+    }
+    Ok((width, height, other_aspect && req.resize == ResizeMode::Crop))
+}

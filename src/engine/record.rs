@@ -1,0 +1,101 @@
+//! One typed record of an edit: every parameter and what the plan made of it. The same record is written into
+//! the PNG's `flux-img2img` text chunk, printed (with the item's status) by `--json`, and read back by
+//! `--from-metadata`; the A1111-style `parameters` line image sites read is derived from it too.
+
+use super::{Plan, Request};
+use crate::image_io::ResizeMode;
+use crate::models::linear::Quant;
+use crate::rng::RngKind;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Keyword of the PNG text chunk that carries the record.
+pub const PNG_KEY: &str = "flux-img2img";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EditRecord {
+    pub prompt: String,
+    pub model: PathBuf,
+    pub input: Option<PathBuf>,
+    pub strength: Option<f64>,
+    pub steps: usize,
+    pub steps_run: usize,
+    pub t_start: usize,
+    pub start_sigma: f64,
+    pub mu: Option<f64>,
+    pub guidance: Option<f64>,
+    pub seed: u64,
+    pub rng: RngKind,
+    pub resize: ResizeMode,
+    pub max_megapixels: Option<f64>,
+    pub keep_size: bool,
+    pub quantize: Option<Quant>,
+    pub width: u32,
+    pub height: u32,
+    pub input_width: u32,
+    pub input_height: u32,
+    pub max_sequence_length: usize,
+    pub dtype: String,
+    pub device: String,
+    /// The program that wrote it (PNG chunk only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+}
+
+impl EditRecord {
+    pub fn new(req: &Request, plan: &Plan) -> Self {
+        let s = &plan.schedule;
+        EditRecord {
+            prompt: req.prompt.clone(),
+            model: req.model.clone(),
+            input: req.image().map(PathBuf::from),
+            strength: req.strength(),
+            steps: plan.steps,
+            steps_run: s.steps_to_run(),
+            t_start: s.t_start,
+            start_sigma: s.start_sigma() as f64,
+            mu: s.mu,
+            guidance: plan.guidance,
+            seed: plan.seed,
+            rng: req.rng,
+            resize: plan.resize,
+            max_megapixels: req.max_megapixels,
+            keep_size: req.keep_size,
+            quantize: req.quantize,
+            width: plan.width,
+            height: plan.height,
+            input_width: plan.input_size.0,
+            input_height: plan.input_size.1,
+            max_sequence_length: req.max_sequence_length,
+            dtype: format!("{:?}", req.dtype).to_lowercase(),
+            device: if req.device.is_cpu() { "cpu" } else { "cuda" }.into(),
+            tool: None,
+        }
+    }
+
+    /// A1111's `parameters` text: the prompt, then `Key: value` pairs (what image sites show).
+    pub fn a1111(&self) -> String {
+        let model = self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut params = format!(
+            "{}\nSteps: {}, Sampler: Euler (flow matching), Seed: {}, Size: {}x{}, Model: {}",
+            self.prompt, self.steps, self.seed, self.width, self.height, model
+        );
+        if let Some(s) = self.strength {
+            params.push_str(&format!(", Denoising strength: {s}"));
+        }
+        params.push_str(&format!(", RNG: {}", self.rng));
+        if let Some(g) = self.guidance {
+            params.push_str(&format!(", Guidance: {g}"));
+        }
+        params
+    }
+
+    /// The PNG text chunks: (`parameters`, A1111 line) and (`flux-img2img`, this record as JSON).
+    pub fn png_chunks(&self) -> Vec<(&'static str, String)> {
+        let mut rec = self.clone();
+        rec.tool = Some(concat!("flux-img2img ", env!("CARGO_PKG_VERSION")).into());
+        let json = serde_json::to_string(&rec).expect("a record always serializes");
+        vec![("parameters", self.a1111()), (PNG_KEY, json)]
+    }
+}

@@ -1,0 +1,79 @@
+//! What one edit asks for: a [`Request`], already checked for type and range by whoever built it (the CLI, or a
+//! library user), and the [`Mode`] that says how the picture is made.
+
+use crate::image_io::ResizeMode;
+use crate::models::linear::Quant;
+use crate::rng::RngKind;
+use crate::source::Overrides;
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+
+/// How the image is made. Each mode is the numerics of one diffusers pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// SDEdit, as `FluxImg2ImgPipeline`: the input is encoded, noised to the point `strength` selects (0 keeps
+    /// the input, 1 ignores it) and denoised.
+    Img2Img { image: PathBuf, strength: f64 },
+}
+
+/// Everything one edit needs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// A diffusers-layout folder (or what `source::locate` resolved a Hub id to).
+    pub model: PathBuf,
+    pub mode: Mode,
+    pub prompt: String,
+    /// None: the model's default (28 for guidance-distilled, dev-like models; 4 otherwise).
+    pub steps: Option<usize>,
+    /// None: [`DEFAULT_GUIDANCE`] where the transformer embeds guidance; ignored otherwise.
+    pub guidance: Option<f64>,
+    /// None: a random seed, reported in the plan.
+    pub seed: Option<u64>,
+    pub rng: RngKind,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// T5 prompt length in tokens.
+    pub max_sequence_length: usize,
+    pub device: Device,
+    pub dtype: DType,
+    pub output: PathBuf,
+    /// How a different aspect ratio is handled when both width and height are given.
+    pub resize: ResizeMode,
+    /// Scale the working size down (keeping its aspect) to at most this many megapixels.
+    pub max_megapixels: Option<f64>,
+    /// Resize the result back to exactly the input's size.
+    pub keep_size: bool,
+    /// Component weight files replacing the model folder's.
+    pub overrides: Overrides,
+    /// Quantize the transformer's block matrices (and T5's) at load.
+    pub quantize: Option<Quant>,
+}
+
+/// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).
+pub const DEFAULT_GUIDANCE: f64 = 3.5;
+/// Steps of guidance-distilled (dev-like) models and of timestep-distilled (schnell-like) ones.
+pub const DEFAULT_STEPS_DEV: usize = 28;
+pub const DEFAULT_STEPS_SCHNELL: usize = 4;
+
+impl Request {
+    /// The input image, for modes that edit one.
+    pub fn image(&self) -> Option<&Path> {
+        match &self.mode {
+            Mode::Img2Img { image, .. } => Some(image),
+        }
+    }
+
+    /// Points the edit at another copy of its input (a downloaded URL, standard input saved to a file).
+    pub fn set_image(&mut self, path: std::path::PathBuf) {
+        match &mut self.mode {
+            Mode::Img2Img { image, .. } => *image = path,
+        }
+    }
+
+    /// How much of the input is replaced, for modes that start from a noised input.
+    pub fn strength(&self) -> Option<f64> {
+        match self.mode {
+            Mode::Img2Img { strength, .. } => Some(strength),
+        }
+    }
+}

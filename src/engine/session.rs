@@ -1,0 +1,277 @@
+//! A model opened for any number of edits: configs read at once, weights loaded on first use and kept (VAE,
+//! transformer), prompt encodings and the last input's VAE posterior cached. Takes [`Request`]s and their
+//! [`Plan`]s, gives written PNGs and [`Report`]s; says what it does through a [`Progress`].
+
+use super::edit;
+use super::load::{self, TransformerKind};
+use super::plan::{self, Plan};
+use super::progress::{Event, Progress};
+use super::record::EditRecord;
+use super::request::Request;
+use crate::config::ModelConfigs;
+use crate::error::Result;
+use crate::image_io;
+use crate::models::linear::Quant;
+use crate::models::transformer::{FluxTransformer, Inputs};
+use crate::models::vae::AutoencoderKl;
+use crate::output;
+use crate::rng;
+use crate::source::{ModelFiles, Overrides};
+use crate::text::{Conditioning, TextEncoders};
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Wall time of each stage, in seconds.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    pub text_encoding: f64,
+    pub vae_encode: f64,
+    pub load_transformer: f64,
+    pub denoise: f64,
+    pub vae_decode: f64,
+    pub total: f64,
+}
+
+/// One written edit.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub output: PathBuf,
+    pub plan: Plan,
+    pub timings: Timings,
+    /// Host peak RSS of the process when this image was written (Linux), MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// A prompt's conditioning and what encoding it cost (charged to the first edit that uses it).
+struct Encoded {
+    cond: Conditioning,
+    secs: f64,
+}
+
+/// The VAE posterior (mean, logvar) of the last preprocessed input, keyed by a hash of its pixels.
+struct Posterior {
+    key: u64,
+    mean: Tensor,
+    logvar: Tensor,
+}
+
+pub struct Session {
+    files: ModelFiles,
+    configs: ModelConfigs,
+    kind: Option<TransformerKind>,
+    device: Device,
+    dtype: DType,
+    progress: Arc<dyn Progress>,
+    prompts: HashMap<String, Encoded>,
+    vae: Option<AutoencoderKl>,
+    transformer: Option<FluxTransformer>,
+    posterior: Option<Posterior>,
+}
+
+impl Session {
+    /// Reads the model folder's layout and configs, applies component overrides, checks the weight files exist
+    /// and reads the transformer's tensor names; loads no weights yet.
+    pub fn open(model: &Path, o: &Overrides, device: &Device, dtype: DType, progress: Arc<dyn Progress>) -> Result<Self> {
+        let mut files = ModelFiles::from_dir(model)?;
+        files.apply(o)?;
+        let mut s = Self::with_files(files, device, dtype, progress)?;
+        s.inspect()?;
+        Ok(s)
+    }
+
+    /// Configs only, for planning (dry runs): weight files need not exist, and nothing can be run.
+    pub fn open_configs(model: &Path, o: &Overrides, progress: Arc<dyn Progress>) -> Result<Self> {
+        let mut files = ModelFiles::configs_only(model)?;
+        files.apply(o)?;
+        let mut s = Self::with_files(files, &Device::Cpu, DType::F32, progress)?;
+        // A swapped transformer decides dev or schnell (and so the default steps) even for a plan.
+        if o.transformer.is_some() {
+            s.inspect()?;
+        }
+        Ok(s)
+    }
+
+    fn with_files(files: ModelFiles, device: &Device, dtype: DType, progress: Arc<dyn Progress>) -> Result<Self> {
+        Ok(Self {
+            configs: ModelConfigs::read(&files)?,
+            files,
+            kind: None,
+            device: device.clone(),
+            dtype,
+            progress,
+            prompts: HashMap::new(),
+            vae: None,
+            transformer: None,
+            posterior: None,
+        })
+    }
+
+    /// The weights decide dev or schnell, whatever config.json says.
+    fn inspect(&mut self) -> Result<()> {
+        let kind = load::inspect_transformer(&self.files)?;
+        if kind.guidance_embeds != self.configs.transformer.guidance_embeds {
+            let (what, like) =
+                if kind.guidance_embeds { ("embed guidance", "dev") } else { ("have no guidance embedding", "schnell") };
+            let note = format!("the transformer weights {what} ({like}-like); using that, not config.json's guidance_embeds");
+            self.progress.event(Event::Note(&note));
+            self.configs.transformer.guidance_embeds = kind.guidance_embeds;
+        }
+        self.kind = Some(kind);
+        Ok(())
+    }
+
+    pub fn configs(&self) -> &ModelConfigs {
+        &self.configs
+    }
+
+    /// The plan for `req` given its input's size (a random seed is drawn when the request has none).
+    pub fn plan(&self, req: &Request, input_size: (u32, u32)) -> Result<Plan> {
+        plan::plan(req, &self.configs, input_size, req.seed.unwrap_or_else(super::random_seed))
+    }
+
+    /// Encodes every prompt not yet cached, loading the text encoders once and dropping them afterwards.
+    pub fn encode_prompts(&mut self, prompts: &[&str], max_sequence_length: usize, quantize: Option<Quant>) -> Result<()> {
+        let mut todo: Vec<&str> = prompts.iter().copied().filter(|p| !self.prompts.contains_key(*p)).collect();
+        todo.dedup();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        let mut enc = TextEncoders::load(&self.files, max_sequence_length, self.dtype, &self.device, quantize)?;
+        // The load is charged to the first prompt: one encoder load per batch.
+        let mut load = t0.elapsed().as_secs_f64();
+        for p in todo {
+            let t0 = Instant::now();
+            let (cond, warnings) = enc.encode(p)?;
+            for w in &warnings {
+                self.progress.event(Event::Warning(w));
+            }
+            self.prompts.insert(p.to_string(), Encoded { cond, secs: t0.elapsed().as_secs_f64() + load });
+            load = 0.0;
+        }
+        Ok(())
+    }
+
+    /// One edit end to end: the input is decoded and the output checked before anything heavy.
+    pub fn run(&mut self, req: &Request) -> Result<Report> {
+        let input = match req.image() {
+            Some(path) => image_io::load_rgb(path)?,
+            None => RgbImage::new(1, 1),
+        };
+        output::check_output(&req.output, req.image())?;
+        let plan = self.plan(req, input.dimensions())?;
+        for w in &plan.warnings {
+            self.progress.event(Event::Warning(w));
+        }
+        self.run_planned(req, input, plan)
+    }
+
+    /// One edit whose input is decoded and whose plan is made (a batch plans every item up front).
+    pub fn run_planned(&mut self, req: &Request, input: RgbImage, plan: Plan) -> Result<Report> {
+        let start = Instant::now();
+        self.progress.event(Event::Plan { request: req, plan: &plan });
+        let mut timings = Timings::default();
+        let image = self.render(req, input, &plan, &mut timings)?;
+        output::write_png(&req.output, &image, &EditRecord::new(req, &plan).png_chunks())?;
+        timings.total = start.elapsed().as_secs_f64() + timings.text_encoding;
+        let report = Report { output: req.output.clone(), plan, timings, peak_rss_mib: super::peak_rss_mib() };
+        self.progress.event(Event::Done(&report));
+        Ok(report)
+    }
+
+    /// Conditioning, start latents, the Euler loop and decoding, each stage timed.
+    fn render(&mut self, req: &Request, input: RgbImage, plan: &Plan, t: &mut Timings) -> Result<RgbImage> {
+        let cond = self.conditioning(req, t)?;
+        let t0 = Instant::now();
+        let start = self.start_latents(req, input, plan)?;
+        t.vae_encode = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        self.load_transformer(req.quantize)?;
+        t.load_transformer = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let latents = self.denoise(&cond, &start, plan)?;
+        t.denoise = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let mut rgb = self.decode(&latents, &start)?;
+        if req.keep_size && rgb.dimensions() != plan.input_size {
+            rgb = image_io::resize_lanczos(&rgb, plan.input_size.0, plan.input_size.1);
+        }
+        t.vae_decode = t0.elapsed().as_secs_f64();
+        Ok(rgb)
+    }
+
+    /// The prompt's conditioning (encoded now if no batch did it before); its cost is charged once.
+    fn conditioning(&mut self, req: &Request, t: &mut Timings) -> Result<Conditioning> {
+        self.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length, req.quantize)?;
+        let e = self.prompts.get_mut(req.prompt.as_str()).expect("encoded above");
+        t.text_encoding = std::mem::take(&mut e.secs);
+        Ok(e.cond.clone())
+    }
+
+    fn vae(&mut self) -> Result<&AutoencoderKl> {
+        if self.vae.is_none() {
+            self.vae = Some(load::vae(&self.files, &self.configs.vae, self.dtype, &self.device)?);
+        }
+        Ok(self.vae.as_ref().expect("loaded above"))
+    }
+
+    /// Preprocessed input → posterior (cached for sweeps) → noised, packed start latents. The posterior noise
+    /// is the generator's first draw and the initial noise its second, as in diffusers.
+    fn start_latents(&mut self, req: &Request, input: RgbImage, plan: &Plan) -> Result<edit::Start> {
+        let img = edit::fit_to_plan(input, plan);
+        let key = edit::pixel_key(&img);
+        let (mean, logvar) = match &self.posterior {
+            Some(p) if p.key == key => (p.mean.clone(), p.logvar.clone()),
+            _ => {
+                let pixels = image_io::to_tensor(&img, &self.device)?.to_dtype(self.dtype)?;
+                let (mean, logvar) = self.vae()?.encode(&pixels)?;
+                self.posterior = Some(Posterior { key, mean: mean.clone(), logvar: logvar.clone() });
+                (mean, logvar)
+            }
+        };
+        let mut gen = rng::generator(req.rng, plan.seed);
+        let latent = edit::LatentSpace::of(&self.configs.vae);
+        Ok(edit::start_latents(&mean, &logvar, gen.as_mut(), &latent, plan.schedule.start_sigma())?)
+    }
+
+    fn load_transformer(&mut self, quantize: Option<Quant>) -> Result<()> {
+        if self.transformer.is_some() {
+            return Ok(());
+        }
+        let layout = self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(crate::weights::flux_keys::Layout::Diffusers);
+        let loaded =
+            load::transformer(&self.files, &self.configs.transformer, &layout, quantize, self.dtype, &self.device)?;
+        if let Some(note) = &loaded.note {
+            self.progress.event(Event::Note(note));
+        }
+        self.transformer = Some(loaded.model);
+        Ok(())
+    }
+
+    fn denoise(&self, cond: &Conditioning, start: &edit::Start, plan: &Plan) -> Result<Tensor> {
+        let (dev, dtype) = (&self.device, self.dtype);
+        let img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
+        let txt_ids = Tensor::zeros((1, cond.t5.dim(1)?, 3), dtype, dev)?;
+        let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
+        let inputs =
+            Inputs { img_ids: &img_ids, txt: &cond.t5, txt_ids: &txt_ids, pooled: &cond.pooled, guidance: guidance.as_ref() };
+        let model = self.transformer.as_ref().expect("loaded before denoising");
+        let steps = plan.schedule.steps_to_run();
+        let t0 = Instant::now();
+        self.progress.event(Event::Step { done: 0, total: steps, elapsed: t0.elapsed() });
+        let latents = edit::denoise(model, start.packed.clone(), &inputs, &plan.schedule, |done, total| {
+            self.progress.event(Event::Step { done, total, elapsed: t0.elapsed() })
+        })?;
+        Ok(latents)
+    }
+
+    fn decode(&mut self, latents: &Tensor, start: &edit::Start) -> Result<RgbImage> {
+        let z = edit::unpack_for_decode(latents, start, &edit::LatentSpace::of(&self.configs.vae))?;
+        let decoded = self.vae()?.decode(&z)?;
+        image_io::from_tensor(&decoded)
+    }
+}

@@ -1,0 +1,45 @@
+//! The text of the lines the program prints about an edit: what it will do and what it took.
+
+use crate::batch::Summary;
+use crate::engine::{Plan, Request, Timings};
+
+/// What an edit will do, on one line: size, steps, sigma, shift, guidance, seed and generator. Used after
+/// `plan: ` on stderr and after `input -> output: ` in a dry run's listing.
+pub fn plan(req: &Request, plan: &Plan) -> String {
+    let s = &plan.schedule;
+    format!(
+        "{}x{} from {}x{}{}, {} of {} steps (t_start {}), start sigma {:.6}, {}, guidance {}, seed {} ({})",
+        plan.width,
+        plan.height,
+        plan.input_size.0,
+        plan.input_size.1,
+        if plan.crop { " (centre-cropped to aspect)" } else { "" },
+        s.steps_to_run(),
+        plan.steps,
+        s.t_start,
+        s.start_sigma(),
+        s.mu.map(|m| format!("shift mu {m:.4} (dynamic)")).unwrap_or_else(|| "static shift".into()),
+        plan.guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
+        plan.seed,
+        req.rng,
+    )
+}
+
+/// Where the time of one edit went.
+pub fn done(t: &Timings) -> String {
+    format!(
+        "done in {:.2}s (text {:.2}s, vae encode {:.2}s, transformer load {:.2}s, denoise {:.2}s, decode {:.2}s)",
+        t.total, t.text_encoding, t.vae_encode, t.load_transformer, t.denoise, t.vae_decode
+    )
+}
+
+/// The end-of-batch summary line.
+pub fn summary(s: &Summary, dry_run: bool, in_run: usize, total: usize) -> String {
+    format!(
+        "summary: {}{} skipped, {} failed{} ({in_run} items in this run, {total} in the batch)",
+        if dry_run { format!("{} planned, ", s.planned) } else { format!("{} written, ", s.written) },
+        s.skipped,
+        s.failed.len(),
+        if s.interrupted { ", interrupted" } else { "" },
+    )
+}
