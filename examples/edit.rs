@@ -29,6 +29,11 @@ fn main() -> anyhow::Result<()> {
     // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.
     let ui = Arc::new(flux_img2img::ui::Ui::new(false, false));
     let report = engine::run(&req, ui)?;
-    println!("{} ({} steps run, {:.1}s)", report.output.display(), report.plan.schedule.steps_to_run(), report.timings.total);
+    println!(
+        "{} ({} steps run, {:.1}s)",
+        report.output.display(),
+        report.plan.schedule.steps_to_run(),
+        report.timings.total
+    );
     Ok(())
 }

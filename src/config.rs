@@ -91,7 +91,10 @@ impl TransformerConfig {
 
     fn validate(&self, file: &Path) -> Result<()> {
         ensure(self.patch_size == 1, file, || {
-            format!("patch_size {} is not supported (FLUX.1 packs 2×2 latent patches itself; expected 1)", self.patch_size)
+            format!(
+                "patch_size {} is not supported (FLUX.1 packs 2×2 latent patches itself; expected 1)",
+                self.patch_size
+            )
         })?;
         ensure(self.num_attention_heads > 0 && self.attention_head_dim > 0, file, || {
             "num_attention_heads and attention_head_dim must be above 0".into()
@@ -172,7 +175,11 @@ impl VaeConfig {
     fn validate(&self, file: &Path) -> Result<()> {
         ensure(!self.block_out_channels.is_empty(), file, || "block_out_channels is empty".into())?;
         ensure(self.block_out_channels.len() <= 8, file, || {
-            format!("block_out_channels has {} entries; a 2^{} downscale is not a FLUX VAE", self.block_out_channels.len(), self.block_out_channels.len() - 1)
+            format!(
+                "block_out_channels has {} entries; a 2^{} downscale is not a FLUX VAE",
+                self.block_out_channels.len(),
+                self.block_out_channels.len() - 1
+            )
         })?;
         ensure(self.norm_num_groups > 0, file, || "norm_num_groups must be above 0".into())?;
         let bad = self.block_out_channels.iter().find(|&&c| c == 0 || c % self.norm_num_groups != 0);
@@ -286,7 +293,10 @@ impl ClipConfig {
     /// Checks the sizes the model code divides by.
     pub fn validate(&self, file: &Path) -> Result<()> {
         ensure(self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0, file, || {
-            format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads)
+            format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )
         })?;
         Act::parse(&self.hidden_act, file).map(|_| ())
     }

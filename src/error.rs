@@ -136,7 +136,8 @@ pub fn candle_message(e: &candle_core::Error) -> String {
 fn first_paragraph(text: &str) -> String {
     let is_frame = |l: &str| {
         let t = l.trim_start();
-        t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        t.starts_with("at ")
+            || t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
     };
     text.lines()
         .map(str::trim)
@@ -153,7 +154,8 @@ mod tests {
     #[test]
     fn candle_errors_with_backtraces_print_as_one_line() {
         let bt = std::backtrace::Backtrace::force_capture();
-        let inner = candle_core::Error::Msg("DriverError(CUDA_ERROR_INVALID_DEVICE, \"invalid device ordinal\")".into());
+        let inner =
+            candle_core::Error::Msg("DriverError(CUDA_ERROR_INVALID_DEVICE, \"invalid device ordinal\")".into());
         let e: Error = candle_core::Error::WithBacktrace { inner: Box::new(inner), backtrace: Box::new(bt) }
             .context("cannot open cuda:3")
             .into();

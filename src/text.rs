@@ -114,7 +114,8 @@ impl FixedTokenizer {
             return Err(tok_err(dir, "tokenizer.json is missing"));
         };
         let pad = special_token(dir, "pad_token", default_pad);
-        let pad_id = tok.token_to_id(&pad).ok_or_else(|| tok_err(dir, format!("pad token {pad} is not in the vocabulary")))?;
+        let pad_id =
+            tok.token_to_id(&pad).ok_or_else(|| tok_err(dir, format!("pad token {pad} is not in the vocabulary")))?;
         tok.with_padding(Some(PaddingParams {
             strategy: PaddingStrategy::Fixed(max_len),
             direction: PaddingDirection::Right,
@@ -175,7 +176,11 @@ fn quantized_t5(
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for name in w.names() {
         let t = w.load_f32_cpu(&name)?;
-        let fmt = if t.rank() == 2 && name != "shared.weight" && t.dim(1)? % q.block_size() == 0 { q } else { GgmlDType::F32 };
+        let fmt = if t.rank() == 2 && name != "shared.weight" && t.dim(1)? % q.block_size() == 0 {
+            q
+        } else {
+            GgmlDType::F32
+        };
         tensors.push((name, QTensor::quantize(&t, fmt)?));
     }
     let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();

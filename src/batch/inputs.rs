@@ -99,7 +99,10 @@ fn folder_images(spec: &str, dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     found.sort();
     if found.is_empty() {
-        return Err(Error::Usage(format!("--image {spec}: the folder has no images ({})", IMAGE_EXTENSIONS.join(", "))));
+        return Err(Error::Usage(format!(
+            "--image {spec}: the folder has no images ({})",
+            IMAGE_EXTENSIONS.join(", ")
+        )));
     }
     Ok(found)
 }
@@ -169,7 +172,9 @@ impl Downloads {
     fn fetch(&mut self, input: &Input) -> Result<PathBuf> {
         let src = input.display_path();
         let bytes = match input {
-            Input::Stdin => read_all(std::io::stdin()).map_err(|e| Error::image_from(&src, "cannot read standard input", e))?,
+            Input::Stdin => {
+                read_all(std::io::stdin()).map_err(|e| Error::image_from(&src, "cannot read standard input", e))?
+            }
             Input::Url(url) => {
                 let resp = ureq::get(url).call().map_err(|e| Error::image_from(&src, "cannot download", e))?;
                 read_all(std::io::Read::take(resp.into_reader(), MAX_DOWNLOAD))

@@ -113,7 +113,8 @@ impl Run<'_> {
         let input = r.image().expect("batch items edit an input");
         // A real run decodes the whole file now, so a truncated image fails before any weight is loaded; a dry
         // run reads only the header.
-        let dims = if self.opts.dry_run { image_io::dimensions(input)? } else { image_io::load_rgb(input)?.dimensions() };
+        let dims =
+            if self.opts.dry_run { image_io::dimensions(input)? } else { image_io::load_rgb(input)?.dimensions() };
         if !self.opts.dry_run {
             self.prepare_output(&r.output, input)?;
         }
@@ -188,7 +189,8 @@ impl Run<'_> {
             match image_io::load_rgb(input).and_then(|img| session.run_planned(r, img, plan.clone())) {
                 Ok(rep) => {
                     self.written(item, &rep)?;
-                    let label = format!("{}#{}", r.strength().map(|s| format!("{s} ")).unwrap_or_default(), rep.plan.seed);
+                    let label =
+                        format!("{}#{}", r.strength().map(|s| format!("{s} ")).unwrap_or_default(), rep.plan.seed);
                     cells.push(Cell { input: input.to_path_buf(), output: rep.output, label });
                 }
                 Err(e) if e.is_fatal() => return Err(e),

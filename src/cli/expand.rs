@@ -172,7 +172,9 @@ impl Args {
     fn rows(&self) -> Result<Vec<Row>> {
         let Some(m) = &self.manifest else {
             if self.image.is_empty() {
-                return Err(Error::Usage("no input: give --image PATH (files, folders or globs) or --manifest FILE".into()));
+                return Err(Error::Usage(
+                    "no input: give --image PATH (files, folders or globs) or --manifest FILE".into(),
+                ));
             }
             let inputs = inputs::expand(&self.image)?;
             return Ok(inputs.into_iter().map(Row::plain).collect());
@@ -183,7 +185,11 @@ impl Args {
         let base = m.parent().map(Path::to_path_buf).unwrap_or_default();
         let near = |p: &str| {
             let p = PathBuf::from(p);
-            if p.is_relative() { base.join(p) } else { p }
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p
+            }
         };
         Ok(manifest::read(m)?
             .into_iter()
@@ -209,7 +215,10 @@ impl Args {
     fn row_items(&self, row: &Row, strengths: &[f64], ctx: &RowCtx, items: &mut Vec<Item>) -> Result<()> {
         let shown = row.input.display_path();
         let prompt = row.prompt.clone().or_else(|| self.prompt.clone()).ok_or_else(|| {
-            Error::Usage(format!("no prompt for {}: give --prompt (or a prompt column in the manifest)", shown.display()))
+            Error::Usage(format!(
+                "no prompt for {}: give --prompt (or a prompt column in the manifest)",
+                shown.display()
+            ))
         })?;
         let row_strengths = match row.strength {
             Some(s) => match check_strength(&s) {
@@ -233,13 +242,18 @@ impl Args {
                 request.steps = row.steps.or(self.steps);
                 request.guidance = row.guidance.or(self.guidance);
                 request.seed = Some(seed);
-                request.output = self.output_for(row, single, ctx.template, &[
-                    ("stem", row.input.stem()),
-                    ("seed", seed.to_string()),
-                    ("strength", strength.to_string()),
-                    ("steps", request.steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
-                    ("index", format!("{index:05}")),
-                ])?;
+                request.output = self.output_for(
+                    row,
+                    single,
+                    ctx.template,
+                    &[
+                        ("stem", row.input.stem()),
+                        ("seed", seed.to_string()),
+                        ("strength", strength.to_string()),
+                        ("steps", request.steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
+                        ("index", format!("{index:05}")),
+                    ],
+                )?;
                 items.push(Item { index, input: row.input.clone(), request });
             }
         }
@@ -325,7 +339,9 @@ fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
         let close = rest[open..].find('}').ok_or_else(|| Error::Usage(format!("--name {template}: unclosed {{")))?;
         let key = &rest[open + 1..open + close];
         let v = vars.iter().find(|(k, _)| *k == key).ok_or_else(|| {
-            Error::Usage(format!("--name {template}: unknown placeholder {{{key}}} (use stem, seed, strength, steps, index)"))
+            Error::Usage(format!(
+                "--name {template}: unknown placeholder {{{key}}} (use stem, seed, strength, steps, index)"
+            ))
         })?;
         out.push_str(&v.1);
         rest = &rest[open + close + 1..];
@@ -362,7 +378,8 @@ fn read_record(png: &Path) -> Result<EditRecord> {
 fn parse_list<T: std::str::FromStr>(flag: &str, s: &str, check: impl Fn(&T) -> Option<String>) -> Result<Vec<T>> {
     s.split(',')
         .map(|part| {
-            let v: T = part.trim().parse().map_err(|_| Error::Usage(format!("{flag} {s}: {part:?} is not a number")))?;
+            let v: T =
+                part.trim().parse().map_err(|_| Error::Usage(format!("{flag} {s}: {part:?} is not a number")))?;
             match check(&v) {
                 Some(msg) => Err(Error::Usage(format!("{flag} {}: {msg}", part.trim()))),
                 None => Ok(v),
@@ -413,15 +430,15 @@ pub fn parse_device(s: &str) -> Result<Device> {
              or use --device cpu"
         )));
     }
-    Device::new_cuda(ordinal).map_err(|e| {
-        Error::Usage(format!("--device {s}: no usable CUDA GPU ({})", crate::error::candle_message(&e)))
-    })
+    Device::new_cuda(ordinal)
+        .map_err(|e| Error::Usage(format!("--device {s}: no usable CUDA GPU ({})", crate::error::candle_message(&e))))
 }
 
 /// `I/N`, `auto/N` or `auto` → (I, N).
 pub fn parse_shard(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(usize, usize)> {
     let bad = |msg: &str| Error::Usage(format!("--shard {s}: {msg}"));
-    let num = |v: &str, what: &str| v.trim().parse::<usize>().map_err(|_| bad(&format!("{what} {v:?} is not a number")));
+    let num =
+        |v: &str, what: &str| v.trim().parse::<usize>().map_err(|_| bad(&format!("{what} {v:?} is not a number")));
     let (i_part, n_part) = match s.split_once('/') {
         Some((i, n)) => (i, Some(n)),
         None => (s, None),

@@ -36,7 +36,9 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| serde_json::from_str::<Row>(l).map_err(|e| err(format!("line {}: {e}", i + 1))))
             .collect::<Result<Vec<_>>>()?,
-        _ => return Err(err("unknown format; name it .csv (with a header line) or .jsonl (one object per line)".into())),
+        _ => {
+            return Err(err("unknown format; name it .csv (with a header line) or .jsonl (one object per line)".into()))
+        }
     };
     if let Some((i, _)) = rows.iter().enumerate().find(|(_, r)| r.image.trim().is_empty()) {
         return Err(err(format!("item {} has no image", i + 1)));

@@ -162,7 +162,10 @@ mod tests {
         let value = (cc * h * w + y * w + xx) as f32;
         assert_eq!(pv[0][(y / 2) * (w / 2) + xx / 2][cc * 4 + (y % 2) * 2 + xx % 2], value);
         let back = unpack(&p, c, h, w).unwrap();
-        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

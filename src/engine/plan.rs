@@ -90,10 +90,16 @@ fn check_size_flags(req: &Request, multiple: u32) -> Result<()> {
 }
 
 /// The size the model works at (after resize mode and the megapixel cap) and whether the input is cropped.
-fn working_size(req: &Request, input: (u32, u32), multiple: u32, warnings: &mut Vec<String>) -> Result<(u32, u32, bool)> {
+fn working_size(
+    req: &Request,
+    input: (u32, u32),
+    multiple: u32,
+    warnings: &mut Vec<String>,
+) -> Result<(u32, u32, bool)> {
     let (mut width, mut height) = image_io::target_size(input, req.width, req.height, multiple);
-    let other_aspect =
-        req.width.is_some() && req.height.is_some() && (input.0 as u64 * height as u64 != input.1 as u64 * width as u64);
+    let other_aspect = req.width.is_some()
+        && req.height.is_some()
+        && (input.0 as u64 * height as u64 != input.1 as u64 * width as u64);
     let floor = |v: f64| floor_to_multiple(v, multiple);
     if other_aspect && req.resize == ResizeMode::Fit {
         let (w, h) = image_io::fit_inside(input, width, height);

@@ -75,7 +75,13 @@ pub struct Session {
 impl Session {
     /// Reads the model folder's layout and configs, applies component overrides, checks the weight files exist
     /// and reads the transformer's tensor names; loads no weights yet.
-    pub fn open(model: &Path, o: &Overrides, device: &Device, dtype: DType, progress: Arc<dyn Progress>) -> Result<Self> {
+    pub fn open(
+        model: &Path,
+        o: &Overrides,
+        device: &Device,
+        dtype: DType,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Self> {
         let mut files = ModelFiles::from_dir(model)?;
         files.apply(o)?;
         let mut s = Self::with_files(files, device, dtype, progress)?;
@@ -114,9 +120,13 @@ impl Session {
     fn inspect(&mut self) -> Result<()> {
         let kind = load::inspect_transformer(&self.files)?;
         if kind.guidance_embeds != self.configs.transformer.guidance_embeds {
-            let (what, like) =
-                if kind.guidance_embeds { ("embed guidance", "dev") } else { ("have no guidance embedding", "schnell") };
-            let note = format!("the transformer weights {what} ({like}-like); using that, not config.json's guidance_embeds");
+            let (what, like) = if kind.guidance_embeds {
+                ("embed guidance", "dev")
+            } else {
+                ("have no guidance embedding", "schnell")
+            };
+            let note =
+                format!("the transformer weights {what} ({like}-like); using that, not config.json's guidance_embeds");
             self.progress.event(Event::Note(&note));
             self.configs.transformer.guidance_embeds = kind.guidance_embeds;
         }
@@ -134,7 +144,12 @@ impl Session {
     }
 
     /// Encodes every prompt not yet cached, loading the text encoders once and dropping them afterwards.
-    pub fn encode_prompts(&mut self, prompts: &[&str], max_sequence_length: usize, quantize: Option<Quant>) -> Result<()> {
+    pub fn encode_prompts(
+        &mut self,
+        prompts: &[&str],
+        max_sequence_length: usize,
+        quantize: Option<Quant>,
+    ) -> Result<()> {
         let mut todo: Vec<&str> = prompts.iter().copied().filter(|p| !self.prompts.contains_key(*p)).collect();
         todo.dedup();
         if todo.is_empty() {
@@ -242,7 +257,8 @@ impl Session {
         if self.transformer.is_some() {
             return Ok(());
         }
-        let layout = self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(crate::weights::flux_keys::Layout::Diffusers);
+        let layout =
+            self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(crate::weights::flux_keys::Layout::Diffusers);
         let loaded =
             load::transformer(&self.files, &self.configs.transformer, &layout, quantize, self.dtype, &self.device)?;
         if let Some(note) = &loaded.note {
@@ -257,8 +273,13 @@ impl Session {
         let img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
         let txt_ids = Tensor::zeros((1, cond.t5.dim(1)?, 3), dtype, dev)?;
         let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
-        let inputs =
-            Inputs { img_ids: &img_ids, txt: &cond.t5, txt_ids: &txt_ids, pooled: &cond.pooled, guidance: guidance.as_ref() };
+        let inputs = Inputs {
+            img_ids: &img_ids,
+            txt: &cond.t5,
+            txt_ids: &txt_ids,
+            pooled: &cond.pooled,
+            guidance: guidance.as_ref(),
+        };
         let model = self.transformer.as_ref().expect("loaded before denoising");
         let steps = plan.schedule.steps_to_run();
         let t0 = Instant::now();

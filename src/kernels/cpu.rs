@@ -84,11 +84,25 @@ pub fn conv2d(x: &[f32], wt: &[f32], bias: Option<&[f32]>, s: ConvShape) -> Vec<
             // k×nb, both row-major and in bounds by construction.
             unsafe {
                 gemm(
-                    s.c_out, nb, k,
-                    dst.as_mut_ptr(), 1, n as isize, bias.is_some(),
-                    wt.as_ptr(), 1, k as isize,
-                    rhs.as_ptr(), 1, nb as isize,
-                    1.0, 1.0, false, false, false, par(),
+                    s.c_out,
+                    nb,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    bias.is_some(),
+                    wt.as_ptr(),
+                    1,
+                    k as isize,
+                    rhs.as_ptr(),
+                    1,
+                    nb as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par(),
                 );
             }
             row0 += rows;
@@ -163,7 +177,16 @@ fn silu(v: f32) -> f32 {
 
 /// GroupNorm over [B, C, HW] with per-channel affine, optionally followed by SiLU, in one pass per group.
 #[allow(clippy::too_many_arguments)]
-pub fn group_norm(x: &[f32], c: usize, hw: usize, groups: usize, gamma: &[f32], beta: &[f32], eps: f64, silu_after: bool) -> Vec<f32> {
+pub fn group_norm(
+    x: &[f32],
+    c: usize,
+    hw: usize,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    silu_after: bool,
+) -> Vec<f32> {
     let cpg = c / groups;
     let glen = cpg * hw;
     let mut out = vec![0f32; x.len()];
@@ -229,7 +252,14 @@ pub fn gelu_tanh_cols(x: &[f32], row_stride: usize, col: usize, width: usize) ->
 }
 
 /// LayerNorm without affine over rows of `d`, then `·(1 + scale) + shift` with one (scale, shift) per batch.
-pub fn layer_norm_modulate(x: &[f32], d: usize, rows_per_batch: usize, scale: &[f32], shift: &[f32], eps: f64) -> Vec<f32> {
+pub fn layer_norm_modulate(
+    x: &[f32],
+    d: usize,
+    rows_per_batch: usize,
+    scale: &[f32],
+    shift: &[f32],
+    eps: f64,
+) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(d).zip(x.par_chunks(d)).enumerate().for_each(|(r, (o, xs))| {
         let b = r / rows_per_batch;
@@ -260,7 +290,19 @@ pub fn gated_residual(x: &[f32], y: &[f32], gate: &[f32], d: usize, rows_per_bat
 /// move from [B, S, H·D] (linear output; `row_stride` ≥ H·D lets q, k come out of a fused projection) to
 /// [B, H, S, D]. `cos`/`sin` are [S, D/2].
 #[allow(clippy::too_many_arguments)]
-pub fn qk_norm_rope(x: &[f32], row_stride: usize, col: usize, b: usize, s: usize, h: usize, d: usize, weight: &[f32], eps: f64, cos: &[f32], sin: &[f32]) -> Vec<f32> {
+pub fn qk_norm_rope(
+    x: &[f32],
+    row_stride: usize,
+    col: usize,
+    b: usize,
+    s: usize,
+    h: usize,
+    d: usize,
+    weight: &[f32],
+    eps: f64,
+    cos: &[f32],
+    sin: &[f32],
+) -> Vec<f32> {
     let mut out = vec![0f32; b * h * s * d];
     out.par_chunks_mut(s * d).enumerate().for_each(|(bh, o)| {
         let (bi, hi) = (bh / h, bh % h);
@@ -315,9 +357,27 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, h: usize, s: usize, 
             // SAFETY: every slice is in bounds by construction; each task writes a disjoint block of `out`
             // (rows r0..r0+rows of head hi in batch bi).
             unsafe {
-                gemm(rows, s, d, sc.as_mut_ptr(), 1, s as isize, false,
-                     qh[r0 * d..].as_ptr(), 1, d as isize, kh.as_ptr(), d as isize, 1,
-                     0.0, scale, false, false, false, Parallelism::None);
+                gemm(
+                    rows,
+                    s,
+                    d,
+                    sc.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    qh[r0 * d..].as_ptr(),
+                    1,
+                    d as isize,
+                    kh.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
             }
             for row in sc.chunks_mut(s) {
                 let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
@@ -331,9 +391,27 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], b: usize, h: usize, s: usize, 
             }
             let dst = out_ptr.get().wrapping_add((bi * s + r0) * h * d + hi * d);
             unsafe {
-                gemm(rows, d, s, dst, 1, (h * d) as isize, false,
-                     sc.as_ptr(), 1, s as isize, vh.as_ptr(), 1, d as isize,
-                     0.0, 1.0, false, false, false, Parallelism::None);
+                gemm(
+                    rows,
+                    d,
+                    s,
+                    dst,
+                    1,
+                    (h * d) as isize,
+                    false,
+                    sc.as_ptr(),
+                    1,
+                    s as isize,
+                    vh.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
             }
         },
     );

@@ -181,7 +181,15 @@ pub fn gelu_tanh_cols(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
 /// x [B, S, W] (a fused qkv projection) → [B, H, S, D]. `cos`, `sin` are [S, D/2] (one angle per pair
 /// (2i, 2i+1)).
 #[allow(clippy::too_many_arguments)]
-pub fn qk_norm_rope(x: &Tensor, col: usize, heads: usize, weight: &Tensor, eps: f64, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub fn qk_norm_rope(
+    x: &Tensor,
+    col: usize,
+    heads: usize,
+    weight: &Tensor,
+    eps: f64,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
     let (b, s, w) = x.dims3()?;
     let d = weight.dim(0)?;
     if fast(x) && fast(weight) && fast(cos) {

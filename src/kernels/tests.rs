@@ -34,7 +34,9 @@ fn assert_close(fast: &Tensor, reference: &Tensor, what: &str) {
 #[test]
 fn conv2d_matches_candle_for_3x3_strided_and_pointwise() {
     for (i, (c_in, c_out, h, w, k, stride, pad)) in
-        [(5, 7, 13, 9, 3, 1, 1), (4, 6, 12, 10, 3, 2, 0), (6, 3, 7, 11, 1, 1, 0), (3, 4, 300, 40, 3, 1, 1)].into_iter().enumerate()
+        [(5, 7, 13, 9, 3, 1, 1), (4, 6, 12, 10, 3, 2, 0), (6, 3, 7, 11, 1, 1, 0), (3, 4, 300, 40, 3, 1, 1)]
+            .into_iter()
+            .enumerate()
     {
         let x = rand(&[2, c_in, h, w], i as u64);
         let weight = rand(&[c_out, c_in, k, k], 10 + i as u64);
@@ -74,7 +76,11 @@ fn modulation_and_residual() {
         &layer_norm_modulate(&f64(&x), &f64(&scale), &f64(&shift), 1e-6).unwrap(),
         "layer_norm_modulate",
     );
-    assert_close(&gated_residual(&x, &y, &gate).unwrap(), &gated_residual(&f64(&x), &f64(&y), &f64(&gate)).unwrap(), "gated_residual");
+    assert_close(
+        &gated_residual(&x, &y, &gate).unwrap(),
+        &gated_residual(&f64(&x), &f64(&y), &f64(&gate)).unwrap(),
+        "gated_residual",
+    );
 }
 
 #[test]
@@ -90,7 +96,11 @@ fn attention_path() {
     let k = rand(&[b, h, s, d], 15);
     let v = heads_first(&x, 2 * h * d, h, d).unwrap();
     assert_close(&v, &heads_first(&f64(&x), 2 * h * d, h, d).unwrap(), "heads_first");
-    assert_close(&gelu_tanh_cols(&x, 3 * h * d, 5).unwrap(), &gelu_tanh_cols(&f64(&x), 3 * h * d, 5).unwrap(), "gelu_tanh_cols");
+    assert_close(
+        &gelu_tanh_cols(&x, 3 * h * d, 5).unwrap(),
+        &gelu_tanh_cols(&f64(&x), 3 * h * d, 5).unwrap(),
+        "gelu_tanh_cols",
+    );
     let o = attention(&q, &k, &v, 0.3).unwrap();
     let o_ref = attention(&q_ref, &f64(&k), &f64(&v), 0.3).unwrap();
     assert_close(&o, &o_ref, "attention");

@@ -33,7 +33,8 @@ pub struct ClipText {
 impl ClipText {
     pub fn new(cfg: &ClipConfig, act: Act, vb: VarBuilder) -> Result<Self> {
         // transformers ≤ 4 saved `text_model.`-prefixed names (as in the FLUX.1 repos); transformers 5 does not.
-        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
+        let vb =
+            if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
         let h = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
         let emb = vb.pp("embeddings");
@@ -55,7 +56,15 @@ impl ClipText {
             })
             .collect::<Result<Vec<_>>>()?;
         let final_ln = layer_norm(h, eps, vb.pp("final_layer_norm"))?;
-        Ok(Self { token, position, layers, final_ln, heads: cfg.num_attention_heads, act, eos_token_id: cfg.eos_token_id })
+        Ok(Self {
+            token,
+            position,
+            layers,
+            final_ln,
+            heads: cfg.num_attention_heads,
+            act,
+            eos_token_id: cfg.eos_token_id,
+        })
     }
 
     fn causal_mask(len: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
@@ -76,7 +85,8 @@ impl ClipText {
         for l in &self.layers {
             let h = x.apply(&l.ln1)?;
             // [B,L,H·d] → [B,H,L,d]
-            let split = |t: Tensor| -> Result<Tensor> { t.reshape((b, len, self.heads, hd))?.transpose(1, 2)?.contiguous() };
+            let split =
+                |t: Tensor| -> Result<Tensor> { t.reshape((b, len, self.heads, hd))?.transpose(1, 2)?.contiguous() };
             let q = split((h.apply(&l.q)? * scale)?)?;
             let k = split(h.apply(&l.k)?)?;
             let v = split(h.apply(&l.v)?)?;
@@ -89,11 +99,8 @@ impl ClipText {
         }
         let x = x.apply(&self.final_ln)?;
         let ids_v = ids.to_vec2::<u32>()?;
-        let rows = ids_v
-            .iter()
-            .enumerate()
-            .map(|(i, row)| x.i((i, self.eos_position(row))))
-            .collect::<Result<Vec<_>>>()?;
+        let rows =
+            ids_v.iter().enumerate().map(|(i, row)| x.i((i, self.eos_position(row)))).collect::<Result<Vec<_>>>()?;
         Tensor::stack(&rows, 0)
     }
 

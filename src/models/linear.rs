@@ -64,9 +64,12 @@ pub enum Weights {
 impl Weights {
     pub fn pp(&self, s: impl ToString) -> Self {
         match self {
-            Weights::Dense { vb, cpu, quant, stats } => {
-                Weights::Dense { vb: vb.pp(s.to_string()), cpu: cpu.pp(s.to_string()), quant: *quant, stats: stats.clone() }
-            }
+            Weights::Dense { vb, cpu, quant, stats } => Weights::Dense {
+                vb: vb.pp(s.to_string()),
+                cpu: cpu.pp(s.to_string()),
+                quant: *quant,
+                stats: stats.clone(),
+            },
             Weights::Gguf { vb, dtype } => Weights::Gguf { vb: vb.pp(s), dtype: *dtype },
         }
     }

@@ -8,10 +8,10 @@
 //! the feed-forward width, read from the checkpoint. The per-token work (modulated LayerNorm, RMSNorm + RoPE,
 //! attention, GELU, gated residuals) goes through [`crate::kernels`].
 
+use super::linear::{LinearLayer, Weights};
 use crate::config::TransformerConfig;
 use crate::kernels;
 use candle_core::{DType, Device, Result, Tensor, D};
-use super::linear::{LinearLayer, Weights};
 
 const EPS: f64 = 1e-6;
 
@@ -177,7 +177,10 @@ struct DoubleBlock {
 
 impl DoubleBlock {
     fn new(dim: usize, head_dim: usize, mlp: usize, vb: Weights) -> Result<Self> {
-        Ok(Self { img: Stream::new(dim, head_dim, mlp, &vb, "img")?, txt: Stream::new(dim, head_dim, mlp, &vb, "txt")? })
+        Ok(Self {
+            img: Stream::new(dim, head_dim, mlp, &vb, "img")?,
+            txt: Stream::new(dim, head_dim, mlp, &vb, "txt")?,
+        })
     }
 
     fn forward(&self, x: &Tensor, ctx: &Tensor, temb: &Tensor, heads: usize, rope: &Rope) -> Result<(Tensor, Tensor)> {
@@ -195,10 +198,7 @@ impl DoubleBlock {
         let att = kernels::attention(&q, &k, &v, scale)?;
         let att_txt = att.narrow(1, 0, st)?;
         let att_img = att.narrow(1, st, att.dim(1)? - st)?;
-        Ok((
-            self.img.finish(x, &att_img, &img_attn, &img_mlp)?,
-            self.txt.finish(ctx, &att_txt, &txt_attn, &txt_mlp)?,
-        ))
+        Ok((self.img.finish(x, &att_img, &img_attn, &img_mlp)?, self.txt.finish(ctx, &att_txt, &txt_attn, &txt_mlp)?))
     }
 }
 

@@ -6,8 +6,8 @@
 //! must come from the user's generator in diffusers' draw order.
 
 use crate::config::{Act, VaeConfig};
-use candle_core::{Module, Result, Tensor, D};
 use crate::kernels::{self, Conv2d, GroupNorm};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
 const EPS: f64 = 1e-6;
@@ -48,11 +48,7 @@ struct Resnet {
 
 impl Resnet {
     fn new(i: usize, o: usize, groups: usize, act: Act, vb: VarBuilder) -> Result<Self> {
-        let shortcut = if i != o {
-            Some(conv1(i, o, vb.pp("conv_shortcut"))?)
-        } else {
-            None
-        };
+        let shortcut = if i != o { Some(conv1(i, o, vb.pp("conv_shortcut"))?) } else { None };
         Ok(Self {
             norm1: group_norm(groups, i, EPS, vb.pp("norm1"))?,
             conv1: conv3(i, o, vb.pp("conv1"))?,
@@ -118,11 +114,7 @@ struct MidBlock {
 impl MidBlock {
     fn new(c: usize, cfg: &VaeConfig, act: Act, vb: VarBuilder) -> Result<Self> {
         let g = cfg.norm_num_groups;
-        let attn = if cfg.mid_block_add_attention {
-            Some(Attention::new(c, g, vb.pp("attentions.0"))?)
-        } else {
-            None
-        };
+        let attn = if cfg.mid_block_add_attention { Some(Attention::new(c, g, vb.pp("attentions.0"))?) } else { None };
         Ok(Self {
             res0: Resnet::new(c, c, g, act, vb.pp("resnets.0"))?,
             attn,
@@ -268,10 +260,8 @@ pub struct AutoencoderKl {
 impl AutoencoderKl {
     pub fn new(cfg: &VaeConfig, act: Act, vb: VarBuilder) -> Result<Self> {
         let l = cfg.latent_channels;
-        let quant_conv =
-            if cfg.use_quant_conv { Some(conv1(2 * l, 2 * l, vb.pp("quant_conv"))?) } else { None };
-        let post_quant_conv =
-            if cfg.use_post_quant_conv { Some(conv1(l, l, vb.pp("post_quant_conv"))?) } else { None };
+        let quant_conv = if cfg.use_quant_conv { Some(conv1(2 * l, 2 * l, vb.pp("quant_conv"))?) } else { None };
+        let post_quant_conv = if cfg.use_post_quant_conv { Some(conv1(l, l, vb.pp("post_quant_conv"))?) } else { None };
         Ok(Self {
             encoder: Encoder::new(cfg, act, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, act, vb.pp("decoder"))?,

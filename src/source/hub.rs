@@ -56,7 +56,8 @@ fn token() -> Option<String> {
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
 const TOKENIZER_FILES: &[&str] = &[
@@ -176,7 +177,10 @@ pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Over
                 ),
             )
         } else {
-            Error::model(PathBuf::from(id), format!("{}@{}: the repo has no {file}; is it a FLUX.1 diffusers repo?", ctx.id, ctx.revision))
+            Error::model(
+                PathBuf::from(id),
+                format!("{}@{}: the repo has no {file}; is it a FLUX.1 diffusers repo?", ctx.id, ctx.revision),
+            )
         }
     };
     let required = |file: &str| -> Result<PathBuf> { fetcher.get(file, &ctx)?.ok_or_else(|| missing(file)) };

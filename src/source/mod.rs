@@ -141,7 +141,8 @@ impl ModelFiles {
         if !scheduler_config.is_file() {
             return Err(Error::model(&scheduler_config, "missing"));
         }
-        let [transformer, vae, text_encoder, text_encoder_2] = COMPONENTS.map(|(name, stem)| component(root, name, stem, weights));
+        let [transformer, vae, text_encoder, text_encoder_2] =
+            COMPONENTS.map(|(name, stem)| component(root, name, stem, weights));
         Ok(Self {
             transformer: transformer?,
             vae: vae?,

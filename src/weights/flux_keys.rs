@@ -113,14 +113,14 @@ pub fn bfl_to_diffusers(name: &str) -> Source {
     };
     // BFL's RMSNorm calls its weight `scale`; diffusers' `weight`.
     let dparam = if param == "scale" { "weight" } else { param };
-    let (table, dprefix, module): (Table, String, &str) =
-        if let Some((n, rest)) = block_index(module, "double_blocks") {
-            (DOUBLE, format!("transformer_blocks.{n}."), rest)
-        } else if let Some((n, rest)) = block_index(module, "single_blocks") {
-            (SINGLE, format!("single_transformer_blocks.{n}."), rest)
-        } else {
-            (GLOBAL, String::new(), module)
-        };
+    let (table, dprefix, module): (Table, String, &str) = if let Some((n, rest)) = block_index(module, "double_blocks")
+    {
+        (DOUBLE, format!("transformer_blocks.{n}."), rest)
+    } else if let Some((n, rest)) = block_index(module, "single_blocks") {
+        (SINGLE, format!("single_transformer_blocks.{n}."), rest)
+    } else {
+        (GLOBAL, String::new(), module)
+    };
     let Some((_, targets, kind)) = table.iter().find(|(bfl, _, _)| *bfl == module) else {
         return Source::One(name.to_string());
     };

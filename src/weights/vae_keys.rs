@@ -75,16 +75,43 @@ mod tests {
     fn spec_rows() {
         let m = |n: &str| diffusers_to_bfl(n, 4, "");
         assert_eq!(m("encoder.conv_in.weight"), Source::One("encoder.conv_in.weight".into()));
-        assert_eq!(m("encoder.down_blocks.1.resnets.0.conv_shortcut.bias"), Source::One("encoder.down.1.block.0.nin_shortcut.bias".into()));
-        assert_eq!(m("encoder.down_blocks.2.downsamplers.0.conv.weight"), Source::One("encoder.down.2.downsample.conv.weight".into()));
-        assert_eq!(m("decoder.up_blocks.0.resnets.2.norm1.weight"), Source::One("decoder.up.3.block.2.norm1.weight".into()));
-        assert_eq!(m("decoder.up_blocks.3.resnets.0.conv_shortcut.weight"), Source::One("decoder.up.0.block.0.nin_shortcut.weight".into()));
-        assert_eq!(m("decoder.up_blocks.1.upsamplers.0.conv.bias"), Source::One("decoder.up.2.upsample.conv.bias".into()));
-        assert_eq!(m("encoder.mid_block.resnets.1.conv2.weight"), Source::One("encoder.mid.block_2.conv2.weight".into()));
-        assert_eq!(m("decoder.mid_block.attentions.0.group_norm.bias"), Source::One("decoder.mid.attn_1.norm.bias".into()));
-        assert_eq!(m("decoder.mid_block.attentions.0.to_out.0.weight"), Source::Reshape("decoder.mid.attn_1.proj_out.weight".into()));
+        assert_eq!(
+            m("encoder.down_blocks.1.resnets.0.conv_shortcut.bias"),
+            Source::One("encoder.down.1.block.0.nin_shortcut.bias".into())
+        );
+        assert_eq!(
+            m("encoder.down_blocks.2.downsamplers.0.conv.weight"),
+            Source::One("encoder.down.2.downsample.conv.weight".into())
+        );
+        assert_eq!(
+            m("decoder.up_blocks.0.resnets.2.norm1.weight"),
+            Source::One("decoder.up.3.block.2.norm1.weight".into())
+        );
+        assert_eq!(
+            m("decoder.up_blocks.3.resnets.0.conv_shortcut.weight"),
+            Source::One("decoder.up.0.block.0.nin_shortcut.weight".into())
+        );
+        assert_eq!(
+            m("decoder.up_blocks.1.upsamplers.0.conv.bias"),
+            Source::One("decoder.up.2.upsample.conv.bias".into())
+        );
+        assert_eq!(
+            m("encoder.mid_block.resnets.1.conv2.weight"),
+            Source::One("encoder.mid.block_2.conv2.weight".into())
+        );
+        assert_eq!(
+            m("decoder.mid_block.attentions.0.group_norm.bias"),
+            Source::One("decoder.mid.attn_1.norm.bias".into())
+        );
+        assert_eq!(
+            m("decoder.mid_block.attentions.0.to_out.0.weight"),
+            Source::Reshape("decoder.mid.attn_1.proj_out.weight".into())
+        );
         assert_eq!(m("encoder.mid_block.attentions.0.to_q.bias"), Source::One("encoder.mid.attn_1.q.bias".into()));
         assert_eq!(m("encoder.conv_norm_out.weight"), Source::One("encoder.norm_out.weight".into()));
-        assert_eq!(diffusers_to_bfl("decoder.conv_out.bias", 4, "vae."), Source::One("vae.decoder.conv_out.bias".into()));
+        assert_eq!(
+            diffusers_to_bfl("decoder.conv_out.bias", 4, "vae."),
+            Source::One("vae.decoder.conv_out.bias".into())
+        );
     }
 }

@@ -167,14 +167,26 @@ fn missing_and_misshaped_tensors_are_all_named() {
 fn output_folder_missing_wrong_extension_or_the_input() {
     let c = Case::new();
     let o = run(&[
-        "--model", dev().to_str().unwrap(), "--image", img().to_str().unwrap(), "--prompt", "x",
-        "--output", c.tmp.path().join("no/such/dir/o.png").to_str().unwrap(),
+        "--model",
+        dev().to_str().unwrap(),
+        "--image",
+        img().to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--output",
+        c.tmp.path().join("no/such/dir/o.png").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("does not exist; create it first"), "{}", stderr(&o));
     let o = run(&[
-        "--model", dev().to_str().unwrap(), "--image", img().to_str().unwrap(), "--prompt", "x",
-        "--output", c.tmp.path().join("o.jpg").to_str().unwrap(),
+        "--model",
+        dev().to_str().unwrap(),
+        "--image",
+        img().to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--output",
+        c.tmp.path().join("o.jpg").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains(".png"), "{}", stderr(&o));
@@ -183,8 +195,14 @@ fn output_folder_missing_wrong_extension_or_the_input() {
     std::fs::copy(img(), &input).unwrap();
     let before = std::fs::read(&input).unwrap();
     let o = run(&[
-        "--model", dev().to_str().unwrap(), "--image", input.to_str().unwrap(), "--prompt", "x",
-        "--output", input.to_str().unwrap(),
+        "--model",
+        dev().to_str().unwrap(),
+        "--image",
+        input.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--output",
+        input.to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("is the input image"), "{}", stderr(&o));
@@ -196,9 +214,19 @@ fn long_prompt_warns_with_the_truncated_words() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.png");
     let o = run(&[
-        "--model", dev().to_str().unwrap(), "--image", img().to_str().unwrap(),
-        "--prompt", "a cat on a red sofa, watercolor painting with golden hour light and a lazy dog",
-        "--max-sequence-length", "8", "--steps", "2", "-q", "--output", out.to_str().unwrap(),
+        "--model",
+        dev().to_str().unwrap(),
+        "--image",
+        img().to_str().unwrap(),
+        "--prompt",
+        "a cat on a red sofa, watercolor painting with golden hour light and a lazy dog",
+        "--max-sequence-length",
+        "8",
+        "--steps",
+        "2",
+        "-q",
+        "--output",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);

@@ -27,7 +27,10 @@ fn base(model: &str) -> Vec<String> {
 }
 
 fn json_lines(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout).lines().map(|l| serde_json::from_str(l).expect("each stdout line is JSON")).collect()
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each stdout line is JSON"))
+        .collect()
 }
 
 fn pixels(p: &Path) -> Vec<u8> {
@@ -53,7 +56,15 @@ fn folder_with_a_corrupt_file_writes_the_rest_and_exits_1() {
     folder_with_images(&input, true);
     let out = t.path().join("out");
     let mut args = base(&schnell());
-    args.extend(["--image".into(), s(&input), "--output-dir".into(), s(&out), "--seed".into(), "5".into(), "--json".into()]);
+    args.extend([
+        "--image".into(),
+        s(&input),
+        "--output-dir".into(),
+        s(&out),
+        "--seed".into(),
+        "5".into(),
+        "--json".into(),
+    ]);
     let o = bin().args(&args).output().unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -67,10 +78,12 @@ fn folder_with_a_corrupt_file_writes_the_rest_and_exits_1() {
     let failed = lines.iter().find(|v| v["status"] == "failed").unwrap();
     assert!(failed["input"].as_str().unwrap().ends_with("b.png"));
     // Seeds: base + item index in the batch order (a, b, c).
-    let seeds: Vec<u64> = lines.iter().filter(|v| v["status"] == "written").map(|v| v["seed"].as_u64().unwrap()).collect();
+    let seeds: Vec<u64> =
+        lines.iter().filter(|v| v["status"] == "written").map(|v| v["seed"].as_u64().unwrap()).collect();
     assert_eq!(seeds, vec![5, 7]);
     // No temporary files left behind.
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
@@ -82,11 +95,27 @@ fn batch_items_equal_single_runs() {
     let input = t.path().join("in");
     folder_with_images(&input, false);
     let mut args = base(&schnell());
-    args.extend(["--image".into(), s(&input), "--output-dir".into(), s(&t.path().join("out")), "--seed".into(), "11".into(), "-q".into()]);
+    args.extend([
+        "--image".into(),
+        s(&input),
+        "--output-dir".into(),
+        s(&t.path().join("out")),
+        "--seed".into(),
+        "11".into(),
+        "-q".into(),
+    ]);
     assert_eq!(bin().args(&args).output().unwrap().status.code(), Some(0));
     let single = t.path().join("single.png");
     let mut args = base(&schnell());
-    args.extend(["--image".into(), s(&input.join("b.png")), "--seed".into(), "12".into(), "-o".into(), s(&single), "-q".into()]);
+    args.extend([
+        "--image".into(),
+        s(&input.join("b.png")),
+        "--seed".into(),
+        "12".into(),
+        "-o".into(),
+        s(&single),
+        "-q".into(),
+    ]);
     assert_eq!(bin().args(&args).output().unwrap().status.code(), Some(0));
     assert_eq!(pixels(&single), pixels(&t.path().join("out/b.png")));
 }
@@ -141,7 +170,15 @@ fn skip_existing_resumes() {
     folder_with_images(&input, false);
     let out = t.path().join("out");
     let mut args = base(&schnell());
-    args.extend(["--image".into(), s(&input), "--output-dir".into(), s(&out), "--seed".into(), "1".into(), "-q".into()]);
+    args.extend([
+        "--image".into(),
+        s(&input),
+        "--output-dir".into(),
+        s(&out),
+        "--seed".into(),
+        "1".into(),
+        "-q".into(),
+    ]);
     // First run "interrupted" after one image: simulate by running only a.png.
     let mut first = args.clone();
     let at = first.iter().position(|a| a == "--image").unwrap() + 1;
@@ -165,7 +202,9 @@ fn shards_cover_every_item_exactly_once() {
     let plan = |extra: &[&str]| {
         let mut args = base(&schnell());
         args.extend(["--image".into(), s(&input), "--output-dir".into(), s(&t.path().join("o"))]);
-        args.extend(["--seed", "9", "--strength", "0.5,0.9", "--num-images", "2", "--dry-run", "--json"].map(String::from));
+        args.extend(
+            ["--seed", "9", "--strength", "0.5,0.9", "--num-images", "2", "--dry-run", "--json"].map(String::from),
+        );
         args.extend(extra.iter().map(|x| x.to_string()));
         let o = bin().args(&args).output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -177,12 +216,18 @@ fn shards_cover_every_item_exactly_once() {
     for i in 0..3 {
         for v in plan(&["--shard", &format!("{i}/3")]) {
             assert_eq!(v["index"].as_u64().unwrap() % 3, i);
-            seen.push((v["index"].as_u64().unwrap(), v["seed"].as_u64().unwrap(), v["output"].as_str().unwrap().into()));
+            seen.push((
+                v["index"].as_u64().unwrap(),
+                v["seed"].as_u64().unwrap(),
+                v["output"].as_str().unwrap().into(),
+            ));
         }
     }
     seen.sort();
-    let whole: Vec<(u64, u64, String)> =
-        all.iter().map(|v| (v["index"].as_u64().unwrap(), v["seed"].as_u64().unwrap(), v["output"].as_str().unwrap().into())).collect();
+    let whole: Vec<(u64, u64, String)> = all
+        .iter()
+        .map(|v| (v["index"].as_u64().unwrap(), v["seed"].as_u64().unwrap(), v["output"].as_str().unwrap().into()))
+        .collect();
     assert_eq!(seen, whole, "the shards together are the batch, with the same seeds and names");
     let names: std::collections::HashSet<&str> = all.iter().map(|v| v["output"].as_str().unwrap()).collect();
     assert_eq!(names.len(), all.len(), "distinct output names");
@@ -211,11 +256,15 @@ fn sweep_writes_every_combination_and_json_has_the_schema() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let lines = json_lines(&o.stdout);
     assert_eq!(lines.len(), 4);
-    for name in ["gradient-80x80-s0.5-1.png", "gradient-80x80-s0.5-2.png", "gradient-80x80-s1-1.png", "gradient-80x80-s1-2.png"] {
+    for name in
+        ["gradient-80x80-s0.5-1.png", "gradient-80x80-s0.5-2.png", "gradient-80x80-s1-1.png", "gradient-80x80-s1-2.png"]
+    {
         assert!(out.join(name).exists(), "{name}");
     }
     let v = &lines[0];
-    for key in ["input", "output", "prompt", "strength", "steps", "steps_run", "start_sigma", "seed", "width", "height", "rng"] {
+    for key in
+        ["input", "output", "prompt", "strength", "steps", "steps_run", "start_sigma", "seed", "width", "height", "rng"]
+    {
         assert!(!v[key].is_null(), "{key} in {v}");
     }
     for key in ["text_encoding", "vae_encode", "load_transformer", "denoise", "vae_decode", "total"] {
@@ -241,7 +290,24 @@ fn metadata_round_trip() {
     let first = t.path().join("first.png");
     let mut args = base(&dev());
     args.extend(["--image".into(), s(&image("wide-100x60.png")), "-o".into(), s(&first)]);
-    args.extend(["--strength", "0.7", "--steps", "3", "--guidance", "5", "--seed", "77", "--width", "48", "--height", "48", "-q"].map(String::from));
+    args.extend(
+        [
+            "--strength",
+            "0.7",
+            "--steps",
+            "3",
+            "--guidance",
+            "5",
+            "--seed",
+            "77",
+            "--width",
+            "48",
+            "--height",
+            "48",
+            "-q",
+        ]
+        .map(String::from),
+    );
     assert_eq!(bin().args(&args).output().unwrap().status.code(), Some(0));
     let again = t.path().join("again.png");
     let o = bin().args(["--from-metadata", &s(&first), "-o", &s(&again), "-q"]).output().unwrap();
@@ -302,7 +368,17 @@ fn batch_usage_errors() {
     folder_with_images(&input, false);
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--image".into(), s(&input), "-o".into(), s(&t.path().join("x.png"))], "use --output-dir"),
-        (vec!["--image".into(), s(&input), "--output-dir".into(), s(&t.path().join("o")), "--name".into(), "same".into()], "would both write"),
+        (
+            vec![
+                "--image".into(),
+                s(&input),
+                "--output-dir".into(),
+                s(&t.path().join("o")),
+                "--name".into(),
+                "same".into(),
+            ],
+            "would both write",
+        ),
         (vec!["--image".into(), s(&input), "--name".into(), "{stem}-{bogus}".into()], "unknown placeholder"),
         (vec!["--image".into(), s(&t.path().join("*.jpg"))], "no file matches"),
         (vec!["--image".into(), s(&input), "--shard".into(), "3/3".into()], "not in 0..3"),
@@ -338,7 +414,15 @@ fn resize_modes_keep_size_and_grid() {
     let sizes = |extra: &[&str]| -> ((u64, u64), (u32, u32)) {
         let out = t.path().join("r.png");
         let mut args = base(&schnell());
-        args.extend(["--image".into(), wide.clone(), "-o".into(), s(&out), "--seed".into(), "1".into(), "--json".into()]);
+        args.extend([
+            "--image".into(),
+            wide.clone(),
+            "-o".into(),
+            s(&out),
+            "--seed".into(),
+            "1".into(),
+            "--json".into(),
+        ]);
         args.push("-q".into());
         if !extra.contains(&"--width") {
             args.extend(["--width", "64", "--height", "64"].map(String::from));
@@ -357,12 +441,21 @@ fn resize_modes_keep_size_and_grid() {
     assert_eq!(sizes(&["--resize", "pad"]), ((64, 64), (64, 64)));
     assert_eq!(sizes(&["--resize", "fit"]), ((64, 36), (64, 36)), "64×38.4 floored to the multiple of 4");
     // Working size capped at 2000 px (100×60 → 56×32), result given back at the input's 100×60.
-    assert_eq!(sizes(&["--width", "100", "--height", "60", "--max-megapixels", "0.002", "--keep-size"]), ((56, 32), (100, 60)));
+    assert_eq!(
+        sizes(&["--width", "100", "--height", "60", "--max-megapixels", "0.002", "--keep-size"]),
+        ((56, 32), (100, 60))
+    );
 
     // Grid: 2 inputs × (2 strengths × 2 seeds) → 2 rows of 4 cells of 256 px plus a 16 px label strip.
     let g = t.path().join("sheet.png");
     let mut args = base(&schnell());
-    args.extend(["--image".into(), wide.clone(), s(&image("tall-48x64.png")), "--output-dir".into(), s(&t.path().join("o"))]);
+    args.extend([
+        "--image".into(),
+        wide.clone(),
+        s(&image("tall-48x64.png")),
+        "--output-dir".into(),
+        s(&t.path().join("o")),
+    ]);
     args.extend(["--strength", "0.5,0.9", "--seed", "1,22", "-q", "--grid"].map(String::from));
     args.push(s(&g));
     let o = bin().args(&args).output().unwrap();
@@ -405,13 +498,21 @@ fn stdin_url_and_stdout() {
         let (mut conn, _) = listener.accept().unwrap();
         let mut req = [0u8; 4096];
         let _ = conn.read(&mut req).unwrap();
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", served.len());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            served.len()
+        );
         conn.write_all(head.as_bytes()).unwrap();
         conn.write_all(&served).unwrap();
     });
     let out = t.path().join("out");
     let mut args = base(&schnell());
-    args.extend(["--image".into(), format!("http://127.0.0.1:{port}/pics/cat.png?x=1"), "--output-dir".into(), s(&out)]);
+    args.extend([
+        "--image".into(),
+        format!("http://127.0.0.1:{port}/pics/cat.png?x=1"),
+        "--output-dir".into(),
+        s(&out),
+    ]);
     args.extend(["--seed", "3", "-q"].map(String::from));
     let o = bin().args(&args).output().unwrap();
     server.join().unwrap();
@@ -435,7 +536,8 @@ fn ctrl_c_finishes_the_current_image_and_prints_the_summary() {
     let mut args = base(&dev());
     args.extend(["--image".into(), s(&image("photo-96x64.png")), "--output-dir".into(), s(&out)]);
     args.extend(["--num-images", "400", "--seed", "1", "--steps", "8", "--strength", "1"].map(String::from));
-    let child = bin().args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child =
+        bin().args(&args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Wait for the first image, then interrupt.
     let start = std::time::Instant::now();
     while !out.join("photo-96x64-1.png").exists() {
@@ -448,7 +550,8 @@ fn ctrl_c_finishes_the_current_image_and_prints_the_summary() {
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(err.contains("summary:"), "{err}");
-    let names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     assert!(names.len() < 400, "stopped early");
     assert!(names.iter().all(|n| n.ends_with(".png") && !n.starts_with('.')), "no partial files: {names:?}");
     for n in &names {

@@ -4,7 +4,6 @@
 
 use crate::common::*;
 
-
 fn bfl(name: &str) -> String {
     fixtures().join("bfl-tiny-dev").join(name).to_string_lossy().into_owned()
 }
@@ -16,7 +15,10 @@ fn edit(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    args.extend(["--prompt", "a cat", "--seed", "5", "--steps", "4", "--max-sequence-length", "16", "-q", "--json"].map(String::from));
+    args.extend(
+        ["--prompt", "a cat", "--seed", "5", "--steps", "4", "--max-sequence-length", "16", "-q", "--json"]
+            .map(String::from),
+    );
     args.extend(["-o".to_string(), out.to_string_lossy().into_owned()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     bin().args(&args).output().unwrap()

@@ -42,7 +42,9 @@ fn cache_with_fixture(root: &Path, weights: bool) -> PathBuf {
 fn run_with(cache: &Path, model: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let image = fixtures().join("images/gradient-80x80.png");
     let mut args: Vec<String> = vec!["--model".into(), model.into(), "--image".into(), image.to_string_lossy().into()];
-    args.extend(["--prompt", "a cat", "--seed", "4", "--steps", "3", "--max-sequence-length", "16", "-q"].map(String::from));
+    args.extend(
+        ["--prompt", "a cat", "--seed", "4", "--steps", "3", "--max-sequence-length", "16", "-q"].map(String::from),
+    );
     args.extend(["-o".to_string(), out.to_string_lossy().into_owned()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     bin().args(&args).env("HF_HUB_CACHE", cache).env("HF_HUB_OFFLINE", "1").env_remove("HF_TOKEN").output().unwrap()
@@ -102,7 +104,11 @@ fn gated_repo_gives_one_actionable_line() {
             let mut buf = [0u8; 4096];
             let _ = c.read(&mut buf);
             let body = "{\"error\":\"Access to model black-forest-labs/FLUX.1-dev is restricted.\"}";
-            let _ = write!(c, "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = write!(
+                c,
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         }
     });
     let t = tempfile::tempdir().unwrap();

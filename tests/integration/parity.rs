@@ -132,10 +132,20 @@ fn default_size_follows_the_input_and_seed_is_reported() {
     let f = fixtures();
     // 100x60 input, tiny-dev's VAE needs multiples of 16: 96x48.
     let o = run(&[
-        "--model", f.join("tiny-dev").to_str().unwrap(),
-        "--image", f.join("images/wide-100x60.png").to_str().unwrap(),
-        "--prompt", "a cat", "--steps", "2", "--strength", "0.5", "--max-sequence-length", "16",
-        "--output", out.to_str().unwrap(),
+        "--model",
+        f.join("tiny-dev").to_str().unwrap(),
+        "--image",
+        f.join("images/wide-100x60.png").to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--strength",
+        "0.5",
+        "--max-sequence-length",
+        "16",
+        "--output",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (96, 48));
@@ -144,10 +154,21 @@ fn default_size_follows_the_input_and_seed_is_reported() {
     assert!(err.contains("seed "), "a random seed is reported: {err}");
     // Only --width: height follows the aspect ratio (64·60/100 = 38.4 → 32).
     let o = run(&[
-        "--model", f.join("tiny-dev").to_str().unwrap(),
-        "--image", f.join("images/wide-100x60.png").to_str().unwrap(),
-        "--prompt", "a cat", "--steps", "2", "--max-sequence-length", "16", "--width", "64", "-q",
-        "--output", out.to_str().unwrap(),
+        "--model",
+        f.join("tiny-dev").to_str().unwrap(),
+        "--image",
+        f.join("images/wide-100x60.png").to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--max-sequence-length",
+        "16",
+        "--width",
+        "64",
+        "-q",
+        "--output",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (64, 32));
@@ -161,12 +182,8 @@ fn png_carries_generation_parameters() {
     assert!(bin().args(args_for(case, out.to_str().unwrap())).status().unwrap().success());
     let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
     let reader = dec.read_info().unwrap();
-    let texts: Vec<(String, String)> = reader
-        .info()
-        .utf8_text
-        .iter()
-        .map(|t| (t.keyword.clone(), t.get_text().unwrap()))
-        .collect();
+    let texts: Vec<(String, String)> =
+        reader.info().utf8_text.iter().map(|t| (t.keyword.clone(), t.get_text().unwrap())).collect();
     let params = &texts.iter().find(|(k, _)| k == "parameters").expect("parameters chunk").1;
     assert!(params.starts_with(case["prompt"].as_str().unwrap()), "{params}");
     assert!(params.contains("Seed: 42") && params.contains("Denoising strength: 0.75"), "{params}");
