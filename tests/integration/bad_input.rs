@@ -241,3 +241,47 @@ fn no_cuda_in_a_cpu_build_is_a_clear_error() {
     let c = Case::new();
     c.fails(&dev(), &img(), &["--device", "cuda"], "built without CUDA");
 }
+
+/// A candle error carries a backtrace when backtraces are captured (RUST_LIB_BACKTRACE here; CI runners often set
+/// RUST_BACKTRACE): by default it is still one `error:` line; `-v` adds the chain and the backtrace.
+#[test]
+fn candle_errors_are_one_line_unless_verbose() {
+    let c = Case::new();
+    let gguf = c.tmp.path().join("broken.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(99u32.to_le_bytes()); // no such GGUF version: candle bails with a captured backtrace
+    std::fs::write(&gguf, bytes).unwrap();
+    let mut args = c.base(&dev(), &img());
+    args.extend(["--seed".into(), "1".into(), "--transformer".into(), gguf.to_string_lossy().into_owned()]);
+    let o = bin().args(&args).env("RUST_LIB_BACKTRACE", "1").env_remove("RUST_BACKTRACE").output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: model ") && err.contains("unreadable GGUF") && err.contains("99"), "{err}");
+    args.push("-v".into());
+    let o = bin().args(&args).env("RUST_LIB_BACKTRACE", "1").env_remove("RUST_BACKTRACE").output().unwrap();
+    assert!(stderr(&o).lines().count() > 3, "-v shows the chain and the backtrace: {}", stderr(&o));
+    std::fs::remove_file(&gguf).unwrap();
+    assert!(!c.out.exists());
+}
+
+/// Configs are validated on load: an empty or inconsistent list is one clear line naming the file, never a panic.
+#[test]
+fn inconsistent_configs_are_clear_errors() {
+    let c = Case::new();
+    let edits: [(&str, &str, serde_json::Value, &str); 3] = [
+        ("vae/config.json", "block_out_channels", serde_json::json!([]), "block_out_channels is empty"),
+        ("vae/config.json", "norm_num_groups", serde_json::json!(5), "multiple of norm_num_groups 5"),
+        ("transformer/config.json", "axes_dims_rope", serde_json::json!([4, 6, 8]), "not attention_head_dim 16"),
+    ];
+    for (file, key, value, needle) in edits {
+        let model = tempfile::tempdir().unwrap();
+        copy_dir(&dev(), model.path());
+        let path = model.path().join(file);
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let err = c.fails(model.path(), &img(), &["--seed", "1"], needle);
+        assert!(err.contains(file), "names the file: {err}");
+    }
+}
