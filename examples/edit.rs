@@ -1,6 +1,7 @@
 //! Library use: one edit with explicit parameters.
 //!   cargo run --release --example edit -- MODEL_DIR INPUT.png OUTPUT.png "a prompt"
-use flux_img2img::{engine, rng::RngKind, Mode, Request};
+use flux_img2img::rng::{RngKind, RngSettings};
+use flux_img2img::{engine, Mode, Request};
 use std::sync::Arc;
 
 fn main() -> anyhow::Result<()> {
@@ -14,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         steps: None,
         guidance: None,
         seed: Some(42),
-        rng: RngKind::TorchCpu,
+        rng: RngSettings { kind: RngKind::TorchCpu, ..Default::default() },
         width: None,
         height: None,
         max_sequence_length: 512,

@@ -32,9 +32,13 @@ pub fn check_output(output: &Path, input: Option<&Path>) -> Result<()> {
 pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
     let err = |msg: String| Error::output(path, msg);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".flux-img2img-")
-        .suffix(".png.part")
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".flux-img2img-").suffix(".png.part");
+    // Temporary files are private (0600) by default; the result should get the mode any new file gets (0666
+    // less the umask, usually 0644), which the open call applies to this request.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder
         .tempfile_in(dir)
         .map_err(|e| Error::output_from(path, format!("cannot create a file in {}", dir.display()), e))?;
     {

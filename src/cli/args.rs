@@ -4,7 +4,7 @@
 use super::values;
 use crate::image_io::ResizeMode;
 use crate::models::linear::Quant;
-use crate::rng::RngKind;
+use crate::rng::{CpuNoise, CudaGeometry, RngKind};
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -80,9 +80,18 @@ pub struct Args {
     /// Images per input with consecutive seeds (seed + k).
     #[arg(long, value_name = "N")]
     pub num_images: Option<usize>,
-    /// Noise generator to reproduce.
+    /// Noise generator to reproduce: torch-cpu (torch.Generator("cpu"), diffusers' CPU examples) or torch-cuda
+    /// (torch.Generator("cuda"), its GPU examples), on any device.
     #[arg(long, value_parser = values::named(RngKind::NAMES))]
     pub rng: Option<RngKind>,
+    /// GPU whose torch-cuda noise to reproduce: SMSxTHREADS (132x2048) or h100, h200, h100-pcie, a100, l40s, 4090,
+    /// 3090, l4, a10. Matters for latents above SMs x threads elements (about 1.1 MP on an H100).
+    /// [default: the CUDA device's, else 132x2048]
+    #[arg(long, value_name = "GPU")]
+    pub rng_gpu: Option<CudaGeometry>,
+    /// How torch-cpu draws bf16/f16 noise: current (torch 2.15+) or legacy (torch 2.11 and earlier).
+    #[arg(long, value_parser = values::named(CpuNoise::NAMES))]
+    pub torch_noise: Option<CpuNoise>,
     /// Output width in pixels, a multiple of 16 [default: from the input].
     #[arg(long)]
     pub width: Option<u32>,

@@ -9,6 +9,7 @@ use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, Batch, Input, Item, Options};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
+use crate::rng::RngSettings;
 use crate::source::Overrides;
 use candle_core::{DType, Device};
 use std::collections::HashMap;
@@ -90,6 +91,8 @@ impl Args {
         self.resize = self.resize.or(Some(r.resize));
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
+        self.rng_gpu = self.rng_gpu.or(r.rng_gpu.as_deref().and_then(|g| g.parse().ok()));
+        self.torch_noise = self.torch_noise.or(r.torch_noise);
     }
 
     /// Range checks of single values.
@@ -147,7 +150,11 @@ impl Args {
             steps: self.steps,
             guidance: self.guidance,
             seed: None,
-            rng: self.rng.unwrap_or_default(),
+            rng: RngSettings {
+                kind: self.rng.unwrap_or_default(),
+                gpu: self.rng_gpu,
+                cpu_noise: self.torch_noise.unwrap_or_default(),
+            },
             width: self.width,
             height: self.height,
             max_sequence_length: self.max_sequence_length.unwrap_or(DEFAULT_MAX_SEQUENCE_LENGTH),

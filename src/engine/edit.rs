@@ -9,7 +9,7 @@ use super::Plan;
 use crate::config::VaeConfig;
 use crate::image_io::{self, ResizeMode};
 use crate::models::transformer::{FluxTransformer, Inputs};
-use crate::rng::NoiseSource;
+use crate::rng::{NoiseSource, Precision};
 use crate::schedule::Schedule;
 use candle_core::{DType, Device, Result, Tensor};
 use image::RgbImage;
@@ -61,7 +61,9 @@ pub fn pixel_key(img: &RgbImage) -> u64 {
 /// Noise of `shape` from the generator's next draws, in `like`'s dtype and device.
 fn draw(gen: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
     let shape = like.shape();
-    Tensor::from_vec(gen.randn(shape.elem_count()), shape, like.device())?.to_dtype(like.dtype())
+    // diffusers asks the generator for the pipeline's dtype; reduced precision is drawn as such.
+    let noise = gen.randn(shape.elem_count(), Precision::of(like.dtype()));
+    Tensor::from_vec(noise, shape, like.device())?.to_dtype(like.dtype())
 }
 
 /// Posterior sample (draw #1), initial noise (draw #2), both mixed at `sigma` and packed.

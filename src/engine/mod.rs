@@ -32,6 +32,28 @@ pub fn run(req: &Request, progress: Arc<dyn Progress>) -> Result<Report> {
     Session::open(&dir, &req.overrides, &req.device, req.dtype, progress)?.run(req)
 }
 
+/// The geometry of `device` for reproducing its CUDA generator: read from the GPU, or an H100's on the CPU.
+pub fn gpu_geometry(device: &candle_core::Device) -> crate::rng::CudaGeometry {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        if let Some(g) = cuda_geometry(d) {
+            return g;
+        }
+    }
+    let _ = device;
+    crate::rng::CudaGeometry::H100
+}
+
+/// SM count and threads per SM from the driver.
+#[cfg(feature = "cuda")]
+fn cuda_geometry(d: &candle_core::CudaDevice) -> Option<crate::rng::CudaGeometry> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let ctx = d.cuda_stream().context().clone();
+    let sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ok()?;
+    let threads = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR).ok()?;
+    Some(crate::rng::CudaGeometry { sms: sms as u32, threads_per_sm: threads as u32 })
+}
+
 /// A seed below 2^32: torch keeps only the low 32 bits, so larger ones would only confuse.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -5,6 +5,7 @@ use super::request::{Request, DEFAULT_GUIDANCE, DEFAULT_STEPS_DEV, DEFAULT_STEPS
 use crate::config::ModelConfigs;
 use crate::error::{Error, Result};
 use crate::image_io::{self, floor_to_multiple, ResizeMode};
+use crate::rng::{CudaGeometry, RngKind};
 use crate::schedule::{self, Schedule};
 
 /// Above this many pixels the size is worth a warning (FLUX.1 is trained up to about 2 MP).
@@ -23,6 +24,8 @@ pub struct Plan {
     pub steps: usize,
     pub guidance: Option<f64>,
     pub seed: u64,
+    /// The GPU whose CUDA generator is reproduced (torch-cuda only).
+    pub rng_gpu: Option<CudaGeometry>,
     pub schedule: Schedule,
     /// Remarks for the user (large size, ignored flags); the plan is still valid.
     pub warnings: Vec<String>,
@@ -37,8 +40,9 @@ pub fn defaults(guidance_embeds: bool) -> (usize, Option<f64>) {
     }
 }
 
-/// Plans `req` for an input of `input` pixels with `seed`.
-pub fn plan(req: &Request, cfg: &ModelConfigs, input: (u32, u32), seed: u64) -> Result<Plan> {
+/// Plans `req` for an input of `input` pixels with `seed`; `gpu` is the CUDA generator's geometry when the
+/// request names none (the device's, or an H100's on the CPU).
+pub fn plan(req: &Request, cfg: &ModelConfigs, input: (u32, u32), seed: u64, gpu: CudaGeometry) -> Result<Plan> {
     let multiple = cfg.vae.size_multiple();
     check_size_flags(req, multiple)?;
     let mut warnings = Vec::new();
@@ -60,16 +64,26 @@ pub fn plan(req: &Request, cfg: &ModelConfigs, input: (u32, u32), seed: u64) -> 
             1.0 / steps as f64
         )));
     }
-    let (width_u, height_u) = (width, height);
+    let rng_gpu = (req.rng.kind == RngKind::TorchCuda).then(|| req.rng.gpu.unwrap_or(gpu));
+    let latent_elems = cfg.vae.latent_channels * (height as usize / vae_scale) * (width as usize / vae_scale);
+    if let (Some(g), None) = (rng_gpu, req.rng.gpu) {
+        if latent_elems > g.max_independent() {
+            warnings.push(format!(
+                "torch-cuda noise for {latent_elems} latent values depends on the GPU's size; this reproduces a {g} \
+                 (SMs x threads per SM) GPU — give --rng-gpu for another (e.g. 4090, l4, a100)"
+            ));
+        }
+    }
     Ok(Plan {
-        width: width_u,
-        height: height_u,
+        width,
+        height,
         input_size: input,
         crop,
         resize: req.resize,
         steps,
         guidance,
         seed,
+        rng_gpu,
         schedule,
         warnings,
     })

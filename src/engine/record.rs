@@ -5,7 +5,7 @@
 use super::{Plan, Request};
 use crate::image_io::ResizeMode;
 use crate::models::linear::Quant;
-use crate::rng::RngKind;
+use crate::rng::{CpuNoise, RngKind};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -27,6 +27,12 @@ pub struct EditRecord {
     pub guidance: Option<f64>,
     pub seed: u64,
     pub rng: RngKind,
+    /// The GPU geometry the CUDA generator reproduced (`132x2048`), torch-cuda only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rng_gpu: Option<String>,
+    /// How bf16/fp16 CPU noise was drawn, torch-cpu at reduced precision only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch_noise: Option<CpuNoise>,
     pub resize: ResizeMode,
     pub max_megapixels: Option<f64>,
     pub keep_size: bool,
@@ -58,7 +64,10 @@ impl EditRecord {
             mu: s.mu,
             guidance: plan.guidance,
             seed: plan.seed,
-            rng: req.rng,
+            rng: req.rng.kind,
+            rng_gpu: plan.rng_gpu.map(|g| g.to_string()),
+            torch_noise: (req.rng.kind == RngKind::TorchCpu && req.dtype != candle_core::DType::F32)
+                .then_some(req.rng.cpu_noise),
             resize: plan.resize,
             max_megapixels: req.max_megapixels,
             keep_size: req.keep_size,

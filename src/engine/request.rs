@@ -3,7 +3,7 @@
 
 use crate::image_io::ResizeMode;
 use crate::models::linear::Quant;
-use crate::rng::RngKind;
+use crate::rng::RngSettings;
 use crate::source::Overrides;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,8 @@ pub struct Request {
     pub guidance: Option<f64>,
     /// None: a random seed, reported in the plan.
     pub seed: Option<u64>,
-    pub rng: RngKind,
+    /// Generator, its GPU geometry (torch-cuda) and reduced-precision era (torch-cpu).
+    pub rng: RngSettings,
     pub width: Option<u32>,
     pub height: Option<u32>,
     /// T5 prompt length in tokens.

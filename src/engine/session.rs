@@ -140,7 +140,8 @@ impl Session {
 
     /// The plan for `req` given its input's size (a random seed is drawn when the request has none).
     pub fn plan(&self, req: &Request, input_size: (u32, u32)) -> Result<Plan> {
-        plan::plan(req, &self.configs, input_size, req.seed.unwrap_or_else(super::random_seed))
+        let seed = req.seed.unwrap_or_else(super::random_seed);
+        plan::plan(req, &self.configs, input_size, seed, super::gpu_geometry(&self.device))
     }
 
     /// Encodes every prompt not yet cached, loading the text encoders once and dropping them afterwards.
@@ -248,7 +249,7 @@ impl Session {
                 (mean, logvar)
             }
         };
-        let mut gen = rng::generator(req.rng, plan.seed);
+        let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(rng::CudaGeometry::H100));
         let latent = edit::LatentSpace::of(&self.configs.vae);
         Ok(edit::start_latents(&mean, &logvar, gen.as_mut(), &latent, plan.schedule.start_sigma())?)
     }

@@ -5,6 +5,9 @@
 //! - n ≥ 16: all n uniforms are drawn first, then transformed in chunks of 16 (cos branch in the first 8, sin
 //!   branch in the next 8); a tail that is not a multiple of 16 is recomputed from 16 fresh uniforms.
 //! - n < 16: the scalar double-precision Box-Muller, whose second value is cached in the generator.
+//! - bf16/fp16 with n ≥ 16 depend on torch's version (§11.7, [`CpuNoise`]): `Current` computes each chunk of 16
+//!   in float32 right after drawing its uniforms, then rounds; `Legacy` draws 8/11-bit uniforms and rounds every
+//!   step of the Box-Muller to the reduced type.
 //!
 //! The FMA placement below mirrors what GCC emitted for torch's shipped binaries; without it about 1 % of values
 //! differ by an ulp (measured in the spec), which is why `mul_add` appears exactly where it does.
@@ -12,7 +15,7 @@
 // The polynomial coefficients are torch's (Sleef-derived) constants, written out in full on purpose.
 #![allow(clippy::excessive_precision)]
 
-use super::NoiseSource;
+use super::{CpuNoise, NoiseSource, Precision};
 
 const MT_N: usize = 624;
 const MT_M: usize = 397;
@@ -71,11 +74,17 @@ pub struct TorchCpuGenerator {
     mt: Mt19937,
     /// The second value of the last scalar Box-Muller pair (`next_double_normal_sample` in torch).
     cached_normal: Option<f64>,
+    noise: CpuNoise,
 }
 
 impl TorchCpuGenerator {
     pub fn new(seed: u64) -> Self {
-        Self { mt: Mt19937::new(seed as u32), cached_normal: None }
+        Self::with_noise(seed, CpuNoise::Current)
+    }
+
+    /// A generator whose bf16/fp16 draws follow `noise`'s torch versions.
+    pub fn with_noise(seed: u64, noise: CpuNoise) -> Self {
+        Self { mt: Mt19937::new(seed as u32), cached_normal: None, noise }
     }
 
     fn uniform_f32(&mut self) -> f32 {
@@ -101,10 +110,21 @@ impl TorchCpuGenerator {
 }
 
 impl NoiseSource for TorchCpuGenerator {
-    fn randn(&mut self, n: usize) -> Vec<f32> {
+    fn randn(&mut self, n: usize, precision: Precision) -> Vec<f32> {
         if n < 16 {
-            return (0..n).map(|_| self.scalar_normal() as f32).collect();
+            return (0..n).map(|_| precision.round(self.scalar_normal() as f32)).collect();
         }
+        match (precision, self.noise) {
+            (Precision::F32, _) => self.randn_f32(n),
+            (_, CpuNoise::Current) => self.randn_interleaved(n, precision),
+            (_, CpuNoise::Legacy) => self.randn_legacy(n, precision),
+        }
+    }
+}
+
+impl TorchCpuGenerator {
+    /// float32, n ≥ 16: every uniform first, then the chunks; a ragged tail is redrawn.
+    fn randn_f32(&mut self, n: usize) -> Vec<f32> {
         let mut uniforms: Vec<f32> = (0..n).map(|_| self.uniform_f32()).collect();
         let mut out = vec![0f32; n];
         let mut offset = 0;
@@ -120,6 +140,59 @@ impl NoiseSource for TorchCpuGenerator {
             box_muller_16(&uniforms[n - 16..], &mut out[n - 16..]);
         }
         out
+    }
+
+    /// bf16/fp16 in torch ≥ 2.15: each chunk's 16 uniforms drawn just before it is computed in float32, the tail
+    /// window from the 16 draws right after the last full chunk; values rounded once.
+    fn randn_interleaved(&mut self, n: usize, precision: Precision) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        let chunk = |gen: &mut Self, at: usize, out: &mut [f32]| {
+            let u: Vec<f32> = (0..16).map(|_| gen.uniform_f32()).collect();
+            box_muller_16(&u, &mut out[at..at + 16]);
+        };
+        let full = n / 16;
+        for c in 0..full {
+            chunk(self, 16 * c, &mut out);
+        }
+        if n % 16 != 0 {
+            chunk(self, n - 16, &mut out);
+        }
+        precision.round_in_place(&mut out);
+        out
+    }
+
+    /// bf16/fp16 in torch ≤ 2.11: coarse uniforms, then every step rounded to the reduced type.
+    fn randn_legacy(&mut self, n: usize, precision: Precision) -> Vec<f32> {
+        let (mask, scale) = match precision {
+            Precision::F16 => (0x7ff, 2048.0),
+            _ => (0xff, 256.0),
+        };
+        let uniform = |gen: &mut Self| (gen.mt.next_u32() & mask) as f32 / scale;
+        let mut u: Vec<f32> = (0..n).map(|_| uniform(self)).collect();
+        let mut out = vec![0f32; n];
+        for c in 0..n / 16 {
+            legacy_16(&u[16 * c..16 * c + 16], &mut out[16 * c..16 * c + 16], precision);
+        }
+        if n % 16 != 0 {
+            for x in u[n - 16..].iter_mut() {
+                *x = uniform(self);
+            }
+            legacy_16(&u[n - 16..], &mut out[n - 16..], precision);
+        }
+        out
+    }
+}
+
+/// torch's scalar `normal_fill_16` on reduced-precision values: every operation rounded to `p`.
+fn legacy_16(u: &[f32], out: &mut [f32], p: Precision) {
+    let r = |x: f32| p.round(x);
+    for j in 0..8 {
+        let u1 = r(1.0 - u[j]);
+        let radius = r(r(-2.0 * r(u1.ln())).sqrt());
+        let theta = r((std::f64::consts::TAU * u[8 + j] as f64) as f32);
+        // `* std + mean` with std 1 and mean 0, each rounded; + 0 turns -0 into +0.
+        out[j] = r(r(radius * r(theta.cos())) + 0.0);
+        out[8 + j] = r(r(radius * r(theta.sin())) + 0.0);
     }
 }
 
@@ -231,7 +304,7 @@ mod tests {
 
     #[test]
     fn randn_large_seed0_bits() {
-        let v = TorchCpuGenerator::new(0).randn(262_144);
+        let v = TorchCpuGenerator::new(0).randn(262_144, Precision::F32);
         let bits: Vec<u32> = v[..8].iter().map(|x| x.to_bits()).collect();
         assert_eq!(
             bits,
@@ -246,7 +319,7 @@ mod tests {
 
     #[test]
     fn randn_large_seed42_bits() {
-        let v = TorchCpuGenerator::new(42).randn(262_144);
+        let v = TorchCpuGenerator::new(42).randn(262_144, Precision::F32);
         let bits: Vec<u32> = v[..8].iter().map(|x| x.to_bits()).collect();
         assert_eq!(
             bits,
@@ -256,7 +329,7 @@ mod tests {
 
     #[test]
     fn randn_tail_window() {
-        let v = TorchCpuGenerator::new(0).randn(20);
+        let v = TorchCpuGenerator::new(0).randn(20, Precision::F32);
         assert_close(
             &v,
             &[
@@ -286,7 +359,7 @@ mod tests {
 
     #[test]
     fn randn_scalar_path_caches_pairs() {
-        let v = TorchCpuGenerator::new(0).randn(5);
+        let v = TorchCpuGenerator::new(0).randn(5, Precision::F32);
         assert_close(&v, &[1.54099607, -0.293428898, -2.17878938, 0.568431258, -1.08452237]);
     }
 
@@ -294,16 +367,74 @@ mod tests {
     fn pipeline_draw_order_1024() {
         // VAE posterior noise first, then the initial noise, from one generator (docs/spec-flux1-img2img.md §11.8).
         let mut g = TorchCpuGenerator::new(0);
-        let eps = g.randn(16 * 128 * 128);
-        let noise = g.randn(16 * 128 * 128);
+        let eps = g.randn(16 * 128 * 128, Precision::F32);
+        let noise = g.randn(16 * 128 * 128, Precision::F32);
         assert_close(&eps[..4], &[-1.12583983, -1.1523602, -0.250578582, -0.433878809]);
         assert_close(&noise[..4], &[-2.18566275, -0.834281862, 0.190620512, -0.713720381]);
     }
 
     #[test]
     fn only_low_32_bits_of_seed_count() {
-        let a = TorchCpuGenerator::new(7).randn(32);
-        let b = TorchCpuGenerator::new(7 + (1u64 << 32)).randn(32);
+        let a = TorchCpuGenerator::new(7).randn(32, Precision::F32);
+        let b = TorchCpuGenerator::new(7 + (1u64 << 32)).randn(32, Precision::F32);
         assert_eq!(a, b);
+    }
+
+    /// bf16/fp16 noise of torch 2.15 ("current"): sizes on and off the 16-grid, scalar sizes, the next call.
+    #[test]
+    fn reduced_precision_current_era_matches_torch_2_15() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/rng-torch-cpu/torch-2.15-bf16-fp16.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let floats = |x: &serde_json::Value| -> Vec<f32> {
+            x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap() as f32).collect()
+        };
+        let mut checked = 0;
+        for (key, want) in v["vectors"].as_object().unwrap() {
+            let mut parts = key.split('_');
+            let p = match parts.next().unwrap() {
+                "bfloat16" => Precision::Bf16,
+                _ => Precision::F16,
+            };
+            let n: usize = parts.next().unwrap().parse().unwrap();
+            let seed: u64 = parts.next().unwrap().parse().unwrap();
+            let mut g = TorchCpuGenerator::with_noise(seed, CpuNoise::Current);
+            let first = g.randn(n, p);
+            let second = g.randn(n, p);
+            let k = n.min(8);
+            assert_eq!(first[..k], floats(&want["first"])[..k], "{key} first");
+            assert_eq!(first[n - k..], floats(&want["last"])[..], "{key} last");
+            assert_eq!(second[..n.min(4)], floats(&want["second_first"])[..], "{key} next call");
+            let sum: f64 = first.iter().map(|&x| x as f64).sum();
+            assert!((sum - want["sum"].as_f64().unwrap()).abs() < 1e-9, "{key} sum");
+            checked += 1;
+        }
+        assert_eq!(checked, 20);
+    }
+
+    /// torch ≤ 2.11 ("legacy"), the spec's verified values (torch 2.7.1): coarse bf16 normals.
+    #[test]
+    fn reduced_precision_legacy_era_matches_spec() {
+        let first8 =
+            |seed| TorchCpuGenerator::with_noise(seed, CpuNoise::Legacy).randn(262_144, Precision::Bf16)[..8].to_vec();
+        assert_eq!(
+            first8(0),
+            [1.4609375, 0.291015625, 0.9609375, 1.5703125, 0.494140625, -1.515625, -0.25, 0.57421875]
+        );
+        assert_eq!(
+            first8(42),
+            [-0.80859375, -1.53125, 0.40625, 0.171875, -0.247070312, 0.204101562, -0.87890625, -0.38671875]
+        );
+        // The two eras agree on nothing but f32 noise.
+        let cur = TorchCpuGenerator::with_noise(0, CpuNoise::Current).randn(64, Precision::Bf16);
+        let f32s = TorchCpuGenerator::new(0).randn(64, Precision::F32);
+        assert_eq!(
+            cur,
+            f32s.iter().map(|&x| Precision::Bf16.round(x)).collect::<Vec<_>>(),
+            "multiple of 16: f32 rounded"
+        );
+        let legacy = TorchCpuGenerator::with_noise(0, CpuNoise::Legacy).randn(64, Precision::Bf16);
+        assert!(legacy.iter().all(|x| x.abs() <= 3.34), "legacy bf16 noise is bounded by its 8-bit uniforms");
+        assert_ne!(cur, legacy);
     }
 }

@@ -21,7 +21,10 @@ pub fn plan(req: &Request, plan: &Plan) -> String {
         s.mu.map(|m| format!("shift mu {m:.4} (dynamic)")).unwrap_or_else(|| "static shift".into()),
         plan.guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into()),
         plan.seed,
-        req.rng,
+        match plan.rng_gpu {
+            Some(g) => format!("{} as on a {g} GPU", req.rng.kind),
+            None => req.rng.kind.to_string(),
+        },
     )
 }
 

@@ -558,3 +558,37 @@ fn ctrl_c_finishes_the_current_image_and_prints_the_summary() {
         image::open(out.join(n)).expect("every written image is complete");
     }
 }
+
+/// Outputs get the mode any new file gets under the umask (0644 with umask 022), not a temporary file's 0600.
+#[cfg(unix)]
+#[test]
+fn outputs_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let t = tempfile::tempdir().unwrap();
+    for (umask, mode) in [(0o022, 0o644), (0o027, 0o640)] {
+        let out = t.path().join(format!("u{umask:o}.png"));
+        let mut args = base(&schnell());
+        args.extend([
+            "--image".into(),
+            s(&image("tall-48x64.png")),
+            "--seed".into(),
+            "1".into(),
+            "-q".into(),
+            "-o".into(),
+            s(&out),
+        ]);
+        let mut cmd = bin();
+        cmd.args(&args);
+        // SAFETY: umask is async-signal-safe; it only sets the child's file-creation mask before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        let o = cmd.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, mode, "umask {umask:o}");
+    }
+}
