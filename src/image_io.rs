@@ -51,6 +51,20 @@ pub fn target_size(input: (u32, u32), width: Option<u32>, height: Option<u32>, m
     }
 }
 
+/// Peak signal-to-noise ratio of two 8-bit RGB images in dB (∞ when identical; 0 when the sizes differ).
+pub fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
+    if a.dimensions() != b.dimensions() {
+        return 0.0;
+    }
+    let n = a.as_raw().len() as f64;
+    let mse = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum::<f64>() / n;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
 /// `v` rounded down to a multiple of `multiple`, at least `multiple` (sizes the latent grid can hold).
 pub fn floor_to_multiple(v: f64, multiple: u32) -> u32 {
     ((v / multiple as f64).floor() as u32).max(1) * multiple

@@ -22,6 +22,7 @@ pub mod models;
 pub mod output;
 pub mod rng;
 pub mod schedule;
+pub mod smoke;
 pub mod source;
 pub mod text;
 pub mod ui;

@@ -3,7 +3,8 @@
 //! (and a one-item run that fails), 130 interrupted.
 
 use clap::Parser;
-use flux_img2img::{batch, cli::Args, ui::lines, ui::Ui};
+use flux_img2img::cli::{Args, Command};
+use flux_img2img::{batch, smoke, ui::lines, ui::Ui};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,6 +12,9 @@ fn main() -> ExitCode {
     tune_allocator();
     let args = Args::parse();
     let ui = Arc::new(Ui::new(args.quiet, args.verbose));
+    if let Some(Command::Smoke(s)) = &args.command {
+        return ExitCode::from(smoke::command(s, &ui));
+    }
     let dry_run = args.dry_run;
     let batch = match args.into_batch() {
         Ok(b) => b,

@@ -31,8 +31,17 @@ Example:
 
 /// Edit images with FLUX.1 (dev or schnell) by SDEdit, matching diffusers' FluxImg2ImgPipeline.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "flux-img2img", version, about, after_help = AFTER_HELP, allow_negative_numbers = true)]
+#[command(
+    name = "flux-img2img",
+    version,
+    about,
+    after_help = AFTER_HELP,
+    allow_negative_numbers = true,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// FLUX.1 pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or dev / schnell
     /// (black-forest-labs/FLUX.1-dev / -schnell). Also read from FLUX_MODEL or MODEL_PATH.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
@@ -164,4 +173,28 @@ pub enum DTypeArg {
     F32,
     Bf16,
     F16,
+}
+
+/// Commands besides editing.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Check this installation: run the tiny pipeline embedded in the binary on a device and compare the image with
+    /// diffusers' own (PSNR). Exit 0 pass, 1 mismatch, 2 cannot run (no CUDA in this build, no driver, out of memory).
+    Smoke(SmokeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SmokeArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "FLUX_DEVICE")]
+    pub device: String,
+    /// Precision [default: f32 on CPU, bf16 on CUDA].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DTypeArg>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }

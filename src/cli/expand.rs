@@ -400,7 +400,7 @@ fn check_strength(v: &f64) -> Option<String> {
 }
 
 /// The compute precision: asked for, or f32 on CPU and bf16 on CUDA.
-fn dtype_for(asked: Option<DTypeArg>, device: &Device) -> Result<DType> {
+pub fn dtype_for(asked: Option<DTypeArg>, device: &Device) -> Result<DType> {
     let dtype = match asked {
         Some(DTypeArg::F32) => DType::F32,
         Some(DTypeArg::Bf16) => DType::BF16,

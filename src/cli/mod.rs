@@ -8,5 +8,5 @@ mod expand;
 pub mod manifest;
 mod values;
 
-pub use args::{Args, DTypeArg};
-pub use expand::{parse_device, parse_shard};
+pub use args::{Args, Command, DTypeArg, SmokeArgs};
+pub use expand::{dtype_for, parse_device, parse_shard};

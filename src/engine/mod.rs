@@ -47,7 +47,7 @@ pub fn gpu_geometry(device: &candle_core::Device) -> crate::rng::CudaGeometry {
 /// SM count and threads per SM from the driver.
 #[cfg(feature = "cuda")]
 fn cuda_geometry(d: &candle_core::CudaDevice) -> Option<crate::rng::CudaGeometry> {
-    use cudarc::driver::sys::CUdevice_attribute as A;
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
     let ctx = d.cuda_stream().context().clone();
     let sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ok()?;
     let threads = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR).ok()?;

@@ -7,3 +7,4 @@ mod common;
 mod formats;
 mod hub;
 mod parity;
+mod smoke;
