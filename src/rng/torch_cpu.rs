@@ -380,36 +380,40 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    /// bf16/fp16 noise of torch 2.15 ("current"): sizes on and off the 16-grid, scalar sizes, the next call.
+    /// bf16/fp16 noise as torch 2.15 ("current") and torch 2.9 ("legacy") drew it: sizes on and off the 16-grid,
+    /// scalar sizes, the next call on the same generator (scripts/make_cpu_noise_vectors.py).
     #[test]
-    fn reduced_precision_current_era_matches_torch_2_15() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/rng-torch-cpu/torch-2.15-bf16-fp16.json");
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let floats = |x: &serde_json::Value| -> Vec<f32> {
-            x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap() as f32).collect()
-        };
-        let mut checked = 0;
-        for (key, want) in v["vectors"].as_object().unwrap() {
-            let mut parts = key.split('_');
-            let p = match parts.next().unwrap() {
-                "bfloat16" => Precision::Bf16,
-                _ => Precision::F16,
+    fn reduced_precision_matches_torch_2_15_and_2_9() {
+        for (file, noise) in
+            [("torch-2.15-bf16-fp16.json", CpuNoise::Current), ("torch-2.9-bf16-fp16.json", CpuNoise::Legacy)]
+        {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rng-torch-cpu");
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+            let floats = |x: &serde_json::Value| -> Vec<f32> {
+                x.as_array().unwrap().iter().map(|f| f.as_f64().unwrap() as f32).collect()
             };
-            let n: usize = parts.next().unwrap().parse().unwrap();
-            let seed: u64 = parts.next().unwrap().parse().unwrap();
-            let mut g = TorchCpuGenerator::with_noise(seed, CpuNoise::Current);
-            let first = g.randn(n, p);
-            let second = g.randn(n, p);
-            let k = n.min(8);
-            assert_eq!(first[..k], floats(&want["first"])[..k], "{key} first");
-            assert_eq!(first[n - k..], floats(&want["last"])[..], "{key} last");
-            assert_eq!(second[..n.min(4)], floats(&want["second_first"])[..], "{key} next call");
-            let sum: f64 = first.iter().map(|&x| x as f64).sum();
-            assert!((sum - want["sum"].as_f64().unwrap()).abs() < 1e-9, "{key} sum");
-            checked += 1;
+            let mut checked = 0;
+            for (key, want) in v["vectors"].as_object().unwrap() {
+                let mut parts = key.split('_');
+                let p = match parts.next().unwrap() {
+                    "bfloat16" => Precision::Bf16,
+                    _ => Precision::F16,
+                };
+                let n: usize = parts.next().unwrap().parse().unwrap();
+                let seed: u64 = parts.next().unwrap().parse().unwrap();
+                let mut g = TorchCpuGenerator::with_noise(seed, noise);
+                let first = g.randn(n, p);
+                let second = g.randn(n, p);
+                let k = n.min(8);
+                assert_eq!(first[..k], floats(&want["first"])[..k], "{file} {key} first");
+                assert_eq!(first[n - k..], floats(&want["last"])[..], "{file} {key} last");
+                assert_eq!(second[..n.min(4)], floats(&want["second_first"])[..], "{file} {key} next call");
+                let sum: f64 = first.iter().map(|&x| x as f64).sum();
+                assert!((sum - want["sum"].as_f64().unwrap()).abs() < 1e-9, "{file} {key} sum");
+                checked += 1;
+            }
+            assert_eq!(checked, 20);
         }
-        assert_eq!(checked, 20);
     }
 
     /// torch ≤ 2.11 ("legacy"), the spec's verified values (torch 2.7.1): coarse bf16 normals.
