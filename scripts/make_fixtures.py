@@ -10,7 +10,10 @@ Writes tests/fixtures/:
                          and the same run with another prompt / guidance / seed. Those must be far below the 45 dB
                          parity threshold, or a broken text encoder or RNG would still pass the parity tests.
 
-Usage: python scripts/make_fixtures.py [--out tests/fixtures]
+  cases-cuda-rng.json    (--only cuda-rng) the same pipeline fed the noise an H100's torch.Generator("cuda") gave
+                         (../shared/rng-torch-cuda), the reference for --rng torch-cuda
+
+Usage: python scripts/make_fixtures.py [--out tests/fixtures] [--only base,cuda-rng] [--shared ../shared]
 Needs: torch, diffusers, transformers, tokenizers, pillow, numpy (see scripts/requirements.txt).
 """
 import argparse
@@ -234,11 +237,57 @@ CASES = [
 ]
 
 
+def gpu_noise(shared: Path, names):
+    """A randn_tensor stand-in that returns the H100's vectors in order (the pipeline draws posterior noise, then
+    the initial noise), so diffusers runs on the CPU with exactly the noise torch.Generator("cuda") gave."""
+    queue = [np.fromfile(shared / "rng-torch-cuda" / n, dtype=np.float32) for n in names]
+
+    def draw(shape, generator=None, device=None, dtype=None, layout=None):
+        v = queue.pop(0)
+        assert v.size == math.prod(shape), (shape, v.size)
+        return torch.from_numpy(v.copy()).reshape(shape).to(dtype=dtype)
+    return draw
+
+
+def cuda_rng_cases(out: Path, shared: Path):
+    """The dev-square case with the H100's seed-7 noise ([1,16,8,8] = tiny-dev's latents at 64x64)."""
+    import diffusers.models.autoencoders.vae as vae_mod
+    import diffusers.pipelines.flux.pipeline_flux_img2img as img2img_mod
+    case = dict(CASES[0], name="dev-cuda-rng", seed=7, rng="torch-cuda", rng_gpu="132x2048")
+    pipe = FluxImg2ImgPipeline.from_pretrained(out / case["model"], torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    saved = (vae_mod.randn_tensor, img2img_mod.randn_tensor)
+    draw = gpu_noise(shared, ["seed7_small_0.f32", "seed7_small_1.f32"])
+    vae_mod.randn_tensor = img2img_mod.randn_tensor = draw
+    try:
+        ref = run(pipe, case, out / "images")
+    finally:
+        vae_mod.randn_tensor, img2img_mod.randn_tensor = saved
+    ref.save(out / "expected" / f"{case['name']}.png")
+    # The CPU generator with the same seed: how far the reference is from what torch-cpu would give.
+    case["sensitivity_psnr_db"] = {"rng": psnr(ref, run(pipe, case, out / "images"))}
+    case["expected"] = f"expected/{case['name']}.png"
+    (out / "cases-cuda-rng.json").write_text(json.dumps({"generator": "scripts/make_fixtures.py --only cuda-rng",
+                                                         "cases": [case]}, indent=1) + "\n")
+    print(json.dumps(case))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "tests" / "fixtures"))
+    ap.add_argument("--only", default="base", help="comma-separated groups: base, cuda-rng")
+    ap.add_argument("--shared", default=str(Path(__file__).resolve().parent.parent.parent / "shared"))
     args = ap.parse_args()
     out = Path(args.out)
+    groups = set(args.only.split(","))
+    torch.set_num_threads(2)
+    if "cuda-rng" in groups:
+        cuda_rng_cases(out, Path(args.shared))
+    if "base" in groups:
+        base_cases(out)
+
+
+def base_cases(out: Path):
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "expected").mkdir(parents=True, exist_ok=True)
     for name, (w, h, seed) in IMAGES.items():

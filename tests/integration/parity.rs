@@ -191,3 +191,35 @@ fn png_carries_generation_parameters() {
     assert_eq!(json["steps_run"], 6);
     assert_eq!(json["t_start"], 2);
 }
+
+/// `--rng torch-cuda` against diffusers fed the noise an H100's `torch.Generator("cuda").manual_seed(7)` gave
+/// (tests/fixtures/cases-cuda-rng.json; scripts/make_fixtures.py --only cuda-rng). The CPU generator with the
+/// same seed moves the reference to ~22 dB, so only the CUDA generator's draws, in pipeline order, can pass.
+#[test]
+fn torch_cuda_generator_matches_diffusers_with_gpu_noise() {
+    let text = std::fs::read_to_string(fixtures().join("cases-cuda-rng.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for case in v["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        assert!(case["sensitivity_psnr_db"]["rng"].as_f64().unwrap() < MAX_SENSITIVITY_DB);
+        let out = dir.path().join(format!("{name}.png"));
+        let mut args = args_for(case, out.to_str().unwrap());
+        let at = args.iter().position(|a| a == "torch-cpu").unwrap();
+        args[at] = "torch-cuda".into();
+        args.extend(["--rng-gpu".into(), case["rng_gpu"].as_str().unwrap().into()]);
+        let o = bin().args(&args).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let db = psnr(&out, &fixtures().join(case["expected"].as_str().unwrap()));
+        eprintln!("{name}: {db:.1} dB");
+        assert!(db >= MIN_PSNR_DB, "{name}: {db:.2} dB");
+        // The record carries the generator and its geometry, and --from-metadata restores them.
+        let again = dir.path().join(format!("{name}-again.png"));
+        let o = bin()
+            .args(["--from-metadata", out.to_str().unwrap(), "-o", again.to_str().unwrap(), "-q"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(psnr(&out, &again), f64::INFINITY, "--from-metadata restores --rng torch-cuda");
+    }
+}
