@@ -98,7 +98,8 @@ pub struct Args {
     /// [default: the CUDA device's, else 132x2048]
     #[arg(long, value_name = "GPU")]
     pub rng_gpu: Option<CudaGeometry>,
-    /// How torch-cpu draws bf16/f16 noise: current (torch 2.15+) or legacy (torch 2.11 and earlier).
+    /// How torch-cpu draws bf16/f16 noise, by the torch version that made the image: current (2.13 and later), 2.12,
+    /// or legacy (2.11 and earlier).
     #[arg(long, value_parser = values::named(CpuNoise::NAMES))]
     pub torch_noise: Option<CpuNoise>,
     /// Output width in pixels, a multiple of 16 [default: from the input].

@@ -32,16 +32,20 @@ crate::named_enum!(RngKind, "generator", [TorchCpu = "torch-cpu", TorchCuda = "t
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum CpuNoise {
-    /// torch 2.15 and later: float32 math per chunk of 16, then rounded (equal to f32 noise rounded when the
-    /// count is a multiple of 16).
+    /// torch 2.13 and later (verified: 2.13.0, 2.14.1, 2.15.0): each chunk of 16 computed in float32 with the AVX2
+    /// kernel right after its uniforms are drawn, then rounded (equal to f32 noise rounded when the count is a
+    /// multiple of 16).
     #[default]
     Current,
-    /// torch up to 2.11 (verified with 2.7 and 2.9): every step of the Box-Muller rounded to the reduced type,
-    /// from 8-bit (bf16) or 11-bit (fp16) uniforms; coarse values.
+    /// torch 2.12 (verified: 2.12.1): the same order, with scalar libm float32 math; differs from `Current` in
+    /// rare last bits.
+    Torch212,
+    /// torch up to 2.11 (verified: 2.9.1, 2.11.0; the spec's 2.7.1 values): every step of the Box-Muller rounded to
+    /// the reduced type, from 8-bit (bf16) or 11-bit (fp16) uniforms; coarse values.
     Legacy,
 }
 
-crate::named_enum!(CpuNoise, "torch noise era", [Current = "current", Legacy = "legacy"]);
+crate::named_enum!(CpuNoise, "torch noise era", [Current = "current", Torch212 = "2.12", Legacy = "legacy"]);
 
 /// The dtype noise is drawn in: diffusers asks the generator for the pipeline's dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -116,7 +116,8 @@ impl NoiseSource for TorchCpuGenerator {
         }
         match (precision, self.noise) {
             (Precision::F32, _) => self.randn_f32(n),
-            (_, CpuNoise::Current) => self.randn_interleaved(n, precision),
+            (_, CpuNoise::Current) => self.randn_interleaved(n, precision, box_muller_16),
+            (_, CpuNoise::Torch212) => self.randn_interleaved(n, precision, box_muller_16_libm),
             (_, CpuNoise::Legacy) => self.randn_legacy(n, precision),
         }
     }
@@ -144,11 +145,11 @@ impl TorchCpuGenerator {
 
     /// bf16/fp16 in torch ≥ 2.15: each chunk's 16 uniforms drawn just before it is computed in float32, the tail
     /// window from the 16 draws right after the last full chunk; values rounded once.
-    fn randn_interleaved(&mut self, n: usize, precision: Precision) -> Vec<f32> {
+    fn randn_interleaved(&mut self, n: usize, precision: Precision, kernel: fn(&[f32], &mut [f32])) -> Vec<f32> {
         let mut out = vec![0f32; n];
         let chunk = |gen: &mut Self, at: usize, out: &mut [f32]| {
             let u: Vec<f32> = (0..16).map(|_| gen.uniform_f32()).collect();
-            box_muller_16(&u, &mut out[at..at + 16]);
+            kernel(&u, &mut out[at..at + 16]);
         };
         let full = n / 16;
         for c in 0..full {
@@ -208,6 +209,17 @@ fn box_muller_16(u: &[f32], out: &mut [f32]) {
         // fma(radius*cos, std=1, mean=0): the + 0.0 turns -0.0 into +0.0 exactly as torch does.
         out[j] = radius * cos + 0.0;
         out[8 + j] = radius * sin + 0.0;
+    }
+}
+
+/// The non-AVX2 chunk (`normal_fill<float>`): glibc's float `logf`, `sinf`, `cosf`, the angle rounded once from
+/// the double product.
+fn box_muller_16_libm(u: &[f32], out: &mut [f32]) {
+    for j in 0..8 {
+        let radius = (-2.0 * (1.0 - u[j]).ln()).sqrt();
+        let theta = (std::f64::consts::TAU * u[8 + j] as f64) as f32;
+        out[j] = radius * theta.cos() + 0.0;
+        out[8 + j] = radius * theta.sin() + 0.0;
     }
 }
 
@@ -380,13 +392,16 @@ mod tests {
         assert_eq!(a, b);
     }
 
-    /// bf16/fp16 noise as torch 2.15 ("current") and torch 2.9 ("legacy") drew it: sizes on and off the 16-grid,
+    /// bf16/fp16 noise as torch 2.15 ("current"), 2.12 and 2.9 ("legacy") drew it: sizes on and off the 16-grid,
     /// scalar sizes, the next call on the same generator (scripts/make_cpu_noise_vectors.py).
     #[test]
-    fn reduced_precision_matches_torch_2_15_and_2_9() {
-        for (file, noise) in
-            [("torch-2.15-bf16-fp16.json", CpuNoise::Current), ("torch-2.9-bf16-fp16.json", CpuNoise::Legacy)]
-        {
+    fn reduced_precision_matches_torch_2_15_2_12_and_2_9() {
+        let files = [
+            ("torch-2.15-bf16-fp16.json", CpuNoise::Current),
+            ("torch-2.12-bf16-fp16.json", CpuNoise::Torch212),
+            ("torch-2.9-bf16-fp16.json", CpuNoise::Legacy),
+        ];
+        for (file, noise) in files {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rng-torch-cpu");
             let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
             let floats = |x: &serde_json::Value| -> Vec<f32> {
