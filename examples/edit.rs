@@ -12,6 +12,7 @@ fn main() -> anyhow::Result<()> {
         mode: Mode::Img2Img { image: a[1].clone().into(), strength: 0.75 },
         output: a[2].clone().into(),
         prompt: a[3].clone(),
+        true_cfg: None,
         steps: None,
         guidance: None,
         seed: Some(42),

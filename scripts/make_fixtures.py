@@ -10,6 +10,8 @@ Writes tests/fixtures/:
                          and the same run with another prompt / guidance / seed. Those must be far below the 45 dB
                          parity threshold, or a broken text encoder or RNG would still pass the parity tests.
 
+  cases-modes.json       (--only modes) text-to-image (FluxPipeline) and true CFG (negative_prompt +
+                         true_cfg_scale), each with what removing or changing the feature does to the reference
   cases-cuda-rng.json    (--only cuda-rng) the same pipeline fed the noise an H100's torch.Generator("cuda") gave
                          (../shared/rng-torch-cuda), the reference for --rng torch-cuda
 
@@ -272,10 +274,67 @@ def cuda_rng_cases(out: Path, shared: Path):
     print(json.dumps(case))
 
 
+MODE_CASES = [
+    dict(name="t2i-dev", pipeline="FluxPipeline", model="tiny-dev", prompt=P1, width=64, height=48, steps=6,
+         guidance=3.5, seed=5, max_sequence_length=64),
+    dict(name="t2i-schnell", pipeline="FluxPipeline", model="tiny-schnell", prompt=P2, width=44, height=36, steps=4,
+         guidance=None, seed=6, max_sequence_length=32),
+    dict(name="cfg-img2img-dev", pipeline="FluxImg2ImgPipeline", model="tiny-dev", image="photo-96x64.png", prompt=P1,
+         width=64, height=48, strength=0.8, steps=6, guidance=3.5, seed=7, max_sequence_length=64,
+         negative_prompt="blurry, low quality, pixel art", true_cfg=4.0),
+    dict(name="cfg-t2i-schnell", pipeline="FluxPipeline", model="tiny-schnell", prompt=P2, width=40, height=40,
+         steps=3, guidance=None, seed=8, max_sequence_length=32, negative_prompt="a watercolor of a cat", true_cfg=2.5),
+]
+
+
+def run_mode(pipes, case, image_dir: Path, **override):
+    """One mode case through its diffusers pipeline with a CPU generator."""
+    c = {**case, **override}
+    pipe = pipes[(c["pipeline"], c["model"])]
+    kwargs = dict(prompt=c["prompt"], height=c["height"], width=c["width"], num_inference_steps=c["steps"],
+                  generator=torch.Generator("cpu").manual_seed(c["seed"]), max_sequence_length=c["max_sequence_length"],
+                  output_type="pil")
+    if c.get("guidance") is not None:
+        kwargs["guidance_scale"] = c["guidance"]
+    if c.get("image"):
+        img = Image.open(image_dir / c["image"]).convert("RGB")
+        kwargs.update(image=center_crop_to_aspect(img, c["width"], c["height"]), strength=c["strength"])
+    if c.get("negative_prompt") is not None:
+        kwargs.update(negative_prompt=c["negative_prompt"], true_cfg_scale=c["true_cfg"])
+    return pipe(**kwargs).images[0]
+
+
+def mode_cases(out: Path):
+    import diffusers
+    pipes = {}
+    for case in MODE_CASES:
+        key = (case["pipeline"], case["model"])
+        if key not in pipes:
+            pipes[key] = getattr(diffusers, case["pipeline"]).from_pretrained(out / case["model"], torch_dtype=torch.float32)
+            pipes[key].set_progress_bar_config(disable=True)
+    records = []
+    for case in MODE_CASES:
+        ref = run_mode(pipes, case, out / "images")
+        ref.save(out / "expected" / f"{case['name']}.png")
+        sens = {"prompt": psnr(ref, run_mode(pipes, case, out / "images", prompt="pixel art of a castle in the clouds")),
+                "seed": psnr(ref, run_mode(pipes, case, out / "images", seed=case["seed"] + 1))}
+        if case.get("negative_prompt") is not None:
+            sens["no_true_cfg"] = psnr(ref, run_mode(pipes, case, out / "images", negative_prompt=None))
+            sens["negative_prompt"] = psnr(ref, run_mode(pipes, case, out / "images", negative_prompt="a dog running"))
+        arr = np.asarray(ref)
+        rec = {**case, "expected": f"expected/{case['name']}.png", "sensitivity_psnr_db": sens,
+               "saturated_fraction": float(np.mean((arr == 0) | (arr == 255)))}
+        records.append(rec)
+        print(json.dumps({k: rec[k] for k in ("name", "sensitivity_psnr_db", "saturated_fraction")}))
+    meta = {"generator": "scripts/make_fixtures.py --only modes", "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "cases": records}
+    (out / "cases-modes.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "tests" / "fixtures"))
-    ap.add_argument("--only", default="base", help="comma-separated groups: base, cuda-rng")
+    ap.add_argument("--only", default="base", help="comma-separated groups: base, modes, cuda-rng")
     ap.add_argument("--shared", default=str(Path(__file__).resolve().parent.parent.parent / "shared"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -283,6 +342,8 @@ def main():
     torch.set_num_threads(2)
     if "cuda-rng" in groups:
         cuda_rng_cases(out, Path(args.shared))
+    if "modes" in groups:
+        mode_cases(out)
     if "base" in groups:
         base_cases(out)
 

@@ -95,6 +95,7 @@ fn request(dir: &Path, case: &Case, device: &Device, dtype: DType, output: &str)
         model: dir.to_path_buf(),
         mode: Mode::Img2Img { image: dir.join("input.png"), strength: case.strength },
         prompt: case.prompt.clone(),
+        true_cfg: None,
         steps: Some(case.steps),
         guidance: Some(case.guidance),
         seed: Some(case.seed),

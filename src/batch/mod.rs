@@ -22,8 +22,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone)]
 pub struct Item {
     pub index: usize,
-    /// Where the input image comes from (fetched when the batch runs if remote).
-    pub input: Input,
+    /// Where the input image comes from (fetched when the batch runs if remote); none for text-to-image.
+    pub input: Option<Input>,
     pub request: Request,
 }
 

@@ -104,19 +104,23 @@ impl Run<'_> {
     /// One item's input fetched and read, its output checked (folders under `--output-dir` created), its plan.
     fn check(&mut self, session: &Session, item: &Item) -> Result<Ready> {
         let mut item = item.clone();
-        let local = self.downloads.local(&item.input)?;
-        item.request.set_image(local);
+        if let Some(input) = &item.input {
+            let local = self.downloads.local(input)?;
+            item.request.set_image(local);
+        }
         if self.opts.stdout {
             item.request.output = self.downloads.temp_path("stdout.png")?;
         }
         let r = &item.request;
-        let input = r.image().expect("batch items edit an input");
         // A real run decodes the whole file now, so a truncated image fails before any weight is loaded; a dry
         // run reads only the header.
-        let dims =
-            if self.opts.dry_run { image_io::dimensions(input)? } else { image_io::load_rgb(input)?.dimensions() };
+        let dims = match r.image() {
+            Some(input) if self.opts.dry_run => Some(image_io::dimensions(input)?),
+            Some(input) => Some(image_io::load_rgb(input)?.dimensions()),
+            None => None,
+        };
         if !self.opts.dry_run {
-            self.prepare_output(&r.output, input)?;
+            self.prepare_output(&r.output, r.image())?;
         }
         let plan = session.plan(r, dims)?;
         for w in &plan.warnings {
@@ -128,12 +132,12 @@ impl Run<'_> {
     }
 
     /// Folders under `--output-dir` are ours to create; a missing folder in an explicit `--output` is an error.
-    fn prepare_output(&self, out: &Path, input: &Path) -> Result<()> {
+    fn prepare_output(&self, out: &Path, input: Option<&Path>) -> Result<()> {
         let ours = self.opts.output_dir.as_ref().is_some_and(|d| out.starts_with(d));
         if let Some(dir) = out.parent().filter(|d| ours && !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::output_from(out, "cannot create its folder", e))?;
         }
-        output::check_output(out, Some(input))
+        output::check_output(out, input)
     }
 
     /// Lists each item's plan; strengths that land on the same first step give identical images: say so.
@@ -182,16 +186,15 @@ impl Run<'_> {
                 break;
             }
             let r = &item.request;
-            let input = r.image().expect("batch items edit an input");
-            let name = input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-            self.ui.batch_item(k, n, &input.display().to_string(), &r.output.display().to_string(), &name);
+            let shown = r.image().map(|p| p.display().to_string()).unwrap_or_else(|| r.mode.name().into());
+            let name = r.output.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            self.ui.batch_item(k, n, &shown, &r.output.display().to_string(), &name);
             // Decoded again rather than kept from the checks: a batch of large images would not fit in memory.
-            match image_io::load_rgb(input).and_then(|img| session.run_planned(r, img, plan.clone())) {
+            let input = r.image().map(image_io::load_rgb).transpose();
+            match input.and_then(|img| session.run_planned(r, img, plan.clone())) {
                 Ok(rep) => {
                     self.written(item, &rep)?;
-                    let label =
-                        format!("{}#{}", r.strength().map(|s| format!("{s} ")).unwrap_or_default(), rep.plan.seed);
-                    cells.push(Cell { input: input.to_path_buf(), output: rep.output, label });
+                    cells.push(cell(r, rep.output, rep.plan.seed));
                 }
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => self.fail(item, e.one_line()),
@@ -219,6 +222,13 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// A contact-sheet cell: a row per input (per prompt without one), labelled "strength #seed".
+fn cell(r: &crate::engine::Request, output: std::path::PathBuf, seed: u64) -> Cell {
+    let label = format!("{}#{seed}", r.strength().map(|s| format!("{s} ")).unwrap_or_default());
+    let input = r.image().map(Path::to_path_buf).unwrap_or_else(|| r.prompt.clone().into());
+    Cell { input, output, label }
 }
 
 /// A flag Ctrl-C sets: the current image finishes, then the batch stops. A second Ctrl-C exits at once (the

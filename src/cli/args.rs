@@ -72,6 +72,13 @@ pub struct Args {
     /// What the edited image should show.
     #[arg(long, short = 'p')]
     pub prompt: Option<String>,
+    /// What the image should not show, through true classifier-free guidance (needs --true-cfg).
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+    /// True CFG scale (> 1, e.g. 4): each step runs the transformer on the prompt and on the negative prompt (one
+    /// batch of two) and moves away from the latter, as diffusers' true_cfg_scale.
+    #[arg(long, value_name = "F")]
+    pub true_cfg: Option<f64>,
     /// How much to change: 0 keeps the input, 1 ignores it. Range [0, 1]. A list (0.5,0.7,0.9) renders each.
     /// [default: 0.6]
     #[arg(long, value_name = "F[,F...]")]

@@ -7,6 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, Batch, Input, Item, Options};
+use crate::engine::request::TrueCfg;
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::rng::RngSettings;
@@ -18,9 +19,9 @@ use std::path::{Path, PathBuf};
 const DEFAULT_STRENGTH: f64 = 0.6;
 const DEFAULT_MAX_SEQUENCE_LENGTH: usize = 512;
 
-/// One row of the batch before sweeps: an input and what a manifest line sets for it.
+/// One row of the batch before sweeps: an input (none for text-to-image) and what a manifest line sets for it.
 struct Row {
-    input: Input,
+    input: Option<Input>,
     prompt: Option<String>,
     strength: Option<f64>,
     seed: Option<u64>,
@@ -76,6 +77,10 @@ impl Args {
         if let (true, None, Some(input)) = (self.image.is_empty(), &self.manifest, &r.input) {
             self.image.push(input.to_string_lossy().into_owned());
         }
+        if r.input.is_none() {
+            // A generated image: the size makes it text-to-image again.
+            (self.width, self.height) = (self.width.or(Some(r.width)), self.height.or(Some(r.height)));
+        }
         if self.model.is_none() && !r.model.as_os_str().is_empty() {
             self.model = Some(r.model.clone());
         }
@@ -91,6 +96,9 @@ impl Args {
         self.resize = self.resize.or(Some(r.resize));
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
+        if self.negative_prompt.is_none() && self.true_cfg.is_none() {
+            (self.negative_prompt, self.true_cfg) = (r.negative_prompt.clone(), r.true_cfg);
+        }
         self.rng_gpu = self.rng_gpu.or(r.rng_gpu.as_deref().and_then(|g| g.parse().ok()));
         self.torch_noise = self.torch_noise.or(r.torch_noise);
     }
@@ -150,6 +158,7 @@ impl Args {
             steps: self.steps,
             guidance: self.guidance,
             seed: None,
+            true_cfg: self.true_cfg_settings()?,
             rng: RngSettings {
                 kind: self.rng.unwrap_or_default(),
                 gpu: self.rng_gpu,
@@ -175,16 +184,40 @@ impl Args {
         })
     }
 
-    /// Manifest lines (paths relative to the manifest), or the expanded `--image` inputs.
+    /// `--negative-prompt` with `--true-cfg`: both or neither, the scale above 1.
+    fn true_cfg_settings(&self) -> Result<Option<TrueCfg>> {
+        match (&self.negative_prompt, self.true_cfg) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(Error::Usage(
+                "--negative-prompt needs --true-cfg F (F > 1, e.g. 4): FLUX.1 is guidance-distilled and only uses a \
+                 negative prompt through true classifier-free guidance"
+                    .into(),
+            )),
+            (None, Some(_)) => Err(Error::Usage(
+                "--true-cfg needs --negative-prompt TEXT (an empty one is --negative-prompt '')".into(),
+            )),
+            (Some(_), Some(s)) if !(s > 1.0) => {
+                Err(Error::Usage(format!("--true-cfg {s} must be above 1 (at 1 the negative pass changes nothing)")))
+            }
+            (Some(n), Some(scale)) => Ok(Some(TrueCfg { negative_prompt: n.clone(), scale })),
+        }
+    }
+
+    /// Manifest lines (paths relative to the manifest), the expanded `--image` inputs, or one text-to-image row.
     fn rows(&self) -> Result<Vec<Row>> {
         let Some(m) = &self.manifest else {
             if self.image.is_empty() {
-                return Err(Error::Usage(
-                    "no input: give --image PATH (files, folders or globs) or --manifest FILE".into(),
-                ));
+                if self.width.is_none() && self.height.is_none() {
+                    return Err(Error::Usage(
+                        "no input: give --image PATH (files, folders, globs, URLs or -) or --manifest FILE to edit, \
+                         or --width and --height to make an image from the prompt alone"
+                            .into(),
+                    ));
+                }
+                return Ok(vec![Row::plain(None)]);
             }
             let inputs = inputs::expand(&self.image)?;
-            return Ok(inputs.into_iter().map(Row::plain).collect());
+            return Ok(inputs.into_iter().map(|i| Row::plain(Some(i))).collect());
         };
         if !self.image.is_empty() {
             return Err(Error::Usage("give either --image or --manifest, not both".into()));
@@ -201,10 +234,10 @@ impl Args {
         Ok(manifest::read(m)?
             .into_iter()
             .map(|r| Row {
-                input: match Input::parse(&r.image) {
+                input: r.image.as_deref().filter(|i| !i.trim().is_empty()).map(|i| match Input::parse(i) {
                     Input::File(p) => Input::File(near(&p.to_string_lossy())),
                     remote => remote,
-                },
+                }),
                 output: r.output.map(|o| match &self.output_dir {
                     Some(d) if Path::new(&o).is_relative() => d.join(o),
                     _ => near(&o),
@@ -218,22 +251,25 @@ impl Args {
             .collect())
     }
 
-    /// The items of one row: its strengths × its seeds.
+    /// The items of one row: its strengths × its seeds (seeds alone without an input).
     fn row_items(&self, row: &Row, strengths: &[f64], ctx: &RowCtx, items: &mut Vec<Item>) -> Result<()> {
-        let shown = row.input.display_path();
+        let shown = row.input.as_ref().map(Input::display_path).unwrap_or_else(|| "text-to-image".into());
         let prompt = row.prompt.clone().or_else(|| self.prompt.clone()).ok_or_else(|| {
             Error::Usage(format!(
                 "no prompt for {}: give --prompt (or a prompt column in the manifest)",
                 shown.display()
             ))
         })?;
-        let row_strengths = match row.strength {
-            Some(s) => match check_strength(&s) {
+        let row_strengths = match (row.strength, &row.input) {
+            // Text-to-image has no strength to sweep: one pass over the seeds.
+            (_, None) => vec![f64::NAN],
+            (Some(s), _) => match check_strength(&s) {
                 Some(msg) => return Err(Error::Usage(format!("manifest strength {s} for {}: {msg}", shown.display()))),
                 None => vec![s],
             },
-            None => strengths.to_vec(),
+            (None, _) => strengths.to_vec(),
         };
+        let stem = row.input.as_ref().map(Input::stem).unwrap_or_else(|| slug(&prompt));
         let single = ctx.rows == 1 && row_strengths.len() * ctx.per_row == 1;
         for &strength in &row_strengths {
             for j in 0..ctx.per_row {
@@ -244,7 +280,10 @@ impl Args {
                     (None, Seeds::Base(b)) => b.wrapping_add(index as u64),
                 };
                 let mut request = ctx.base.clone();
-                request.mode = Mode::Img2Img { image: shown.clone(), strength };
+                request.mode = match &row.input {
+                    Some(_) => Mode::Img2Img { image: shown.clone(), strength },
+                    None => Mode::Txt2Img,
+                };
                 request.prompt = prompt.clone();
                 request.steps = row.steps.or(self.steps);
                 request.guidance = row.guidance.or(self.guidance);
@@ -254,9 +293,9 @@ impl Args {
                     single,
                     ctx.template,
                     &[
-                        ("stem", row.input.stem()),
+                        ("stem", stem.clone()),
                         ("seed", seed.to_string()),
-                        ("strength", strength.to_string()),
+                        ("strength", request.strength().map(|s| s.to_string()).unwrap_or_else(|| "none".into())),
                         ("steps", request.steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
                         ("index", format!("{index:05}")),
                     ],
@@ -283,10 +322,10 @@ impl Args {
         }
         let dir = match (&self.output_dir, &row.input) {
             (Some(d), _) => d.clone(),
-            (None, Input::File(p)) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            (None, Some(Input::File(p))) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
             (None, _) => PathBuf::new(),
         };
-        Ok(dir.join(template.render(vars)?))
+        Ok(dir.join(template.render(vars, row.input.is_some())?))
     }
 
     fn options(&self) -> Options {
@@ -301,8 +340,20 @@ impl Args {
     }
 }
 
+/// A file-name-safe stem from a prompt: its first words, lower case, joined by `-`.
+fn slug(prompt: &str) -> String {
+    let words: Vec<String> =
+        prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).take(6).map(str::to_lowercase).collect();
+    let s: String = words.join("-").chars().take(48).collect();
+    if s.is_empty() {
+        "image".into()
+    } else {
+        s
+    }
+}
+
 impl Row {
-    fn plain(input: Input) -> Self {
+    fn plain(input: Option<Input>) -> Self {
         Row { input, prompt: None, strength: None, seed: None, steps: None, guidance: None, output: None }
     }
 }
@@ -317,23 +368,28 @@ struct RowCtx<'a> {
 }
 
 /// The output-name template: `--name`, or `{stem}` plus what varies, so a sweep never writes two items to one file.
-struct Template(String);
+struct Template {
+    given: Option<String>,
+    /// Default suffixes for an edited input (`-edited` beside it, then what varies) and a generated image.
+    edit: String,
+    generate: String,
+}
 
 impl Template {
     fn new(args: &Args, strengths: usize, per_row: usize) -> Self {
-        Template(args.name.clone().unwrap_or_else(|| {
-            format!(
-                "{{stem}}{}{}{}.png",
-                if args.output_dir.is_none() { "-edited" } else { "" },
-                if strengths > 1 { "-s{strength}" } else { "" },
-                if per_row > 1 { "-{seed}" } else { "" }
-            )
-        }))
+        let seed = if per_row > 1 { "-{seed}" } else { "" };
+        let edit = format!(
+            "{{stem}}{}{}{seed}.png",
+            if args.output_dir.is_none() { "-edited" } else { "" },
+            if strengths > 1 { "-s{strength}" } else { "" },
+        );
+        Template { given: args.name.clone(), edit, generate: format!("{{stem}}{seed}.png") }
     }
 
-    /// Expands the placeholders; unknown ones are an error.
-    fn render(&self, vars: &[(&str, String)]) -> Result<String> {
-        render(&self.0, vars)
+    /// Expands the placeholders for an item with or without an input; unknown ones are an error.
+    fn render(&self, vars: &[(&str, String)], has_input: bool) -> Result<String> {
+        let default = if has_input { &self.edit } else { &self.generate };
+        render(self.given.as_ref().unwrap_or(default), vars)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
-//! Columns/keys: image (required), prompt, strength, seed, steps, guidance, output; empty CSV cells mean "use
+//! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output; empty CSV cells mean "use
 //! the flag's value". Unknown columns are an error, so a typo cannot silently drop a setting.
 
 use crate::error::{Error, Result};
@@ -9,7 +9,9 @@ use std::path::Path;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Row {
-    pub image: String,
+    /// Empty or absent: text-to-image (needs --width and --height).
+    #[serde(default)]
+    pub image: Option<String>,
     pub prompt: Option<String>,
     pub strength: Option<f64>,
     pub seed: Option<u64>,
@@ -40,9 +42,6 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
             return Err(err("unknown format; name it .csv (with a header line) or .jsonl (one object per line)".into()))
         }
     };
-    if let Some((i, _)) = rows.iter().enumerate().find(|(_, r)| r.image.trim().is_empty()) {
-        return Err(err(format!("item {} has no image", i + 1)));
-    }
     if rows.is_empty() {
         return Err(err("no items".into()));
     }

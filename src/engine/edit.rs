@@ -58,12 +58,42 @@ pub fn pixel_key(img: &RgbImage) -> u64 {
     h.finish()
 }
 
-/// Noise of `shape` from the generator's next draws, in `like`'s dtype and device.
+/// Noise of `shape` from the generator's next draws, in `dtype` on `dev`; diffusers asks the generator for the
+/// pipeline's dtype, so reduced precision is drawn as such.
+fn draw_shape(gen: &mut dyn NoiseSource, shape: &candle_core::Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let noise = gen.randn(shape.elem_count(), Precision::of(dtype));
+    Tensor::from_vec(noise, shape, dev)?.to_dtype(dtype)
+}
+
+/// Noise shaped and placed like `like`.
 fn draw(gen: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
-    let shape = like.shape();
-    // diffusers asks the generator for the pipeline's dtype; reduced precision is drawn as such.
-    let noise = gen.randn(shape.elem_count(), Precision::of(like.dtype()));
-    Tensor::from_vec(noise, shape, like.device())?.to_dtype(like.dtype())
+    draw_shape(gen, like.shape(), like.dtype(), like.device())
+}
+
+/// Text-to-image start (`FluxPipeline.prepare_latents`): one draw of [1, C, h, w] noise, packed.
+pub fn pure_noise(gen: &mut dyn NoiseSource, grid: (usize, usize, usize), dtype: DType, dev: &Device) -> Result<Start> {
+    let (channels, height, width) = grid;
+    let noise = draw_shape(gen, &(1, channels, height, width).into(), dtype, dev)?;
+    Ok(Start { packed: pack(&noise)?, channels, height, width })
+}
+
+/// The transformer with its conditioning: one prompt, or (true CFG) the prompt and the negative prompt as a
+/// batch of two whose velocities are combined `neg + scale·(pos − neg)`, as diffusers does with its two passes.
+pub struct Guided<'a> {
+    pub model: &'a FluxTransformer,
+    /// Conditioning for a batch of one, or of two (prompt first, negative second) with `cfg_scale`.
+    pub inputs: Inputs<'a>,
+    pub cfg_scale: Option<f64>,
+}
+
+impl Guided<'_> {
+    /// Velocity at `t` for latents `x` [1, S, C].
+    pub fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let Some(scale) = self.cfg_scale else { return self.model.forward(x, t, &self.inputs) };
+        let v = self.model.forward(&Tensor::cat(&[x, x], 0)?, &Tensor::cat(&[t, t], 0)?, &self.inputs)?;
+        let (pos, neg) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
+        &neg + ((pos - &neg)? * scale)?
+    }
 }
 
 /// Posterior sample (draw #1), initial noise (draw #2), both mixed at `sigma` and packed.
@@ -123,12 +153,11 @@ pub fn noise_to(z: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
     (noise * sigma as f64)? + (z * (1.0 - sigma as f64))?
 }
 
-/// Runs the Euler loop from `schedule.t_start`; `on_step(i, n)` is called after each step.
+/// Runs the Euler loop from `schedule.t_start` with `velocity(x, t)`; `on_step(i, n)` is called after each step.
 pub fn denoise(
-    model: &FluxTransformer,
     latents: Tensor,
-    inputs: &Inputs,
     schedule: &Schedule,
+    velocity: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Tensor> {
     let n = schedule.steps_to_run();
@@ -139,7 +168,7 @@ pub fn denoise(
     for (k, i) in (schedule.t_start..schedule.timesteps.len()).enumerate() {
         // diffusers passes t/1000 in the latents' dtype; the model multiplies by 1000 again.
         let t = (Tensor::full(schedule.timesteps[i], b, &dev)?.to_dtype(dtype)? / 1000.0)?;
-        let v = model.forward(&x, &t, inputs)?;
+        let v = velocity(&x, &t)?;
         let dt = schedule.sigmas[i + 1] - schedule.sigmas[i];
         // The step is taken in f32 and cast back, as the scheduler does.
         x = (x.to_dtype(DType::F32)? + (v * dt as f64)?.to_dtype(DType::F32)?)?.to_dtype(dtype)?;

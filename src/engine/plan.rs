@@ -16,13 +16,16 @@ const LARGE_AREA: f64 = 4.2e6;
 pub struct Plan {
     pub width: u32,
     pub height: u32,
-    pub input_size: (u32, u32),
+    /// The input's size, for modes that edit one.
+    pub input_size: Option<(u32, u32)>,
     /// The input is centre-cropped to the output's aspect first.
     pub crop: bool,
     /// Resize mode in effect (crop, fit, pad or stretch).
     pub resize: ResizeMode,
     pub steps: usize,
     pub guidance: Option<f64>,
+    /// True CFG in effect: the scale (the negative prompt is the request's).
+    pub cfg_scale: Option<f64>,
     pub seed: u64,
     /// The GPU whose CUDA generator is reproduced (torch-cuda only).
     pub rng_gpu: Option<CudaGeometry>,
@@ -40,13 +43,26 @@ pub fn defaults(guidance_embeds: bool) -> (usize, Option<f64>) {
     }
 }
 
-/// Plans `req` for an input of `input` pixels with `seed`; `gpu` is the CUDA generator's geometry when the
-/// request names none (the device's, or an H100's on the CPU).
-pub fn plan(req: &Request, cfg: &ModelConfigs, input: (u32, u32), seed: u64, gpu: CudaGeometry) -> Result<Plan> {
+/// Plans `req` for an input of `input` pixels (None: a mode without one) with `seed`; `gpu` is the CUDA
+/// generator's geometry when the request names none (the device's, or an H100's on the CPU).
+pub fn plan(
+    req: &Request,
+    cfg: &ModelConfigs,
+    input: Option<(u32, u32)>,
+    seed: u64,
+    gpu: CudaGeometry,
+) -> Result<Plan> {
     let multiple = cfg.vae.size_multiple();
     check_size_flags(req, multiple)?;
     let mut warnings = Vec::new();
-    let (width, height, crop) = working_size(req, input, multiple, &mut warnings)?;
+    let (width, height, crop) = match input {
+        Some(input) => working_size(req, input, multiple, &mut warnings)?,
+        None => {
+            let (w, h) = given_size(req)?;
+            (w, h, false)
+        }
+    };
+    check_true_cfg(req, &mut warnings)?;
     let (default_steps, default_guidance) = defaults(cfg.transformer.guidance_embeds);
     let steps = req.steps.unwrap_or(default_steps);
     let guidance = default_guidance.map(|d| req.guidance.unwrap_or(d));
@@ -82,11 +98,35 @@ pub fn plan(req: &Request, cfg: &ModelConfigs, input: (u32, u32), seed: u64, gpu
         resize: req.resize,
         steps,
         guidance,
+        cfg_scale: req.cfg().map(|c| c.scale),
         seed,
         rng_gpu,
         schedule,
         warnings,
     })
+}
+
+/// The size a mode without an input makes: both flags are needed.
+fn given_size(req: &Request) -> Result<(u32, u32)> {
+    match (req.width, req.height) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(Error::Usage(format!(
+            "{} without an input image needs the output size: give --width and --height (e.g. 1024)",
+            req.mode.name()
+        ))),
+    }
+}
+
+/// A true-CFG scale must be a number; at or below 1 the negative pass would change nothing.
+fn check_true_cfg(req: &Request, warnings: &mut Vec<String>) -> Result<()> {
+    let Some(cfg) = &req.true_cfg else { return Ok(()) };
+    if !cfg.scale.is_finite() {
+        return Err(Error::Usage(format!("--true-cfg {} is not a number", cfg.scale)));
+    }
+    if cfg.scale <= 1.0 {
+        warnings.push(format!("--true-cfg {} is not above 1: the negative prompt is not used", cfg.scale));
+    }
+    Ok(())
 }
 
 /// `--width` / `--height` must be positive multiples of the latent grid.

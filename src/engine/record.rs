@@ -15,7 +15,15 @@ pub const PNG_KEY: &str = "flux-img2img";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EditRecord {
+    /// img2img or txt2img (absent in records of older versions: img2img).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     pub prompt: String,
+    /// True CFG: the negative prompt and its scale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub true_cfg: Option<f64>,
     pub model: PathBuf,
     pub input: Option<PathBuf>,
     pub strength: Option<f64>,
@@ -39,8 +47,8 @@ pub struct EditRecord {
     pub quantize: Option<Quant>,
     pub width: u32,
     pub height: u32,
-    pub input_width: u32,
-    pub input_height: u32,
+    pub input_width: Option<u32>,
+    pub input_height: Option<u32>,
     pub max_sequence_length: usize,
     pub dtype: String,
     pub device: String,
@@ -53,7 +61,10 @@ impl EditRecord {
     pub fn new(req: &Request, plan: &Plan) -> Self {
         let s = &plan.schedule;
         EditRecord {
+            mode: Some(req.mode.name().into()),
             prompt: req.prompt.clone(),
+            negative_prompt: req.true_cfg.as_ref().map(|c| c.negative_prompt.clone()),
+            true_cfg: req.true_cfg.as_ref().map(|c| c.scale),
             model: req.model.clone(),
             input: req.image().map(PathBuf::from),
             strength: req.strength(),
@@ -74,8 +85,8 @@ impl EditRecord {
             quantize: req.quantize,
             width: plan.width,
             height: plan.height,
-            input_width: plan.input_size.0,
-            input_height: plan.input_size.1,
+            input_width: plan.input_size.map(|s| s.0),
+            input_height: plan.input_size.map(|s| s.1),
             max_sequence_length: req.max_sequence_length,
             dtype: format!("{:?}", req.dtype).to_lowercase(),
             device: if req.device.is_cpu() { "cpu" } else { "cuda" }.into(),
@@ -96,6 +107,11 @@ impl EditRecord {
         params.push_str(&format!(", RNG: {}", self.rng));
         if let Some(g) = self.guidance {
             params.push_str(&format!(", Guidance: {g}"));
+        }
+        if let (Some(n), Some(s)) = (&self.negative_prompt, self.true_cfg) {
+            // A1111 puts the negative prompt on its own line after the prompt.
+            params = params.replacen('\n', &format!("\nNegative prompt: {n}\n"), 1);
+            params.push_str(&format!(", CFG scale: {s}"));
         }
         params
     }

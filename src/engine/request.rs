@@ -14,6 +14,26 @@ pub enum Mode {
     /// SDEdit, as `FluxImg2ImgPipeline`: the input is encoded, noised to the point `strength` selects (0 keeps
     /// the input, 1 ignores it) and denoised.
     Img2Img { image: PathBuf, strength: f64 },
+    /// Text-to-image, as `FluxPipeline`: pure noise of the requested size, every step run.
+    Txt2Img,
+}
+
+impl Mode {
+    /// The name records and plan lines use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Img2Img { .. } => "img2img",
+            Mode::Txt2Img => "txt2img",
+        }
+    }
+}
+
+/// True classifier-free guidance (`true_cfg_scale` with `negative_prompt` in diffusers): each step runs the
+/// transformer on the prompt and on the negative prompt and moves `scale` times further from the latter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrueCfg {
+    pub negative_prompt: String,
+    pub scale: f64,
 }
 
 /// Everything one edit needs.
@@ -23,6 +43,8 @@ pub struct Request {
     pub model: PathBuf,
     pub mode: Mode,
     pub prompt: String,
+    /// Two passes per step against a negative prompt, when set (and its scale above 1).
+    pub true_cfg: Option<TrueCfg>,
     /// None: the model's default (28 for guidance-distilled, dev-like models; 4 otherwise).
     pub steps: Option<usize>,
     /// None: [`DEFAULT_GUIDANCE`] where the transformer embeds guidance; ignored otherwise.
@@ -61,13 +83,24 @@ impl Request {
     pub fn image(&self) -> Option<&Path> {
         match &self.mode {
             Mode::Img2Img { image, .. } => Some(image),
+            Mode::Txt2Img => None,
         }
+    }
+
+    /// The true-CFG scale and negative prompt when they take effect (scale above 1, as diffusers decides).
+    pub fn cfg(&self) -> Option<&TrueCfg> {
+        self.true_cfg.as_ref().filter(|c| c.scale > 1.0)
+    }
+
+    /// The prompts this request encodes: the prompt, and the negative prompt with true CFG.
+    pub fn prompts(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.prompt.as_str()).chain(self.cfg().map(|c| c.negative_prompt.as_str()))
     }
 
     /// Points the edit at another copy of its input (a downloaded URL, standard input saved to a file).
     pub fn set_image(&mut self, path: std::path::PathBuf) {
-        match &mut self.mode {
-            Mode::Img2Img { image, .. } => *image = path,
+        if let Mode::Img2Img { image, .. } = &mut self.mode {
+            *image = path;
         }
     }
 
@@ -75,6 +108,7 @@ impl Request {
     pub fn strength(&self) -> Option<f64> {
         match self.mode {
             Mode::Img2Img { strength, .. } => Some(strength),
+            Mode::Txt2Img => None,
         }
     }
 }

@@ -7,7 +7,7 @@ use super::load::{self, TransformerKind};
 use super::plan::{self, Plan};
 use super::progress::{Event, Progress};
 use super::record::EditRecord;
-use super::request::Request;
+use super::request::{Mode, Request};
 use crate::config::ModelConfigs;
 use crate::error::Result;
 use crate::image_io;
@@ -138,8 +138,9 @@ impl Session {
         &self.configs
     }
 
-    /// The plan for `req` given its input's size (a random seed is drawn when the request has none).
-    pub fn plan(&self, req: &Request, input_size: (u32, u32)) -> Result<Plan> {
+    /// The plan for `req` given its input's size (None for modes without an input; a random seed is drawn when
+    /// the request has none).
+    pub fn plan(&self, req: &Request, input_size: Option<(u32, u32)>) -> Result<Plan> {
         let seed = req.seed.unwrap_or_else(super::random_seed);
         plan::plan(req, &self.configs, input_size, seed, super::gpu_geometry(&self.device))
     }
@@ -174,20 +175,18 @@ impl Session {
 
     /// One edit end to end: the input is decoded and the output checked before anything heavy.
     pub fn run(&mut self, req: &Request) -> Result<Report> {
-        let input = match req.image() {
-            Some(path) => image_io::load_rgb(path)?,
-            None => RgbImage::new(1, 1),
-        };
+        let input = req.image().map(image_io::load_rgb).transpose()?;
         output::check_output(&req.output, req.image())?;
-        let plan = self.plan(req, input.dimensions())?;
+        let plan = self.plan(req, input.as_ref().map(RgbImage::dimensions))?;
         for w in &plan.warnings {
             self.progress.event(Event::Warning(w));
         }
         self.run_planned(req, input, plan)
     }
 
-    /// One edit whose input is decoded and whose plan is made (a batch plans every item up front).
-    pub fn run_planned(&mut self, req: &Request, input: RgbImage, plan: Plan) -> Result<Report> {
+    /// One edit whose input (if its mode has one) is decoded and whose plan is made (a batch plans every item up
+    /// front).
+    pub fn run_planned(&mut self, req: &Request, input: Option<RgbImage>, plan: Plan) -> Result<Report> {
         let start = Instant::now();
         self.progress.event(Event::Plan { request: req, plan: &plan });
         let mut timings = Timings::default();
@@ -200,7 +199,7 @@ impl Session {
     }
 
     /// Conditioning, start latents, the Euler loop and decoding, each stage timed.
-    fn render(&mut self, req: &Request, input: RgbImage, plan: &Plan, t: &mut Timings) -> Result<RgbImage> {
+    fn render(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan, t: &mut Timings) -> Result<RgbImage> {
         let cond = self.conditioning(req, t)?;
         let t0 = Instant::now();
         let start = self.start_latents(req, input, plan)?;
@@ -213,19 +212,26 @@ impl Session {
         t.denoise = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let mut rgb = self.decode(&latents, &start)?;
-        if req.keep_size && rgb.dimensions() != plan.input_size {
-            rgb = image_io::resize_lanczos(&rgb, plan.input_size.0, plan.input_size.1);
+        if let Some((w, h)) = plan.input_size.filter(|s| req.keep_size && rgb.dimensions() != *s) {
+            rgb = image_io::resize_lanczos(&rgb, w, h);
         }
         t.vae_decode = t0.elapsed().as_secs_f64();
         Ok(rgb)
     }
 
-    /// The prompt's conditioning (encoded now if no batch did it before); its cost is charged once.
-    fn conditioning(&mut self, req: &Request, t: &mut Timings) -> Result<Conditioning> {
-        self.encode_prompts(&[req.prompt.as_str()], req.max_sequence_length, req.quantize)?;
-        let e = self.prompts.get_mut(req.prompt.as_str()).expect("encoded above");
-        t.text_encoding = std::mem::take(&mut e.secs);
-        Ok(e.cond.clone())
+    /// The prompt's conditioning and, with true CFG, the negative prompt's (encoded now if no batch did it
+    /// before); their cost is charged once.
+    fn conditioning(&mut self, req: &Request, t: &mut Timings) -> Result<(Conditioning, Option<Conditioning>)> {
+        let prompts: Vec<&str> = req.prompts().collect();
+        self.encode_prompts(&prompts, req.max_sequence_length, req.quantize)?;
+        let mut take = |p: &str| {
+            let e = self.prompts.get_mut(p).expect("encoded above");
+            t.text_encoding += std::mem::take(&mut e.secs);
+            e.cond.clone()
+        };
+        let cond = take(&req.prompt);
+        let negative = req.cfg().map(|c| take(&c.negative_prompt));
+        Ok((cond, negative))
     }
 
     fn vae(&mut self) -> Result<&AutoencoderKl> {
@@ -235,9 +241,23 @@ impl Session {
         Ok(self.vae.as_ref().expect("loaded above"))
     }
 
+    /// The packed latents the loop starts from, as the mode's pipeline makes them.
+    fn start_latents(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<edit::Start> {
+        let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(rng::CudaGeometry::H100));
+        match (&req.mode, input) {
+            (Mode::Img2Img { .. }, Some(img)) => self.noised_input(img, gen.as_mut(), plan),
+            (Mode::Img2Img { .. }, None) => Err(crate::Error::Usage("img2img needs an input image".into())),
+            (Mode::Txt2Img, _) => {
+                let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
+                let grid = (c, plan.height as usize / f, plan.width as usize / f);
+                Ok(edit::pure_noise(gen.as_mut(), grid, self.dtype, &self.device)?)
+            }
+        }
+    }
+
     /// Preprocessed input → posterior (cached for sweeps) → noised, packed start latents. The posterior noise
     /// is the generator's first draw and the initial noise its second, as in diffusers.
-    fn start_latents(&mut self, req: &Request, input: RgbImage, plan: &Plan) -> Result<edit::Start> {
+    fn noised_input(&mut self, input: RgbImage, gen: &mut dyn rng::NoiseSource, plan: &Plan) -> Result<edit::Start> {
         let img = edit::fit_to_plan(input, plan);
         let key = edit::pixel_key(&img);
         let (mean, logvar) = match &self.posterior {
@@ -249,9 +269,8 @@ impl Session {
                 (mean, logvar)
             }
         };
-        let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(rng::CudaGeometry::H100));
         let latent = edit::LatentSpace::of(&self.configs.vae);
-        Ok(edit::start_latents(&mean, &logvar, gen.as_mut(), &latent, plan.schedule.start_sigma())?)
+        Ok(edit::start_latents(&mean, &logvar, gen, &latent, plan.schedule.start_sigma())?)
     }
 
     fn load_transformer(&mut self, quantize: Option<Quant>) -> Result<()> {
@@ -269,25 +288,29 @@ impl Session {
         Ok(())
     }
 
-    fn denoise(&self, cond: &Conditioning, start: &edit::Start, plan: &Plan) -> Result<Tensor> {
+    /// The Euler loop; with true CFG the prompt and the negative prompt go through the transformer as one batch.
+    fn denoise(&self, cond: &(Conditioning, Option<Conditioning>), start: &edit::Start, plan: &Plan) -> Result<Tensor> {
         let (dev, dtype) = (&self.device, self.dtype);
-        let img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
-        let txt_ids = Tensor::zeros((1, cond.t5.dim(1)?, 3), dtype, dev)?;
-        let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
-        let inputs = Inputs {
-            img_ids: &img_ids,
-            txt: &cond.t5,
-            txt_ids: &txt_ids,
-            pooled: &cond.pooled,
-            guidance: guidance.as_ref(),
+        let (txt, pooled) = match &cond.1 {
+            Some(neg) => (Tensor::cat(&[&cond.0.t5, &neg.t5], 0)?, Tensor::cat(&[&cond.0.pooled, &neg.pooled], 0)?),
+            None => (cond.0.t5.clone(), cond.0.pooled.clone()),
         };
+        let img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
+        let txt_ids = Tensor::zeros((1, txt.dim(1)?, 3), dtype, dev)?;
+        let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
+        let inputs =
+            Inputs { img_ids: &img_ids, txt: &txt, txt_ids: &txt_ids, pooled: &pooled, guidance: guidance.as_ref() };
         let model = self.transformer.as_ref().expect("loaded before denoising");
+        let guided = edit::Guided { model, inputs, cfg_scale: plan.cfg_scale };
         let steps = plan.schedule.steps_to_run();
         let t0 = Instant::now();
         self.progress.event(Event::Step { done: 0, total: steps, elapsed: t0.elapsed() });
-        let latents = edit::denoise(model, start.packed.clone(), &inputs, &plan.schedule, |done, total| {
-            self.progress.event(Event::Step { done, total, elapsed: t0.elapsed() })
-        })?;
+        let latents = edit::denoise(
+            start.packed.clone(),
+            &plan.schedule,
+            |x, t| guided.velocity(x, t),
+            |done, total| self.progress.event(Event::Step { done, total, elapsed: t0.elapsed() }),
+        )?;
         Ok(latents)
     }
 

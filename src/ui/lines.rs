@@ -1,19 +1,26 @@
 //! The text of the lines the program prints about an edit: what it will do and what it took.
 
 use crate::batch::Summary;
-use crate::engine::{Plan, Request, Timings};
+use crate::engine::{Mode, Plan, Request, Timings};
 
 /// What an edit will do, on one line: size, steps, sigma, shift, guidance, seed and generator. Used after
 /// `plan: ` on stderr and after `input -> output: ` in a dry run's listing.
 pub fn plan(req: &Request, plan: &Plan) -> String {
     let s = &plan.schedule;
+    let crop = if plan.crop { " (centre-cropped to aspect)" } else { "" };
+    let source = match (&req.mode, plan.input_size) {
+        (Mode::Img2Img { .. }, Some((w, h))) => format!("from {w}x{h}{crop}"),
+        (mode, Some((w, h))) => format!("{} from {w}x{h}{crop}", mode.name()),
+        (mode, None) => mode.name().to_string(),
+    };
+    let cfg = match req.cfg() {
+        Some(c) => format!(", true CFG {} (2 transformer passes per step, batched)", c.scale),
+        None => String::new(),
+    };
     format!(
-        "{}x{} from {}x{}{}, {} of {} steps (t_start {}), start sigma {:.6}, {}, guidance {}, seed {} ({})",
+        "{}x{} {source}, {} of {} steps (t_start {}), start sigma {:.6}, {}, guidance {}{cfg}, seed {} ({})",
         plan.width,
         plan.height,
-        plan.input_size.0,
-        plan.input_size.1,
-        if plan.crop { " (centre-cropped to aspect)" } else { "" },
         s.steps_to_run(),
         plan.steps,
         s.t_start,

@@ -285,3 +285,27 @@ fn inconsistent_configs_are_clear_errors() {
         assert!(err.contains(file), "names the file: {err}");
     }
 }
+
+/// Text-to-image and true CFG flags that cannot work: one line each, exit 2, nothing written.
+#[test]
+fn mode_flags_that_cannot_work() {
+    let c = Case::new();
+    let run_without_image = |extra: &[&str], needle: &str| {
+        let mut args: Vec<String> =
+            vec!["--model".into(), dev().to_string_lossy().into(), "--prompt".into(), "x".into()];
+        args.extend(["-o".into(), c.out.to_string_lossy().into_owned()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = bin().args(&args).output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "expected {needle:?} in {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+        assert!(!c.out.exists());
+    };
+    run_without_image(&[], "--width and --height to make an image from the prompt alone");
+    run_without_image(&["--width", "64"], "needs the output size: give --width and --height");
+    run_without_image(&["--width", "64", "--height", "50"], "not a multiple of 16");
+    c.fails(&dev(), &img(), &["--negative-prompt", "blurry"], "--negative-prompt needs --true-cfg");
+    c.fails(&dev(), &img(), &["--true-cfg", "3"], "--true-cfg needs --negative-prompt");
+    c.fails(&dev(), &img(), &["--negative-prompt", "blurry", "--true-cfg", "1"], "must be above 1");
+}

@@ -6,5 +6,6 @@ mod batch;
 mod common;
 mod formats;
 mod hub;
+mod modes;
 mod parity;
 mod smoke;
