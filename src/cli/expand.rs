@@ -196,7 +196,7 @@ impl Args {
             (None, Some(_)) => Err(Error::Usage(
                 "--true-cfg needs --negative-prompt TEXT (an empty one is --negative-prompt '')".into(),
             )),
-            (Some(_), Some(s)) if !(s > 1.0) => {
+            (Some(_), Some(s)) if s.is_nan() || s <= 1.0 => {
                 Err(Error::Usage(format!("--true-cfg {s} must be above 1 (at 1 the negative pass changes nothing)")))
             }
             (Some(n), Some(scale)) => Ok(Some(TrueCfg { negative_prompt: n.clone(), scale })),
