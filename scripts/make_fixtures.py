@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxTransformer2DModel
@@ -274,6 +274,33 @@ def cuda_rng_cases(out: Path, shared: Path):
     print(json.dumps(case))
 
 
+def make_masks(folder: Path):
+    """Masks for the inpainting cases: an L rectangle, a coloured RGB blob (converted to L after resizing), a
+    shifted rectangle (the sensitivity check), and PIL's Gaussian blur of the blob at two radii (the reference for
+    --mask-blur)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rect = Image.new("L", (80, 80), 0)
+    rect.paste(255, (20, 28, 56, 60))
+    rect.save(folder / "rect-80x80.png")
+    moved = Image.new("L", (80, 80), 0)
+    moved.paste(255, (36, 8, 72, 40))
+    moved.save(folder / "rect-moved-80x80.png")
+    yy, xx = np.mgrid[0:60, 0:100]
+    blob = (((xx - 60) / 26.0) ** 2 + ((yy - 26) / 17.0) ** 2 < 1.0)
+    rgb = np.zeros((60, 100, 3), np.uint8)
+    rgb[blob] = [250, 180, 40]  # luma 186: white after binarizing
+    rgb[(xx < 22) & (yy > 40)] = [60, 200, 255]  # luma 169
+    Image.fromarray(rgb, "RGB").save(folder / "blob-rgb-100x60.png")
+    small = Image.new("L", (96, 64), 0)
+    small.paste(255, (24, 14, 72, 50))
+    small.save(folder / "small-96x64.png")
+    small_moved = Image.new("L", (96, 64), 0)
+    small_moved.paste(255, (4, 22, 52, 58))
+    small_moved.save(folder / "small-moved-96x64.png")
+    for r in (2, 5):
+        Image.open(folder / "blob-rgb-100x60.png").filter(ImageFilter.GaussianBlur(r)).save(folder / f"blob-rgb-blur{r}.png")
+
+
 MODE_CASES = [
     dict(name="t2i-dev", pipeline="FluxPipeline", model="tiny-dev", prompt=P1, width=64, height=48, steps=6,
          guidance=3.5, seed=5, max_sequence_length=64),
@@ -284,6 +311,27 @@ MODE_CASES = [
          negative_prompt="blurry, low quality, pixel art", true_cfg=4.0),
     dict(name="cfg-t2i-schnell", pipeline="FluxPipeline", model="tiny-schnell", prompt=P2, width=40, height=40,
          steps=3, guidance=None, seed=8, max_sequence_length=32, negative_prompt="a watercolor of a cat", true_cfg=2.5),
+    dict(name="inpaint-dev-rect", pipeline="FluxInpaintPipeline", model="tiny-dev", image="gradient-80x80.png",
+         mask="rect-80x80.png", moved_mask="rect-moved-80x80.png", prompt=P2, width=64, height=64, strength=0.85,
+         steps=8, guidance=3.5, seed=4, max_sequence_length=64),
+    dict(name="inpaint-schnell-rgb", pipeline="FluxInpaintPipeline", model="tiny-schnell", image="wide-100x60.png",
+         mask="blob-rgb-100x60.png", moved_mask="rect-moved-80x80.png", prompt=P1, width=64, height=36, strength=1.0,
+         steps=4, guidance=None, seed=12, max_sequence_length=32),
+    dict(name="inpaint-dev-blur", pipeline="FluxInpaintPipeline", model="tiny-dev", image="wide-100x60.png",
+         mask="blob-rgb-100x60.png", mask_blur=5, moved_mask="rect-moved-80x80.png", prompt=P1, width=96, height=48,
+         strength=0.7, steps=6, guidance=4.0, seed=13, max_sequence_length=32),
+    dict(name="inpaint-dev-crop", pipeline="FluxInpaintPipeline", model="tiny-dev", image="photo-96x64.png",
+         mask="small-96x64.png", moved_mask="small-moved-96x64.png", mask_crop=8, prompt=P2, width=64, height=48,
+         strength=0.9, steps=6, guidance=3.5, seed=14, max_sequence_length=32),
+    dict(name="kontext-dev", pipeline="FluxKontextPipeline", model="tiny-dev", image="photo-96x64.png",
+         other_image="gradient-80x80.png", reference_size="input", prompt=P1, width=64, height=48, steps=6,
+         guidance=2.5, seed=9, max_sequence_length=64),
+    dict(name="kontext-dev-cfg", pipeline="FluxKontextPipeline", model="tiny-dev", image="wide-100x60.png",
+         other_image="gradient-80x80.png", reference_size="input", prompt=P2, width=48, height=32, steps=4,
+         guidance=3.0, seed=10, max_sequence_length=32, negative_prompt="oil painting", true_cfg=3.0),
+    dict(name="kontext-dev-auto", pipeline="FluxKontextPipeline", model="tiny-dev", image="tall-48x64.png",
+         other_image="gradient-80x80.png", reference_size="auto", prompt=P1, width=48, height=64, steps=3,
+         guidance=2.5, seed=11, max_sequence_length=32),
 ]
 
 
@@ -296,7 +344,24 @@ def run_mode(pipes, case, image_dir: Path, **override):
                   output_type="pil")
     if c.get("guidance") is not None:
         kwargs["guidance_scale"] = c["guidance"]
-    if c.get("image"):
+    if c["pipeline"] == "FluxKontextPipeline":
+        # The CLI's explicit size and --reference-size: the output is exactly width x height (max_area = W*H);
+        # "input" keeps the reference at its own size floored to 16, "auto" snaps it to Kontext's resolutions.
+        kwargs.update(image=Image.open(image_dir / c["image"]).convert("RGB"), max_area=c["width"] * c["height"],
+                      _auto_resize=c["reference_size"] == "auto")
+    elif c["pipeline"] == "FluxInpaintPipeline":
+        img = Image.open(image_dir / c["image"]).convert("RGB")
+        mask = Image.open(image_dir.parent / "masks" / c["mask"])
+        if c.get("mask_blur"):
+            mask = pipe.mask_processor.blur(mask, blur_factor=c["mask_blur"])
+        if c.get("mask_crop"):
+            kwargs.update(padding_mask_crop=c["mask_crop"])
+        else:
+            # The CLI's crop resize mode, applied to image and mask alike.
+            img = center_crop_to_aspect(img, c["width"], c["height"])
+            mask = center_crop_to_aspect(mask, c["width"], c["height"])
+        kwargs.update(image=img, mask_image=mask, strength=c["strength"])
+    elif c.get("image"):
         img = Image.open(image_dir / c["image"]).convert("RGB")
         kwargs.update(image=center_crop_to_aspect(img, c["width"], c["height"]), strength=c["strength"])
     if c.get("negative_prompt") is not None:
@@ -306,6 +371,7 @@ def run_mode(pipes, case, image_dir: Path, **override):
 
 def mode_cases(out: Path):
     import diffusers
+    make_masks(out / "masks")
     pipes = {}
     for case in MODE_CASES:
         key = (case["pipeline"], case["model"])
@@ -321,6 +387,15 @@ def mode_cases(out: Path):
         if case.get("negative_prompt") is not None:
             sens["no_true_cfg"] = psnr(ref, run_mode(pipes, case, out / "images", negative_prompt=None))
             sens["negative_prompt"] = psnr(ref, run_mode(pipes, case, out / "images", negative_prompt="a dog running"))
+        if case.get("moved_mask"):
+            moved = run_mode(pipes, case, out / "images", mask=case["moved_mask"])
+            sens["mask"] = psnr(ref, moved.resize(ref.size)) if moved.size != ref.size else psnr(ref, moved)
+        if case.get("other_image"):
+            # Another reference, and none at all (what dropping the reference tokens would give).
+            sens["reference_image"] = psnr(ref, run_mode(pipes, case, out / "images", image=case["other_image"]))
+            t2i = dict(case, pipeline="FluxPipeline", image=None)
+            pipes.setdefault(("FluxPipeline", case["model"]), diffusers.FluxPipeline(**pipes[(case["pipeline"], case["model"])].components))
+            sens["no_reference"] = psnr(ref, run_mode(pipes, t2i, out / "images"))
         arr = np.asarray(ref)
         rec = {**case, "expected": f"expected/{case['name']}.png", "sensitivity_psnr_db": sens,
                "saturated_fraction": float(np.mean((arr == 0) | (arr == 255)))}

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    batch.warnings.iter().for_each(|w| ui.warn(w));
     if let (Some(base), false) = (batch.random_seed, dry_run) {
         ui.info(&format!("seed: {base} (random; item k uses {base} + k)"));
     }

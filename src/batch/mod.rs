@@ -42,6 +42,10 @@ pub struct Options {
     pub grid: Option<PathBuf>,
     /// `-o -`: the single image goes to standard output.
     pub stdout: bool,
+    /// Kontext reference size, for items a Kontext checkpoint turns into Kontext edits.
+    pub reference_size: crate::engine::request::ReferenceSize,
+    /// `--strength` was given (Kontext ignores it, and says so).
+    pub strength_given: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +57,8 @@ pub struct Batch {
     pub options: Options,
     /// The base seed, when it was drawn at random (reported so the batch can be repeated).
     pub random_seed: Option<u64>,
+    /// Flags that some items ignore.
+    pub warnings: Vec<String>,
 }
 
 /// How a batch went.

@@ -7,7 +7,7 @@
 use super::grid::{self, Cell};
 use super::inputs::Downloads;
 use super::{results, Batch, Item, Options, Summary};
-use crate::engine::{Plan, Progress, Session};
+use crate::engine::{Mode, Plan, Progress, Session};
 use crate::error::{Error, Result};
 use crate::ui::Ui;
 use crate::{image_io, output, source};
@@ -110,6 +110,14 @@ impl Run<'_> {
         }
         if self.opts.stdout {
             item.request.output = self.downloads.temp_path("stdout.png")?;
+        }
+        if let (true, Mode::Img2Img { image, .. }) = (session.is_kontext(), &item.request.mode) {
+            // A Kontext checkpoint edits by instruction: the input becomes its reference.
+            let reference = self.opts.reference_size;
+            item.request.mode = Mode::Kontext { image: image.clone(), reference };
+            if self.opts.strength_given && self.warned.insert("kontext-strength".into()) {
+                self.ui.warn("this is a FLUX.1 Kontext model: the input is a reference and --strength is ignored");
+            }
         }
         let r = &item.request;
         // A real run decodes the whole file now, so a truncated image fails before any weight is loaded; a dry

@@ -2,6 +2,7 @@
 //! that need the model's configs (size multiples, steps left by strength) happen in `engine::plan`.
 
 use super::values;
+use crate::engine::request::ReferenceSize;
 use crate::image_io::ResizeMode;
 use crate::models::linear::Quant;
 use crate::rng::{CpuNoise, CudaGeometry, RngKind};
@@ -75,6 +76,32 @@ pub struct Args {
     /// What the image should not show, through true classifier-free guidance (needs --true-cfg).
     #[arg(long, value_name = "TEXT")]
     pub negative_prompt: Option<String>,
+    /// Inpainting mask: white (after grey conversion, ≥ 128) is repainted, black kept. A PNG of the input's size,
+    /// `alpha` (the input's transparency: transparent = repaint) or `auto` ({stem}.mask.png beside each input).
+    #[arg(long, value_name = "PNG|alpha|auto")]
+    pub mask: Option<String>,
+    /// Repaint the black part of the mask instead of the white.
+    #[arg(long)]
+    pub invert_mask: bool,
+    /// Gaussian blur radius (px) applied to the mask first, as diffusers' mask_processor.blur; moves its edge.
+    #[arg(long, value_name = "PX")]
+    pub mask_blur: Option<f32>,
+    /// Edit only the mask's bounding box grown by PAD pixels (at --width x --height) and paste the result over the
+    /// input, as diffusers' padding_mask_crop: small masks on large images get full resolution.
+    #[arg(long, value_name = "PAD")]
+    pub mask_crop: Option<u32>,
+    /// Put the result back over the input with a feathered seam inside the mask: pixels outside the mask stay the
+    /// input's exactly (the output has the input's size).
+    #[arg(long)]
+    pub paste_back: bool,
+    /// Edit by instruction with FLUX.1 Kontext: the input is a reference, not a starting point (automatic for Kontext
+    /// checkpoints, e.g. --model kontext); --strength does not apply.
+    #[arg(long)]
+    pub kontext: bool,
+    /// Kontext: the size the reference image is brought to: auto (Kontext's preferred ~1 MP resolution of the
+    /// nearest aspect, as diffusers) or input (its own size floored to the grid; faster).
+    #[arg(long, value_parser = values::named(ReferenceSize::NAMES))]
+    pub reference_size: Option<ReferenceSize>,
     /// True CFG scale (> 1, e.g. 4): each step runs the transformer on the prompt and on the negative prompt (one
     /// batch of two) and moves away from the latter, as diffusers' true_cfg_scale.
     #[arg(long, value_name = "F")]

@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, Batch, Input, Item, Options};
-use crate::engine::request::TrueCfg;
+use crate::engine::request::{Mask, MaskSource, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::rng::RngSettings;
@@ -28,6 +28,8 @@ struct Row {
     steps: Option<usize>,
     guidance: Option<f64>,
     output: Option<PathBuf>,
+    /// A manifest row's mask file.
+    mask: Option<PathBuf>,
 }
 
 /// Seeds of a row: one base (item k gets base + k) or an explicit list rendered for every row.
@@ -61,12 +63,13 @@ impl Args {
             self.row_items(row, &strengths, &ctx, &mut items)?;
         }
         check_distinct(&items)?;
+        let warnings = self.mode_warnings(&items)?;
         let total = items.len();
         if let Some(spec) = &self.shard {
             let (i, n) = parse_shard(spec, &|k| std::env::var(k).ok())?;
             items.retain(|it| it.index % n == i);
         }
-        Ok(Batch { items, total, options: self.options(), random_seed })
+        Ok(Batch { items, total, options: self.options(), random_seed, warnings })
     }
 
     /// Fills every flag not given on the command line from a stored record.
@@ -96,6 +99,17 @@ impl Args {
         self.resize = self.resize.or(Some(r.resize));
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
+        if self.mask.is_none() && self.manifest.is_none() {
+            self.mask = r.mask.clone();
+            self.invert_mask |= r.invert_mask;
+            self.mask_blur = self.mask_blur.or(r.mask_blur);
+            self.mask_crop = self.mask_crop.or(r.mask_crop);
+            self.paste_back |= r.paste_back;
+        }
+        if r.mode.as_deref() == Some("kontext") {
+            self.kontext = true;
+            self.reference_size = self.reference_size.or(r.reference_size);
+        }
         if self.negative_prompt.is_none() && self.true_cfg.is_none() {
             (self.negative_prompt, self.true_cfg) = (r.negative_prompt.clone(), r.true_cfg);
         }
@@ -184,6 +198,68 @@ impl Args {
         })
     }
 
+    /// How a row's item is made: text-to-image without an input; inpainting with a mask; Kontext when asked;
+    /// img2img otherwise.
+    fn mode_for(&self, row: &Row, image: &Path, strength: f64) -> Result<Mode> {
+        let Some(input) = &row.input else {
+            if row.mask.is_some() || self.mask.is_some() {
+                return Err(Error::Usage("a mask needs an input image to repaint: give --image".into()));
+            }
+            return Ok(Mode::Txt2Img);
+        };
+        let mask = match (&row.mask, self.mask.as_deref()) {
+            (Some(file), _) => Some(MaskSource::File(file.clone())),
+            (None, Some("alpha")) => Some(MaskSource::Alpha),
+            (None, Some("auto")) => Some(MaskSource::File(auto_mask(input)?)),
+            (None, Some(file)) => Some(MaskSource::File(PathBuf::from(file))),
+            (None, None) => None,
+        };
+        let image = image.to_path_buf();
+        match (mask, self.kontext) {
+            (Some(_), true) => Err(Error::Usage(
+                "--kontext edits by instruction and takes no mask; drop --mask, or drop --kontext to inpaint".into(),
+            )),
+            (Some(source), false) => Ok(Mode::Inpaint { image, strength, mask: self.mask_options(source) }),
+            (None, true) => Ok(Mode::Kontext { image, reference: self.reference_size.unwrap_or_default() }),
+            (None, false) => Ok(Mode::Img2Img { image, strength }),
+        }
+    }
+
+    /// Mode flags that apply to none of the items are errors; flags a mode ignores are warnings.
+    fn mode_warnings(&self, items: &[Item]) -> Result<Vec<String>> {
+        let inpaints = items.iter().any(|i| i.request.mask().is_some());
+        let mask_flags = [
+            ("--invert-mask", self.invert_mask),
+            ("--mask-blur", self.mask_blur.is_some()),
+            ("--mask-crop", self.mask_crop.is_some()),
+            ("--paste-back", self.paste_back),
+        ];
+        if let Some((flag, _)) = mask_flags.iter().find(|(_, set)| *set && !inpaints) {
+            return Err(Error::Usage(format!("{flag} applies to inpainting: give --mask as well")));
+        }
+        if let Some(b) = self.mask_blur.filter(|b| !b.is_finite() || *b < 0.0) {
+            return Err(Error::Usage(format!("--mask-blur {b} must be a radius of 0 or more pixels")));
+        }
+        let mut warnings = Vec::new();
+        if self.kontext && self.strength.is_some() {
+            warnings.push("Kontext starts from noise and sees the input as a reference: --strength is ignored".into());
+        }
+        if self.reference_size.is_some() && !self.kontext {
+            warnings.push("--reference-size applies to Kontext edits only".into());
+        }
+        Ok(warnings)
+    }
+
+    fn mask_options(&self, source: MaskSource) -> Mask {
+        Mask {
+            source,
+            invert: self.invert_mask,
+            blur: self.mask_blur.unwrap_or(0.0),
+            crop_padding: self.mask_crop,
+            paste_back: self.paste_back,
+        }
+    }
+
     /// `--negative-prompt` with `--true-cfg`: both or neither, the scale above 1.
     fn true_cfg_settings(&self) -> Result<Option<TrueCfg>> {
         match (&self.negative_prompt, self.true_cfg) {
@@ -242,6 +318,7 @@ impl Args {
                     Some(d) if Path::new(&o).is_relative() => d.join(o),
                     _ => near(&o),
                 }),
+                mask: r.mask.filter(|m| !m.trim().is_empty()).map(|m| near(&m)),
                 prompt: r.prompt,
                 strength: r.strength,
                 seed: r.seed,
@@ -280,10 +357,7 @@ impl Args {
                     (None, Seeds::Base(b)) => b.wrapping_add(index as u64),
                 };
                 let mut request = ctx.base.clone();
-                request.mode = match &row.input {
-                    Some(_) => Mode::Img2Img { image: shown.clone(), strength },
-                    None => Mode::Txt2Img,
-                };
+                request.mode = self.mode_for(row, &shown, strength)?;
                 request.prompt = prompt.clone();
                 request.steps = row.steps.or(self.steps);
                 request.guidance = row.guidance.or(self.guidance);
@@ -336,7 +410,17 @@ impl Args {
             output_dir: self.output_dir.clone(),
             grid: self.grid.clone(),
             stdout: self.output.as_deref() == Some(Path::new("-")),
+            reference_size: self.reference_size.unwrap_or_default(),
+            strength_given: self.strength.is_some(),
         }
+    }
+}
+
+/// `--mask auto`: `{stem}.mask.png` beside the input.
+fn auto_mask(input: &Input) -> Result<PathBuf> {
+    match input {
+        Input::File(p) => Ok(p.with_file_name(format!("{}.mask.png", input.stem()))),
+        _ => Err(Error::Usage("--mask auto needs input files (the mask is {stem}.mask.png beside each)".into())),
     }
 }
 
@@ -354,7 +438,7 @@ fn slug(prompt: &str) -> String {
 
 impl Row {
     fn plain(input: Option<Input>) -> Self {
-        Row { input, prompt: None, strength: None, seed: None, steps: None, guidance: None, output: None }
+        Row { input, prompt: None, strength: None, seed: None, steps: None, guidance: None, output: None, mask: None }
     }
 }
 

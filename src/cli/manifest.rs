@@ -1,5 +1,5 @@
 //! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
-//! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output; empty CSV cells mean "use
+//! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask; empty CSV cells mean "use
 //! the flag's value". Unknown columns are an error, so a typo cannot silently drop a setting.
 
 use crate::error::{Error, Result};
@@ -18,6 +18,8 @@ pub struct Row {
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
     pub output: Option<String>,
+    /// Inpainting mask for this row (relative to the manifest).
+    pub mask: Option<String>,
 }
 
 pub fn read(path: &Path) -> Result<Vec<Row>> {

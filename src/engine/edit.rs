@@ -33,6 +33,28 @@ pub struct Start {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
+    /// The packed noise and clean input latents it was mixed from (modes that start from an input).
+    pub noise: Option<Tensor>,
+    pub clean: Option<Tensor>,
+}
+
+/// Kontext's reference image as transformer tokens: packed latents [1, M, 4C] and their position ids (1, row, col).
+pub struct Reference {
+    pub tokens: Tensor,
+    pub ids: Tensor,
+}
+
+impl Reference {
+    /// `(mean − shift)·scale` of the reference's posterior (its mode: no noise is drawn), packed.
+    pub fn from_latents(mean: &Tensor, space: &LatentSpace) -> Result<Self> {
+        let tokens = pack(&((mean - space.shift)? * space.scale)?)?;
+        let (_, _, h, w) = mean.dims4()?;
+        let ids = image_ids(h / 2, w / 2, DType::F32, mean.device())?;
+        // First id column 1: the reference's own "time" slot, no offset in rows or columns.
+        let ones = Tensor::ones(((h / 2) * (w / 2), 1), DType::F32, mean.device())?;
+        let ids = Tensor::cat(&[&ones.unsqueeze(0)?, &ids.narrow(2, 1, 2)?], 2)?.to_dtype(mean.dtype())?;
+        Ok(Self { tokens, ids })
+    }
 }
 
 /// The input brought to the plan's size: centre-crop or pad first if the plan says so, then Lanczos.
@@ -74,23 +96,35 @@ fn draw(gen: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
 pub fn pure_noise(gen: &mut dyn NoiseSource, grid: (usize, usize, usize), dtype: DType, dev: &Device) -> Result<Start> {
     let (channels, height, width) = grid;
     let noise = draw_shape(gen, &(1, channels, height, width).into(), dtype, dev)?;
-    Ok(Start { packed: pack(&noise)?, channels, height, width })
+    Ok(Start { packed: pack(&noise)?, channels, height, width, noise: None, clean: None })
 }
 
 /// The transformer with its conditioning: one prompt, or (true CFG) the prompt and the negative prompt as a
 /// batch of two whose velocities are combined `neg + scale·(pos − neg)`, as diffusers does with its two passes.
 pub struct Guided<'a> {
     pub model: &'a FluxTransformer,
-    /// Conditioning for a batch of one, or of two (prompt first, negative second) with `cfg_scale`.
+    /// Conditioning for a batch of one, or of two (prompt first, negative second) with `cfg_scale`; `img_ids`
+    /// cover the latents and then any reference tokens.
     pub inputs: Inputs<'a>,
     pub cfg_scale: Option<f64>,
+    /// Kontext: reference tokens appended after the latents, their velocity dropped.
+    pub reference: Option<&'a Tensor>,
 }
 
 impl Guided<'_> {
     /// Velocity at `t` for latents `x` [1, S, C].
     pub fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let Some(scale) = self.cfg_scale else { return self.model.forward(x, t, &self.inputs) };
-        let v = self.model.forward(&Tensor::cat(&[x, x], 0)?, &Tensor::cat(&[t, t], 0)?, &self.inputs)?;
+        let n = x.dim(1)?;
+        let x = match self.reference {
+            Some(r) => Tensor::cat(&[x, r], 1)?,
+            None => x.clone(),
+        };
+        let (x, t) = match self.cfg_scale {
+            Some(_) => (Tensor::cat(&[&x, &x], 0)?, Tensor::cat(&[t, t], 0)?),
+            None => (x, t.clone()),
+        };
+        let v = self.model.forward(&x, &t, &self.inputs)?.narrow(1, 0, n)?;
+        let Some(scale) = self.cfg_scale else { return Ok(v) };
         let (pos, neg) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
         &neg + ((pos - &neg)? * scale)?
     }
@@ -108,7 +142,14 @@ pub fn start_latents(
     let z = sample_latents(mean, logvar, &eps, space.shift, space.scale)?;
     let noise = draw(gen, mean)?;
     let (_, channels, height, width) = mean.dims4()?;
-    Ok(Start { packed: pack(&noise_to(&z, &noise, sigma)?)?, channels, height, width })
+    Ok(Start {
+        packed: pack(&noise_to(&z, &noise, sigma)?)?,
+        channels,
+        height,
+        width,
+        noise: Some(pack(&noise)?),
+        clean: Some(pack(&z)?),
+    })
 }
 
 /// Denoised packed latents → the VAE's latent space `z/scale + shift`, unpacked to [B, C, h, w].
@@ -153,25 +194,29 @@ pub fn noise_to(z: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
     (noise * sigma as f64)? + (z * (1.0 - sigma as f64))?
 }
 
-/// Runs the Euler loop from `schedule.t_start` with `velocity(x, t)`; `on_step(i, n)` is called after each step.
+/// Runs the Euler loop from `schedule.t_start` with `velocity(x, t)`; after each step `after(x, next_sigma)` may
+/// change the latents (`next_sigma` is None after the last step); `on_step(i, n)` reports progress.
 pub fn denoise(
     latents: Tensor,
     schedule: &Schedule,
     velocity: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    after: impl Fn(Tensor, Option<f32>) -> Result<Tensor>,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Tensor> {
     let n = schedule.steps_to_run();
+    let last = schedule.timesteps.len();
     let dev = latents.device().clone();
     let dtype = latents.dtype();
     let b = latents.dim(0)?;
     let mut x = latents;
-    for (k, i) in (schedule.t_start..schedule.timesteps.len()).enumerate() {
+    for (k, i) in (schedule.t_start..last).enumerate() {
         // diffusers passes t/1000 in the latents' dtype; the model multiplies by 1000 again.
         let t = (Tensor::full(schedule.timesteps[i], b, &dev)?.to_dtype(dtype)? / 1000.0)?;
         let v = velocity(&x, &t)?;
         let dt = schedule.sigmas[i + 1] - schedule.sigmas[i];
         // The step is taken in f32 and cast back, as the scheduler does.
         x = (x.to_dtype(DType::F32)? + (v * dt as f64)?.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        x = after(x, (i + 1 < last).then(|| schedule.sigmas[i + 1]))?;
         on_step(k + 1, n);
     }
     Ok(x)

@@ -9,6 +9,7 @@
 //! - [`progress`]: events the engine reports through the [`Progress`] trait; it never writes to stderr.
 
 pub mod edit;
+pub mod inpaint;
 pub mod load;
 pub mod plan;
 pub mod progress;

@@ -1,7 +1,7 @@
 //! Request + model configs + the input's size → a [`Plan`]: working size, steps, guidance, seed and schedule,
 //! decided before any weight is read. Pure: problems come back as errors, remarks as `Plan::warnings`.
 
-use super::request::{Request, DEFAULT_GUIDANCE, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL};
+use super::request::{Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL};
 use crate::config::ModelConfigs;
 use crate::error::{Error, Result};
 use crate::image_io::{self, floor_to_multiple, ResizeMode};
@@ -20,6 +20,8 @@ pub struct Plan {
     pub input_size: Option<(u32, u32)>,
     /// The input is centre-cropped to the output's aspect first.
     pub crop: bool,
+    /// Kontext: the size the reference image is resized (stretched) to.
+    pub reference_size: Option<(u32, u32)>,
     /// Resize mode in effect (crop, fit, pad or stretch).
     pub resize: ResizeMode,
     pub steps: usize,
@@ -55,14 +57,32 @@ pub fn plan(
     let multiple = cfg.vae.size_multiple();
     check_size_flags(req, multiple)?;
     let mut warnings = Vec::new();
-    let (width, height, crop) = match input {
-        Some(input) => working_size(req, input, multiple, &mut warnings)?,
-        None => {
+    let (width, height, crop) = match (input, &req.mode) {
+        (Some(input), Mode::Kontext { .. }) => {
+            let (w, h) = kontext_size(req, input, multiple);
+            (w, h, false)
+        }
+        (Some(input), Mode::Inpaint { mask, .. }) if mask.crop_padding.is_some() => {
+            // The mask's region is edited instead of the centre: its size follows from the flags alone.
+            let (w, h) = image_io::target_size(input, req.width, req.height, multiple);
+            (w, h, false)
+        }
+        (Some(input), _) => working_size(req, input, multiple, &mut warnings)?,
+        (None, _) => {
             let (w, h) = given_size(req)?;
             (w, h, false)
         }
     };
+    let reference_size = match (&req.mode, input) {
+        (Mode::Kontext { reference, .. }, Some(input)) => Some(reference_size(input, multiple, *reference)),
+        _ => None,
+    };
     check_true_cfg(req, &mut warnings)?;
+    if let (Mode::Inpaint { mask, .. }, ResizeMode::Pad) = (&req.mode, req.resize) {
+        if mask.paste_back && mask.crop_padding.is_none() {
+            return Err(Error::Usage("--paste-back does not work with --resize pad; use crop, fit or stretch".into()));
+        }
+    }
     let (default_steps, default_guidance) = defaults(cfg.transformer.guidance_embeds);
     let steps = req.steps.unwrap_or(default_steps);
     let guidance = default_guidance.map(|d| req.guidance.unwrap_or(d));
@@ -95,6 +115,7 @@ pub fn plan(
         height,
         input_size: input,
         crop,
+        reference_size,
         resize: req.resize,
         steps,
         guidance,
@@ -104,6 +125,67 @@ pub fn plan(
         schedule,
         warnings,
     })
+}
+
+/// Kontext's default area (diffusers' `max_area`, 1024²).
+const KONTEXT_AREA: f64 = 1024.0 * 1024.0;
+
+/// Kontext's preferred reference sizes (width, height), all about one megapixel.
+const KONTEXT_RESOLUTIONS: [(u32, u32); 17] = [
+    (672, 1568),
+    (688, 1504),
+    (720, 1456),
+    (752, 1392),
+    (800, 1328),
+    (832, 1248),
+    (880, 1184),
+    (944, 1104),
+    (1024, 1024),
+    (1104, 944),
+    (1184, 880),
+    (1248, 832),
+    (1328, 800),
+    (1392, 752),
+    (1456, 720),
+    (1504, 688),
+    (1568, 672),
+];
+
+/// Kontext's output: `--width`/`--height` as given (one of them: the other from the input's aspect); neither:
+/// the input's aspect at `--max-megapixels` (default 1024²), as diffusers rescales to `max_area`.
+fn kontext_size(req: &Request, input: (u32, u32), multiple: u32) -> (u32, u32) {
+    if req.width.is_some() || req.height.is_some() {
+        return image_io::target_size(input, req.width, req.height, multiple);
+    }
+    let area = req.max_megapixels.map_or(KONTEXT_AREA, |mp| mp * 1e6);
+    let ar = input.0 as f64 / input.1 as f64;
+    let side = |v: f64| floor_to_multiple(round_half_even(v), multiple);
+    (side((area * ar).sqrt()), side((area / ar).sqrt()))
+}
+
+/// Python's `round` (ties to even).
+fn round_half_even(v: f64) -> f64 {
+    let r = v.round();
+    if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - v.signum()
+    } else {
+        r
+    }
+}
+
+/// The size Kontext's reference is stretched to: its own floored to the grid, or the preferred resolution with
+/// the nearest aspect (ties: smaller width, then smaller height), as diffusers' `_auto_resize`.
+fn reference_size(input: (u32, u32), multiple: u32, rule: ReferenceSize) -> (u32, u32) {
+    let own = (input.0 - input.0 % multiple, input.1 - input.1 % multiple);
+    let (own_w, own_h) = (own.0.max(multiple), own.1.max(multiple));
+    if rule == ReferenceSize::Input {
+        return (own_w, own_h);
+    }
+    let ar = own_w as f64 / own_h as f64;
+    let key = |&(w, h): &(u32, u32)| ((ar - w as f64 / h as f64).abs(), w, h);
+    let best =
+        KONTEXT_RESOLUTIONS.iter().min_by(|a, b| key(a).partial_cmp(&key(b)).expect("finite")).expect("non-empty");
+    (best.0 - best.0 % multiple, best.1 - best.1 % multiple)
 }
 
 /// The size a mode without an input makes: both flags are needed.
@@ -176,4 +258,26 @@ fn working_size(
         _ => {}
     }
     Ok((width, height, other_aspect && req.resize == ResizeMode::Crop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kontext_reference_sizes_match_diffusers() {
+        // Examples from diffusers' FluxKontextPipeline on FLUX.1's 16-pixel grid.
+        assert_eq!(reference_size((96, 64), 16, ReferenceSize::Auto), (1248, 832));
+        assert_eq!(reference_size((100, 60), 16, ReferenceSize::Auto), (1456, 720));
+        assert_eq!(reference_size((48, 64), 16, ReferenceSize::Auto), (880, 1184));
+        assert_eq!(reference_size((80, 80), 16, ReferenceSize::Auto), (1024, 1024));
+        assert_eq!(reference_size((100, 60), 16, ReferenceSize::Input), (96, 48));
+    }
+
+    #[test]
+    fn python_rounding() {
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(3.5), 4.0);
+        assert_eq!(round_half_even(1168.4), 1168.0);
+    }
 }

@@ -2,6 +2,7 @@
 //! the PNG's `flux-img2img` text chunk, printed (with the item's status) by `--json`, and read back by
 //! `--from-metadata`; the A1111-style `parameters` line image sites read is derived from it too.
 
+use super::request::{MaskSource, Mode, ReferenceSize};
 use super::{Plan, Request};
 use crate::image_io::ResizeMode;
 use crate::models::linear::Quant;
@@ -19,6 +20,24 @@ pub struct EditRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     pub prompt: String,
+    /// Inpainting: the mask (a path, or `alpha`) and its options.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub invert_mask: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_blur: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_crop: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paste_back: bool,
+    /// Kontext: the reference size rule and what it gave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_size: Option<ReferenceSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_height: Option<u32>,
     /// True CFG: the negative prompt and its scale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
@@ -63,6 +82,20 @@ impl EditRecord {
         EditRecord {
             mode: Some(req.mode.name().into()),
             prompt: req.prompt.clone(),
+            mask: req.mask().map(|m| match &m.source {
+                MaskSource::File(p) => p.to_string_lossy().into_owned(),
+                MaskSource::Alpha => "alpha".into(),
+            }),
+            invert_mask: req.mask().is_some_and(|m| m.invert),
+            mask_blur: req.mask().map(|m| m.blur).filter(|b| *b > 0.0),
+            mask_crop: req.mask().and_then(|m| m.crop_padding),
+            paste_back: req.mask().is_some_and(|m| m.paste_back),
+            reference_size: match &req.mode {
+                Mode::Kontext { reference, .. } => Some(*reference),
+                _ => None,
+            },
+            reference_width: plan.reference_size.map(|s| s.0),
+            reference_height: plan.reference_size.map(|s| s.1),
             negative_prompt: req.true_cfg.as_ref().map(|c| c.negative_prompt.clone()),
             true_cfg: req.true_cfg.as_ref().map(|c| c.scale),
             model: req.model.clone(),

@@ -16,7 +16,48 @@ pub enum Mode {
     Img2Img { image: PathBuf, strength: f64 },
     /// Text-to-image, as `FluxPipeline`: pure noise of the requested size, every step run.
     Txt2Img,
+    /// Inpainting, as `FluxInpaintPipeline`: SDEdit whose unmasked latents are put back after every step.
+    Inpaint { image: PathBuf, strength: f64, mask: Mask },
+    /// Instruction editing with FLUX.1 Kontext, as `FluxKontextPipeline`: the input is a reference the transformer
+    /// sees as extra tokens; the picture starts from pure noise.
+    Kontext { image: PathBuf, reference: ReferenceSize },
 }
+
+/// Where an inpainting mask comes from and how it is applied. White (after PIL's luma conversion, ≥ 128)
+/// marks what is repainted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    pub source: MaskSource,
+    /// Swap repainted and kept areas.
+    pub invert: bool,
+    /// PIL Gaussian blur radius applied to the mask first (as `mask_processor.blur`); 0 = none.
+    pub blur: f32,
+    /// diffusers' `padding_mask_crop`: edit only the mask's bounding box grown by this many pixels, at the working
+    /// size, and paste the result over the original.
+    pub crop_padding: Option<u32>,
+    /// Paste the result back over the input with a feathered seam: pixels outside the mask stay the input's.
+    pub paste_back: bool,
+}
+
+/// A mask image file, or the input's transparency (transparent = repaint).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MaskSource {
+    File(PathBuf),
+    Alpha,
+}
+
+/// The size Kontext's reference image is brought to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum ReferenceSize {
+    /// The preferred Kontext resolution (about 1 MP) nearest to its aspect ratio, as diffusers' `_auto_resize`.
+    #[default]
+    Auto,
+    /// Its own size floored to the latent grid.
+    Input,
+}
+
+crate::named_enum!(ReferenceSize, "reference size", [Auto = "auto", Input = "input"]);
 
 impl Mode {
     /// The name records and plan lines use.
@@ -24,6 +65,8 @@ impl Mode {
         match self {
             Mode::Img2Img { .. } => "img2img",
             Mode::Txt2Img => "txt2img",
+            Mode::Inpaint { .. } => "inpaint",
+            Mode::Kontext { .. } => "kontext",
         }
     }
 }
@@ -82,8 +125,16 @@ impl Request {
     /// The input image, for modes that edit one.
     pub fn image(&self) -> Option<&Path> {
         match &self.mode {
-            Mode::Img2Img { image, .. } => Some(image),
+            Mode::Img2Img { image, .. } | Mode::Inpaint { image, .. } | Mode::Kontext { image, .. } => Some(image),
             Mode::Txt2Img => None,
+        }
+    }
+
+    /// The inpainting mask, for that mode.
+    pub fn mask(&self) -> Option<&Mask> {
+        match &self.mode {
+            Mode::Inpaint { mask, .. } => Some(mask),
+            _ => None,
         }
     }
 
@@ -99,7 +150,8 @@ impl Request {
 
     /// Points the edit at another copy of its input (a downloaded URL, standard input saved to a file).
     pub fn set_image(&mut self, path: std::path::PathBuf) {
-        if let Mode::Img2Img { image, .. } = &mut self.mode {
+        if let Mode::Img2Img { image, .. } | Mode::Inpaint { image, .. } | Mode::Kontext { image, .. } = &mut self.mode
+        {
             *image = path;
         }
     }
@@ -107,8 +159,8 @@ impl Request {
     /// How much of the input is replaced, for modes that start from a noised input.
     pub fn strength(&self) -> Option<f64> {
         match self.mode {
-            Mode::Img2Img { strength, .. } => Some(strength),
-            Mode::Txt2Img => None,
+            Mode::Img2Img { strength, .. } | Mode::Inpaint { strength, .. } => Some(strength),
+            Mode::Txt2Img | Mode::Kontext { .. } => None,
         }
     }
 }

@@ -2,12 +2,12 @@
 //! transformer), prompt encodings and the last input's VAE posterior cached. Takes [`Request`]s and their
 //! [`Plan`]s, gives written PNGs and [`Report`]s; says what it does through a [`Progress`].
 
-use super::edit;
 use super::load::{self, TransformerKind};
 use super::plan::{self, Plan};
 use super::progress::{Event, Progress};
 use super::record::EditRecord;
 use super::request::{Mode, Request};
+use super::{edit, inpaint};
 use crate::config::ModelConfigs;
 use crate::error::Result;
 use crate::image_io;
@@ -52,6 +52,16 @@ struct Encoded {
     secs: f64,
 }
 
+/// What the Euler loop and the final composition need besides the conditioning.
+struct Staged {
+    start: edit::Start,
+    /// Inpainting: the prepared mask, and the input to compose the result over.
+    mask: Option<inpaint::PreparedMask>,
+    input: Option<RgbImage>,
+    /// Kontext: the reference image's tokens.
+    reference: Option<edit::Reference>,
+}
+
 /// The VAE posterior (mean, logvar) of the last preprocessed input, keyed by a hash of its pixels.
 struct Posterior {
     key: u64,
@@ -61,6 +71,7 @@ struct Posterior {
 
 pub struct Session {
     files: ModelFiles,
+    kontext: bool,
     configs: ModelConfigs,
     kind: Option<TransformerKind>,
     device: Device,
@@ -103,6 +114,7 @@ impl Session {
 
     fn with_files(files: ModelFiles, device: &Device, dtype: DType, progress: Arc<dyn Progress>) -> Result<Self> {
         Ok(Self {
+            kontext: files.is_kontext(),
             configs: ModelConfigs::read(&files)?,
             files,
             kind: None,
@@ -136,6 +148,12 @@ impl Session {
 
     pub fn configs(&self) -> &ModelConfigs {
         &self.configs
+    }
+
+    /// Whether the model is FLUX.1 Kontext: its `model_index.json` names `FluxKontextPipeline`, or the
+    /// transformer file's name says "kontext" (BFL, ComfyUI and GGUF files: the weights look like dev's).
+    pub fn is_kontext(&self) -> bool {
+        self.kontext
     }
 
     /// The plan for `req` given its input's size (None for modes without an input; a random seed is drawn when
@@ -202,21 +220,33 @@ impl Session {
     fn render(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan, t: &mut Timings) -> Result<RgbImage> {
         let cond = self.conditioning(req, t)?;
         let t0 = Instant::now();
-        let start = self.start_latents(req, input, plan)?;
+        let staged = self.stage(req, input, plan)?;
         t.vae_encode = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         self.load_transformer(req.quantize)?;
         t.load_transformer = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let latents = self.denoise(&cond, &start, plan)?;
+        let latents = self.denoise(&cond, &staged, plan)?;
         t.denoise = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        let mut rgb = self.decode(&latents, &start)?;
-        if let Some((w, h)) = plan.input_size.filter(|s| req.keep_size && rgb.dimensions() != *s) {
-            rgb = image_io::resize_lanczos(&rgb, w, h);
-        }
+        let rgb = self.decode(&latents, &staged.start)?;
+        let rgb = self.finish(rgb, req, plan, staged)?;
         t.vae_decode = t0.elapsed().as_secs_f64();
         Ok(rgb)
+    }
+
+    /// The decoded picture as the mode hands it back: composed over the input (inpainting) or at the input's
+    /// size (`--keep-size`).
+    fn finish(&self, rgb: RgbImage, req: &Request, plan: &Plan, staged: Staged) -> Result<RgbImage> {
+        if let (Some(spec), Some(m), Some(input)) = (req.mask(), &staged.mask, &staged.input) {
+            if spec.paste_back || m.region.is_some() {
+                return inpaint::compose(rgb, input, plan, spec, m);
+            }
+        }
+        match plan.input_size.filter(|s| req.keep_size && rgb.dimensions() != *s) {
+            Some((w, h)) => Ok(image_io::resize_lanczos(&rgb, w, h)),
+            None => Ok(rgb),
+        }
     }
 
     /// The prompt's conditioning and, with true CFG, the negative prompt's (encoded now if no batch did it
@@ -241,34 +271,64 @@ impl Session {
         Ok(self.vae.as_ref().expect("loaded above"))
     }
 
-    /// The packed latents the loop starts from, as the mode's pipeline makes them.
-    fn start_latents(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<edit::Start> {
+    /// What the loop needs besides the conditioning, as the mode's pipeline prepares it: start latents, and the
+    /// mask (inpainting) or reference tokens (Kontext).
+    fn stage(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Staged> {
         let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(rng::CudaGeometry::H100));
-        match (&req.mode, input) {
-            (Mode::Img2Img { .. }, Some(img)) => self.noised_input(img, gen.as_mut(), plan),
-            (Mode::Img2Img { .. }, None) => Err(crate::Error::Usage("img2img needs an input image".into())),
+        let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
+        let grid = (c, plan.height as usize / f, plan.width as usize / f);
+        let input = match (&req.mode, input) {
             (Mode::Txt2Img, _) => {
-                let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
-                let grid = (c, plan.height as usize / f, plan.width as usize / f);
-                Ok(edit::pure_noise(gen.as_mut(), grid, self.dtype, &self.device)?)
+                let start = edit::pure_noise(gen.as_mut(), grid, self.dtype, &self.device)?;
+                return Ok(Staged { start, mask: None, reference: None, input: None });
+            }
+            (_, Some(input)) => input,
+            (mode, None) => return Err(crate::Error::Usage(format!("{} needs an input image", mode.name()))),
+        };
+        match &req.mode {
+            Mode::Kontext { .. } => {
+                let reference = self.reference(&input, plan)?;
+                let start = edit::pure_noise(gen.as_mut(), grid, self.dtype, &self.device)?;
+                Ok(Staged { start, mask: None, reference: Some(reference), input: None })
+            }
+            Mode::Inpaint { mask: spec, image, .. } => {
+                let mut warnings = Vec::new();
+                let m = inpaint::prepare(spec, image, &input, plan, &mut warnings)?;
+                warnings.iter().for_each(|w| self.progress.event(Event::Warning(w)));
+                let start = self.noised_input(inpaint::model_input(input.clone(), plan, &m), gen.as_mut(), plan)?;
+                Ok(Staged { start, mask: Some(m), reference: None, input: Some(input) })
+            }
+            _ => {
+                let start = self.noised_input(edit::fit_to_plan(input, plan), gen.as_mut(), plan)?;
+                Ok(Staged { start, mask: None, reference: None, input: None })
             }
         }
     }
 
-    /// Preprocessed input → posterior (cached for sweeps) → noised, packed start latents. The posterior noise
-    /// is the generator's first draw and the initial noise its second, as in diffusers.
-    fn noised_input(&mut self, input: RgbImage, gen: &mut dyn rng::NoiseSource, plan: &Plan) -> Result<edit::Start> {
-        let img = edit::fit_to_plan(input, plan);
-        let key = edit::pixel_key(&img);
-        let (mean, logvar) = match &self.posterior {
-            Some(p) if p.key == key => (p.mean.clone(), p.logvar.clone()),
-            _ => {
-                let pixels = image_io::to_tensor(&img, &self.device)?.to_dtype(self.dtype)?;
-                let (mean, logvar) = self.vae()?.encode(&pixels)?;
-                self.posterior = Some(Posterior { key, mean: mean.clone(), logvar: logvar.clone() });
-                (mean, logvar)
-            }
-        };
+    /// Kontext's reference: the input stretched to the planned reference size, encoded (posterior mean), packed.
+    fn reference(&mut self, input: &RgbImage, plan: &Plan) -> Result<edit::Reference> {
+        let (w, h) = plan.reference_size.expect("planned for Kontext");
+        let img = if input.dimensions() == (w, h) { input.clone() } else { image_io::resize_lanczos(input, w, h) };
+        let (mean, _) = self.posterior(&img)?;
+        Ok(edit::Reference::from_latents(&mean, &edit::LatentSpace::of(&self.configs.vae))?)
+    }
+
+    /// The VAE posterior (mean, logvar) of `img`, reused when the same pixels come again (sweeps).
+    fn posterior(&mut self, img: &RgbImage) -> Result<(Tensor, Tensor)> {
+        let key = edit::pixel_key(img);
+        if let Some(p) = self.posterior.as_ref().filter(|p| p.key == key) {
+            return Ok((p.mean.clone(), p.logvar.clone()));
+        }
+        let pixels = image_io::to_tensor(img, &self.device)?.to_dtype(self.dtype)?;
+        let (mean, logvar) = self.vae()?.encode(&pixels)?;
+        self.posterior = Some(Posterior { key, mean: mean.clone(), logvar: logvar.clone() });
+        Ok((mean, logvar))
+    }
+
+    /// Preprocessed input → posterior → noised, packed start latents. The posterior noise is the generator's first
+    /// draw and the initial noise its second, as in diffusers.
+    fn noised_input(&mut self, img: RgbImage, gen: &mut dyn rng::NoiseSource, plan: &Plan) -> Result<edit::Start> {
+        let (mean, logvar) = self.posterior(&img)?;
         let latent = edit::LatentSpace::of(&self.configs.vae);
         Ok(edit::start_latents(&mean, &logvar, gen, &latent, plan.schedule.start_sigma())?)
     }
@@ -288,20 +348,26 @@ impl Session {
         Ok(())
     }
 
-    /// The Euler loop; with true CFG the prompt and the negative prompt go through the transformer as one batch.
-    fn denoise(&self, cond: &(Conditioning, Option<Conditioning>), start: &edit::Start, plan: &Plan) -> Result<Tensor> {
-        let (dev, dtype) = (&self.device, self.dtype);
+    /// The Euler loop; with true CFG the prompt and the negative prompt go through the transformer as one batch;
+    /// Kontext's reference tokens ride along; inpainting puts the kept latents back after every step.
+    fn denoise(&self, cond: &(Conditioning, Option<Conditioning>), staged: &Staged, plan: &Plan) -> Result<Tensor> {
+        let (dev, dtype, start) = (&self.device, self.dtype, &staged.start);
         let (txt, pooled) = match &cond.1 {
             Some(neg) => (Tensor::cat(&[&cond.0.t5, &neg.t5], 0)?, Tensor::cat(&[&cond.0.pooled, &neg.pooled], 0)?),
             None => (cond.0.t5.clone(), cond.0.pooled.clone()),
         };
-        let img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
+        let mut img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
+        if let Some(r) = &staged.reference {
+            img_ids = Tensor::cat(&[&img_ids, &r.ids], 1)?;
+        }
         let txt_ids = Tensor::zeros((1, txt.dim(1)?, 3), dtype, dev)?;
         let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
         let inputs =
             Inputs { img_ids: &img_ids, txt: &txt, txt_ids: &txt_ids, pooled: &pooled, guidance: guidance.as_ref() };
         let model = self.transformer.as_ref().expect("loaded before denoising");
-        let guided = edit::Guided { model, inputs, cfg_scale: plan.cfg_scale };
+        let reference = staged.reference.as_ref().map(|r| &r.tokens);
+        let guided = edit::Guided { model, inputs, cfg_scale: plan.cfg_scale, reference };
+        let blend = self.blend(staged)?;
         let steps = plan.schedule.steps_to_run();
         let t0 = Instant::now();
         self.progress.event(Event::Step { done: 0, total: steps, elapsed: t0.elapsed() });
@@ -309,9 +375,23 @@ impl Session {
             start.packed.clone(),
             &plan.schedule,
             |x, t| guided.velocity(x, t),
+            |x, next| match &blend {
+                Some(b) => b.apply(&x, next),
+                None => Ok(x),
+            },
             |done, total| self.progress.event(Event::Step { done, total, elapsed: t0.elapsed() }),
         )?;
         Ok(latents)
+    }
+
+    /// Inpainting's per-step blend, from the prepared mask and the start's noise and clean latents.
+    fn blend(&self, staged: &Staged) -> Result<Option<inpaint::Blend>> {
+        let (Some(m), Some(noise), Some(clean)) = (&staged.mask, &staged.start.noise, &staged.start.clean) else {
+            return Ok(None);
+        };
+        let f = self.configs.vae.scale_factor() as u32;
+        let mask = inpaint::latent_mask(&m.working, f, staged.start.channels, self.dtype, &self.device)?;
+        Ok(Some(inpaint::Blend { mask, noise: noise.clone(), clean: clean.clone() }))
     }
 
     fn decode(&mut self, latents: &Tensor, start: &edit::Start) -> Result<RgbImage> {

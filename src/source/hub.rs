@@ -15,8 +15,11 @@ use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
-pub const ALIASES: &[(&str, &str)] =
-    &[("dev", "black-forest-labs/FLUX.1-dev"), ("schnell", "black-forest-labs/FLUX.1-schnell")];
+pub const ALIASES: &[(&str, &str)] = &[
+    ("dev", "black-forest-labs/FLUX.1-dev"),
+    ("schnell", "black-forest-labs/FLUX.1-schnell"),
+    ("kontext", "black-forest-labs/FLUX.1-Kontext-dev"),
+];
 
 /// The repo id `--model` names, if it names one: an alias, or `org/name` that is not a local path.
 pub fn repo_id(spec: &str) -> Option<String> {

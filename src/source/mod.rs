@@ -65,6 +65,8 @@ pub struct ModelFiles {
     pub tokenizer: PathBuf,
     pub tokenizer_2: PathBuf,
     pub scheduler_config: PathBuf,
+    /// The folder's `model_index.json`, if it has one.
+    pub model_index: Option<PathBuf>,
 }
 
 /// Single weight files that replace one component's weights from `--model` (configs stay the folder's).
@@ -92,6 +94,24 @@ impl Overrides {
 }
 
 impl ModelFiles {
+    /// FLUX.1 Kontext: `model_index.json` names `FluxKontextPipeline`, or the transformer file's name says so.
+    pub fn is_kontext(&self) -> bool {
+        let by_index =
+            self.model_index.as_ref().and_then(|p| crate::config::read_json::<serde_json::Value>(p).ok()).is_some_and(
+                |v| {
+                    v.get("_class_name")
+                        .and_then(|c| c.as_str())
+                        .is_some_and(|c| c.to_ascii_lowercase().contains("kontext"))
+                },
+            );
+        let by_name = self
+            .transformer
+            .weights
+            .iter()
+            .any(|w| w.file_name().is_some_and(|n| n.to_string_lossy().to_ascii_lowercase().contains("kontext")));
+        by_index || by_name
+    }
+
     /// Points components at override files (BFL or diffusers names; the loaders detect which).
     pub fn apply(&mut self, o: &Overrides) -> Result<()> {
         for (file, comp, flag) in [
@@ -148,6 +168,7 @@ impl ModelFiles {
             vae: vae?,
             text_encoder: text_encoder?,
             text_encoder_2: text_encoder_2?,
+            model_index: Some(root.join("model_index.json")).filter(|p| p.is_file()),
             tokenizer: sub("tokenizer")?,
             tokenizer_2: sub("tokenizer_2")?,
             scheduler_config,

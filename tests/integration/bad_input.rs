@@ -309,3 +309,31 @@ fn mode_flags_that_cannot_work() {
     c.fails(&dev(), &img(), &["--true-cfg", "3"], "--true-cfg needs --negative-prompt");
     c.fails(&dev(), &img(), &["--negative-prompt", "blurry", "--true-cfg", "1"], "must be above 1");
 }
+
+/// Masks that cannot work: one line each, exit 2, nothing written; a mask of another size but the same aspect is
+/// resized with a warning.
+#[test]
+fn bad_masks() {
+    let c = Case::new();
+    let masks = tempfile::tempdir().unwrap();
+    let save = |name: &str, w: u32, h: u32, v: u8| {
+        let p = masks.path().join(name);
+        image::GrayImage::from_pixel(w, h, image::Luma([v])).save(&p).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let (black, wide, half) =
+        (save("black.png", 80, 80, 0), save("wide.png", 90, 40, 255), save("half.png", 40, 40, 255));
+    c.fails(&dev(), &img(), &["--mask", &black], "the mask is empty");
+    c.fails(&dev(), &img(), &["--mask", &wide], "another aspect ratio");
+    c.fails(&dev(), &img(), &["--mask", &half, "--kontext"], "takes no mask");
+    c.fails(&dev(), &img(), &["--paste-back"], "--paste-back applies to inpainting: give --mask");
+    c.fails(&dev(), &img(), &["--mask", &half, "--mask-blur", "-2"], "--mask-blur -2 must be");
+    c.fails(&dev(), &img(), &["--mask", "alpha"], "has no alpha channel");
+    c.fails(&dev(), &img(), &["--mask", "auto"], "gradient-80x80.mask.png");
+    // Same aspect, other size: resized, with a warning.
+    let mut args = c.base(&dev(), &img());
+    args.extend(["--mask".into(), half]);
+    let o = bin().args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: mask") && stderr(&o).contains("resized to fit"), "{}", stderr(&o));
+}

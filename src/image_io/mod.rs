@@ -5,6 +5,8 @@
 //! first into a uint8 intermediate, 22-bit fixed-point coefficients, a dimension that keeps its size is not
 //! filtered. That is what diffusers' `VaeImageProcessor` runs, so inputs match to the last bit.
 
+pub mod mask;
+
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -102,12 +104,11 @@ pub fn pad_to(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     canvas
 }
 
-/// The largest centred box of `img` with the aspect ratio of `width`×`height` (the image itself if it has it).
-pub fn center_crop_to_aspect(img: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (w, h) = (img.width() as u64, img.height() as u64);
-    let (tw, th) = (width as u64, height as u64);
+/// The largest centred box (x, y, w, h) of a `w`×`h` image with the aspect ratio of `width`×`height`.
+pub fn center_crop_box(w: u32, h: u32, width: u32, height: u32) -> (u32, u32, u32, u32) {
+    let (w, h, tw, th) = (w as u64, h as u64, width as u64, height as u64);
     if w * th == h * tw {
-        return img.clone();
+        return (0, 0, w as u32, h as u32);
     }
     // Rounded to the nearest pixel; scripts/make_fixtures.py crops identically for the reference.
     let (x, y, cw, ch) = if w * th > h * tw {
@@ -117,7 +118,16 @@ pub fn center_crop_to_aspect(img: &RgbImage, width: u32, height: u32) -> RgbImag
         let ch = (2 * w * th + tw) / (2 * tw);
         (0, (h - ch) / 2, w, ch)
     };
-    image::imageops::crop_imm(img, x as u32, y as u32, cw as u32, ch as u32).to_image()
+    (x as u32, y as u32, cw as u32, ch as u32)
+}
+
+/// The largest centred box of `img` with the aspect ratio of `width`×`height` (the image itself if it has it).
+pub fn center_crop_to_aspect(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (x, y, cw, ch) = center_crop_box(img.width(), img.height(), width, height);
+    if (cw, ch) == img.dimensions() {
+        return img.clone();
+    }
+    image::imageops::crop_imm(img, x, y, cw, ch).to_image()
 }
 
 const PRECISION_BITS: u32 = 22;
