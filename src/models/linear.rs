@@ -52,6 +52,14 @@ fn fallback(q: GgmlDType) -> GgmlDType {
     }
 }
 
+/// Whether candle's CPU kernel can multiply rows of `width` stored as `fmt`: its Q4_1, Q5_0 and Q5_1 dot products
+/// work on pairs of 32-blocks and assert (panic) on an odd count. FLUX.1's widths are all even multiples; narrow
+/// or odd matrices are run dense instead (dequantized: the same stored values).
+fn cpu_kernel_handles(fmt: GgmlDType, width: usize, device: &candle_core::Device) -> bool {
+    let paired = matches!(fmt, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+    !(device.is_cpu() && paired && (width / fmt.block_size()) % 2 == 1)
+}
+
 #[derive(Clone)]
 pub enum Weights {
     /// safetensors through the checking VarBuilder; `cpu` reads the same names as f32 on the CPU, for
@@ -93,7 +101,10 @@ impl Weights {
     pub fn linear(&self, i: usize, o: usize) -> Result<LinearLayer> {
         match self {
             Weights::Dense { vb, cpu, quant: Some(q), stats } => {
-                let fmt = if i % q.block_size() == 0 { *q } else { fallback(*q) };
+                let mut fmt = if i % q.block_size() == 0 { *q } else { fallback(*q) };
+                if !cpu_kernel_handles(fmt, i, vb.device()) {
+                    fmt = GgmlDType::Q8_0;
+                }
                 if i % fmt.block_size() != 0 {
                     return self.dense_linear(i, o);
                 }
@@ -106,6 +117,9 @@ impl Weights {
             Weights::Dense { .. } => self.dense_linear(i, o),
             Weights::Gguf { vb, dtype } => {
                 let w = vb.get((o, i), "weight")?;
+                if !cpu_kernel_handles(w.dtype(), i, vb.device()) {
+                    return self.dense_linear(i, o);
+                }
                 let b = vb.get(o, "bias")?.dequantize(vb.device())?.to_dtype(*dtype)?;
                 Ok(LinearLayer::Quant { w: QMatMul::from_arc(w)?, b: Some(b) })
             }
