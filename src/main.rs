@@ -12,8 +12,10 @@ fn main() -> ExitCode {
     tune_allocator();
     let args = Args::parse();
     let ui = Arc::new(Ui::new(args.quiet, args.verbose));
-    if let Some(Command::Smoke(s)) = &args.command {
-        return ExitCode::from(smoke::command(s, &ui));
+    match &args.command {
+        Some(Command::Smoke(s)) => return ExitCode::from(smoke::command(s, &ui)),
+        Some(Command::Cache { action }) => return ExitCode::from(cache_command(action, &ui)),
+        None => {}
     }
     let dry_run = args.dry_run;
     let batch = match args.into_batch() {
@@ -42,6 +44,33 @@ fn main() -> ExitCode {
             ExitCode::from(s.exit_code(batch.total))
         }
     }
+}
+
+/// `cache`: the quantization cache's files on stdout (path and size), or `cache clear`.
+fn cache_command(action: &str, ui: &Ui) -> u8 {
+    use flux_img2img::weights::gguf_cache;
+    if action == "clear" {
+        return match gguf_cache::clear() {
+            Ok((n, bytes)) => {
+                println!(
+                    "removed {n} files ({:.1} MiB) from {}",
+                    bytes as f64 / 1048576.0,
+                    gguf_cache::dir().display()
+                );
+                0
+            }
+            Err(e) => {
+                ui.error(&e);
+                2
+            }
+        };
+    }
+    let files = gguf_cache::list();
+    ui.info(&format!("quantization cache: {} ({} files)", gguf_cache::dir().display(), files.len()));
+    for (path, size) in files {
+        println!("{}\t{:.1} MiB", path.display(), size as f64 / 1048576.0);
+    }
+    0
 }
 
 /// candle allocates a fresh buffer for every intermediate tensor (10-35 MB each here). glibc hands such blocks back

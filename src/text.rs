@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 use crate::models::clip::ClipText;
 use crate::models::linear::Quant;
 use crate::source::ModelFiles;
+use crate::weights::gguf_cache;
 use crate::weights::CheckedWeights;
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
 use tokenizers::models::bpe::BPE;
@@ -157,6 +158,8 @@ pub struct TextEncoders {
     max_sequence_length: usize,
     device: Device,
     dtype: DType,
+    /// What loading did that the user should know (T5 quantized, or taken from the cache).
+    pub notes: Vec<String>,
 }
 
 enum T5 {
@@ -164,32 +167,56 @@ enum T5 {
     Quant(candle_transformers::models::quantized_t5::T5EncoderModel),
 }
 
-/// T5 with its 2-D matrices quantized: each tensor is read from the mmap, quantized on the CPU and collected
-/// into an in-memory GGUF image that candle's quantized T5 loads (vectors and the embedding stay f32).
+/// T5 with its 2-D matrices quantized (vectors and the embedding stay f32), from the quantization cache when it
+/// holds this checkpoint in this format; otherwise each tensor is read from the mmap, quantized on the CPU and
+/// streamed into the cache file (a temporary one if the cache cannot be written), which candle's quantized T5
+/// then loads.
 fn quantized_t5(
     w: &CheckedWeights,
-    q: GgmlDType,
+    q: Quant,
     cfg: &serde_json::Value,
     device: &Device,
-) -> Result<candle_transformers::models::quantized_t5::T5EncoderModel> {
-    use candle_core::quantized::{gguf_file, QTensor};
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+) -> Result<(candle_transformers::models::quantized_t5::T5EncoderModel, String)> {
+    let cached = gguf_cache::path_for("t5", w.paths(), q.as_str());
+    let note = if cached.is_file() {
+        format!("{q} T5 from the quantization cache {}", cached.display())
+    } else {
+        match write_quantized_t5(w, q.ggml(), &cached) {
+            Ok(()) => format!("quantized T5 to {q}; cached in {} for the next run", cached.display()),
+            Err(_) => {
+                let tmp = std::env::temp_dir().join(format!("flux-img2img-t5-{}.gguf", std::process::id()));
+                write_quantized_t5(w, q.ggml(), &tmp)?;
+                let model = load_quantized_t5(&tmp, cfg, w, device);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok((
+                    model?,
+                    format!("quantized T5 to {q} (the cache in {} is not writable)", gguf_cache::dir().display()),
+                ));
+            }
+        }
+    };
+    Ok((load_quantized_t5(&cached, cfg, w, device)?, note))
+}
+
+fn write_quantized_t5(w: &CheckedWeights, q: GgmlDType, path: &Path) -> Result<()> {
+    let mut out = gguf_cache::Writer::create(path)?;
     for name in w.names() {
         let t = w.load_f32_cpu(&name)?;
-        let fmt = if t.rank() == 2 && name != "shared.weight" && t.dim(1)? % q.block_size() == 0 {
-            q
-        } else {
-            GgmlDType::F32
-        };
-        tensors.push((name, QTensor::quantize(&t, fmt)?));
+        let matrix = t.rank() == 2 && name != "shared.weight" && t.dim(1)? % q.block_size() == 0;
+        out.add(&name, &QTensor::quantize(&t, if matrix { q } else { GgmlDType::F32 })?)?;
     }
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut buf = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut buf, &[], &refs)?;
-    drop(tensors);
-    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf_buffer(buf.get_ref(), device)?;
-    let cfg = t5_config(cfg, w)?;
-    Ok(candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, &cfg)?)
+    out.finish().map(|_| ())
+}
+
+fn load_quantized_t5(
+    path: &Path,
+    cfg: &serde_json::Value,
+    w: &CheckedWeights,
+    device: &Device,
+) -> Result<candle_transformers::models::quantized_t5::T5EncoderModel> {
+    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)
+        .map_err(|e| Error::model_from(path, "unreadable cached T5", e))?;
+    Ok(candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, &t5_config(cfg, w)?)?)
 }
 
 /// T5's config in the form one of candle's T5 implementations reads (dense and quantized have their own type).
@@ -215,6 +242,7 @@ impl TextEncoders {
         let w = CheckedWeights::open("text_encoder (CLIP)", &files.text_encoder.weights)?;
         let clip = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None))?;
         w.finish()?;
+        let mut notes = Vec::new();
         let t5_raw: serde_json::Value = read_json(&files.text_encoder_2.config)?;
         let t5_tok = FixedTokenizer::load(&files.tokenizer_2, max_sequence_length, "<pad>", false)?;
         let w = CheckedWeights::open("text_encoder_2 (T5)", &files.text_encoder_2.weights)?;
@@ -223,10 +251,14 @@ impl TextEncoders {
                 w.var_builder(dtype, device, None),
                 &t5_config(&t5_raw, &w)?,
             )?),
-            Some(q) => T5::Quant(quantized_t5(&w, q.ggml(), &t5_raw, device)?),
+            Some(q) => {
+                let (model, note) = quantized_t5(&w, q, &t5_raw, device)?;
+                notes.push(note);
+                T5::Quant(model)
+            }
         };
         w.finish()?;
-        Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone(), dtype })
+        Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone(), dtype, notes })
     }
 
     /// CLIP pooled + T5 sequence for `prompt`, and a warning for any text CLIP or T5 cut off.

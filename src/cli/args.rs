@@ -216,6 +216,12 @@ pub enum Command {
     /// Check this installation: run the tiny pipeline embedded in the binary on a device and compare the image with
     /// diffusers' own (PSNR). Exit 0 pass, 1 mismatch, 2 cannot run (no CUDA in this build, no driver, out of memory).
     Smoke(SmokeArgs),
+    /// The quantization cache (--quantize results kept for the next run): lists it, or `cache clear` empties it.
+    Cache {
+        /// `clear` removes every cached file.
+        #[arg(value_parser = ["list", "clear"], default_value = "list")]
+        action: String,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -4,16 +4,17 @@
 
 use crate::config::{TransformerConfig, VaeConfig};
 use crate::error::{Error, Result};
-use crate::models::linear::{gguf_names, Quant, QuantStats, Weights};
+use crate::models::linear::{gguf_names, DenseWeights, Quant, QuantStats, Weights};
 use crate::models::transformer::{FluxTransformer, MLP_PROBE};
 use crate::models::vae::AutoencoderKl;
 use crate::source::ModelFiles;
 use crate::weights::flux_keys::{self, Layout, Source};
+use crate::weights::gguf_cache::{self, Sink};
 use crate::weights::{vae_keys, CheckedWeights, NameMap};
 use candle_core::{DType, Device};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What the transformer's tensor names say about it.
 #[derive(Debug, Clone)]
@@ -117,6 +118,15 @@ fn dense_transformer(
     dtype: DType,
     device: &Device,
 ) -> Result<LoadedTransformer> {
+    let cache = quantize.map(|q| gguf_cache::path_for("transformer", &files.transformer.weights, q.as_str()));
+    if let (Some(q), Some(path)) = (quantize, cache.as_ref().filter(|p| p.is_file())) {
+        let mut loaded = gguf_transformer(path, cfg, &Layout::Bfl { prefix: String::new() }, dtype, device)?;
+        loaded.note = Some(format!(
+            "{q} transformer from the quantization cache {} (`flux-img2img cache clear` removes it)",
+            path.display()
+        ));
+        return Ok(loaded);
+    }
     let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
     // The model reads BFL names; a diffusers checkpoint is translated (and its q/k/v concatenated).
     let map: NameMap = Arc::new(flux_keys::transformer_map(layout));
@@ -125,22 +135,29 @@ fn dense_transformer(
         _ => None,
     };
     let stats = Arc::new(QuantStats::default());
-    let w = Weights::Dense {
+    let sink: Option<Sink> = cache.as_ref().map(|p| Arc::new(Mutex::new(gguf_cache::Writer::create(p).ok())));
+    let w = Weights::Dense(DenseWeights {
         vb: tw.var_builder(dtype, device, Some(map.clone())),
         cpu: tw.var_builder(DType::F32, &Device::Cpu, Some(map)),
         quant: quantize.map(Quant::ggml),
         stats: stats.clone(),
-    };
+        sink: sink.clone(),
+    });
     let model = FluxTransformer::new(cfg, mlp_width(stored_rows, cfg), w)?;
     tw.finish()?;
-    let note = quantize.map(|q| {
-        let (n, f) = (stats.requested.load(Ordering::Relaxed), stats.fallback.load(Ordering::Relaxed));
-        let fallback = if f > 0 {
-            format!(" ({f} narrower than 256 columns to the nearest 32-block format)")
-        } else {
-            String::new()
-        };
-        format!("quantized {n} transformer matrices to {q}{fallback}")
-    });
+    let note = quantize.map(|q| quantize_note(q, &stats, sink));
     Ok(LoadedTransformer { model, note })
+}
+
+/// What quantizing did, and where its result was cached.
+fn quantize_note(q: Quant, stats: &QuantStats, sink: Option<Sink>) -> String {
+    let (n, f) = (stats.requested.load(Ordering::Relaxed), stats.fallback.load(Ordering::Relaxed));
+    let fallback =
+        if f > 0 { format!(" ({f} narrower than 256 columns to the nearest 32-block format)") } else { String::new() };
+    let writer = sink.and_then(|s| s.lock().expect("cache lock").take());
+    let cached = match writer.map(gguf_cache::Writer::finish) {
+        Some(Ok(path)) => format!("; cached in {} for the next run", path.display()),
+        _ => format!("; could not write the quantization cache in {}", gguf_cache::dir().display()),
+    };
+    format!("quantized {n} transformer matrices to {q}{fallback}{cached}")
 }

@@ -177,6 +177,7 @@ impl Session {
         }
         let t0 = Instant::now();
         let mut enc = TextEncoders::load(&self.files, max_sequence_length, self.dtype, &self.device, quantize)?;
+        enc.notes.iter().for_each(|n| self.progress.event(Event::Note(n)));
         // The load is charged to the first prompt: one encoder load per batch.
         let mut load = t0.elapsed().as_secs_f64();
         for p in todo {

@@ -13,6 +13,8 @@ use candle_transformers::quantized_var_builder::VarBuilder as GgufVarBuilder;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::weights::gguf_cache::Sink;
+
 /// A linear layer, dense or quantised.
 pub enum LinearLayer {
     Dense(Linear),
@@ -60,31 +62,75 @@ fn cpu_kernel_handles(fmt: GgmlDType, width: usize, device: &candle_core::Device
     !(device.is_cpu() && paired && (width / fmt.block_size()) % 2 == 1)
 }
 
+/// safetensors through the checking VarBuilder, quantized at load if asked.
+#[derive(Clone)]
+pub struct DenseWeights {
+    pub vb: VarBuilder<'static>,
+    /// The same names as f32 on the CPU, for quantizing and for the cache.
+    pub cpu: VarBuilder<'static>,
+    pub quant: Option<GgmlDType>,
+    pub stats: Arc<QuantStats>,
+    /// The quantization cache being written while the model is built.
+    pub sink: Option<Sink>,
+}
+
+impl DenseWeights {
+    fn pp(&self, s: &str) -> Self {
+        Self {
+            vb: self.vb.pp(s),
+            cpu: self.cpu.pp(s),
+            quant: self.quant,
+            stats: self.stats.clone(),
+            sink: self.sink.clone(),
+        }
+    }
+
+    /// Adds a tensor the model takes to the cache being written; a failed write stops caching, not the load.
+    fn record(&self, name: &str, t: &QTensor) {
+        let Some(sink) = &self.sink else { return };
+        let mut guard = sink.lock().expect("cache lock");
+        let full = match self.vb.prefix() {
+            p if p.is_empty() => name.to_string(),
+            p => format!("{p}.{name}"),
+        };
+        if let Some(w) = guard.as_mut() {
+            if w.add(&full, t).is_err() {
+                *guard = None;
+            }
+        }
+    }
+
+    /// Adds a dense tensor (as f32) to the cache being written.
+    fn record_dense(&self, shape: impl Into<Shape>, name: &str) -> Result<()> {
+        if self.sink.is_some() {
+            let t = self.cpu.get(shape, name)?;
+            self.record(name, &QTensor::quantize(&t, GgmlDType::F32)?);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 pub enum Weights {
-    /// safetensors through the checking VarBuilder; `cpu` reads the same names as f32 on the CPU, for
-    /// quantising.
-    Dense { vb: VarBuilder<'static>, cpu: VarBuilder<'static>, quant: Option<GgmlDType>, stats: Arc<QuantStats> },
+    Dense(DenseWeights),
     /// A GGUF file (BFL names). Non-matrix tensors are dequantised to `dtype`.
-    Gguf { vb: GgufVarBuilder, dtype: DType },
+    Gguf {
+        vb: GgufVarBuilder,
+        dtype: DType,
+    },
 }
 
 impl Weights {
     pub fn pp(&self, s: impl ToString) -> Self {
         match self {
-            Weights::Dense { vb, cpu, quant, stats } => Weights::Dense {
-                vb: vb.pp(s.to_string()),
-                cpu: cpu.pp(s.to_string()),
-                quant: *quant,
-                stats: stats.clone(),
-            },
+            Weights::Dense(d) => Weights::Dense(d.pp(&s.to_string())),
             Weights::Gguf { vb, dtype } => Weights::Gguf { vb: vb.pp(s), dtype: *dtype },
         }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
-            Weights::Dense { vb, .. } => vb.dtype(),
+            Weights::Dense(d) => d.vb.dtype(),
             Weights::Gguf { dtype, .. } => *dtype,
         }
     }
@@ -92,7 +138,11 @@ impl Weights {
     /// A plain tensor (biases, norm scales).
     pub fn get(&self, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
         match self {
-            Weights::Dense { vb, .. } => vb.get(shape, name),
+            Weights::Dense(d) => {
+                let shape = shape.into();
+                d.record_dense(shape.clone(), name)?;
+                d.vb.get(shape, name)
+            }
             Weights::Gguf { vb, dtype } => vb.get(shape, name)?.dequantize(vb.device())?.to_dtype(*dtype),
         }
     }
@@ -100,21 +150,10 @@ impl Weights {
     /// A linear layer `weight` [o, i] + `bias` [o], quantised if asked (or stored so).
     pub fn linear(&self, i: usize, o: usize) -> Result<LinearLayer> {
         match self {
-            Weights::Dense { vb, cpu, quant: Some(q), stats } => {
-                let mut fmt = if i % q.block_size() == 0 { *q } else { fallback(*q) };
-                if !cpu_kernel_handles(fmt, i, vb.device()) {
-                    fmt = GgmlDType::Q8_0;
-                }
-                if i % fmt.block_size() != 0 {
-                    return self.dense_linear(i, o);
-                }
-                let w = cpu.get((o, i), "weight")?;
-                let qt = QTensor::quantize_onto(&w, fmt, vb.device())?;
-                let counter = if fmt == *q { &stats.requested } else { &stats.fallback };
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(LinearLayer::Quant { w: QMatMul::from_qtensor(qt)?, b: Some(vb.get(o, "bias")?) })
-            }
-            Weights::Dense { .. } => self.dense_linear(i, o),
+            Weights::Dense(d) => match d.quant {
+                Some(q) => d.quantized_linear(q, i, o),
+                None => self.dense_linear(i, o),
+            },
             Weights::Gguf { vb, dtype } => {
                 let w = vb.get((o, i), "weight")?;
                 if !cpu_kernel_handles(w.dtype(), i, vb.device()) {
@@ -129,13 +168,46 @@ impl Weights {
     /// A linear layer that stays dense (embedders, the final projection: small and precision-sensitive).
     pub fn dense_linear(&self, i: usize, o: usize) -> Result<LinearLayer> {
         match self {
-            Weights::Dense { vb, .. } => Ok(LinearLayer::Dense(candle_nn::linear(i, o, vb.clone())?)),
+            Weights::Dense(d) => {
+                d.record_dense((o, i), "weight")?;
+                d.record_dense(o, "bias")?;
+                Ok(LinearLayer::Dense(candle_nn::linear(i, o, d.vb.clone())?))
+            }
             Weights::Gguf { .. } => {
                 let w = self.get((o, i), "weight")?;
                 let b = self.get(o, "bias")?;
                 Ok(LinearLayer::Dense(Linear::new(w, Some(b))))
             }
         }
+    }
+}
+
+impl DenseWeights {
+    /// `weight` quantized to `q` (or the nearest format the row width allows; dense if none), bias dense.
+    fn quantized_linear(&self, q: GgmlDType, i: usize, o: usize) -> Result<LinearLayer> {
+        let mut fmt = if i % q.block_size() == 0 { q } else { fallback(q) };
+        if !cpu_kernel_handles(fmt, i, self.vb.device()) {
+            fmt = GgmlDType::Q8_0;
+        }
+        if i % fmt.block_size() != 0 {
+            return Weights::Dense(self.clone()).dense_linear(i, o);
+        }
+        let w = self.cpu.get((o, i), "weight")?;
+        let qt = if self.vb.device().is_cpu() {
+            let qt = QTensor::quantize(&w, fmt)?;
+            self.record("weight", &qt);
+            qt
+        } else {
+            // The GPU copy is quantized into device memory; the cache needs a host copy (first run only).
+            if self.sink.is_some() {
+                self.record("weight", &QTensor::quantize(&w, fmt)?);
+            }
+            QTensor::quantize_onto(&w, fmt, self.vb.device())?
+        };
+        let counter = if fmt == q { &self.stats.requested } else { &self.stats.fallback };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.record_dense(o, "bias")?;
+        Ok(LinearLayer::Quant { w: QMatMul::from_qtensor(qt)?, b: Some(self.vb.get(o, "bias")?) })
     }
 }
 

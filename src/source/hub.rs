@@ -35,7 +35,7 @@ fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-fn hf_home() -> PathBuf {
+pub fn hf_home() -> PathBuf {
     env_dir("HF_HOME").unwrap_or_else(|| {
         env_dir("XDG_CACHE_HOME")
             .or_else(|| env_dir("HOME").map(|h| h.join(".cache")))

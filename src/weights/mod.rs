@@ -6,6 +6,7 @@
 //! Name translation between checkpoint layouts lives in [`flux_keys`] as a table.
 
 pub mod flux_keys;
+pub mod gguf_cache;
 pub mod vae_keys;
 
 use crate::error::{Error, Result};
@@ -158,6 +159,11 @@ impl CheckedWeights {
             files: Arc::new(files),
             problems: Default::default(),
         })
+    }
+
+    /// The weight files.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
     }
 
     /// The first weight file (named in errors about the component as a whole).

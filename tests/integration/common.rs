@@ -7,8 +7,13 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The binary, with the quantization cache in a folder of this test process (never the user's).
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flux-img2img"))
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| tempfile::tempdir().expect("temporary folder"));
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flux-img2img"));
+    c.env("FLUX_IMG2IMG_CACHE", cache.path());
+    c
 }
 
 /// Runs the binary with `args`, returning its output.

@@ -123,3 +123,52 @@ fn every_32_block_gguf_format_runs() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(psnr(&out, &reference) >= 22.0);
 }
+
+/// `--quantize` writes its result to the quantization cache once; the next run loads it (saying so) and gives the
+/// same image; `cache` lists the files and `cache clear` removes them.
+#[test]
+fn quantization_is_cached_for_the_next_run() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let run = |out: &std::path::Path| {
+        let f = fixtures();
+        let args = [
+            "--model",
+            &f.join("tiny-dev").to_string_lossy(),
+            "--image",
+            &f.join("images/wide-100x60.png").to_string_lossy(),
+            "--prompt",
+            "a cat",
+            "--seed",
+            "5",
+            "--steps",
+            "4",
+            "--max-sequence-length",
+            "16",
+            "--quantize",
+            "q8_0",
+            "-q",
+            "-o",
+        ]
+        .map(String::from);
+        bin().args(args).arg(out).env("FLUX_IMG2IMG_CACHE", &cache).output().unwrap()
+    };
+    let (first, second) = (t.path().join("1.png"), t.path().join("2.png"));
+    let o = run(&first);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cached in"), "{}", stderr(&o));
+    let o = run(&second);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("q8_0 transformer from the quantization cache")
+            && err.contains("q8_0 T5 from the quantization cache"),
+        "{err}"
+    );
+    assert_eq!(psnr(&first, &second), f64::INFINITY, "the cached model gives the same image");
+    let o = bin().args(["cache"]).env("FLUX_IMG2IMG_CACHE", &cache).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2, "transformer and T5");
+    let o = bin().args(["cache", "clear"]).env("FLUX_IMG2IMG_CACHE", &cache).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("removed 2 files"));
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+}
