@@ -27,6 +27,8 @@ fn main() -> anyhow::Result<()> {
         keep_size: false,
         overrides: Default::default(),
         quantize: None,
+        loras: Vec::new(),
+        lora_scale: 1.0,
     };
     // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.
     let ui = Arc::new(flux_img2img::ui::Ui::new(false, false));

@@ -28,6 +28,14 @@ pub enum Error {
         #[source]
         source: Option<Source>,
     },
+    /// A `--lora` file that is unreadable, for another model, or shaped differently from the model's layers.
+    #[error("LoRA {}: {msg}", path.display())]
+    Lora {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<Source>,
+    },
     /// Tensors the config requires are absent from, or shaped differently in, the weight files.
     #[error("{component} weights do not fit its config.json: {detail}")]
     Tensors { component: String, detail: String },
@@ -62,6 +70,22 @@ impl Error {
         Error::Model { path: path.into(), msg: msg.into(), source: Some(e.into()) }
     }
 
+    pub(crate) fn lora(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Lora { path: path.into(), msg: msg.into(), source: None }
+    }
+
+    pub(crate) fn lora_from(path: impl Into<PathBuf>, msg: impl Into<String>, e: impl Into<Source>) -> Self {
+        Error::Lora { path: path.into(), msg: msg.into(), source: Some(e.into()) }
+    }
+
+    /// A model-file error met while fetching a LoRA, told as the LoRA's.
+    pub(crate) fn into_lora(self) -> Self {
+        match self {
+            Error::Model { path, msg, source } => Error::Lora { path, msg, source },
+            other => other,
+        }
+    }
+
     pub(crate) fn image(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Image { path: path.into(), msg: msg.into(), source: None }
     }
@@ -84,7 +108,7 @@ impl Error {
 
     /// Whether the problem hits every item of a batch (the model itself) rather than one input.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Model { .. } | Error::Tensors { .. } | Error::Tokenizer { .. })
+        matches!(self, Error::Model { .. } | Error::Lora { .. } | Error::Tensors { .. } | Error::Tokenizer { .. })
     }
 
     /// The message and its causes on one line, `a: b: c`, without backtraces.

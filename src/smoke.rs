@@ -111,6 +111,8 @@ fn request(dir: &Path, case: &Case, device: &Device, dtype: DType, output: &str)
         keep_size: false,
         overrides: Default::default(),
         quantize: None,
+        loras: Vec::new(),
+        lora_scale: 1.0,
     }
 }
 

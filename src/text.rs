@@ -7,7 +7,7 @@
 
 use crate::config::{read_json, Act, ClipConfig};
 use crate::error::{Error, Result};
-use crate::models::clip::ClipText;
+use crate::models::clip::{ClipLora, ClipText};
 use crate::models::linear::Quant;
 use crate::source::ModelFiles;
 use crate::weights::gguf_cache;
@@ -233,6 +233,7 @@ impl TextEncoders {
         dtype: DType,
         device: &Device,
         quantize: Option<Quant>,
+        clip_lora: Option<ClipLora>,
     ) -> Result<Self> {
         let clip_cfg: ClipConfig = read_json(&files.text_encoder.config)?;
         clip_cfg.validate(&files.text_encoder.config)?;
@@ -240,7 +241,7 @@ impl TextEncoders {
         let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?;
         let act = Act::parse(&clip_cfg.hidden_act, &files.text_encoder.config)?;
         let w = CheckedWeights::open("text_encoder (CLIP)", &files.text_encoder.weights)?;
-        let clip = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None))?;
+        let clip = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None), clip_lora.as_ref())?;
         w.finish()?;
         let mut notes = Vec::new();
         let t5_raw: serde_json::Value = read_json(&files.text_encoder_2.config)?;

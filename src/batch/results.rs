@@ -6,7 +6,11 @@ use crate::engine::{EditRecord, Plan, Report};
 use serde_json::{json, Value};
 
 fn record(item: &Item, plan: &Plan, status: &str) -> Value {
-    let mut v = serde_json::to_value(EditRecord::new(&item.request, plan)).expect("a record always serializes");
+    with_status(item, EditRecord::new(&item.request, plan), status)
+}
+
+fn with_status(item: &Item, rec: EditRecord, status: &str) -> Value {
+    let mut v = serde_json::to_value(rec).expect("a record always serializes");
     v["index"] = json!(item.index);
     v["output"] = json!(item.request.output);
     v["status"] = json!(status);
@@ -23,7 +27,7 @@ pub fn written(opts: &Options, item: &Item, rep: &Report) {
         return;
     }
     if opts.json {
-        let mut v = record(item, &rep.plan, "written");
+        let mut v = with_status(item, rep.record.clone(), "written");
         v["timings"] = json!(rep.timings);
         v["peak_rss_mib"] = json!(rep.peak_rss_mib);
         println!("{v}");

@@ -51,7 +51,10 @@ pub fn run(batch: &Batch, ui: &Arc<Ui>) -> Result<Summary> {
     if let (Some(g), false) = (&run.opts.grid, run.opts.dry_run) {
         output::check_output(g, first.request.image())?;
     }
-    let ready = run.precheck(&session)?;
+    // LoRAs are merged into the weights unless the batch changes their scale between images.
+    let scales: Vec<f64> = batch.items.iter().map(|i| i.request.lora_scale).collect();
+    session.allow_lora_merge(scales.windows(2).all(|w| w[0] == w[1]));
+    let ready = run.precheck(&mut session)?;
     if run.opts.dry_run {
         run.dry_run(&ready);
         return Ok(run.summary);
@@ -83,7 +86,7 @@ impl Run<'_> {
     }
 
     /// Cheap checks and a plan for every item; failed items are reported and left out.
-    fn precheck(&mut self, session: &Session) -> Result<Vec<Ready>> {
+    fn precheck(&mut self, session: &mut Session) -> Result<Vec<Ready>> {
         let mut ready = Vec::new();
         for item in &self.batch.items {
             if self.opts.skip_existing && item.request.output.exists() {
@@ -102,7 +105,7 @@ impl Run<'_> {
     }
 
     /// One item's input fetched and read, its output checked (folders under `--output-dir` created), its plan.
-    fn check(&mut self, session: &Session, item: &Item) -> Result<Ready> {
+    fn check(&mut self, session: &mut Session, item: &Item) -> Result<Ready> {
         let mut item = item.clone();
         if let Some(input) = &item.input {
             let local = self.downloads.local(input)?;
@@ -129,6 +132,9 @@ impl Run<'_> {
         };
         if !self.opts.dry_run {
             self.prepare_output(&r.output, r.image())?;
+        }
+        if !self.opts.dry_run {
+            session.prepare_loras(r)?;
         }
         let plan = session.plan(r, dims)?;
         for w in &plan.warnings {
@@ -175,12 +181,8 @@ impl Run<'_> {
 
     /// Every prompt encoded with one load of the text encoders.
     fn encode_prompts(&self, session: &mut Session, ready: &[Ready]) -> Result<()> {
-        let Some(first) = ready.first() else { return Ok(()) };
-        let mut prompts: Vec<&str> = ready.iter().map(|r| r.item.request.prompt.as_str()).collect();
-        prompts.sort();
-        prompts.dedup();
-        let r = &first.item.request;
-        session.encode_prompts(&prompts, r.max_sequence_length, r.quantize)
+        let reqs: Vec<&crate::engine::Request> = ready.iter().map(|r| &r.item.request).collect();
+        session.encode_prompts(&reqs)
     }
 
     /// The edits, one after another, until done or interrupted.
@@ -232,9 +234,13 @@ impl Run<'_> {
     }
 }
 
-/// A contact-sheet cell: a row per input (per prompt without one), labelled "strength #seed".
+/// A contact-sheet cell: a row per input (per prompt without one), labelled "strength #seed" (and "xS" for the
+/// LoRA scale when there are LoRAs).
 fn cell(r: &crate::engine::Request, output: std::path::PathBuf, seed: u64) -> Cell {
-    let label = format!("{}#{seed}", r.strength().map(|s| format!("{s} ")).unwrap_or_default());
+    let mut label = format!("{}#{seed}", r.strength().map(|s| format!("{s} ")).unwrap_or_default());
+    if !r.loras.is_empty() {
+        label.push_str(&format!(" x{}", r.lora_scale));
+    }
     let input = r.image().map(Path::to_path_buf).unwrap_or_else(|| r.prompt.clone().into());
     Cell { input, output, label }
 }

@@ -64,6 +64,14 @@ pub struct Args {
     /// T5 encoder weights replacing the folder's (e.g. t5xxl_fp16.safetensors).
     #[arg(long, value_name = "FILE")]
     pub text_encoder_2: Option<PathBuf>,
+    /// LoRA adapter FILE[:WEIGHT] (default weight 1), repeatable; local .safetensors or a Hub org/name[/file]. Formats:
+    /// diffusers/PEFT, kohya/sd-scripts, ComfyUI, XLabs, BFL names.
+    #[arg(long, value_name = "FILE[:W]")]
+    pub lora: Vec<String>,
+    /// Scale of all LoRAs together (diffusers' joint_attention_kwargs scale), or a list (0.5,0.8,1) rendering each.
+    /// [default: 1]
+    #[arg(long, value_name = "F[,F...]")]
+    pub lora_scale: Option<String>,
     /// Quantize the transformer's block matrices and T5's matrices at load (less memory; small quality cost).
     #[arg(long, value_parser = values::named(Quant::NAMES))]
     pub quantize: Option<Quant>,
@@ -167,12 +175,13 @@ pub struct Args {
     /// Folder for the outputs of a batch (created if missing).
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
-    /// Output file name template: {stem} {seed} {strength} {steps} {index} [default: {stem}, plus -{strength}
-    /// and -{seed} when those vary, .png].
+    /// Output file name template: {stem} {seed} {strength} {steps} {lora} {index} [default: {stem}, plus
+    /// -{strength}, -{seed} and -l{lora} when those vary, .png].
     #[arg(long, value_name = "TEMPLATE")]
     pub name: Option<String>,
-    /// CSV (with header) or JSON-lines file of items: image (required), prompt, strength, seed, steps,
-    /// guidance, output. Missing fields take the flags' values; paths are relative to the manifest.
+    /// CSV (with header) or JSON-lines file of items: image (empty: text-to-image), prompt, strength, seed, steps,
+    /// guidance, output, mask, lora (FILE[:W] separated by ;). Missing fields take the flags' values; paths are
+    /// relative to the manifest.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// Also write a contact sheet of this run's images: a row per input, a column per strength/seed, labelled.

@@ -12,6 +12,7 @@ use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::rng::RngSettings;
 use crate::source::Overrides;
+use crate::weights::lora::LoraSpec;
 use candle_core::{DType, Device};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ struct Row {
     output: Option<PathBuf>,
     /// A manifest row's mask file.
     mask: Option<PathBuf>,
+    /// A manifest row's LoRAs (replacing --lora).
+    loras: Option<Vec<LoraSpec>>,
 }
 
 /// Seeds of a row: one base (item k gets base + k) or an explicit list rendered for every row.
@@ -54,12 +57,25 @@ impl Args {
             Some(s) => parse_list("--strength", s, check_strength)?,
             None => vec![DEFAULT_STRENGTH],
         };
-        let template = Template::new(&self, strengths.len(), per_row);
+        let lora_scales = match &self.lora_scale {
+            Some(s) => {
+                parse_list("--lora-scale", s, |v: &f64| (!v.is_finite()).then(|| "is not a number".to_string()))?
+            }
+            None => vec![1.0],
+        };
+        let template = Template::new(&self, strengths.len(), per_row, lora_scales.len());
         let base = self.base_request()?;
         let rows = self.rows()?;
         let mut items = Vec::new();
         for row in &rows {
-            let ctx = RowCtx { base: &base, template: &template, seeds: &seeds, per_row, rows: rows.len() };
+            let ctx = RowCtx {
+                base: &base,
+                lora_scales: &lora_scales,
+                template: &template,
+                seeds: &seeds,
+                per_row,
+                rows: rows.len(),
+            };
             self.row_items(row, &strengths, &ctx, &mut items)?;
         }
         check_distinct(&items)?;
@@ -109,6 +125,10 @@ impl Args {
         if r.mode.as_deref() == Some("kontext") {
             self.kontext = true;
             self.reference_size = self.reference_size.or(r.reference_size);
+        }
+        if self.lora.is_empty() && !r.loras.is_empty() {
+            self.lora = r.loras.iter().map(|l| format!("{}:{}", l.path.display(), l.weight)).collect();
+            self.lora_scale = self.lora_scale.take().or(r.lora_scale.map(|s| s.to_string()));
         }
         if self.negative_prompt.is_none() && self.true_cfg.is_none() {
             (self.negative_prompt, self.true_cfg) = (r.negative_prompt.clone(), r.true_cfg);
@@ -195,6 +215,8 @@ impl Args {
                 revision: self.revision.clone(),
             },
             quantize: self.quantize,
+            loras: self.lora_specs()?,
+            lora_scale: 1.0,
         })
     }
 
@@ -260,6 +282,11 @@ impl Args {
         }
     }
 
+    /// `--lora FILE[:WEIGHT]` values.
+    fn lora_specs(&self) -> Result<Vec<LoraSpec>> {
+        self.lora.iter().map(|s| parse_lora(s, Path::new(""))).collect()
+    }
+
     /// `--negative-prompt` with `--true-cfg`: both or neither, the scale above 1.
     fn true_cfg_settings(&self) -> Result<Option<TrueCfg>> {
         match (&self.negative_prompt, self.true_cfg) {
@@ -307,28 +334,36 @@ impl Args {
                 p
             }
         };
-        Ok(manifest::read(m)?
+        manifest::read(m)?
             .into_iter()
-            .map(|r| Row {
-                input: r.image.as_deref().filter(|i| !i.trim().is_empty()).map(|i| match Input::parse(i) {
-                    Input::File(p) => Input::File(near(&p.to_string_lossy())),
-                    remote => remote,
-                }),
-                output: r.output.map(|o| match &self.output_dir {
-                    Some(d) if Path::new(&o).is_relative() => d.join(o),
-                    _ => near(&o),
-                }),
-                mask: r.mask.filter(|m| !m.trim().is_empty()).map(|m| near(&m)),
-                prompt: r.prompt,
-                strength: r.strength,
-                seed: r.seed,
-                steps: r.steps,
-                guidance: r.guidance,
+            .map(|r| {
+                Ok(Row {
+                    input: r.image.as_deref().filter(|i| !i.trim().is_empty()).map(|i| match Input::parse(i) {
+                        Input::File(p) => Input::File(near(&p.to_string_lossy())),
+                        remote => remote,
+                    }),
+                    output: r.output.map(|o| match &self.output_dir {
+                        Some(d) if Path::new(&o).is_relative() => d.join(o),
+                        _ => near(&o),
+                    }),
+                    mask: r.mask.filter(|m| !m.trim().is_empty()).map(|m| near(&m)),
+                    loras: match r.lora.as_deref().map(str::trim) {
+                        Some(l) if !l.is_empty() => {
+                            Some(l.split(';').map(|s| parse_lora(s.trim(), &base)).collect::<Result<Vec<_>>>()?)
+                        }
+                        _ => None,
+                    },
+                    prompt: r.prompt,
+                    strength: r.strength,
+                    seed: r.seed,
+                    steps: r.steps,
+                    guidance: r.guidance,
+                })
             })
-            .collect())
+            .collect()
     }
 
-    /// The items of one row: its strengths × its seeds (seeds alone without an input).
+    /// The items of one row: its LoRA scales × strengths × seeds (no strengths without an input).
     fn row_items(&self, row: &Row, strengths: &[f64], ctx: &RowCtx, items: &mut Vec<Item>) -> Result<()> {
         let shown = row.input.as_ref().map(Input::display_path).unwrap_or_else(|| "text-to-image".into());
         let prompt = row.prompt.clone().or_else(|| self.prompt.clone()).ok_or_else(|| {
@@ -346,36 +381,40 @@ impl Args {
             },
             (None, _) => strengths.to_vec(),
         };
+        let combos: Vec<(f64, f64, usize)> = ctx
+            .lora_scales
+            .iter()
+            .flat_map(|&l| row_strengths.iter().flat_map(move |&s| (0..ctx.per_row).map(move |j| (l, s, j))))
+            .collect();
+        let single = ctx.rows == 1 && combos.len() == 1;
         let stem = row.input.as_ref().map(Input::stem).unwrap_or_else(|| slug(&prompt));
-        let single = ctx.rows == 1 && row_strengths.len() * ctx.per_row == 1;
-        for &strength in &row_strengths {
-            for j in 0..ctx.per_row {
-                let index = items.len();
-                let seed = match (row.seed, ctx.seeds) {
-                    (Some(s), _) => s + j as u64,
-                    (None, Seeds::List(list)) => list[j],
-                    (None, Seeds::Base(b)) => b.wrapping_add(index as u64),
-                };
-                let mut request = ctx.base.clone();
-                request.mode = self.mode_for(row, &shown, strength)?;
-                request.prompt = prompt.clone();
-                request.steps = row.steps.or(self.steps);
-                request.guidance = row.guidance.or(self.guidance);
-                request.seed = Some(seed);
-                request.output = self.output_for(
-                    row,
-                    single,
-                    ctx.template,
-                    &[
-                        ("stem", stem.clone()),
-                        ("seed", seed.to_string()),
-                        ("strength", request.strength().map(|s| s.to_string()).unwrap_or_else(|| "none".into())),
-                        ("steps", request.steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
-                        ("index", format!("{index:05}")),
-                    ],
-                )?;
-                items.push(Item { index, input: row.input.clone(), request });
+        for (lora_scale, strength, j) in combos {
+            let index = items.len();
+            let seed = match (row.seed, ctx.seeds) {
+                (Some(s), _) => s + j as u64,
+                (None, Seeds::List(list)) => list[j],
+                (None, Seeds::Base(b)) => b.wrapping_add(index as u64),
+            };
+            let mut request = ctx.base.clone();
+            request.mode = self.mode_for(row, &shown, strength)?;
+            request.prompt = prompt.clone();
+            request.steps = row.steps.or(self.steps);
+            request.guidance = row.guidance.or(self.guidance);
+            request.seed = Some(seed);
+            request.lora_scale = lora_scale;
+            if let Some(l) = &row.loras {
+                request.loras = l.clone();
             }
+            let vars = [
+                ("stem", stem.clone()),
+                ("seed", seed.to_string()),
+                ("strength", request.strength().map(|s| s.to_string()).unwrap_or_else(|| "none".into())),
+                ("steps", request.steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
+                ("lora", lora_scale.to_string()),
+                ("index", format!("{index:05}")),
+            ];
+            request.output = self.output_for(row, single, ctx.template, &vars)?;
+            items.push(Item { index, input: row.input.clone(), request });
         }
         Ok(())
     }
@@ -416,6 +455,27 @@ impl Args {
     }
 }
 
+/// `FILE[:WEIGHT]` (a Hub `org/name[/file.safetensors]` too); the weight only when the text after the last `:`
+/// is a number, so Windows paths keep their drive letter. Relative files resolve against `base`.
+fn parse_lora(spec: &str, base: &Path) -> Result<LoraSpec> {
+    let (path, weight) = match spec.rsplit_once(':').map(|(p, w)| (p, w.trim().parse::<f64>())) {
+        Some((p, Ok(w))) => (p, w),
+        Some((p, Err(_))) if !Path::new(spec).exists() && (Path::new(p).is_file() || base.join(p).is_file()) => {
+            let w = &spec[p.len() + 1..];
+            return Err(Error::Usage(format!(
+                "--lora {spec}: the weight {w} is not a number (FILE[:WEIGHT], e.g. :0.8)"
+            )));
+        }
+        _ => (spec, 1.0),
+    };
+    if path.trim().is_empty() || !weight.is_finite() {
+        return Err(Error::Usage(format!("--lora {spec}: expected FILE[:WEIGHT], e.g. style.safetensors:0.8")));
+    }
+    let p = PathBuf::from(path);
+    let p = if p.is_relative() && !base.as_os_str().is_empty() && base.join(&p).exists() { base.join(p) } else { p };
+    Ok(LoraSpec { path: p, weight })
+}
+
 /// `--mask auto`: `{stem}.mask.png` beside the input.
 fn auto_mask(input: &Input) -> Result<PathBuf> {
     match input {
@@ -438,13 +498,25 @@ fn slug(prompt: &str) -> String {
 
 impl Row {
     fn plain(input: Option<Input>) -> Self {
-        Row { input, prompt: None, strength: None, seed: None, steps: None, guidance: None, output: None, mask: None }
+        Row {
+            input,
+            prompt: None,
+            strength: None,
+            seed: None,
+            steps: None,
+            guidance: None,
+            output: None,
+            mask: None,
+            loras: None,
+        }
     }
 }
 
 /// What every row's items share.
 struct RowCtx<'a> {
     base: &'a Request,
+    /// `--lora-scale` values (one, 1, without a sweep).
+    lora_scales: &'a [f64],
     template: &'a Template,
     seeds: &'a Seeds,
     per_row: usize,
@@ -460,14 +532,15 @@ struct Template {
 }
 
 impl Template {
-    fn new(args: &Args, strengths: usize, per_row: usize) -> Self {
+    fn new(args: &Args, strengths: usize, per_row: usize, lora_scales: usize) -> Self {
         let seed = if per_row > 1 { "-{seed}" } else { "" };
+        let lora = if lora_scales > 1 { "-l{lora}" } else { "" };
         let edit = format!(
-            "{{stem}}{}{}{seed}.png",
+            "{{stem}}{}{lora}{}{seed}.png",
             if args.output_dir.is_none() { "-edited" } else { "" },
             if strengths > 1 { "-s{strength}" } else { "" },
         );
-        Template { given: args.name.clone(), edit, generate: format!("{{stem}}{seed}.png") }
+        Template { given: args.name.clone(), edit, generate: format!("{{stem}}{lora}{seed}.png") }
     }
 
     /// Expands the placeholders for an item with or without an input; unknown ones are an error.
@@ -487,7 +560,7 @@ fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
         let key = &rest[open + 1..open + close];
         let v = vars.iter().find(|(k, _)| *k == key).ok_or_else(|| {
             Error::Usage(format!(
-                "--name {template}: unknown placeholder {{{key}}} (use stem, seed, strength, steps, index)"
+                "--name {template}: unknown placeholder {{{key}}} (use stem, seed, strength, steps, lora, index)"
             ))
         })?;
         out.push_str(&v.1);

@@ -1,5 +1,5 @@
 //! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
-//! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask; empty CSV cells mean "use
+//! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask, lora; empty CSV cells mean "use
 //! the flag's value". Unknown columns are an error, so a typo cannot silently drop a setting.
 
 use crate::error::{Error, Result};
@@ -20,6 +20,8 @@ pub struct Row {
     pub output: Option<String>,
     /// Inpainting mask for this row (relative to the manifest).
     pub mask: Option<String>,
+    /// LoRAs for this row, `FILE[:WEIGHT]` separated by `;` (replacing --lora).
+    pub lora: Option<String>,
 }
 
 pub fn read(path: &Path) -> Result<Vec<Row>> {

@@ -4,7 +4,7 @@
 
 use crate::config::{TransformerConfig, VaeConfig};
 use crate::error::{Error, Result};
-use crate::models::linear::{gguf_names, DenseWeights, Quant, QuantStats, Weights};
+use crate::models::linear::{gguf_names, DenseWeights, LoraApply, Quant, QuantStats, Weights};
 use crate::models::transformer::{FluxTransformer, MLP_PROBE};
 use crate::models::vae::AutoencoderKl;
 use crate::source::ModelFiles;
@@ -70,18 +70,25 @@ pub struct LoadedTransformer {
     pub note: Option<String>,
 }
 
-/// The transformer from safetensors (optionally quantized at load) or GGUF.
+/// How the transformer is loaded.
+pub struct TransformerOptions {
+    pub quantize: Option<Quant>,
+    /// LoRA adapters: merged into dense layers or added as side paths.
+    pub lora: Option<Arc<LoraApply>>,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// The transformer from safetensors (optionally quantized at load, or from the quantization cache) or GGUF.
 pub fn transformer(
     files: &ModelFiles,
     cfg: &TransformerConfig,
     layout: &Layout,
-    quantize: Option<Quant>,
-    dtype: DType,
-    device: &Device,
+    o: &TransformerOptions,
 ) -> Result<LoadedTransformer> {
     match gguf_file(files) {
-        Some(path) => gguf_transformer(&path, cfg, layout, dtype, device),
-        None => dense_transformer(files, cfg, layout, quantize, dtype, device),
+        Some(path) => gguf_transformer(&path, cfg, layout, o),
+        None => dense_transformer(files, cfg, layout, o),
     }
 }
 
@@ -95,17 +102,17 @@ fn gguf_transformer(
     path: &std::path::Path,
     cfg: &TransformerConfig,
     layout: &Layout,
-    dtype: DType,
-    device: &Device,
+    o: &TransformerOptions,
 ) -> Result<LoadedTransformer> {
     let Layout::Bfl { prefix } = layout else {
         return Err(Error::model(path, "GGUF transformers must use Black Forest Labs tensor names"));
     };
-    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)
+    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, &o.device)
         .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
     let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
     let mlp = mlp_width(vb.get_no_shape(MLP_PROBE).ok().map(|w| w.shape().dims()[0]), cfg);
-    let model = FluxTransformer::new(cfg, mlp, Weights::Gguf { vb, dtype })
+    let w = Weights::Gguf { vb, dtype: o.dtype, prefix: String::new(), lora: o.lora.clone() };
+    let model = FluxTransformer::new(cfg, mlp, w)
         .map_err(|e| Error::model_from(path, "does not fit transformer/config.json", e))?;
     Ok(LoadedTransformer { model, note: None })
 }
@@ -114,13 +121,11 @@ fn dense_transformer(
     files: &ModelFiles,
     cfg: &TransformerConfig,
     layout: &Layout,
-    quantize: Option<Quant>,
-    dtype: DType,
-    device: &Device,
+    o: &TransformerOptions,
 ) -> Result<LoadedTransformer> {
-    let cache = quantize.map(|q| gguf_cache::path_for("transformer", &files.transformer.weights, q.as_str()));
-    if let (Some(q), Some(path)) = (quantize, cache.as_ref().filter(|p| p.is_file())) {
-        let mut loaded = gguf_transformer(path, cfg, &Layout::Bfl { prefix: String::new() }, dtype, device)?;
+    let cache = o.quantize.map(|q| gguf_cache::path_for("transformer", &files.transformer.weights, q.as_str()));
+    if let (Some(q), Some(path)) = (o.quantize, cache.as_ref().filter(|p| p.is_file())) {
+        let mut loaded = gguf_transformer(path, cfg, &Layout::Bfl { prefix: String::new() }, o)?;
         loaded.note = Some(format!(
             "{q} transformer from the quantization cache {} (`flux-img2img cache clear` removes it)",
             path.display()
@@ -130,23 +135,46 @@ fn dense_transformer(
     let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
     // The model reads BFL names; a diffusers checkpoint is translated (and its q/k/v concatenated).
     let map: NameMap = Arc::new(flux_keys::transformer_map(layout));
-    let stored_rows = match map(MLP_PROBE) {
-        Source::One(name) => tw.shape_of(&name).map(|s| s[0]),
-        _ => None,
-    };
     let stats = Arc::new(QuantStats::default());
     let sink: Option<Sink> = cache.as_ref().map(|p| Arc::new(Mutex::new(gguf_cache::Writer::create(p).ok())));
     let w = Weights::Dense(DenseWeights {
-        vb: tw.var_builder(dtype, device, Some(map.clone())),
-        cpu: tw.var_builder(DType::F32, &Device::Cpu, Some(map)),
-        quant: quantize.map(Quant::ggml),
+        vb: tw.var_builder(o.dtype, &o.device, Some(map.clone())),
+        cpu: tw.var_builder(DType::F32, &Device::Cpu, Some(map.clone())),
+        quant: o.quantize.map(Quant::ggml),
         stats: stats.clone(),
         sink: sink.clone(),
+        lora: o.lora.clone(),
     });
-    let model = FluxTransformer::new(cfg, mlp_width(stored_rows, cfg), w)?;
+    let model = FluxTransformer::new(cfg, mlp_width(stored_mlp_rows(&tw, &map), cfg), w)?;
     tw.finish()?;
-    let note = quantize.map(|q| quantize_note(q, &stats, sink));
+    let note = o.quantize.map(|q| quantize_note(q, &stats, sink));
     Ok(LoadedTransformer { model, note })
+}
+
+/// Rows of the first MLP matrix as the checkpoint stores it.
+fn stored_mlp_rows(tw: &CheckedWeights, map: &NameMap) -> Option<usize> {
+    match map(MLP_PROBE) {
+        Source::One(name) => tw.shape_of(&name).map(|s| s[0]),
+        _ => None,
+    }
+}
+
+/// The feed-forward width of the transformer in `files` (the LoRA shape check needs it before loading).
+pub fn mlp_rows(files: &ModelFiles, cfg: &TransformerConfig, layout: &Layout) -> Result<usize> {
+    if let Some(path) = gguf_file(files) {
+        let mut f = std::fs::File::open(&path).map_err(|e| Error::model_from(&path, "cannot open", e))?;
+        let c = candle_core::quantized::gguf_file::Content::read(&mut f)
+            .map_err(|e| Error::model_from(&path, "unreadable GGUF", e))?;
+        let prefix = match layout {
+            Layout::Bfl { prefix } => prefix.as_str(),
+            Layout::Diffusers => "",
+        };
+        let rows = c.tensor_infos.get(&format!("{prefix}{MLP_PROBE}")).map(|t| t.shape.dims()[0]);
+        return Ok(mlp_width(rows, cfg));
+    }
+    let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
+    let map: NameMap = Arc::new(flux_keys::transformer_map(layout));
+    Ok(mlp_width(stored_mlp_rows(&tw, &map), cfg))
 }
 
 /// What quantizing did, and where its result was cached.

@@ -10,6 +10,15 @@ use crate::rng::{CpuNoise, RngKind};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// One LoRA of an edit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoraRecord {
+    pub path: PathBuf,
+    pub weight: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
 /// Keyword of the PNG text chunk that carries the record.
 pub const PNG_KEY: &str = "flux-img2img";
 
@@ -38,6 +47,11 @@ pub struct EditRecord {
     pub reference_width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_height: Option<u32>,
+    /// LoRA adapters (file, weight, AutoV2 hash) and their common scale.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_scale: Option<f64>,
     /// True CFG: the negative prompt and its scale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
@@ -96,6 +110,12 @@ impl EditRecord {
             },
             reference_width: plan.reference_size.map(|s| s.0),
             reference_height: plan.reference_size.map(|s| s.1),
+            loras: req
+                .loras
+                .iter()
+                .map(|l| LoraRecord { path: l.path.clone(), weight: l.weight, hash: None })
+                .collect(),
+            lora_scale: (!req.loras.is_empty()).then_some(req.lora_scale),
             negative_prompt: req.true_cfg.as_ref().map(|c| c.negative_prompt.clone()),
             true_cfg: req.true_cfg.as_ref().map(|c| c.scale),
             model: req.model.clone(),
@@ -140,6 +160,18 @@ impl EditRecord {
         params.push_str(&format!(", RNG: {}", self.rng));
         if let Some(g) = self.guidance {
             params.push_str(&format!(", Guidance: {g}"));
+        }
+        if !self.loras.is_empty() {
+            let name = |p: &PathBuf| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let hashes: Vec<String> =
+                self.loras.iter().map(|l| format!("{}: {}", name(&l.path), l.hash.as_deref().unwrap_or("?"))).collect();
+            params.push_str(&format!(", Lora hashes: \"{}\"", hashes.join(", ")));
+            let weights: Vec<String> = self.loras.iter().map(|l| format!("{}:{}", name(&l.path), l.weight)).collect();
+            params.push_str(&format!(
+                ", Loras: \"{}\", Lora scale: {}",
+                weights.join(", "),
+                self.lora_scale.unwrap_or(1.0)
+            ));
         }
         if let (Some(n), Some(s)) = (&self.negative_prompt, self.true_cfg) {
             // A1111 puts the negative prompt on its own line after the prompt.

@@ -5,6 +5,7 @@ use crate::image_io::ResizeMode;
 use crate::models::linear::Quant;
 use crate::rng::RngSettings;
 use crate::source::Overrides;
+use crate::weights::lora::LoraSpec;
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
@@ -113,6 +114,10 @@ pub struct Request {
     pub overrides: Overrides,
     /// Quantize the transformer's block matrices (and T5's) at load.
     pub quantize: Option<Quant>,
+    /// LoRA adapters (file and weight), applied to the transformer and CLIP.
+    pub loras: Vec<LoraSpec>,
+    /// Multiplies every adapter (diffusers' `joint_attention_kwargs` scale); 1 = as the weights say.
+    pub lora_scale: f64,
 }
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).

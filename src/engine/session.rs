@@ -8,16 +8,21 @@ use super::progress::{Event, Progress};
 use super::record::EditRecord;
 use super::request::{Mode, Request};
 use super::{edit, inpaint};
+use crate::config::ClipConfig;
 use crate::config::ModelConfigs;
 use crate::error::Result;
 use crate::image_io;
-use crate::models::linear::Quant;
+use crate::models::clip::ClipLora;
+use crate::models::linear::LoraApply;
+use crate::models::transformer;
 use crate::models::transformer::{FluxTransformer, Inputs};
 use crate::models::vae::AutoencoderKl;
 use crate::output;
 use crate::rng;
 use crate::source::{ModelFiles, Overrides};
 use crate::text::{Conditioning, TextEncoders};
+use crate::weights::flux_keys::Layout;
+use crate::weights::lora::{LoraSet, LoraSpec, ModelShapes, ScaleCell};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use std::collections::HashMap;
@@ -41,6 +46,8 @@ pub struct Timings {
 pub struct Report {
     pub output: PathBuf,
     pub plan: Plan,
+    /// What was written into the PNG.
+    pub record: EditRecord,
     pub timings: Timings,
     /// Host peak RSS of the process when this image was written (Linux), MiB.
     pub peak_rss_mib: Option<f64>,
@@ -72,6 +79,16 @@ struct Posterior {
 pub struct Session {
     files: ModelFiles,
     kontext: bool,
+    /// LoRA adapters in use (as the requests name them) and the scale they run at (side paths read it each step).
+    lora: Option<Arc<LoraSet>>,
+    lora_specs: Vec<LoraSpec>,
+    /// LoRA sets whose notes and warnings were shown.
+    loras_told: Vec<Vec<LoraSpec>>,
+    lora_scale: ScaleCell,
+    /// Whether adapters may be merged into dense weights (not when a batch sweeps the scale).
+    lora_merge: bool,
+    /// The scale merged into the loaded transformer, if one was.
+    merged_at: Option<f64>,
     configs: ModelConfigs,
     kind: Option<TransformerKind>,
     device: Device,
@@ -115,6 +132,12 @@ impl Session {
     fn with_files(files: ModelFiles, device: &Device, dtype: DType, progress: Arc<dyn Progress>) -> Result<Self> {
         Ok(Self {
             kontext: files.is_kontext(),
+            lora: None,
+            lora_specs: Vec::new(),
+            loras_told: Vec::new(),
+            lora_scale: ScaleCell::new(1.0),
+            lora_merge: true,
+            merged_at: None,
             configs: ModelConfigs::read(&files)?,
             files,
             kind: None,
@@ -163,33 +186,104 @@ impl Session {
         plan::plan(req, &self.configs, input_size, seed, super::gpu_geometry(&self.device))
     }
 
-    /// Encodes every prompt not yet cached, loading the text encoders once and dropping them afterwards.
-    pub fn encode_prompts(
-        &mut self,
-        prompts: &[&str],
-        max_sequence_length: usize,
-        quantize: Option<Quant>,
-    ) -> Result<()> {
-        let mut todo: Vec<&str> = prompts.iter().copied().filter(|p| !self.prompts.contains_key(*p)).collect();
-        todo.dedup();
+    /// Encodes every prompt (and negative prompt) of `reqs` not yet cached, loading the text encoders once and
+    /// dropping them afterwards; with a CLIP LoRA each prompt is encoded at each request's LoRA scale.
+    pub fn encode_prompts(&mut self, reqs: &[&Request]) -> Result<()> {
+        let Some(first) = reqs.first() else { return Ok(()) };
+        self.prepare_loras(first)?;
+        let mut todo: Vec<(String, &str, f64)> = Vec::new();
+        for r in reqs {
+            for p in r.prompts() {
+                let key = self.prompt_key(p, r.lora_scale);
+                if !self.prompts.contains_key(&key) && !todo.iter().any(|(k, ..)| *k == key) {
+                    todo.push((key, p, r.lora_scale));
+                }
+            }
+        }
         if todo.is_empty() {
             return Ok(());
         }
         let t0 = Instant::now();
-        let mut enc = TextEncoders::load(&self.files, max_sequence_length, self.dtype, &self.device, quantize)?;
+        let clip_lora =
+            self.lora.as_ref().filter(|l| l.touches_clip).map(|set| ClipLora { set, scale: self.lora_scale.clone() });
+        let mut enc = TextEncoders::load(
+            &self.files,
+            first.max_sequence_length,
+            self.dtype,
+            &self.device,
+            first.quantize,
+            clip_lora,
+        )?;
         enc.notes.iter().for_each(|n| self.progress.event(Event::Note(n)));
         // The load is charged to the first prompt: one encoder load per batch.
         let mut load = t0.elapsed().as_secs_f64();
-        for p in todo {
+        for (key, p, scale) in todo {
             let t0 = Instant::now();
+            self.lora_scale.set(scale);
             let (cond, warnings) = enc.encode(p)?;
             for w in &warnings {
                 self.progress.event(Event::Warning(w));
             }
-            self.prompts.insert(p.to_string(), Encoded { cond, secs: t0.elapsed().as_secs_f64() + load });
+            self.prompts.insert(key, Encoded { cond, secs: t0.elapsed().as_secs_f64() + load });
             load = 0.0;
         }
         Ok(())
+    }
+
+    /// The prompt cache key: the prompt, and the LoRA scale when a LoRA changes CLIP.
+    fn prompt_key(&self, prompt: &str, scale: f64) -> String {
+        match &self.lora {
+            Some(l) if l.touches_clip => format!("{prompt}\u{1f}{scale}"),
+            _ => prompt.to_string(),
+        }
+    }
+
+    /// Whether LoRAs may be merged into dense weights: not when images of one session use different LoRA scales.
+    pub fn allow_lora_merge(&mut self, allow: bool) {
+        self.lora_merge = allow;
+    }
+
+    /// Loads `req`'s LoRA adapters when they differ from those in use (checked against the model's shapes; the
+    /// transformer and prompt encodings are then rebuilt).
+    pub fn prepare_loras(&mut self, req: &Request) -> Result<()> {
+        if self.lora_specs == req.loras {
+            return Ok(());
+        }
+        self.transformer = None;
+        self.prompts.clear();
+        self.lora = None;
+        self.lora_specs = req.loras.clone();
+        if req.loras.is_empty() {
+            return Ok(());
+        }
+        let local = req
+            .loras
+            .iter()
+            .map(|s| Ok(LoraSpec { path: crate::source::hub::lora_file(&s.path, false)?, weight: s.weight }))
+            .collect::<Result<Vec<_>>>()?;
+        let set = LoraSet::load(&local, &self.lora_shapes()?).inspect_err(|_| self.lora_specs.clear())?;
+        // A batch switching between LoRA sets reloads them; what loading found is told once per set.
+        if !self.loras_told.contains(&req.loras) {
+            set.notes.iter().for_each(|n| self.progress.event(Event::Note(n)));
+            set.warnings.iter().for_each(|w| self.progress.event(Event::Warning(w)));
+            self.loras_told.push(req.loras.clone());
+        }
+        self.lora = Some(Arc::new(set));
+        Ok(())
+    }
+
+    /// The linear layers LoRAs may target, from the configs (and the stored feed-forward width).
+    fn lora_shapes(&self) -> Result<ModelShapes> {
+        let t = &self.configs.transformer;
+        let layout = self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(Layout::Diffusers);
+        let mlp = load::mlp_rows(&self.files, t, &layout)?;
+        let clip: ClipConfig = crate::config::read_json(&self.files.text_encoder.config)?;
+        Ok(ModelShapes {
+            transformer: transformer::linear_shapes(t, mlp).into_iter().collect(),
+            clip: crate::models::clip::linear_shapes(&clip).into_iter().collect(),
+            double: t.num_layers,
+            single: t.num_single_layers,
+        })
     }
 
     /// One edit end to end: the input is decoded and the output checked before anything heavy.
@@ -210,9 +304,13 @@ impl Session {
         self.progress.event(Event::Plan { request: req, plan: &plan });
         let mut timings = Timings::default();
         let image = self.render(req, input, &plan, &mut timings)?;
-        output::write_png(&req.output, &image, &EditRecord::new(req, &plan).png_chunks())?;
+        let mut record = EditRecord::new(req, &plan);
+        if let Some(set) = &self.lora {
+            record.loras.iter_mut().zip(set.hashes()).for_each(|(r, h)| r.hash = Some(h));
+        }
+        output::write_png(&req.output, &image, &record.png_chunks())?;
         timings.total = start.elapsed().as_secs_f64() + timings.text_encoding;
-        let report = Report { output: req.output.clone(), plan, timings, peak_rss_mib: super::peak_rss_mib() };
+        let report = Report { output: req.output.clone(), plan, record, timings, peak_rss_mib: super::peak_rss_mib() };
         self.progress.event(Event::Done(&report));
         Ok(report)
     }
@@ -224,7 +322,7 @@ impl Session {
         let staged = self.stage(req, input, plan)?;
         t.vae_encode = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
-        self.load_transformer(req.quantize)?;
+        self.load_transformer(req)?;
         t.load_transformer = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let latents = self.denoise(&cond, &staged, plan)?;
@@ -253,10 +351,11 @@ impl Session {
     /// The prompt's conditioning and, with true CFG, the negative prompt's (encoded now if no batch did it
     /// before); their cost is charged once.
     fn conditioning(&mut self, req: &Request, t: &mut Timings) -> Result<(Conditioning, Option<Conditioning>)> {
-        let prompts: Vec<&str> = req.prompts().collect();
-        self.encode_prompts(&prompts, req.max_sequence_length, req.quantize)?;
+        self.encode_prompts(&[req])?;
+        let scale = req.lora_scale;
         let mut take = |p: &str| {
-            let e = self.prompts.get_mut(p).expect("encoded above");
+            let key = self.prompt_key(p, scale);
+            let e = self.prompts.get_mut(&key).expect("encoded above");
             t.text_encoding += std::mem::take(&mut e.secs);
             e.cond.clone()
         };
@@ -334,17 +433,30 @@ impl Session {
         Ok(edit::start_latents(&mean, &logvar, gen, &latent, plan.schedule.start_sigma())?)
     }
 
-    fn load_transformer(&mut self, quantize: Option<Quant>) -> Result<()> {
+    /// The transformer for `req`: loaded once; rebuilt when its LoRAs change or a merged LoRA must run at another
+    /// scale.
+    fn load_transformer(&mut self, req: &Request) -> Result<()> {
+        if self.merged_at.is_some_and(|s| s != req.lora_scale) {
+            self.transformer = None;
+        }
+        self.lora_scale.set(req.lora_scale);
         if self.transformer.is_some() {
             return Ok(());
         }
-        let layout =
-            self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(crate::weights::flux_keys::Layout::Diffusers);
-        let loaded =
-            load::transformer(&self.files, &self.configs.transformer, &layout, quantize, self.dtype, &self.device)?;
+        let layout = self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(Layout::Diffusers);
+        let merge = self.lora_merge && req.quantize.is_none() && load::gguf_file(&self.files).is_none();
+        let lora = self.lora.clone().map(|set| Arc::new(LoraApply { set, merge, scale: self.lora_scale.clone() }));
+        let opts =
+            load::TransformerOptions { quantize: req.quantize, lora, dtype: self.dtype, device: self.device.clone() };
+        let loaded = load::transformer(&self.files, &self.configs.transformer, &layout, &opts)?;
         if let Some(note) = &loaded.note {
             self.progress.event(Event::Note(note));
         }
+        if let Some(l) = &self.lora {
+            let how = if merge { "merged into the weights (no cost per step)" } else { "run as side paths each step" };
+            self.progress.event(Event::Note(&format!("{} LoRA adapter(s) {how}", l.specs().len())));
+        }
+        self.merged_at = (merge && self.lora.is_some()).then_some(req.lora_scale);
         self.transformer = Some(loaded.model);
         Ok(())
     }

@@ -5,19 +5,39 @@
 //! `eos_token_id == 2` configs (openai's, FLUX.1's) the position of the largest id, otherwise the first position
 //! holding `eos_token_id`.
 
+use super::linear::{LinearLayer, SidePath};
 use crate::config::{Act, ClipConfig};
+use crate::weights::lora::formats::Target;
+use crate::weights::lora::{LoraSet, ScaleCell};
 use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Module, VarBuilder};
+
+/// LoRA adapters for CLIP: always side paths (CLIP is small, and the scale may change between prompts).
+pub struct ClipLora<'a> {
+    pub set: &'a LoraSet,
+    pub scale: ScaleCell,
+}
+
+/// `vb`'s linear `name` (`encoder.layers.N.self_attn.q_proj`) with its LoRA, if any.
+fn lora_linear(i: usize, o: usize, vb: VarBuilder, name: String, lora: Option<&ClipLora>) -> Result<LinearLayer> {
+    let (dtype, dev) = (vb.dtype(), vb.device().clone());
+    let base = LinearLayer::dense(linear(i, o, vb)?);
+    let Some(l) = lora else { return Ok(base) };
+    match l.set.low_rank(&Target::Clip(name), o, i)? {
+        Some(pair) => Ok(base.with_lora(Some(SidePath::new(pair, l.scale.clone(), dtype, &dev)?))),
+        None => Ok(base),
+    }
+}
 
 struct Layer {
     ln1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: LinearLayer,
+    k: LinearLayer,
+    v: LinearLayer,
+    o: LinearLayer,
     ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: LinearLayer,
+    fc2: LinearLayer,
 }
 
 pub struct ClipText {
@@ -31,7 +51,7 @@ pub struct ClipText {
 }
 
 impl ClipText {
-    pub fn new(cfg: &ClipConfig, act: Act, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &ClipConfig, act: Act, vb: VarBuilder, lora: Option<&ClipLora>) -> Result<Self> {
         // transformers ≤ 4 saved `text_model.`-prefixed names (as in the FLUX.1 repos); transformers 5 does not.
         let vb =
             if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
@@ -43,15 +63,18 @@ impl ClipText {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = vb.pp(format!("encoder.layers.{i}"));
+                let lin = |i_: usize, o_: usize, p: &str| {
+                    lora_linear(i_, o_, l.pp(p), format!("encoder.layers.{i}.{p}"), lora)
+                };
                 Ok(Layer {
                     ln1: layer_norm(h, eps, l.pp("layer_norm1"))?,
-                    q: linear(h, h, l.pp("self_attn.q_proj"))?,
-                    k: linear(h, h, l.pp("self_attn.k_proj"))?,
-                    v: linear(h, h, l.pp("self_attn.v_proj"))?,
-                    o: linear(h, h, l.pp("self_attn.out_proj"))?,
+                    q: lin(h, h, "self_attn.q_proj")?,
+                    k: lin(h, h, "self_attn.k_proj")?,
+                    v: lin(h, h, "self_attn.v_proj")?,
+                    o: lin(h, h, "self_attn.out_proj")?,
                     ln2: layer_norm(h, eps, l.pp("layer_norm2"))?,
-                    fc1: linear(h, cfg.intermediate_size, l.pp("mlp.fc1"))?,
-                    fc2: linear(cfg.intermediate_size, h, l.pp("mlp.fc2"))?,
+                    fc1: lin(h, cfg.intermediate_size, "mlp.fc1")?,
+                    fc2: lin(cfg.intermediate_size, h, "mlp.fc2")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -113,4 +136,22 @@ impl ClipText {
             row.iter().position(|&t| t == self.eos_token_id).unwrap_or(0)
         }
     }
+}
+
+/// CLIP's linear layers (`encoder.layers.N.…` → [out, in]): what LoRA files are checked against.
+pub fn linear_shapes(cfg: &ClipConfig) -> Vec<(String, (usize, usize))> {
+    let (h, m) = (cfg.hidden_size, cfg.intermediate_size);
+    (0..cfg.num_hidden_layers)
+        .flat_map(|i| {
+            let p = format!("encoder.layers.{i}");
+            [
+                (format!("{p}.self_attn.q_proj"), (h, h)),
+                (format!("{p}.self_attn.k_proj"), (h, h)),
+                (format!("{p}.self_attn.v_proj"), (h, h)),
+                (format!("{p}.self_attn.out_proj"), (h, h)),
+                (format!("{p}.mlp.fc1"), (m, h)),
+                (format!("{p}.mlp.fc2"), (h, m)),
+            ]
+        })
+        .collect()
 }

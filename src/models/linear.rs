@@ -14,26 +14,93 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::weights::gguf_cache::Sink;
+use crate::weights::lora::formats::Target;
+use crate::weights::lora::{LoraSet, LowRank, ScaleCell};
 
-/// A linear layer, dense or quantised.
-pub enum LinearLayer {
+/// A linear layer, dense or quantised, with an optional LoRA side path.
+pub struct LinearLayer {
+    base: Base,
+    lora: Option<SidePath>,
+}
+
+enum Base {
     Dense(Linear),
     Quant { w: QMatMul, b: Option<Tensor> },
 }
 
+/// `s·up(down(x))` added to the layer's output; `s` can change between images.
+pub struct SidePath {
+    down: Linear,
+    up: Linear,
+    scale: ScaleCell,
+}
+
+impl SidePath {
+    /// The pair in `dtype` on `device`.
+    pub fn new(pair: LowRank, scale: ScaleCell, dtype: DType, device: &candle_core::Device) -> Result<Self> {
+        let put = |t: Tensor| t.to_device(device)?.to_dtype(dtype);
+        Ok(Self { down: Linear::new(put(pair.down)?, None), up: Linear::new(put(pair.up)?, None), scale })
+    }
+}
+
+impl LinearLayer {
+    pub fn dense(l: Linear) -> Self {
+        Self { base: Base::Dense(l), lora: None }
+    }
+
+    fn quant(w: QMatMul, b: Option<Tensor>) -> Self {
+        Self { base: Base::Quant { w, b }, lora: None }
+    }
+
+    pub fn with_lora(mut self, lora: Option<SidePath>) -> Self {
+        self.lora = lora;
+        self
+    }
+}
+
 impl Module for LinearLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            LinearLayer::Dense(l) => l.forward(x),
-            LinearLayer::Quant { w, b } => {
+        let y = match &self.base {
+            Base::Dense(l) => l.forward(x)?,
+            Base::Quant { w, b } => {
                 // Quantised kernels take and give f32.
                 let y = w.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
                 match b {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
                 }
             }
+        };
+        match &self.lora {
+            Some(p) => y + (p.up.forward(&p.down.forward(x)?)? * p.scale.get())?,
+            None => Ok(y),
         }
+    }
+}
+
+/// LoRA adapters for a model being built: merged into dense layers (`merge`, at the scale in `scale` now) or
+/// added as side paths reading `scale` at run time.
+pub struct LoraApply {
+    pub set: Arc<LoraSet>,
+    pub merge: bool,
+    pub scale: ScaleCell,
+}
+
+impl LoraApply {
+    /// The target's pair, if any adapter has one.
+    fn pair(&self, target: &str, out: usize, inp: usize) -> Result<Option<LowRank>> {
+        self.set.low_rank(&Target::Transformer(target.to_string()), out, inp)
+    }
+
+    fn side_path(
+        &self,
+        target: &str,
+        out: usize,
+        inp: usize,
+        dtype: DType,
+        dev: &candle_core::Device,
+    ) -> Result<Option<SidePath>> {
+        self.pair(target, out, inp)?.map(|p| SidePath::new(p, self.scale.clone(), dtype, dev)).transpose()
     }
 }
 
@@ -65,6 +132,8 @@ fn cpu_kernel_handles(fmt: GgmlDType, width: usize, device: &candle_core::Device
 /// safetensors through the checking VarBuilder, quantized at load if asked.
 #[derive(Clone)]
 pub struct DenseWeights {
+    /// LoRA adapters to merge or add.
+    pub lora: Option<Arc<LoraApply>>,
     pub vb: VarBuilder<'static>,
     /// The same names as f32 on the CPU, for quantizing and for the cache.
     pub cpu: VarBuilder<'static>,
@@ -82,6 +151,7 @@ impl DenseWeights {
             quant: self.quant,
             stats: self.stats.clone(),
             sink: self.sink.clone(),
+            lora: self.lora.clone(),
         }
     }
 
@@ -113,10 +183,12 @@ impl DenseWeights {
 #[derive(Clone)]
 pub enum Weights {
     Dense(DenseWeights),
-    /// A GGUF file (BFL names). Non-matrix tensors are dequantised to `dtype`.
+    /// A GGUF file (BFL names). Non-matrix tensors are dequantised to `dtype`; LoRAs run as side paths.
     Gguf {
         vb: GgufVarBuilder,
         dtype: DType,
+        prefix: String,
+        lora: Option<Arc<LoraApply>>,
     },
 }
 
@@ -124,7 +196,11 @@ impl Weights {
     pub fn pp(&self, s: impl ToString) -> Self {
         match self {
             Weights::Dense(d) => Weights::Dense(d.pp(&s.to_string())),
-            Weights::Gguf { vb, dtype } => Weights::Gguf { vb: vb.pp(s), dtype: *dtype },
+            Weights::Gguf { vb, dtype, prefix, lora } => {
+                let s = s.to_string();
+                let prefix = if prefix.is_empty() { s.clone() } else { format!("{prefix}.{s}") };
+                Weights::Gguf { vb: vb.pp(s), dtype: *dtype, prefix, lora: lora.clone() }
+            }
         }
     }
 
@@ -143,46 +219,67 @@ impl Weights {
                 d.record_dense(shape.clone(), name)?;
                 d.vb.get(shape, name)
             }
-            Weights::Gguf { vb, dtype } => vb.get(shape, name)?.dequantize(vb.device())?.to_dtype(*dtype),
+            Weights::Gguf { vb, dtype, .. } => vb.get(shape, name)?.dequantize(vb.device())?.to_dtype(*dtype),
         }
     }
 
-    /// A linear layer `weight` [o, i] + `bias` [o], quantised if asked (or stored so).
+    /// A linear layer `weight` [o, i] + `bias` [o], quantised if asked (or stored so), with its LoRA.
     pub fn linear(&self, i: usize, o: usize) -> Result<LinearLayer> {
         match self {
             Weights::Dense(d) => match d.quant {
                 Some(q) => d.quantized_linear(q, i, o),
                 None => self.dense_linear(i, o),
             },
-            Weights::Gguf { vb, dtype } => {
+            Weights::Gguf { vb, dtype, prefix, lora } => {
                 let w = vb.get((o, i), "weight")?;
                 if !cpu_kernel_handles(w.dtype(), i, vb.device()) {
                     return self.dense_linear(i, o);
                 }
                 let b = vb.get(o, "bias")?.dequantize(vb.device())?.to_dtype(*dtype)?;
-                Ok(LinearLayer::Quant { w: QMatMul::from_arc(w)?, b: Some(b) })
+                let side = lora.as_ref().map(|l| l.side_path(prefix, o, i, *dtype, vb.device())).transpose()?.flatten();
+                Ok(LinearLayer::quant(QMatMul::from_arc(w)?, Some(b)).with_lora(side))
             }
         }
     }
 
-    /// A linear layer that stays dense (embedders, the final projection: small and precision-sensitive).
+    /// A linear layer that stays dense (embedders, the final projection: small and precision-sensitive), with its
+    /// LoRA merged (dense weights) or as a side path.
     pub fn dense_linear(&self, i: usize, o: usize) -> Result<LinearLayer> {
         match self {
             Weights::Dense(d) => {
                 d.record_dense((o, i), "weight")?;
                 d.record_dense(o, "bias")?;
-                Ok(LinearLayer::Dense(candle_nn::linear(i, o, d.vb.clone())?))
+                d.dense_with_lora(i, o)
             }
-            Weights::Gguf { .. } => {
+            Weights::Gguf { vb, dtype, prefix, lora } => {
                 let w = self.get((o, i), "weight")?;
                 let b = self.get(o, "bias")?;
-                Ok(LinearLayer::Dense(Linear::new(w, Some(b))))
+                let side = lora.as_ref().map(|l| l.side_path(prefix, o, i, *dtype, vb.device())).transpose()?.flatten();
+                Ok(LinearLayer::dense(Linear::new(w, Some(b))).with_lora(side))
             }
         }
     }
 }
 
 impl DenseWeights {
+    /// A dense layer whose LoRA is merged (`W + s·B·A` in f32, then the model dtype) or added as a side path.
+    fn dense_with_lora(&self, i: usize, o: usize) -> Result<LinearLayer> {
+        let target = self.vb.prefix();
+        let lora = self.lora.as_ref();
+        let pair = lora.map(|l| l.pair(&target, o, i)).transpose()?.flatten();
+        let (Some(l), Some(pair)) = (lora, pair) else {
+            return Ok(LinearLayer::dense(candle_nn::linear(i, o, self.vb.clone())?));
+        };
+        let (w, b) = (self.vb.get((o, i), "weight")?, self.vb.get(o, "bias")?);
+        if l.merge {
+            let delta = (pair.delta()?.to_device(w.device())? * l.scale.get())?;
+            let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+            return Ok(LinearLayer::dense(Linear::new(merged, Some(b))));
+        }
+        let side = SidePath::new(pair, l.scale.clone(), w.dtype(), w.device())?;
+        Ok(LinearLayer::dense(Linear::new(w, Some(b))).with_lora(Some(side)))
+    }
+
     /// `weight` quantized to `q` (or the nearest format the row width allows; dense if none), bias dense.
     fn quantized_linear(&self, q: GgmlDType, i: usize, o: usize) -> Result<LinearLayer> {
         let mut fmt = if i % q.block_size() == 0 { q } else { fallback(q) };
@@ -190,7 +287,7 @@ impl DenseWeights {
             fmt = GgmlDType::Q8_0;
         }
         if i % fmt.block_size() != 0 {
-            return Weights::Dense(self.clone()).dense_linear(i, o);
+            return self.dense_with_lora(i, o);
         }
         let w = self.cpu.get((o, i), "weight")?;
         let qt = if self.vb.device().is_cpu() {
@@ -207,7 +304,12 @@ impl DenseWeights {
         let counter = if fmt == q { &self.stats.requested } else { &self.stats.fallback };
         counter.fetch_add(1, Ordering::Relaxed);
         self.record_dense(o, "bias")?;
-        Ok(LinearLayer::Quant { w: QMatMul::from_qtensor(qt)?, b: Some(self.vb.get(o, "bias")?) })
+        // A quantized matrix keeps its LoRA as a side path: merging into it would add rounding to the delta.
+        let side = match &self.lora {
+            Some(l) => l.side_path(&self.vb.prefix(), o, i, self.vb.dtype(), self.vb.device())?,
+            None => None,
+        };
+        Ok(LinearLayer::quant(QMatMul::from_qtensor(qt)?, Some(self.vb.get(o, "bias")?)).with_lora(side))
     }
 }
 

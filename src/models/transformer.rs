@@ -266,6 +266,44 @@ pub struct FluxTransformer {
     dtype: DType,
 }
 
+/// Every linear layer of the model (BFL module name → [out, in]), from the same config and feed-forward width
+/// the constructor uses: what LoRA files are checked against before anything is loaded.
+pub fn linear_shapes(cfg: &TransformerConfig, mlp: usize) -> Vec<(String, (usize, usize))> {
+    let d = cfg.inner_dim();
+    let mut out = vec![
+        ("img_in".to_string(), (d, cfg.in_channels)),
+        ("txt_in".into(), (d, cfg.joint_attention_dim)),
+        ("time_in.in_layer".into(), (d, 256)),
+        ("time_in.out_layer".into(), (d, d)),
+        ("vector_in.in_layer".into(), (d, cfg.pooled_projection_dim)),
+        ("vector_in.out_layer".into(), (d, d)),
+        ("final_layer.linear".into(), (cfg.out_channels.unwrap_or(cfg.in_channels), d)),
+        ("final_layer.adaLN_modulation.1".into(), (2 * d, d)),
+    ];
+    if cfg.guidance_embeds {
+        out.extend([("guidance_in.in_layer".into(), (d, 256)), ("guidance_in.out_layer".into(), (d, d))]);
+    }
+    for n in 0..cfg.num_layers {
+        for s in ["img", "txt"] {
+            out.extend([
+                (format!("double_blocks.{n}.{s}_mod.lin"), (6 * d, d)),
+                (format!("double_blocks.{n}.{s}_attn.qkv"), (3 * d, d)),
+                (format!("double_blocks.{n}.{s}_attn.proj"), (d, d)),
+                (format!("double_blocks.{n}.{s}_mlp.0"), (mlp, d)),
+                (format!("double_blocks.{n}.{s}_mlp.2"), (d, mlp)),
+            ]);
+        }
+    }
+    for n in 0..cfg.num_single_layers {
+        out.extend([
+            (format!("single_blocks.{n}.modulation.lin"), (3 * d, d)),
+            (format!("single_blocks.{n}.linear1"), (3 * d + mlp, d)),
+            (format!("single_blocks.{n}.linear2"), (d, d + mlp)),
+        ]);
+    }
+    out
+}
+
 /// BFL name of the tensor that gives the feed-forward width (rows of the first MLP layer).
 pub const MLP_PROBE: &str = "double_blocks.0.img_mlp.0.weight";
 

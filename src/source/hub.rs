@@ -146,27 +146,71 @@ impl Ctx {
 
 /// Downloads (or finds in the cache) what a run needs and returns the snapshot folder; `bars`: hf-hub draws
 /// download progress bars on stderr.
+/// The cache alone (HF_HUB_OFFLINE), or the Hub through the cache, for one repo.
+fn fetcher(ctx: &Ctx, bars: bool) -> Result<Fetcher> {
+    let repo = Repo::with_revision(ctx.id.clone(), RepoType::Model, ctx.revision.clone());
+    if offline() {
+        return Ok(Fetcher::Offline(Cache::new(cache_dir()).repo(repo)));
+    }
+    let mut builder = ApiBuilder::new();
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+    }
+    let api = builder
+        .with_cache_dir(cache_dir())
+        .with_token(token())
+        .with_progress(bars)
+        .build()
+        .map_err(|e| ctx.error(e, None))?
+        .repo(repo);
+    let info = api.info().map_err(|e| ctx.error(e, None))?;
+    Ok(Fetcher::Online { api, listed: info.siblings.into_iter().map(|s| s.rfilename).collect() })
+}
+
+/// A LoRA named `org/name` (its only .safetensors, or `pytorch_lora_weights.safetensors`) or
+/// `org/name/file.safetensors` on the Hub → the file in the cache; local files as they are.
+pub fn lora_file(spec: &Path, bars: bool) -> Result<PathBuf> {
+    if spec.is_file() {
+        return Ok(spec.to_path_buf());
+    }
+    if spec.is_dir() {
+        return Err(Error::lora(spec, "is a folder; name the LoRA's .safetensors file"));
+    }
+    let text = spec.to_string_lossy();
+    let parts: Vec<&str> = text.split('/').collect();
+    if parts.len() < 2 || repo_id(&parts[..2].join("/")).is_none() {
+        return Err(Error::lora(spec, "no such LoRA file (nor a Hub repo org/name[/file.safetensors])"));
+    }
+    let ctx = Ctx { id: parts[..2].join("/"), revision: "main".into() };
+    let f = fetcher(&ctx, bars).map_err(Error::into_lora)?;
+    let file = match (parts.len() > 2, &f) {
+        (true, _) => parts[2..].join("/"),
+        (false, Fetcher::Online { listed, .. }) => {
+            let st: Vec<&String> = listed.iter().filter(|n| n.ends_with(".safetensors")).collect();
+            match st.as_slice() {
+                [one] => one.to_string(),
+                _ if st.iter().any(|n| *n == "pytorch_lora_weights.safetensors") => {
+                    "pytorch_lora_weights.safetensors".into()
+                }
+                _ => {
+                    return Err(Error::lora(
+                        spec,
+                        format!("the repo has {} .safetensors files; name one: {}/FILE.safetensors", st.len(), ctx.id),
+                    ))
+                }
+            }
+        }
+        (false, Fetcher::Offline(_)) => "pytorch_lora_weights.safetensors".into(),
+    };
+    f.get(&file, &ctx)
+        .map_err(Error::into_lora)?
+        .ok_or_else(|| Error::lora(spec, format!("{}: no {file} (in the cache, if HF_HUB_OFFLINE is set)", ctx.id)))
+}
+
 pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Overrides, bars: bool) -> Result<PathBuf> {
     let ctx = Ctx { id: id.to_string(), revision: revision.unwrap_or("main").to_string() };
-    let repo = Repo::with_revision(ctx.id.clone(), RepoType::Model, ctx.revision.clone());
     let cache = cache_dir();
-    let fetcher = if offline() {
-        Fetcher::Offline(Cache::new(cache.clone()).repo(repo))
-    } else {
-        let mut builder = ApiBuilder::new();
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
-        }
-        let api = builder
-            .with_cache_dir(cache.clone())
-            .with_token(token())
-            .with_progress(bars)
-            .build()
-            .map_err(|e| ctx.error(e, None))?
-            .repo(repo);
-        let info = api.info().map_err(|e| ctx.error(e, None))?;
-        Fetcher::Online { api, listed: info.siblings.into_iter().map(|s| s.rfilename).collect() }
-    };
+    let fetcher = fetcher(&ctx, bars)?;
     let missing = |file: &str| {
         if matches!(fetcher, Fetcher::Offline(_)) {
             Error::model(

@@ -13,12 +13,28 @@ pub fn plan(req: &Request, plan: &Plan) -> String {
         (mode, Some((w, h))) => format!("{} from {w}x{h}{crop}", mode.name()),
         (mode, None) => mode.name().to_string(),
     };
+    let lora = if req.loras.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = req
+            .loras
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}×{}",
+                    l.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    l.weight
+                )
+            })
+            .collect();
+        format!(", LoRA {} at {}", names.join(" + "), req.lora_scale)
+    };
     let cfg = match req.cfg() {
         Some(c) => format!(", true CFG {} (2 transformer passes per step, batched)", c.scale),
         None => String::new(),
     };
     format!(
-        "{}x{} {source}, {} of {} steps (t_start {}), start sigma {:.6}, {}, guidance {}{cfg}, seed {} ({})",
+        "{}x{} {source}, {} of {} steps (t_start {}), start sigma {:.6}, {}, guidance {}{cfg}{lora}, seed {} ({})",
         plan.width,
         plan.height,
         s.steps_to_run(),

@@ -26,7 +26,7 @@ impl Ui {
     /// `quiet`: no plan or progress (warnings, notes and errors still print); `verbose`: errors with their
     /// whole chain and backtrace (also when `RUST_BACKTRACE` is set).
     pub fn new(quiet: bool, verbose: bool) -> Self {
-        let verbose = verbose || std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        let verbose = verbose || std::env::var_os("RUST_BACKTRACE").is_some_and(|v| !v.is_empty() && v != "0");
         Self { quiet, verbose, terminal: std::io::stderr().is_terminal(), bars: Mutex::new(Bars::default()) }
     }
 

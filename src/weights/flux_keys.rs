@@ -132,6 +132,48 @@ pub fn bfl_to_diffusers(name: &str) -> Source {
     }
 }
 
+/// Where a diffusers transformer module's rows sit in the BFL module that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// All of them.
+    All,
+    /// Part `index` of `of` equal-or-fused parts concatenated along the rows (q, k, v[, mlp]).
+    Part { index: usize, of: usize },
+    /// All, with the two halves exchanged (the final modulation's (scale, shift) vs (shift, scale)).
+    SwapHalves,
+}
+
+/// The BFL module and row placement of the diffusers module `module` (e.g. `transformer_blocks.3.attn.to_k` →
+/// `double_blocks.3.img_attn.qkv`, part 1 of 3), read off the same tables as the weight names.
+pub fn diffusers_module_to_bfl(module: &str) -> Option<(String, Rows)> {
+    let (table, bprefix, rest): (Table, String, &str) =
+        if let Some((n, rest)) = block_index(module, "transformer_blocks") {
+            (DOUBLE, format!("double_blocks.{n}."), rest)
+        } else if let Some((n, rest)) = block_index(module, "single_transformer_blocks") {
+            (SINGLE, format!("single_blocks.{n}."), rest)
+        } else {
+            (GLOBAL, String::new(), module)
+        };
+    table.iter().find_map(|(bfl, targets, kind)| {
+        let index = targets.iter().position(|t| *t == rest)?;
+        let rows = match kind {
+            Kind::One => Rows::All,
+            Kind::Swap => Rows::SwapHalves,
+            Kind::Cat => Rows::Part { index, of: targets.len() },
+        };
+        Some((format!("{bprefix}{bfl}"), rows))
+    })
+}
+
+/// Every BFL module of a transformer with `double` and `single` blocks (what LoRAs can target).
+pub fn bfl_module_names(double: usize, single: usize) -> Vec<String> {
+    let mut out: Vec<String> = GLOBAL.iter().map(|m| m.0.to_string()).collect();
+    out.extend((0..double).flat_map(|n| DOUBLE.iter().map(move |m| format!("double_blocks.{n}.{}", m.0))));
+    out.extend((0..single).flat_map(|n| SINGLE.iter().map(move |m| format!("single_blocks.{n}.{}", m.0))));
+    out.retain(|m| !m.contains("_norm") && !m.ends_with(".norm.query_norm") && !m.ends_with(".norm.key_norm"));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +210,32 @@ mod tests {
             Source::One("time_text_embed.guidance_embedder.linear_2.bias".into())
         );
         assert_eq!(bfl_to_diffusers("unknown.weight"), Source::One("unknown.weight".into()));
+    }
+
+    #[test]
+    fn diffusers_modules_find_their_bfl_rows() {
+        assert_eq!(
+            diffusers_module_to_bfl("transformer_blocks.3.attn.to_k"),
+            Some(("double_blocks.3.img_attn.qkv".into(), Rows::Part { index: 1, of: 3 }))
+        );
+        assert_eq!(
+            diffusers_module_to_bfl("single_transformer_blocks.0.proj_mlp"),
+            Some(("single_blocks.0.linear1".into(), Rows::Part { index: 3, of: 4 }))
+        );
+        assert_eq!(
+            diffusers_module_to_bfl("norm_out.linear"),
+            Some(("final_layer.adaLN_modulation.1".into(), Rows::SwapHalves))
+        );
+        assert_eq!(diffusers_module_to_bfl("x_embedder"), Some(("img_in".into(), Rows::All)));
+        assert_eq!(
+            diffusers_module_to_bfl("transformer_blocks.0.attn.norm_q"),
+            Some(("double_blocks.0.img_attn.norm.query_norm".into(), Rows::All))
+        );
+        assert_eq!(diffusers_module_to_bfl("nope"), None);
+        let names = bfl_module_names(1, 2);
+        assert!(
+            names.contains(&"single_blocks.1.linear1".to_string()) && !names.iter().any(|n| n.contains("query_norm"))
+        );
     }
 
     /// Every diffusers transformer tensor of the committed fixture is reached by exactly one BFL name.

@@ -7,6 +7,7 @@
 
 pub mod flux_keys;
 pub mod gguf_cache;
+pub mod lora;
 pub mod vae_keys;
 
 use crate::error::{Error, Result};

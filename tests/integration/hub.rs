@@ -130,3 +130,35 @@ fn gated_repo_gives_one_actionable_line() {
     assert!(err.contains("Accept its licence") && err.contains("HF_TOKEN") && err.contains("--model schnell"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
 }
+
+/// `--lora org/name` and `org/name/file.safetensors` resolve from the Hub cache offline (offline, a bare repo means
+/// its `pytorch_lora_weights.safetensors`, diffusers' name) and give the local file's image; a missing one is an
+/// error naming the LoRA.
+#[test]
+fn lora_from_the_hub_cache() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = cache_with_fixture(&t.path().join("hub"), true);
+    let repo = cache.join("models--acme--style-lora");
+    let snap = repo.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
+    let lora = fixtures().join("loras/xlabs.safetensors");
+    std::fs::copy(&lora, snap.join("pytorch_lora_weights.safetensors")).unwrap();
+    std::fs::copy(&lora, snap.join("other.safetensors")).unwrap();
+    let local = t.path().join("local.png");
+    let o = run_with(&cache, "acme/tiny-flux", &local, &["--lora", &format!("{}:0.8", lora.display())]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for spec in ["acme/style-lora:0.8", "acme/style-lora/other.safetensors:0.8"] {
+        let out = t.path().join("hub-lora.png");
+        let o = run_with(&cache, "acme/tiny-flux", &out, &["--lora", spec]);
+        assert_eq!(o.status.code(), Some(0), "{spec}: {}", stderr(&o));
+        assert_eq!(image::open(&out).unwrap().to_rgb8(), image::open(&local).unwrap().to_rgb8(), "{spec}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    let out = t.path().join("missing.png");
+    let o = run_with(&cache, "acme/tiny-flux", &out, &["--lora", "acme/style-lora/absent.safetensors"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).starts_with("error: LoRA acme/style-lora/absent.safetensors:"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
