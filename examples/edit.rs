@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         quantize: None,
         loras: Vec::new(),
         lora_scale: 1.0,
+        references: Vec::new(),
     };
     // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.
     let ui = Arc::new(flux_img2img::ui::Ui::new(false, false));

@@ -50,6 +50,30 @@ pub fn calculate_shift(image_seq_len: usize, cfg: &SchedulerConfig) -> f64 {
     image_seq_len as f64 * m + b
 }
 
+/// FLUX.2's `compute_empirical_mu`: a fit in the token count `image_seq_len` and the step count `steps`, in f64
+/// (above 4300 tokens independent of the steps).
+pub fn empirical_mu(image_seq_len: usize, steps: usize) -> f64 {
+    let (a1, b1) = (8.73809524e-05, 1.89833333);
+    let (a2, b2) = (0.00016927, 0.45666666);
+    let seq = image_seq_len as f64;
+    if image_seq_len > 4300 {
+        return a2 * seq + b2;
+    }
+    let m200 = a2 * seq + b2;
+    let m10 = a1 * seq + b1;
+    let a = (m200 - m10) / 190.0;
+    let b = m200 - 200.0 * a;
+    a * steps as f64 + b
+}
+
+/// How the dynamic shift's `mu` is chosen: FLUX.1 pipelines use `calculate_shift` (the scheduler config's
+/// anchors), FLUX.2 pipelines `compute_empirical_mu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MuRule {
+    Linear,
+    Empirical,
+}
+
 /// `get_timesteps`: index of the first step for `strength`.
 pub fn t_start(steps: usize, strength: f64) -> usize {
     let n = steps as f64;
@@ -59,6 +83,17 @@ pub fn t_start(steps: usize, strength: f64) -> usize {
 
 /// The full schedule for `steps` at `strength`; `image_seq_len` is the packed token count.
 pub fn schedule(cfg: &SchedulerConfig, steps: usize, strength: f64, image_seq_len: usize) -> Result<Schedule> {
+    schedule_with(cfg, steps, strength, image_seq_len, MuRule::Linear)
+}
+
+/// [`schedule`] with the family's rule for `mu`.
+pub fn schedule_with(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    strength: f64,
+    image_seq_len: usize,
+    rule: MuRule,
+) -> Result<Schedule> {
     if cfg.use_karras_sigmas || cfg.use_exponential_sigmas || cfg.use_beta_sigmas || cfg.invert_sigmas {
         return Err(Error::Usage(
             "scheduler_config.json enables karras/exponential/beta/inverted sigmas, which FLUX pipelines do not use"
@@ -67,7 +102,10 @@ pub fn schedule(cfg: &SchedulerConfig, steps: usize, strength: f64, image_seq_le
     }
     let base: Vec<f32> = linspace_sigmas(steps).into_iter().map(|s| s as f32).collect();
     let (mut sigmas, mu) = if cfg.use_dynamic_shifting {
-        let mu = calculate_shift(image_seq_len, cfg);
+        let mu = match rule {
+            MuRule::Linear => calculate_shift(image_seq_len, cfg),
+            MuRule::Empirical => empirical_mu(image_seq_len, steps),
+        };
         let e = mu.exp() as f32;
         let shifted = match cfg.time_shift_type.as_str() {
             // σ = e / (e + (1/s − 1)); every op rounded in f32 like numpy on a float32 array.
@@ -111,6 +149,20 @@ mod tests {
 
     fn schnell() -> SchedulerConfig {
         serde_json::from_str(r#"{"shift":1.0,"use_dynamic_shifting":false}"#).unwrap()
+    }
+
+    /// Values printed by diffusers 0.42.1's `compute_empirical_mu`.
+    #[test]
+    fn empirical_mu_matches_diffusers() {
+        let cases = [
+            (24, 2, 1.961049476346341),
+            (4096, 4, 2.291179894115571),
+            (4096, 50, 2.0233511571292637),
+            (5000, 4, 1.30301666),
+        ];
+        for (seq, n, mu) in cases {
+            assert!((empirical_mu(seq, n) - mu).abs() < 1e-12, "({seq}, {n}): {}", empirical_mu(seq, n));
+        }
     }
 
     #[test]

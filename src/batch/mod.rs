@@ -25,6 +25,9 @@ pub struct Item {
     /// Where the input image comes from (fetched when the batch runs if remote); none for text-to-image.
     pub input: Option<Input>,
     pub request: Request,
+    /// A strength was asked for (flag or manifest column): on FLUX.2 the input is then noised (our SDEdit
+    /// extension) rather than used as a reference.
+    pub strength_given: bool,
 }
 
 /// How the batch reports and writes.

@@ -7,6 +7,7 @@
 use super::grid::{self, Cell};
 use super::inputs::Downloads;
 use super::{results, Batch, Item, Options, Summary};
+use crate::config::Family;
 use crate::engine::{Mode, Plan, Progress, Session};
 use crate::error::{Error, Result};
 use crate::ui::Ui;
@@ -113,6 +114,12 @@ impl Run<'_> {
         }
         if self.opts.stdout {
             item.request.output = self.downloads.temp_path("stdout.png")?;
+        }
+        if let (Family::Flux2, Mode::Img2Img { image, .. }, false) =
+            (session.family(), &item.request.mode, item.strength_given)
+        {
+            // FLUX.2 edits by reference; --strength asks for the noised-input edit instead.
+            item.request.mode = Mode::Reference { image: image.clone() };
         }
         if let (true, Mode::Img2Img { image, .. }) = (session.is_kontext(), &item.request.mode) {
             // A Kontext checkpoint edits by instruction: the input becomes its reference.

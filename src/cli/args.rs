@@ -81,9 +81,14 @@ pub struct Args {
     /// What the edited image should show.
     #[arg(long, short = 'p')]
     pub prompt: Option<String>,
-    /// What the image should not show, through true classifier-free guidance (needs --true-cfg).
+    /// What the image should not show, through true classifier-free guidance (FLUX.1: needs --true-cfg; FLUX.2
+    /// base models: with --guidance).
     #[arg(long, value_name = "TEXT")]
     pub negative_prompt: Option<String>,
+    /// FLUX.2: a reference image for every edit (repeatable), after the input's own: "the person from image 1 in
+    /// the outfit of image 2". Without --image, the first reference sets the size.
+    #[arg(long, value_name = "FILE")]
+    pub reference: Vec<PathBuf>,
     /// Inpainting mask: white (after grey conversion, ≥ 128) is repainted, black kept. A PNG of the input's size,
     /// `alpha` (the input's transparency: transparent = repaint) or `auto` ({stem}.mask.png beside each input).
     #[arg(long, value_name = "PNG|alpha|auto")]

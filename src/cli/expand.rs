@@ -33,6 +33,8 @@ struct Row {
     mask: Option<PathBuf>,
     /// A manifest row's LoRAs (replacing --lora).
     loras: Option<Vec<LoraSpec>>,
+    /// A manifest row's FLUX.2 references (replacing --reference).
+    references: Option<Vec<PathBuf>>,
 }
 
 /// Seeds of a row: one base (item k gets base + k) or an explicit list rendered for every row.
@@ -217,6 +219,7 @@ impl Args {
             quantize: self.quantize,
             loras: self.lora_specs()?,
             lora_scale: 1.0,
+            references: self.reference.clone(),
         })
     }
 
@@ -291,11 +294,8 @@ impl Args {
     fn true_cfg_settings(&self) -> Result<Option<TrueCfg>> {
         match (&self.negative_prompt, self.true_cfg) {
             (None, None) => Ok(None),
-            (Some(_), None) => Err(Error::Usage(
-                "--negative-prompt needs --true-cfg F (F > 1, e.g. 4): FLUX.1 is guidance-distilled and only uses a \
-                 negative prompt through true classifier-free guidance"
-                    .into(),
-            )),
+            // FLUX.2 base models use it with --guidance; FLUX.1 planning asks for --true-cfg (the scale stays 1).
+            (Some(n), None) => Ok(Some(TrueCfg { negative_prompt: n.clone(), scale: 1.0 })),
             (None, Some(_)) => Err(Error::Usage(
                 "--true-cfg needs --negative-prompt TEXT (an empty one is --negative-prompt '')".into(),
             )),
@@ -353,6 +353,12 @@ impl Args {
                         }
                         _ => None,
                     },
+                    references: r
+                        .reference
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(|l| l.split(';').map(|p| near(p.trim())).collect()),
                     prompt: r.prompt,
                     strength: r.strength,
                     seed: r.seed,
@@ -405,6 +411,9 @@ impl Args {
             if let Some(l) = &row.loras {
                 request.loras = l.clone();
             }
+            if let Some(r) = &row.references {
+                request.references = r.clone();
+            }
             let vars = [
                 ("stem", stem.clone()),
                 ("seed", seed.to_string()),
@@ -414,7 +423,8 @@ impl Args {
                 ("index", format!("{index:05}")),
             ];
             request.output = self.output_for(row, single, ctx.template, &vars)?;
-            items.push(Item { index, input: row.input.clone(), request });
+            let strength_given = row.strength.is_some() || self.strength.is_some();
+            items.push(Item { index, input: row.input.clone(), request, strength_given });
         }
         Ok(())
     }
@@ -508,6 +518,7 @@ impl Row {
             output: None,
             mask: None,
             loras: None,
+            references: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
-//! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask, lora; empty CSV cells mean "use
+//! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask, lora,
+//! reference (FLUX.2); empty CSV cells mean "use
 //! the flag's value". Unknown columns are an error, so a typo cannot silently drop a setting.
 
 use crate::error::{Error, Result};
@@ -22,6 +23,8 @@ pub struct Row {
     pub mask: Option<String>,
     /// LoRAs for this row, `FILE[:WEIGHT]` separated by `;` (replacing --lora).
     pub lora: Option<String>,
+    /// FLUX.2 reference images for this row, separated by `;` (replacing --reference).
+    pub reference: Option<String>,
 }
 
 pub fn read(path: &Path) -> Result<Vec<Row>> {

@@ -8,7 +8,8 @@
 use super::Plan;
 use crate::config::VaeConfig;
 use crate::image_io::{self, ResizeMode};
-use crate::models::transformer::{FluxTransformer, Inputs};
+use crate::models::transformer::Inputs;
+use crate::models::Denoiser;
 use crate::rng::{NoiseSource, Precision};
 use crate::schedule::Schedule;
 use candle_core::{DType, Device, Result, Tensor};
@@ -22,7 +23,7 @@ pub struct LatentSpace {
 
 impl LatentSpace {
     pub fn of(vae: &VaeConfig) -> Self {
-        Self { shift: vae.shift_factor.unwrap_or(0.0), scale: vae.scaling_factor }
+        Self { shift: vae.shift_factor.unwrap_or(0.0), scale: vae.latent_scale() }
     }
 }
 
@@ -102,7 +103,7 @@ pub fn pure_noise(gen: &mut dyn NoiseSource, grid: (usize, usize, usize), dtype:
 /// The transformer with its conditioning: one prompt, or (true CFG) the prompt and the negative prompt as a
 /// batch of two whose velocities are combined `neg + scale·(pos − neg)`, as diffusers does with its two passes.
 pub struct Guided<'a> {
-    pub model: &'a FluxTransformer,
+    pub model: &'a Denoiser,
     /// Conditioning for a batch of one, or of two (prompt first, negative second) with `cfg_scale`; `img_ids`
     /// cover the latents and then any reference tokens.
     pub inputs: Inputs<'a>,

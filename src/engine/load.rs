@@ -1,12 +1,15 @@
 //! Model files → loaded models. Detects how the transformer checkpoint names its tensors (diffusers or Black
-//! Forest Labs, dev or schnell) and builds the VAE and transformer through the checked weights, so that every
-//! missing or mis-shaped tensor is named in one message.
+//! Forest Labs, FLUX.1 or FLUX.2, dev or schnell) and builds the VAE and transformer through the checked weights,
+//! so that every missing or mis-shaped tensor is named in one message.
 
-use crate::config::{TransformerConfig, VaeConfig};
+use crate::config::{Family, TransformerConfig, VaeConfig};
+use crate::engine::flux2::BnStats;
 use crate::error::{Error, Result};
+use crate::models::flux2::Flux2Transformer;
 use crate::models::linear::{gguf_names, DenseWeights, LoraApply, Quant, QuantStats, Weights};
 use crate::models::transformer::{FluxTransformer, MLP_PROBE};
 use crate::models::vae::AutoencoderKl;
+use crate::models::Denoiser;
 use crate::source::ModelFiles;
 use crate::weights::flux_keys::{self, Layout, Source};
 use crate::weights::gguf_cache::{self, Sink};
@@ -20,6 +23,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Clone)]
 pub struct TransformerKind {
     pub layout: Layout,
+    pub family: Family,
     /// It has a guidance embedder (dev-like) or not (schnell-like).
     pub guidance_embeds: bool,
 }
@@ -45,11 +49,22 @@ pub fn inspect_transformer(files: &ModelFiles) -> Result<TransformerKind> {
             files.transformer.weights.first().map(|p| p.display().to_string()).unwrap_or_default()
         ),
     })?;
+    let family = flux_keys::transformer_family(&names);
+    if family != files.family {
+        return Err(Error::model(
+            files.transformer.weights.first().cloned().unwrap_or_default(),
+            format!(
+                "is a {family} transformer but the model folder is {}; use a {} transformer (or a {family} --model)",
+                files.family, files.family
+            ),
+        ));
+    }
+    let embedder = if family == Family::Flux2 { "time_guidance_embed" } else { "time_text_embed" };
     let probe = match &layout {
-        Layout::Diffusers => "time_text_embed.guidance_embedder.linear_1.weight".to_string(),
+        Layout::Diffusers => format!("{embedder}.guidance_embedder.linear_1.weight"),
         Layout::Bfl { prefix } => format!("{prefix}guidance_in.in_layer.weight"),
     };
-    Ok(TransformerKind { guidance_embeds: names.contains(&probe), layout })
+    Ok(TransformerKind { guidance_embeds: names.contains(&probe), layout, family })
 }
 
 /// The VAE; Black Forest Labs' `ae.safetensors` names are mapped to the diffusers ones the model asks for.
@@ -64,14 +79,26 @@ pub fn vae(files: &ModelFiles, cfg: &VaeConfig, dtype: DType, device: &Device) -
     Ok(vae)
 }
 
+/// FLUX.2: the VAE's batch-norm statistics (`bn.running_mean`, `bn.running_var`, read in f32) as the pipeline
+/// applies them to patchified latents.
+pub fn vae_bn(files: &ModelFiles, cfg: &VaeConfig, dtype: DType, device: &Device) -> Result<BnStats> {
+    let w = CheckedWeights::open("vae", &files.vae.weights)?;
+    let vb = w.var_builder(DType::F32, device, None);
+    let c = 4 * cfg.latent_channels;
+    let (mean, var) = (vb.get(c, "bn.running_mean")?, vb.get(c, "bn.running_var")?);
+    w.finish()?;
+    Ok(BnStats::new(&mean, &var, cfg.batch_norm_eps, dtype)?)
+}
+
 /// A loaded transformer and, when it was quantized at load, a note saying how.
 pub struct LoadedTransformer {
-    pub model: FluxTransformer,
+    pub model: Denoiser,
     pub note: Option<String>,
 }
 
 /// How the transformer is loaded.
 pub struct TransformerOptions {
+    pub family: Family,
     pub quantize: Option<Quant>,
     /// LoRA adapters: merged into dense layers or added as side paths.
     pub lora: Option<Arc<LoraApply>>,
@@ -111,10 +138,19 @@ fn gguf_transformer(
         .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
     let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
     let mlp = mlp_width(vb.get_no_shape(MLP_PROBE).ok().map(|w| w.shape().dims()[0]), cfg);
-    let w = Weights::Gguf { vb, dtype: o.dtype, prefix: String::new(), lora: o.lora.clone() };
-    let model = FluxTransformer::new(cfg, mlp, w)
-        .map_err(|e| Error::model_from(path, "does not fit transformer/config.json", e))?;
+    let bias = o.family == Family::Flux1;
+    let w = Weights::Gguf { vb, dtype: o.dtype, prefix: String::new(), lora: o.lora.clone(), bias };
+    let model =
+        build(cfg, mlp, w, o.family).map_err(|e| Error::model_from(path, "does not fit transformer/config.json", e))?;
     Ok(LoadedTransformer { model, note: None })
+}
+
+/// The family's model over `w` (BFL names); `mlp` is FLUX.1's stored feed-forward width.
+fn build(cfg: &TransformerConfig, mlp: usize, w: Weights, family: Family) -> candle_core::Result<Denoiser> {
+    Ok(match family {
+        Family::Flux1 => Denoiser::Flux1(FluxTransformer::new(cfg, mlp, w)?),
+        Family::Flux2 => Denoiser::Flux2(Flux2Transformer::new(cfg, w)?),
+    })
 }
 
 fn dense_transformer(
@@ -134,7 +170,7 @@ fn dense_transformer(
     }
     let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
     // The model reads BFL names; a diffusers checkpoint is translated (and its q/k/v concatenated).
-    let map: NameMap = Arc::new(flux_keys::transformer_map(layout));
+    let map: NameMap = Arc::new(flux_keys::transformer_map(layout, o.family));
     let stats = Arc::new(QuantStats::default());
     let sink: Option<Sink> = cache.as_ref().map(|p| Arc::new(Mutex::new(gguf_cache::Writer::create(p).ok())));
     let w = Weights::Dense(DenseWeights {
@@ -144,8 +180,9 @@ fn dense_transformer(
         stats: stats.clone(),
         sink: sink.clone(),
         lora: o.lora.clone(),
+        bias: o.family == Family::Flux1,
     });
-    let model = FluxTransformer::new(cfg, mlp_width(stored_mlp_rows(&tw, &map), cfg), w)?;
+    let model = build(cfg, mlp_width(stored_mlp_rows(&tw, &map), cfg), w, o.family)?;
     tw.finish()?;
     let note = o.quantize.map(|q| quantize_note(q, &stats, sink));
     Ok(LoadedTransformer { model, note })
@@ -159,7 +196,7 @@ fn stored_mlp_rows(tw: &CheckedWeights, map: &NameMap) -> Option<usize> {
     }
 }
 
-/// The feed-forward width of the transformer in `files` (the LoRA shape check needs it before loading).
+/// The feed-forward width of the FLUX.1 transformer in `files` (the LoRA shape check needs it before loading).
 pub fn mlp_rows(files: &ModelFiles, cfg: &TransformerConfig, layout: &Layout) -> Result<usize> {
     if let Some(path) = gguf_file(files) {
         let mut f = std::fs::File::open(&path).map_err(|e| Error::model_from(&path, "cannot open", e))?;
@@ -173,7 +210,7 @@ pub fn mlp_rows(files: &ModelFiles, cfg: &TransformerConfig, layout: &Layout) ->
         return Ok(mlp_width(rows, cfg));
     }
     let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
-    let map: NameMap = Arc::new(flux_keys::transformer_map(layout));
+    let map: NameMap = Arc::new(flux_keys::transformer_map(layout, Family::Flux1));
     Ok(mlp_width(stored_mlp_rows(&tw, &map), cfg))
 }
 

@@ -4,11 +4,13 @@
 //! - [`plan`]: request + configs + input size → [`Plan`] (pure, before any weight is read);
 //! - [`session`]: model loading and caches; runs planned edits;
 //! - [`load`]: model files → loaded models;
-//! - [`edit`]: the numerics (latents, noise, Euler loop), pure functions;
+//! - [`edit`]: the numerics (latents, noise, Euler loop), pure functions; [`flux2`] FLUX.2's latent numerics;
+//! - [`inpaint`]: masks and the per-step blend;
 //! - [`record`]: the typed [`EditRecord`] written into PNGs, printed by `--json`, read by `--from-metadata`;
 //! - [`progress`]: events the engine reports through the [`Progress`] trait; it never writes to stderr.
 
 pub mod edit;
+pub mod flux2;
 pub mod inpaint;
 pub mod load;
 pub mod plan;

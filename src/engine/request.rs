@@ -22,6 +22,9 @@ pub enum Mode {
     /// Instruction editing with FLUX.1 Kontext, as `FluxKontextPipeline`: the input is a reference the transformer
     /// sees as extra tokens; the picture starts from pure noise.
     Kontext { image: PathBuf, reference: ReferenceSize },
+    /// FLUX.2 reference editing, as `Flux2KleinPipeline` with `image=[input, *references]`: the input (and the
+    /// request's further references) are tokens the transformer attends to; the picture starts from pure noise.
+    Reference { image: PathBuf },
 }
 
 /// Where an inpainting mask comes from and how it is applied. White (after PIL's luma conversion, ≥ 128)
@@ -68,6 +71,7 @@ impl Mode {
             Mode::Txt2Img => "txt2img",
             Mode::Inpaint { .. } => "inpaint",
             Mode::Kontext { .. } => "kontext",
+            Mode::Reference { .. } => "reference",
         }
     }
 }
@@ -118,6 +122,9 @@ pub struct Request {
     pub loras: Vec<LoraSpec>,
     /// Multiplies every adapter (diffusers' `joint_attention_kwargs` scale); 1 = as the weights say.
     pub lora_scale: f64,
+    /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
+    /// editing without an input; inpainting takes one, as `image_reference`).
+    pub references: Vec<PathBuf>,
 }
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).
@@ -130,7 +137,10 @@ impl Request {
     /// The input image, for modes that edit one.
     pub fn image(&self) -> Option<&Path> {
         match &self.mode {
-            Mode::Img2Img { image, .. } | Mode::Inpaint { image, .. } | Mode::Kontext { image, .. } => Some(image),
+            Mode::Img2Img { image, .. }
+            | Mode::Inpaint { image, .. }
+            | Mode::Kontext { image, .. }
+            | Mode::Reference { image } => Some(image),
             Mode::Txt2Img => None,
         }
     }
@@ -155,7 +165,10 @@ impl Request {
 
     /// Points the edit at another copy of its input (a downloaded URL, standard input saved to a file).
     pub fn set_image(&mut self, path: std::path::PathBuf) {
-        if let Mode::Img2Img { image, .. } | Mode::Inpaint { image, .. } | Mode::Kontext { image, .. } = &mut self.mode
+        if let Mode::Img2Img { image, .. }
+        | Mode::Inpaint { image, .. }
+        | Mode::Kontext { image, .. }
+        | Mode::Reference { image } = &mut self.mode
         {
             *image = path;
         }
@@ -165,7 +178,7 @@ impl Request {
     pub fn strength(&self) -> Option<f64> {
         match self.mode {
             Mode::Img2Img { strength, .. } | Mode::Inpaint { strength, .. } => Some(strength),
-            Mode::Txt2Img | Mode::Kontext { .. } => None,
+            Mode::Txt2Img | Mode::Kontext { .. } | Mode::Reference { .. } => None,
         }
     }
 }

@@ -141,6 +141,8 @@ pub struct DenseWeights {
     pub stats: Arc<QuantStats>,
     /// The quantization cache being written while the model is built.
     pub sink: Option<Sink>,
+    /// Whether linear layers have a `bias` (FLUX.1) or not (FLUX.2).
+    pub bias: bool,
 }
 
 impl DenseWeights {
@@ -152,7 +154,17 @@ impl DenseWeights {
             stats: self.stats.clone(),
             sink: self.sink.clone(),
             lora: self.lora.clone(),
+            bias: self.bias,
         }
+    }
+
+    /// The layer's bias, when layers have one.
+    fn bias(&self, o: usize) -> Result<Option<Tensor>> {
+        if !self.bias {
+            return Ok(None);
+        }
+        self.record_dense(o, "bias")?;
+        self.vb.get(o, "bias").map(Some)
     }
 
     /// Adds a tensor the model takes to the cache being written; a failed write stops caching, not the load.
@@ -189,6 +201,7 @@ pub enum Weights {
         dtype: DType,
         prefix: String,
         lora: Option<Arc<LoraApply>>,
+        bias: bool,
     },
 }
 
@@ -196,12 +209,20 @@ impl Weights {
     pub fn pp(&self, s: impl ToString) -> Self {
         match self {
             Weights::Dense(d) => Weights::Dense(d.pp(&s.to_string())),
-            Weights::Gguf { vb, dtype, prefix, lora } => {
+            Weights::Gguf { vb, dtype, prefix, lora, bias } => {
                 let s = s.to_string();
                 let prefix = if prefix.is_empty() { s.clone() } else { format!("{prefix}.{s}") };
-                Weights::Gguf { vb: vb.pp(s), dtype: *dtype, prefix, lora: lora.clone() }
+                Weights::Gguf { vb: vb.pp(s), dtype: *dtype, prefix, lora: lora.clone(), bias: *bias }
             }
         }
+    }
+
+    /// The GGUF layer's bias, when layers have one (dequantised to the model dtype).
+    fn gguf_bias(vb: &GgufVarBuilder, o: usize, dtype: DType, bias: bool) -> Result<Option<Tensor>> {
+        if !bias {
+            return Ok(None);
+        }
+        vb.get(o, "bias")?.dequantize(vb.device())?.to_dtype(dtype).map(Some)
     }
 
     pub fn dtype(&self) -> DType {
@@ -230,14 +251,14 @@ impl Weights {
                 Some(q) => d.quantized_linear(q, i, o),
                 None => self.dense_linear(i, o),
             },
-            Weights::Gguf { vb, dtype, prefix, lora } => {
+            Weights::Gguf { vb, dtype, prefix, lora, bias } => {
                 let w = vb.get((o, i), "weight")?;
                 if !cpu_kernel_handles(w.dtype(), i, vb.device()) {
                     return self.dense_linear(i, o);
                 }
-                let b = vb.get(o, "bias")?.dequantize(vb.device())?.to_dtype(*dtype)?;
+                let b = Self::gguf_bias(vb, o, *dtype, *bias)?;
                 let side = lora.as_ref().map(|l| l.side_path(prefix, o, i, *dtype, vb.device())).transpose()?.flatten();
-                Ok(LinearLayer::quant(QMatMul::from_arc(w)?, Some(b)).with_lora(side))
+                Ok(LinearLayer::quant(QMatMul::from_arc(w)?, b).with_lora(side))
             }
         }
     }
@@ -248,14 +269,13 @@ impl Weights {
         match self {
             Weights::Dense(d) => {
                 d.record_dense((o, i), "weight")?;
-                d.record_dense(o, "bias")?;
                 d.dense_with_lora(i, o)
             }
-            Weights::Gguf { vb, dtype, prefix, lora } => {
+            Weights::Gguf { vb, dtype, prefix, lora, bias } => {
                 let w = self.get((o, i), "weight")?;
-                let b = self.get(o, "bias")?;
+                let b = Self::gguf_bias(vb, o, *dtype, *bias)?;
                 let side = lora.as_ref().map(|l| l.side_path(prefix, o, i, *dtype, vb.device())).transpose()?.flatten();
-                Ok(LinearLayer::dense(Linear::new(w, Some(b))).with_lora(side))
+                Ok(LinearLayer::dense(Linear::new(w, b)).with_lora(side))
             }
         }
     }
@@ -267,17 +287,17 @@ impl DenseWeights {
         let target = self.vb.prefix();
         let lora = self.lora.as_ref();
         let pair = lora.map(|l| l.pair(&target, o, i)).transpose()?.flatten();
+        let (w, b) = (self.vb.get((o, i), "weight")?, self.bias(o)?);
         let (Some(l), Some(pair)) = (lora, pair) else {
-            return Ok(LinearLayer::dense(candle_nn::linear(i, o, self.vb.clone())?));
+            return Ok(LinearLayer::dense(Linear::new(w, b)));
         };
-        let (w, b) = (self.vb.get((o, i), "weight")?, self.vb.get(o, "bias")?);
         if l.merge {
             let delta = (pair.delta()?.to_device(w.device())? * l.scale.get())?;
             let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
-            return Ok(LinearLayer::dense(Linear::new(merged, Some(b))));
+            return Ok(LinearLayer::dense(Linear::new(merged, b)));
         }
         let side = SidePath::new(pair, l.scale.clone(), w.dtype(), w.device())?;
-        Ok(LinearLayer::dense(Linear::new(w, Some(b))).with_lora(Some(side)))
+        Ok(LinearLayer::dense(Linear::new(w, b)).with_lora(Some(side)))
     }
 
     /// `weight` quantized to `q` (or the nearest format the row width allows; dense if none), bias dense.
@@ -303,13 +323,13 @@ impl DenseWeights {
         };
         let counter = if fmt == q { &self.stats.requested } else { &self.stats.fallback };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.record_dense(o, "bias")?;
+        let b = self.bias(o)?;
         // A quantized matrix keeps its LoRA as a side path: merging into it would add rounding to the delta.
         let side = match &self.lora {
             Some(l) => l.side_path(&self.vb.prefix(), o, i, self.vb.dtype(), self.vb.device())?,
             None => None,
         };
-        Ok(LinearLayer::quant(QMatMul::from_qtensor(qt)?, Some(self.vb.get(o, "bias")?)).with_lora(side))
+        Ok(LinearLayer::quant(QMatMul::from_qtensor(qt)?, b).with_lora(side))
     }
 }
 

@@ -1,12 +1,34 @@
 //! Model code: pure `new(cfg, weights)` constructors and `forward` functions, no I/O, no CLI types.
 //!
-//! - `vae`: diffusers `AutoencoderKL` (encoder with posterior parameters, decoder).
-//! - `clip`: transformers `CLIPTextModel` (pooled output only, as FLUX uses it).
-//! - `transformer`: FLUX's MM-DiT (docs/spec-flux1-img2img.md §6) in Black Forest Labs' weight names, fused projections.
-//! - `linear`: dense / quantised (`--quantize`, GGUF) linear layers for the transformer.
+//! - `vae`: diffusers `AutoencoderKL` (encoder with posterior parameters, decoder); FLUX.2's `AutoencoderKLFlux2`
+//!   is the same network with quant convs (its batch-norm statistics are applied by the engine).
+//! - `clip`: transformers `CLIPTextModel` (pooled output only, as FLUX.1 uses it).
+//! - `qwen3`: transformers `Qwen3Model`'s hidden states (FLUX.2's text encoder), with the padding mask.
+//! - `transformer`: FLUX.1's MM-DiT (docs/spec-flux1-img2img.md §6) in Black Forest Labs' weight names, fused
+//!   projections; `flux2`: FLUX.2's, sharing its attention, norm and RoPE pieces.
+//! - `linear`: dense / quantised (`--quantize`, GGUF) linear layers for the transformers, with LoRA side paths.
 //! - T5 comes straight from `candle_transformers::models::t5`.
 
 pub mod clip;
+pub mod flux2;
 pub mod linear;
+pub mod qwen3;
 pub mod transformer;
 pub mod vae;
+
+use candle_core::{Result, Tensor};
+
+/// A loaded FLUX transformer of either family: (tokens, σ, conditioning) → velocity.
+pub enum Denoiser {
+    Flux1(transformer::FluxTransformer),
+    Flux2(flux2::Flux2Transformer),
+}
+
+impl Denoiser {
+    pub fn forward(&self, tokens: &Tensor, timestep: &Tensor, inputs: &transformer::Inputs) -> Result<Tensor> {
+        match self {
+            Denoiser::Flux1(m) => m.forward(tokens, timestep, inputs),
+            Denoiser::Flux2(m) => m.forward(tokens, timestep, inputs),
+        }
+    }
+}

@@ -13,25 +13,25 @@ use crate::config::TransformerConfig;
 use crate::kernels;
 use candle_core::{DType, Device, Result, Tensor, D};
 
-const EPS: f64 = 1e-6;
+pub(crate) const EPS: f64 = 1e-6;
 
 /// What the transformer needs besides the latents.
 pub struct Inputs<'a> {
-    /// [B, S_img, 3] position ids of the packed latents.
+    /// [B, S_img, n_axes] position ids of the packed latents (3 axes in FLUX.1, 4 in FLUX.2).
     pub img_ids: &'a Tensor,
     /// [B, S_txt, D_t5] T5 hidden states.
     pub txt: &'a Tensor,
-    /// [B, S_txt, 3] (all zero for FLUX.1).
+    /// [B, S_txt, n_axes] (all zero for FLUX.1; the token index on the last axis for FLUX.2).
     pub txt_ids: &'a Tensor,
-    /// [B, D_clip] CLIP pooled output.
-    pub pooled: &'a Tensor,
+    /// [B, D_clip] CLIP pooled output (FLUX.1; FLUX.2 has none).
+    pub pooled: Option<&'a Tensor>,
     /// [B] guidance scale, for transformers with a guidance embedder.
     pub guidance: Option<&'a Tensor>,
 }
 
 /// diffusers' `Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)` for values already ×1000:
 /// [cos(v·f_k), sin(v·f_k)] with f_k = exp(−ln(10⁴)·k/128) computed in f32 as torch does.
-fn sinusoidal(values: &[f32], dtype: DType, dev: &Device) -> Result<Tensor> {
+pub(crate) fn sinusoidal(values: &[f32], dtype: DType, dev: &Device) -> Result<Tensor> {
     const HALF: usize = 128;
     let freqs: Vec<f32> = (0..HALF).map(|k| ((-(10000f64.ln()) as f32) * k as f32 / HALF as f32).exp()).collect();
     let mut out = Vec::with_capacity(values.len() * 2 * HALF);
@@ -44,20 +44,21 @@ fn sinusoidal(values: &[f32], dtype: DType, dev: &Device) -> Result<Tensor> {
 
 /// Scalars per batch item as the model sees them: cast to the model dtype, then ×1000 in that dtype (as
 /// diffusers' `FluxTransformer2DModel.forward` does: in bf16 this rounds twice, and its numbers carry that).
-fn scaled_scalars(t: &Tensor, dtype: DType) -> Result<Vec<f32>> {
+pub(crate) fn scaled_scalars(t: &Tensor, dtype: DType) -> Result<Vec<f32>> {
     (t.to_dtype(dtype)? * 1000.0)?.to_dtype(DType::F32)?.to_vec1()
 }
 
-/// RoPE angles for every token (text first, then image): cos and sin [S, head_dim/2]. Frequencies and angles in
-/// f64, then cast to f32, as `FluxPosEmbed` does on CPU and CUDA.
-fn rope(ids: &Tensor, axes: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {
+/// RoPE angles for every token (text first, then image): cos and sin [S, head_dim/2], each axis `a` of the ids
+/// rotating `axes[a]` dimensions with base `theta` (10000 in FLUX.1). Frequencies and angles in f64, then cast to
+/// f32, as `FluxPosEmbed` does on CPU and CUDA.
+pub(crate) fn rope(ids: &Tensor, axes: &[usize], theta: f64, dev: &Device) -> Result<(Tensor, Tensor)> {
     let ids: Vec<Vec<f32>> = ids.to_dtype(DType::F32)?.to_vec2()?;
     let half: usize = axes.iter().sum::<usize>() / 2;
     let (mut cos, mut sin) = (Vec::with_capacity(ids.len() * half), Vec::with_capacity(ids.len() * half));
     for pos in &ids {
         for (a, &d) in axes.iter().enumerate() {
             for k in 0..d / 2 {
-                let freq = 1.0 / 10000f64.powf((2 * k) as f64 / d as f64);
+                let freq = 1.0 / theta.powf((2 * k) as f64 / d as f64);
                 let angle = pos[a] as f64 * freq;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
@@ -69,37 +70,37 @@ fn rope(ids: &Tensor, axes: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> 
 }
 
 /// Splits a modulation output [B, n·D] into its n chunks [B, D].
-fn chunks(m: &Tensor, n: usize) -> Result<Vec<Tensor>> {
+pub(crate) fn chunks(m: &Tensor, n: usize) -> Result<Vec<Tensor>> {
     let d = m.dim(D::Minus1)? / n;
     (0..n).map(|i| m.narrow(D::Minus1, i * d, d)).collect()
 }
 
 /// One adaptive-LayerNorm modulation: `LN(x)·(1 + scale) + shift` in front of a sub-layer, and the `gate` of
 /// the residual it feeds (BFL's `ModulationOut`).
-struct Modulation {
-    shift: Tensor,
-    scale: Tensor,
-    gate: Tensor,
+pub(crate) struct Modulation {
+    pub shift: Tensor,
+    pub scale: Tensor,
+    pub gate: Tensor,
 }
 
 impl Modulation {
     /// The `n` modulations a layer's output [B, 3n·D] holds, each as (shift, scale, gate).
-    fn split(m: &Tensor, n: usize) -> Result<Vec<Self>> {
+    pub(crate) fn split(m: &Tensor, n: usize) -> Result<Vec<Self>> {
         let mut c = chunks(m, 3 * n)?.into_iter();
         let mut next = || c.next().expect("3n chunks");
         Ok((0..n).map(|_| Modulation { shift: next(), scale: next(), gate: next() }).collect())
     }
 
     /// `LN(x)·(1 + scale) + shift`.
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn apply(&self, x: &Tensor) -> Result<Tensor> {
         kernels::layer_norm_modulate(x, &self.scale, &self.shift, EPS)
     }
 }
 
 /// The angles for a slice of the sequence.
-struct Rope<'a> {
-    cos: &'a Tensor,
-    sin: &'a Tensor,
+pub(crate) struct Rope<'a> {
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
 }
 
 impl Rope<'_> {
@@ -109,19 +110,25 @@ impl Rope<'_> {
 }
 
 /// RMSNorm weights for queries and keys (`norm.query_norm.scale`, `norm.key_norm.scale`).
-struct QkNorm {
+pub(crate) struct QkNorm {
     q: Tensor,
     k: Tensor,
 }
 
 impl QkNorm {
-    fn new(head_dim: usize, vb: Weights) -> Result<Self> {
+    pub(crate) fn new(head_dim: usize, vb: Weights) -> Result<Self> {
         Ok(Self { q: vb.pp("query_norm").get(head_dim, "scale")?, k: vb.pp("key_norm").get(head_dim, "scale")? })
     }
 
     /// (q, k, v) [B, H, S, Dh] from a fused projection [B, S, ≥3·H·Dh] laid out [q | k | v | …]; q and k
     /// normalised and rotated with the angles of positions `start..`.
-    fn split(&self, qkv: &Tensor, heads: usize, rope: &Rope, start: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    pub(crate) fn split(
+        &self,
+        qkv: &Tensor,
+        heads: usize,
+        rope: &Rope,
+        start: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let hd = self.q.dim(0)?;
         let dim = heads * hd;
         let (cos, sin) = rope.range(start, qkv.dim(1)?)?;
@@ -275,7 +282,7 @@ pub fn linear_shapes(cfg: &TransformerConfig, mlp: usize) -> Vec<(String, (usize
         ("txt_in".into(), (d, cfg.joint_attention_dim)),
         ("time_in.in_layer".into(), (d, 256)),
         ("time_in.out_layer".into(), (d, d)),
-        ("vector_in.in_layer".into(), (d, cfg.pooled_projection_dim)),
+        ("vector_in.in_layer".into(), (d, cfg.pooled_projection_dim.unwrap_or(0))),
         ("vector_in.out_layer".into(), (d, d)),
         ("final_layer.linear".into(), (cfg.out_channels.unwrap_or(cfg.in_channels), d)),
         ("final_layer.adaLN_modulation.1".into(), (2 * d, d)),
@@ -318,7 +325,7 @@ impl FluxTransformer {
             txt_in: vb.pp("txt_in").dense_linear(cfg.joint_attention_dim, dim)?,
             time_in: Embedder::new(256, dim, vb.pp("time_in"))?,
             guidance_in: if cfg.guidance_embeds { Some(Embedder::new(256, dim, vb.pp("guidance_in"))?) } else { None },
-            vector_in: Embedder::new(cfg.pooled_projection_dim, dim, vb.pp("vector_in"))?,
+            vector_in: Embedder::new(cfg.pooled_projection_dim.unwrap_or(0), dim, vb.pp("vector_in"))?,
             double: (0..cfg.num_layers)
                 .map(|i| DoubleBlock::new(dim, hd, mlp_hidden, vb.pp(format!("double_blocks.{i}"))))
                 .collect::<Result<_>>()?,
@@ -343,12 +350,13 @@ impl FluxTransformer {
             gv.resize(temb.dim(0)?, gv[0]);
             temb = (temb + mlp.forward(&sinusoidal(&gv, dtype, dev)?)?)?;
         }
-        temb = (temb + self.vector_in.forward(inp.pooled)?)?;
+        let pooled = inp.pooled.ok_or_else(|| candle_core::Error::Msg("FLUX.1 needs CLIP's pooled output".into()))?;
+        temb = (temb + self.vector_in.forward(pooled)?)?;
         // Every modulation layer reads SiLU(temb).
         let temb = temb.silu()?;
 
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
-        let (cos, sin) = rope(&ids, &self.axes, dev)?;
+        let (cos, sin) = rope(&ids, &self.axes, 10000.0, dev)?;
         let rope = Rope { cos: &cos, sin: &sin };
 
         let mut x = latents.apply(&self.img_in)?;

@@ -9,7 +9,7 @@
 //! points at a mirror. hf-hub does the
 //! downloading (resumable, with progress bars on a terminal).
 
-use super::{Overrides, ShardIndex, COMPONENTS};
+use super::{components, family_of, Overrides, ShardIndex};
 use crate::error::{Error, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
@@ -19,6 +19,10 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("dev", "black-forest-labs/FLUX.1-dev"),
     ("schnell", "black-forest-labs/FLUX.1-schnell"),
     ("kontext", "black-forest-labs/FLUX.1-Kontext-dev"),
+    ("klein-4b", "black-forest-labs/FLUX.2-klein-4B"),
+    ("klein-9b", "black-forest-labs/FLUX.2-klein-9B"),
+    ("klein-base-4b", "black-forest-labs/FLUX.2-klein-base-4B"),
+    ("klein-base-9b", "black-forest-labs/FLUX.2-klein-base-9B"),
 ];
 
 /// The repo id `--model` names, if it names one: an alias, or `org/name` that is not a local path.
@@ -226,18 +230,21 @@ pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Over
         } else {
             Error::model(
                 PathBuf::from(id),
-                format!("{}@{}: the repo has no {file}; is it a FLUX.1 diffusers repo?", ctx.id, ctx.revision),
+                format!("{}@{}: the repo has no {file}; is it a FLUX diffusers repo?", ctx.id, ctx.revision),
             )
         }
     };
     let required = |file: &str| -> Result<PathBuf> { fetcher.get(file, &ctx)?.ok_or_else(|| missing(file)) };
 
     let scheduler = required("scheduler/scheduler_config.json")?;
+    // snapshots/<commit>/scheduler/scheduler_config.json → snapshots/<commit>
+    let root = scheduler.parent().and_then(Path::parent).map(Path::to_path_buf).expect("a file two levels down");
     let _ = fetcher.get("model_index.json", &ctx)?;
+    required("transformer/config.json")?;
     for f in TOKENIZER_FILES {
         fetcher.get(f, &ctx)?;
     }
-    for (dir, stem) in COMPONENTS {
+    for &(dir, stem) in components(family_of(&root)) {
         required(&format!("{dir}/config.json"))?;
         if !weights || overrides.for_component(dir).is_some() {
             continue;
@@ -251,6 +258,5 @@ pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Over
             required(&format!("{dir}/{stem}.safetensors"))?;
         }
     }
-    // snapshots/<commit>/scheduler/scheduler_config.json → snapshots/<commit>
-    Ok(scheduler.parent().and_then(Path::parent).map(Path::to_path_buf).expect("a file two levels down"))
+    Ok(root)
 }

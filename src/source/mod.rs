@@ -5,19 +5,41 @@
 //! (one `*.safetensors`, or every shard listed by `*.safetensors.index.json`, as the real FLUX.1 repos ship the
 //! transformer and T5). Checks only that files exist; parsing happens in the stages that use them.
 
+use crate::config::Family;
 use crate::error::{Error, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub mod hub;
 
-/// (folder, weight-file stem) of the weighted components of a diffusers FLUX.1 pipeline.
+/// (folder, weight-file stem) of the weighted components of a diffusers FLUX.1 pipeline; FLUX.2 has the first
+/// three (its text encoder is Qwen3).
 pub const COMPONENTS: [(&str, &str); 4] = [
     ("transformer", "diffusion_pytorch_model"),
     ("vae", "diffusion_pytorch_model"),
     ("text_encoder", "model"),
     ("text_encoder_2", "model"),
 ];
+
+/// The weighted components of a `family` pipeline.
+pub fn components(family: Family) -> &'static [(&'static str, &'static str)] {
+    match family {
+        Family::Flux1 => &COMPONENTS,
+        Family::Flux2 => &COMPONENTS[..3],
+    }
+}
+
+/// The family a pipeline folder holds: `model_index.json`'s class, else the transformer config's.
+pub fn family_of(root: &Path) -> Family {
+    let class = |p: PathBuf| {
+        crate::config::read_json::<serde_json::Value>(&p)
+            .ok()
+            .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_string))
+    };
+    class(root.join("model_index.json"))
+        .or_else(|| class(root.join("transformer").join("config.json")))
+        .map_or(Family::Flux1, |c| Family::of_class(&c))
+}
 
 /// `<stem>.safetensors.index.json`: which shard file holds each tensor.
 #[derive(Debug, serde::Deserialize)]
@@ -55,15 +77,18 @@ pub struct Component {
     pub weights: Vec<PathBuf>,
 }
 
-/// Every file of a diffusers-layout FLUX.1 pipeline that flux-img2img reads.
+/// Every file of a diffusers-layout FLUX pipeline that flux-img2img reads.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
+    pub family: Family,
     pub transformer: Component,
     pub vae: Component,
+    /// CLIP (FLUX.1) or Qwen3 (FLUX.2).
     pub text_encoder: Component,
-    pub text_encoder_2: Component,
+    /// T5 (FLUX.1 only).
+    pub text_encoder_2: Option<Component>,
     pub tokenizer: PathBuf,
-    pub tokenizer_2: PathBuf,
+    pub tokenizer_2: Option<PathBuf>,
     pub scheduler_config: PathBuf,
     /// The folder's `model_index.json`, if it has one.
     pub model_index: Option<PathBuf>,
@@ -114,13 +139,21 @@ impl ModelFiles {
 
     /// Points components at override files (BFL or diffusers names; the loaders detect which).
     pub fn apply(&mut self, o: &Overrides) -> Result<()> {
+        if let (Some(f), None) = (&o.text_encoder_2, &self.text_encoder_2) {
+            return Err(Error::Usage(format!(
+                "--text-encoder-2 {}: this {} model has no second text encoder (its text encoder is Qwen3:                  --text-encoder)",
+                f.display(),
+                self.family
+            )));
+        }
+        let te2 = self.text_encoder_2.as_mut();
         for (file, comp, flag) in [
-            (&o.transformer, &mut self.transformer, "--transformer"),
-            (&o.vae, &mut self.vae, "--vae"),
-            (&o.text_encoder, &mut self.text_encoder, "--text-encoder"),
-            (&o.text_encoder_2, &mut self.text_encoder_2, "--text-encoder-2"),
+            (&o.transformer, Some(&mut self.transformer), "--transformer"),
+            (&o.vae, Some(&mut self.vae), "--vae"),
+            (&o.text_encoder, Some(&mut self.text_encoder), "--text-encoder"),
+            (&o.text_encoder_2, te2, "--text-encoder-2"),
         ] {
-            if let Some(f) = file {
+            if let (Some(f), Some(comp)) = (file, comp) {
                 if !f.is_file() {
                     return Err(Error::Usage(format!("{flag} {}: no such file", f.display())));
                 }
@@ -128,6 +161,14 @@ impl ModelFiles {
             }
         }
         Ok(())
+    }
+
+    /// T5's files (FLUX.1): its component and tokenizer folder.
+    pub fn t5(&self) -> Result<(&Component, &Path)> {
+        match (&self.text_encoder_2, &self.tokenizer_2) {
+            (Some(c), Some(t)) => Ok((c, t)),
+            _ => Err(Error::Usage(format!("this {} model has no T5 text encoder", self.family))),
+        }
     }
 
     /// Resolves a local diffusers-layout folder (the layout of black-forest-labs/FLUX.1-dev on the Hub).
@@ -144,11 +185,12 @@ impl ModelFiles {
         if !root.is_dir() {
             return Err(Error::model(
                 root,
-                "no such folder; pass --model a FLUX.1 pipeline folder in diffusers layout (model_index.json, \
-                 transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/), \
-                 a Hub repo id (org/name) or dev / schnell",
+                "no such folder; pass --model a FLUX pipeline folder in diffusers layout (model_index.json, \
+                 transformer/, vae/, text_encoder/, tokenizer/, scheduler/, and for FLUX.1 text_encoder_2/, \
+                 tokenizer_2/), a Hub repo id (org/name) or an alias (dev, schnell, kontext, klein-4b, ...)",
             ));
         }
+        let family = family_of(root);
         let sub = |name: &str| -> Result<PathBuf> {
             let dir = root.join(name);
             if dir.is_dir() {
@@ -161,16 +203,17 @@ impl ModelFiles {
         if !scheduler_config.is_file() {
             return Err(Error::model(&scheduler_config, "missing"));
         }
-        let [transformer, vae, text_encoder, text_encoder_2] =
-            COMPONENTS.map(|(name, stem)| component(root, name, stem, weights));
+        let [transformer, vae, text_encoder, t5] = COMPONENTS.map(|(name, stem)| component(root, name, stem, weights));
+        let flux1 = family == Family::Flux1;
         Ok(Self {
+            family,
             transformer: transformer?,
             vae: vae?,
             text_encoder: text_encoder?,
-            text_encoder_2: text_encoder_2?,
+            text_encoder_2: if flux1 { Some(t5?) } else { None },
             model_index: Some(root.join("model_index.json")).filter(|p| p.is_file()),
             tokenizer: sub("tokenizer")?,
-            tokenizer_2: sub("tokenizer_2")?,
+            tokenizer_2: if flux1 { Some(sub("tokenizer_2")?) } else { None },
             scheduler_config,
         })
     }

@@ -6,6 +6,7 @@ mod batch;
 mod common;
 mod formats;
 mod hub;
+mod klein;
 mod lora;
 mod modes;
 mod parity;

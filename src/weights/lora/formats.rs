@@ -108,6 +108,8 @@ pub struct FileView {
     /// The model's block counts, to know its module names.
     pub double: usize,
     pub single: usize,
+    /// The model's family (FLUX.1 and FLUX.2 name their modules differently).
+    pub family: crate::config::Family,
 }
 
 /// Why a file cannot be used at all.
@@ -152,7 +154,7 @@ fn is_stable_diffusion(k: &str) -> bool {
 
 /// BFL module names (and CLIP linears) in kohya's underscore spelling → target.
 fn underscore_index(f: &FileView) -> HashMap<String, Target> {
-    let mut m: HashMap<String, Target> = flux_keys::bfl_module_names(f.double, f.single)
+    let mut m: HashMap<String, Target> = flux_keys::bfl_module_names(f.double, f.single, f.family)
         .into_iter()
         .map(|b| (b.replace('.', "_"), Target::Transformer(b)))
         .collect();
@@ -290,7 +292,7 @@ fn xlabs(keys: &[&String]) -> Parsed {
 /// diffusers/PEFT names (and bare BFL or fal names with lora_A/lora_B). `kohya_spelling`: `transformer.*` keys with
 /// lora_down/lora_up, whose alphas diffusers ignores (scale 1).
 fn peft(f: &FileView, keys: &[&String], kohya_spelling: bool) -> Parsed {
-    let bfl_index: HashMap<String, Target> = flux_keys::bfl_module_names(f.double, f.single)
+    let bfl_index: HashMap<String, Target> = flux_keys::bfl_module_names(f.double, f.single, f.family)
         .into_iter()
         .map(|b| (b.clone(), Target::Transformer(b)))
         .collect();
@@ -299,7 +301,7 @@ fn peft(f: &FileView, keys: &[&String], kohya_spelling: bool) -> Parsed {
     let (modules, other) = group(keys);
     out.unmatched.extend(other);
     for (module, [down, up, alpha]) in modules {
-        let Some((target, place, format)) = peft_target(module, &bfl_index, &underscore) else {
+        let Some((target, place, format)) = peft_target(module, &bfl_index, &underscore, f.family) else {
             out.unmatched.extend([down, up, alpha].into_iter().flatten().cloned());
             continue;
         };
@@ -319,9 +321,10 @@ fn peft_target(
     module: &str,
     bfl: &HashMap<String, Target>,
     underscore: &HashMap<String, Target>,
+    family: crate::config::Family,
 ) -> Option<(Target, Placement, Format)> {
     if let Some(m) = module.strip_prefix("transformer.") {
-        let (b, rows) = flux_keys::diffusers_module_to_bfl(m)?;
+        let (b, rows) = flux_keys::diffusers_module_to_bfl(m, family)?;
         return Some((Target::Transformer(b), Placement::from_rows(rows), Format::Peft));
     }
     if let Some(m) = module.strip_prefix("text_encoder.") {

@@ -79,6 +79,7 @@ pub struct ModelShapes {
     pub clip: HashMap<String, (usize, usize)>,
     pub double: usize,
     pub single: usize,
+    pub family: crate::config::Family,
 }
 
 impl LoraSet {
@@ -181,6 +182,7 @@ fn read(path: &Path, shapes: &ModelShapes) -> Result<(HashMap<String, Tensor>, F
         metadata,
         double: shapes.double,
         single: shapes.single,
+        family: shapes.family,
     };
     Ok((tensors, view))
 }

@@ -1,8 +1,11 @@
 //! Request + model configs + the input's size → a [`Plan`]: working size, steps, guidance, seed and schedule,
-//! decided before any weight is read. Pure: problems come back as errors, remarks as `Plan::warnings`.
+//! decided before any weight is read. Pure: problems come back as errors, remarks as `Plan::warnings`. FLUX.1
+//! here, FLUX.2 in [`flux2`].
+
+pub mod flux2;
 
 use super::request::{Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL};
-use crate::config::ModelConfigs;
+use crate::config::{Family, ModelConfigs};
 use crate::error::{Error, Result};
 use crate::image_io::{self, floor_to_multiple, ResizeMode};
 use crate::rng::{CudaGeometry, RngKind};
@@ -22,6 +25,8 @@ pub struct Plan {
     pub crop: bool,
     /// Kontext: the size the reference image is resized (stretched) to.
     pub reference_size: Option<(u32, u32)>,
+    /// FLUX.2: the working size of each conditioning image (the input first where it is one).
+    pub references: Vec<(u32, u32)>,
     /// Resize mode in effect (crop, fit, pad or stretch).
     pub resize: ResizeMode,
     pub steps: usize,
@@ -45,15 +50,28 @@ pub fn defaults(guidance_embeds: bool) -> (usize, Option<f64>) {
     }
 }
 
-/// Plans `req` for an input of `input` pixels (None: a mode without one) with `seed`; `gpu` is the CUDA
-/// generator's geometry when the request names none (the device's, or an H100's on the CPU).
+/// Plans `req` for an input of `input` pixels (None: a mode without one) and FLUX.2 references of `references`
+/// pixels with `seed`; `gpu` is the CUDA generator's geometry when the request names none (the device's, or an
+/// H100's on the CPU).
 pub fn plan(
     req: &Request,
     cfg: &ModelConfigs,
     input: Option<(u32, u32)>,
+    references: &[(u32, u32)],
     seed: u64,
     gpu: CudaGeometry,
 ) -> Result<Plan> {
+    if cfg.family == Family::Flux2 {
+        return flux2::plan(req, cfg, input, references, seed, gpu);
+    }
+    if !req.references.is_empty() {
+        return Err(Error::Usage(
+            "--reference is for FLUX.2 models; FLUX.1 Kontext takes its one reference as the input (--image)".into(),
+        ));
+    }
+    if matches!(req.mode, Mode::Reference { .. }) {
+        return Err(Error::Usage("reference editing needs a FLUX.2 model; for FLUX.1 use Kontext (--kontext)".into()));
+    }
     let multiple = cfg.vae.size_multiple();
     check_size_flags(req, multiple)?;
     let mut warnings = Vec::new();
@@ -77,7 +95,7 @@ pub fn plan(
         (Mode::Kontext { reference, .. }, Some(input)) => Some(reference_size(input, multiple, *reference)),
         _ => None,
     };
-    check_true_cfg(req, &mut warnings)?;
+    check_true_cfg(req)?;
     if let (Mode::Inpaint { mask, .. }, ResizeMode::Pad) = (&req.mode, req.resize) {
         if mask.paste_back && mask.crop_padding.is_none() {
             return Err(Error::Usage("--paste-back does not work with --resize pad; use crop, fit or stretch".into()));
@@ -116,6 +134,7 @@ pub fn plan(
         input_size: input,
         crop,
         reference_size,
+        references: Vec::new(),
         resize: req.resize,
         steps,
         guidance,
@@ -189,7 +208,7 @@ fn reference_size(input: (u32, u32), multiple: u32, rule: ReferenceSize) -> (u32
 }
 
 /// The size a mode without an input makes: both flags are needed.
-fn given_size(req: &Request) -> Result<(u32, u32)> {
+pub(super) fn given_size(req: &Request) -> Result<(u32, u32)> {
     match (req.width, req.height) {
         (Some(w), Some(h)) => Ok((w, h)),
         _ => Err(Error::Usage(format!(
@@ -200,19 +219,23 @@ fn given_size(req: &Request) -> Result<(u32, u32)> {
 }
 
 /// A true-CFG scale must be a number; at or below 1 the negative pass would change nothing.
-fn check_true_cfg(req: &Request, warnings: &mut Vec<String>) -> Result<()> {
+fn check_true_cfg(req: &Request) -> Result<()> {
     let Some(cfg) = &req.true_cfg else { return Ok(()) };
     if !cfg.scale.is_finite() {
         return Err(Error::Usage(format!("--true-cfg {} is not a number", cfg.scale)));
     }
     if cfg.scale <= 1.0 {
-        warnings.push(format!("--true-cfg {} is not above 1: the negative prompt is not used", cfg.scale));
+        return Err(Error::Usage(
+            "--negative-prompt needs --true-cfg F (F > 1, e.g. 4) with FLUX.1: it is guidance-distilled and only uses \
+             a negative prompt through true classifier-free guidance"
+                .into(),
+        ));
     }
     Ok(())
 }
 
 /// `--width` / `--height` must be positive multiples of the latent grid.
-fn check_size_flags(req: &Request, multiple: u32) -> Result<()> {
+pub(super) fn check_size_flags(req: &Request, multiple: u32) -> Result<()> {
     for (flag, v) in [("--width", req.width), ("--height", req.height)] {
         if let Some(v) = v.filter(|v| *v == 0 || v % multiple != 0) {
             let lo = (v / multiple).max(1) * multiple;

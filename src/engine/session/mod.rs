@@ -1,6 +1,9 @@
 //! A model opened for any number of edits: configs read at once, weights loaded on first use and kept (VAE,
 //! transformer), prompt encodings and the last input's VAE posterior cached. Takes [`Request`]s and their
-//! [`Plan`]s, gives written PNGs and [`Report`]s; says what it does through a [`Progress`].
+//! [`Plan`]s, gives written PNGs and [`Report`]s; says what it does through a [`Progress`]. FLUX.1's staging and
+//! loop are here; FLUX.2's in [`flux2`].
+
+mod flux2;
 
 use super::load::{self, TransformerKind};
 use super::plan::{self, Plan};
@@ -8,19 +11,18 @@ use super::progress::{Event, Progress};
 use super::record::EditRecord;
 use super::request::{Mode, Request};
 use super::{edit, inpaint};
-use crate::config::ClipConfig;
-use crate::config::ModelConfigs;
+use crate::config::{ClipConfig, Family, ModelConfigs};
 use crate::error::Result;
 use crate::image_io;
 use crate::models::clip::ClipLora;
 use crate::models::linear::LoraApply;
-use crate::models::transformer;
-use crate::models::transformer::{FluxTransformer, Inputs};
+use crate::models::transformer::{self, Inputs};
 use crate::models::vae::AutoencoderKl;
+use crate::models::Denoiser;
 use crate::output;
 use crate::rng;
 use crate::source::{ModelFiles, Overrides};
-use crate::text::{Conditioning, TextEncoders};
+use crate::text::{Conditioning, PromptEncoder};
 use crate::weights::flux_keys::Layout;
 use crate::weights::lora::{LoraSet, LoraSpec, ModelShapes, ScaleCell};
 use candle_core::{DType, Device, Tensor};
@@ -96,7 +98,9 @@ pub struct Session {
     progress: Arc<dyn Progress>,
     prompts: HashMap<String, Encoded>,
     vae: Option<AutoencoderKl>,
-    transformer: Option<FluxTransformer>,
+    /// FLUX.2: the VAE's batch-norm statistics (loaded with the VAE).
+    bn: Option<super::flux2::BnStats>,
+    transformer: Option<Denoiser>,
     posterior: Option<Posterior>,
 }
 
@@ -146,6 +150,7 @@ impl Session {
             progress,
             prompts: HashMap::new(),
             vae: None,
+            bn: None,
             transformer: None,
             posterior: None,
         })
@@ -154,7 +159,7 @@ impl Session {
     /// The weights decide dev or schnell, whatever config.json says.
     fn inspect(&mut self) -> Result<()> {
         let kind = load::inspect_transformer(&self.files)?;
-        if kind.guidance_embeds != self.configs.transformer.guidance_embeds {
+        if kind.guidance_embeds != self.configs.transformer.guidance_embeds && kind.family == Family::Flux1 {
             let (what, like) = if kind.guidance_embeds {
                 ("embed guidance", "dev")
             } else {
@@ -183,7 +188,24 @@ impl Session {
     /// the request has none).
     pub fn plan(&self, req: &Request, input_size: Option<(u32, u32)>) -> Result<Plan> {
         let seed = req.seed.unwrap_or_else(super::random_seed);
-        plan::plan(req, &self.configs, input_size, seed, super::gpu_geometry(&self.device))
+        let references = self.reference_sizes(req, input_size)?;
+        plan::plan(req, &self.configs, input_size, &references, seed, super::gpu_geometry(&self.device))
+    }
+
+    /// The model's family.
+    pub fn family(&self) -> Family {
+        self.configs.family
+    }
+
+    /// The prompts `req` encodes: its prompt, and the negative prompt when CFG runs.
+    fn prompts_of<'r>(&self, req: &'r Request) -> Vec<&'r str> {
+        match self.configs.family {
+            Family::Flux1 => req.prompts().collect(),
+            Family::Flux2 => {
+                let cfg = plan::flux2::cfg_scale(req, &self.configs).is_some();
+                std::iter::once(req.prompt.as_str()).chain(cfg.then(|| plan::flux2::negative_prompt(req))).collect()
+            }
+        }
     }
 
     /// Encodes every prompt (and negative prompt) of `reqs` not yet cached, loading the text encoders once and
@@ -193,7 +215,7 @@ impl Session {
         self.prepare_loras(first)?;
         let mut todo: Vec<(String, &str, f64)> = Vec::new();
         for r in reqs {
-            for p in r.prompts() {
+            for p in self.prompts_of(r) {
                 let key = self.prompt_key(p, r.lora_scale);
                 if !self.prompts.contains_key(&key) && !todo.iter().any(|(k, ..)| *k == key) {
                     todo.push((key, p, r.lora_scale));
@@ -206,7 +228,7 @@ impl Session {
         let t0 = Instant::now();
         let clip_lora =
             self.lora.as_ref().filter(|l| l.touches_clip).map(|set| ClipLora { set, scale: self.lora_scale.clone() });
-        let mut enc = TextEncoders::load(
+        let mut enc = PromptEncoder::load(
             &self.files,
             first.max_sequence_length,
             self.dtype,
@@ -214,7 +236,7 @@ impl Session {
             first.quantize,
             clip_lora,
         )?;
-        enc.notes.iter().for_each(|n| self.progress.event(Event::Note(n)));
+        enc.notes().iter().for_each(|n| self.progress.event(Event::Note(n)));
         // The load is charged to the first prompt: one encoder load per batch.
         let mut load = t0.elapsed().as_secs_f64();
         for (key, p, scale) in todo {
@@ -275,14 +297,22 @@ impl Session {
     /// The linear layers LoRAs may target, from the configs (and the stored feed-forward width).
     fn lora_shapes(&self) -> Result<ModelShapes> {
         let t = &self.configs.transformer;
-        let layout = self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(Layout::Diffusers);
-        let mlp = load::mlp_rows(&self.files, t, &layout)?;
-        let clip: ClipConfig = crate::config::read_json(&self.files.text_encoder.config)?;
+        let (transformer, clip) = match self.configs.family {
+            Family::Flux1 => {
+                let layout = self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(Layout::Diffusers);
+                let mlp = load::mlp_rows(&self.files, t, &layout)?;
+                let clip: ClipConfig = crate::config::read_json(&self.files.text_encoder.config)?;
+                (transformer::linear_shapes(t, mlp), crate::models::clip::linear_shapes(&clip))
+            }
+            // FLUX.2's text encoder is Qwen3: LoRA parts for it are left out (counted as unmatched).
+            Family::Flux2 => (crate::models::flux2::linear_shapes(t), Vec::new()),
+        };
         Ok(ModelShapes {
-            transformer: transformer::linear_shapes(t, mlp).into_iter().collect(),
-            clip: crate::models::clip::linear_shapes(&clip).into_iter().collect(),
+            transformer: transformer.into_iter().collect(),
+            clip: clip.into_iter().collect(),
             double: t.num_layers,
             single: t.num_single_layers,
+            family: self.configs.family,
         })
     }
 
@@ -353,6 +383,10 @@ impl Session {
     fn conditioning(&mut self, req: &Request, t: &mut Timings) -> Result<(Conditioning, Option<Conditioning>)> {
         self.encode_prompts(&[req])?;
         let scale = req.lora_scale;
+        let negative = match self.configs.family {
+            Family::Flux1 => req.cfg().map(|c| c.negative_prompt.as_str()),
+            Family::Flux2 => plan::flux2::cfg_scale(req, &self.configs).map(|_| plan::flux2::negative_prompt(req)),
+        };
         let mut take = |p: &str| {
             let key = self.prompt_key(p, scale);
             let e = self.prompts.get_mut(&key).expect("encoded above");
@@ -360,12 +394,15 @@ impl Session {
             e.cond.clone()
         };
         let cond = take(&req.prompt);
-        let negative = req.cfg().map(|c| take(&c.negative_prompt));
+        let negative = negative.map(take);
         Ok((cond, negative))
     }
 
     fn vae(&mut self) -> Result<&AutoencoderKl> {
         if self.vae.is_none() {
+            if self.configs.family == Family::Flux2 {
+                self.bn = Some(load::vae_bn(&self.files, &self.configs.vae, self.dtype, &self.device)?);
+            }
             self.vae = Some(load::vae(&self.files, &self.configs.vae, self.dtype, &self.device)?);
         }
         Ok(self.vae.as_ref().expect("loaded above"))
@@ -374,6 +411,9 @@ impl Session {
     /// What the loop needs besides the conditioning, as the mode's pipeline prepares it: start latents, and the
     /// mask (inpainting) or reference tokens (Kontext).
     fn stage(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Staged> {
+        if self.configs.family == Family::Flux2 {
+            return self.stage_flux2(req, input, plan);
+        }
         let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(rng::CudaGeometry::H100));
         let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
         let grid = (c, plan.height as usize / f, plan.width as usize / f);
@@ -446,8 +486,13 @@ impl Session {
         let layout = self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(Layout::Diffusers);
         let merge = self.lora_merge && req.quantize.is_none() && load::gguf_file(&self.files).is_none();
         let lora = self.lora.clone().map(|set| Arc::new(LoraApply { set, merge, scale: self.lora_scale.clone() }));
-        let opts =
-            load::TransformerOptions { quantize: req.quantize, lora, dtype: self.dtype, device: self.device.clone() };
+        let opts = load::TransformerOptions {
+            family: self.configs.family,
+            quantize: req.quantize,
+            lora,
+            dtype: self.dtype,
+            device: self.device.clone(),
+        };
         let loaded = load::transformer(&self.files, &self.configs.transformer, &layout, &opts)?;
         if let Some(note) = &loaded.note {
             self.progress.event(Event::Note(note));
@@ -465,18 +510,32 @@ impl Session {
     /// Kontext's reference tokens ride along; inpainting puts the kept latents back after every step.
     fn denoise(&self, cond: &(Conditioning, Option<Conditioning>), staged: &Staged, plan: &Plan) -> Result<Tensor> {
         let (dev, dtype, start) = (&self.device, self.dtype, &staged.start);
-        let (txt, pooled) = match &cond.1 {
-            Some(neg) => (Tensor::cat(&[&cond.0.t5, &neg.t5], 0)?, Tensor::cat(&[&cond.0.pooled, &neg.pooled], 0)?),
-            None => (cond.0.t5.clone(), cond.0.pooled.clone()),
+        let txt = match &cond.1 {
+            Some(neg) => Tensor::cat(&[&cond.0.txt, &neg.txt], 0)?,
+            None => cond.0.txt.clone(),
         };
-        let mut img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
-        if let Some(r) = &staged.reference {
-            img_ids = Tensor::cat(&[&img_ids, &r.ids], 1)?;
-        }
-        let txt_ids = Tensor::zeros((1, txt.dim(1)?, 3), dtype, dev)?;
+        let pooled = match (&cond.0.pooled, cond.1.as_ref().and_then(|n| n.pooled.as_ref())) {
+            (Some(p), Some(n)) => Some(Tensor::cat(&[p, n], 0)?),
+            (p, _) => p.clone(),
+        };
+        let (img_ids, txt_ids) = match self.configs.family {
+            Family::Flux2 => self.ids_flux2(staged, txt.dim(1)?)?,
+            Family::Flux1 => {
+                let mut img_ids = edit::image_ids(start.height / 2, start.width / 2, dtype, dev)?;
+                if let Some(r) = &staged.reference {
+                    img_ids = Tensor::cat(&[&img_ids, &r.ids], 1)?;
+                }
+                (img_ids, Tensor::zeros((1, txt.dim(1)?, 3), dtype, dev)?)
+            }
+        };
         let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
-        let inputs =
-            Inputs { img_ids: &img_ids, txt: &txt, txt_ids: &txt_ids, pooled: &pooled, guidance: guidance.as_ref() };
+        let inputs = Inputs {
+            img_ids: &img_ids,
+            txt: &txt,
+            txt_ids: &txt_ids,
+            pooled: pooled.as_ref(),
+            guidance: guidance.as_ref(),
+        };
         let model = self.transformer.as_ref().expect("loaded before denoising");
         let reference = staged.reference.as_ref().map(|r| &r.tokens);
         let guided = edit::Guided { model, inputs, cfg_scale: plan.cfg_scale, reference };
@@ -503,11 +562,18 @@ impl Session {
             return Ok(None);
         };
         let f = self.configs.vae.scale_factor() as u32;
-        let mask = inpaint::latent_mask(&m.working, f, staged.start.channels, self.dtype, &self.device)?;
+        let (c, dtype, dev) = (staged.start.channels, self.dtype, &self.device);
+        let mask = match self.configs.family {
+            Family::Flux1 => inpaint::latent_mask(&m.working, f, c, dtype, dev)?,
+            Family::Flux2 => super::flux2::mask_tokens(&m.working, 2 * f, c, dtype, dev)?,
+        };
         Ok(Some(inpaint::Blend { mask, noise: noise.clone(), clean: clean.clone() }))
     }
 
     fn decode(&mut self, latents: &Tensor, start: &edit::Start) -> Result<RgbImage> {
+        if self.configs.family == Family::Flux2 {
+            return self.decode_flux2(latents, start);
+        }
         let z = edit::unpack_for_decode(latents, start, &edit::LatentSpace::of(&self.configs.vae))?;
         let decoded = self.vae()?.decode(&z)?;
         image_io::from_tensor(&decoded)

@@ -2,7 +2,10 @@
 //!
 //! Takes a path, gives a typed config, validated on load: an empty or inconsistent list is a clear error naming
 //! the file, never a panic later. Nothing here hard-codes a dev or schnell number: defaults are the ones the
-//! upstream classes use when a field is absent.
+//! upstream classes use when a field is absent. The model family (FLUX.1 or FLUX.2) is read from the classes the
+//! configs name; FLUX.2's Qwen3 text encoder config is in [`qwen3`].
+
+pub mod qwen3;
 
 use crate::error::{Error, Result};
 use crate::source::ModelFiles;
@@ -16,22 +19,70 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::model_from(path, "invalid config", e))
 }
 
-/// The configs that shape a run: transformer, VAE and scheduler, read and checked together.
+/// The model generation a pipeline belongs to: the numerics, components and modes differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Family {
+    /// FLUX.1 dev, schnell and Kontext: T5 + CLIP, `FluxTransformer2DModel`, `AutoencoderKL`.
+    Flux1,
+    /// FLUX.2 [klein] (and base): Qwen3, `Flux2Transformer2DModel`, `AutoencoderKLFlux2`.
+    Flux2,
+}
+
+crate::named_enum!(Family, "model family", [Flux1 = "FLUX.1", Flux2 = "FLUX.2"]);
+
+impl Family {
+    /// The family a diffusers class name (pipeline, transformer or VAE) belongs to.
+    pub fn of_class(name: &str) -> Self {
+        if name.starts_with("Flux2") || name == "AutoencoderKLFlux2" {
+            Family::Flux2
+        } else {
+            Family::Flux1
+        }
+    }
+}
+
+/// The configs that shape a run: transformer, VAE and scheduler, read and checked together; for FLUX.2 also
+/// the pipeline's `is_distilled` (model_index.json).
 #[derive(Debug, Clone)]
 pub struct ModelConfigs {
+    pub family: Family,
     pub transformer: TransformerConfig,
     pub vae: VaeConfig,
     pub scheduler: SchedulerConfig,
+    /// FLUX.2: step-distilled (klein 4B/9B: no CFG) rather than a base model (true CFG with `--guidance` > 1).
+    pub distilled: bool,
+}
+
+/// The one pipeline-level field read from `model_index.json`.
+#[derive(Debug, Deserialize, Default)]
+struct PipelineIndex {
+    #[serde(default)]
+    is_distilled: bool,
 }
 
 impl ModelConfigs {
     pub fn read(files: &ModelFiles) -> Result<Self> {
+        let index: PipelineIndex = files.model_index.as_ref().map(|p| read_json(p)).transpose()?.unwrap_or_default();
         let c = Self {
+            family: files.family,
             transformer: read_json(&files.transformer.config)?,
             vae: read_json(&files.vae.config)?,
             scheduler: read_json(&files.scheduler_config)?,
+            distilled: index.is_distilled,
         };
-        c.transformer.validate(&files.transformer.config)?;
+        for (class, file, what) in [
+            (&c.transformer.class_name, &files.transformer.config, "transformer"),
+            (&c.vae.class_name, &files.vae.config, "vae"),
+        ] {
+            if let Some(other) = class.as_deref().map(Family::of_class).filter(|f| *f != c.family) {
+                return Err(Error::model(
+                    file,
+                    format!("the {what} config is {other} but the pipeline is {}; mixed families do not run", c.family),
+                ));
+            }
+        }
+        c.transformer.validate(&files.transformer.config, c.family)?;
         c.vae.validate(&files.vae.config)?;
         c.scheduler.validate(&files.scheduler_config)?;
         if c.transformer.in_channels != 4 * c.vae.latent_channels {
@@ -63,9 +114,16 @@ fn one() -> usize {
     1
 }
 
-/// `transformer/config.json` of `FluxTransformer2DModel`.
+fn eps_1e6() -> f64 {
+    1e-6
+}
+
+/// `transformer/config.json` of `FluxTransformer2DModel` (FLUX.1) or `Flux2Transformer2DModel` (FLUX.2: no
+/// pooled projection, `mlp_ratio`, `rope_theta`, four RoPE axes).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TransformerConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: Option<String>,
     #[serde(default = "one")]
     pub patch_size: usize,
     pub in_channels: usize,
@@ -76,11 +134,21 @@ pub struct TransformerConfig {
     pub attention_head_dim: usize,
     pub num_attention_heads: usize,
     pub joint_attention_dim: usize,
-    pub pooled_projection_dim: usize,
+    /// FLUX.1's CLIP pooled projection (FLUX.2 has none).
+    #[serde(default)]
+    pub pooled_projection_dim: Option<usize>,
     #[serde(default)]
     pub guidance_embeds: bool,
     #[serde(default = "default_axes")]
     pub axes_dims_rope: Vec<usize>,
+    /// FLUX.2: feed-forward width = int(inner · mlp_ratio) (class default 3).
+    #[serde(default)]
+    pub mlp_ratio: Option<f64>,
+    /// FLUX.2: RoPE base (class default 2000; FLUX.1 uses 10000).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default = "eps_1e6")]
+    pub eps: f64,
 }
 
 impl TransformerConfig {
@@ -89,7 +157,12 @@ impl TransformerConfig {
         self.num_attention_heads * self.attention_head_dim
     }
 
-    fn validate(&self, file: &Path) -> Result<()> {
+    fn validate(&self, file: &Path, family: Family) -> Result<()> {
+        if family == Family::Flux1 {
+            ensure(self.pooled_projection_dim.is_some(), file, || {
+                "pooled_projection_dim is missing (FLUX.1's CLIP pooled projection)".into()
+            })?;
+        }
         ensure(self.patch_size == 1, file, || {
             format!(
                 "patch_size {} is not supported (FLUX.1 packs 2×2 latent patches itself; expected 1)",
@@ -128,6 +201,9 @@ fn yes() -> bool {
 fn silu() -> String {
     "silu".into()
 }
+fn bn_eps() -> f64 {
+    1e-4
+}
 
 /// `vae/config.json` of `AutoencoderKL`.
 #[derive(Debug, Clone, Deserialize)]
@@ -144,7 +220,14 @@ pub struct VaeConfig {
     pub norm_num_groups: usize,
     #[serde(default = "silu")]
     pub act_fn: String,
-    pub scaling_factor: f64,
+    #[serde(rename = "_class_name", default)]
+    pub class_name: Option<String>,
+    /// FLUX.1 (`AutoencoderKL`): latents are `(z − shift)·scale`; FLUX.2 has none (batch-norm statistics instead).
+    #[serde(default)]
+    pub scaling_factor: Option<f64>,
+    /// FLUX.2 (`AutoencoderKLFlux2`): eps of the batch-norm statistics that normalise patchified latents.
+    #[serde(default = "bn_eps")]
+    pub batch_norm_eps: f64,
     #[serde(default)]
     pub shift_factor: Option<f64>,
     #[serde(default = "yes")]
@@ -165,6 +248,11 @@ impl VaeConfig {
     /// 4-block VAE (diffusers' `vae_scale_factor * 2`), smaller for the shallow VAEs of test pipelines.
     pub fn size_multiple(&self) -> u32 {
         (2 * self.scale_factor()) as u32
+    }
+
+    /// `scaling_factor`, or `AutoencoderKL`'s class default (0.18215) when the config has none.
+    pub fn latent_scale(&self) -> f64 {
+        self.scaling_factor.unwrap_or(0.18215)
     }
 
     /// The block activation (checked by `validate`).
@@ -192,8 +280,9 @@ impl VaeConfig {
         ensure(self.latent_channels > 0 && self.layers_per_block > 0, file, || {
             "latent_channels and layers_per_block must be above 0".into()
         })?;
-        ensure(self.scaling_factor.is_finite() && self.scaling_factor != 0.0, file, || {
-            format!("scaling_factor {} must be a non-zero number", self.scaling_factor)
+        let scale = self.scaling_factor.unwrap_or(1.0);
+        ensure(scale.is_finite() && scale != 0.0, file, || {
+            format!("scaling_factor {scale} must be a non-zero number")
         })?;
         Act::parse(&self.act_fn, file).map(|_| ())
     }

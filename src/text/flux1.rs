@@ -1,10 +1,11 @@
-//! Prompt → `Conditioning`: CLIP pooled embedding [1,P] and T5 sequence [1,L,D], as diffusers' `encode_prompt`.
+//! FLUX.1: prompt → `Conditioning` with CLIP's pooled embedding [1,P] and T5's sequence [1,L,D], as diffusers'
+//! `FluxPipeline.encode_prompt`.
 //!
 //! Tokenizers: `tokenizer.json` when the folder has one; otherwise CLIP's `vocab.json` + `merges.txt` (the layout of
 //! the real FLUX.1 repos) assembled with transformers' `CLIPTokenizer` rules. Both encoders see the ids padded to a
-//! fixed length with no attention mask, as in diffusers. Encoders are dropped when this stage returns. Text that
-//! truncation cuts off comes back as warnings; this stage prints nothing.
+//! fixed length with no attention mask, as in diffusers.
 
+use super::{special_token, tok_err, tok_fail, Conditioning, FixedTokenizer};
 use crate::config::{read_json, Act, ClipConfig};
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipLora, ClipText};
@@ -21,41 +22,10 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::{
-    AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer,
-    TruncationDirection, TruncationParams, TruncationStrategy,
-};
-
-/// What the transformer is conditioned on.
-#[derive(Clone)]
-pub struct Conditioning {
-    /// T5 last hidden state [1, L, joint_attention_dim].
-    pub t5: Tensor,
-    /// CLIP pooled output [1, pooled_projection_dim].
-    pub pooled: Tensor,
-}
-
-/// Special tokens named in `tokenizer_config.json` (strings or `{"content": ...}` objects).
-fn special_token(dir: &Path, key: &str, default: &str) -> String {
-    let Ok(v) = read_json::<serde_json::Value>(&dir.join("tokenizer_config.json")) else { return default.into() };
-    match v.get(key) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).unwrap_or(default).into(),
-        _ => default.into(),
-    }
-}
-
-fn tok_err(dir: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::Tokenizer { path: dir.to_path_buf(), msg: msg.to_string(), source: None }
-}
-
-/// A tokenizer-library failure while doing `what` with the tokenizer at `path`.
-fn tok_fail(path: &Path, what: &str, e: tokenizers::Error) -> Error {
-    Error::tokenizer_from(path, what, e)
-}
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// transformers' `CLIPTokenizer` built from `vocab.json` + `merges.txt`.
-fn clip_from_vocab_merges(dir: &Path) -> Result<Tokenizer> {
+pub(crate) fn clip_from_vocab_merges(dir: &Path) -> Result<Tokenizer> {
     let vocab = dir.join("vocab.json");
     let merges = dir.join("merges.txt");
     if !vocab.is_file() || !merges.is_file() {
@@ -95,56 +65,6 @@ fn clip_from_vocab_merges(dir: &Path) -> Result<Tokenizer> {
         .add_prefix_space(false);
     tok.with_post_processor(Some(post));
     Ok(tok)
-}
-
-/// A tokenizer that pads and truncates to `max_len` like `tokenizer(..., padding="max_length", truncation=True)`.
-pub struct FixedTokenizer {
-    tok: Tokenizer,
-    max_len: usize,
-    dir: std::path::PathBuf,
-}
-
-impl FixedTokenizer {
-    pub fn load(dir: &Path, max_len: usize, default_pad: &str, clip_fallback: bool) -> Result<Self> {
-        let json = dir.join("tokenizer.json");
-        let mut tok = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| tok_fail(&json, "unreadable", e))?
-        } else if clip_fallback {
-            clip_from_vocab_merges(dir)?
-        } else {
-            return Err(tok_err(dir, "tokenizer.json is missing"));
-        };
-        let pad = special_token(dir, "pad_token", default_pad);
-        let pad_id =
-            tok.token_to_id(&pad).ok_or_else(|| tok_err(dir, format!("pad token {pad} is not in the vocabulary")))?;
-        tok.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(max_len),
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token: pad,
-        }));
-        tok.with_truncation(Some(TruncationParams {
-            max_length: max_len,
-            strategy: TruncationStrategy::LongestFirst,
-            stride: 0,
-            direction: TruncationDirection::Right,
-        }))
-        .map_err(|e| tok_fail(dir, "truncation settings", e))?;
-        Ok(Self { tok, max_len, dir: dir.to_path_buf() })
-    }
-
-    /// Ids padded/truncated to the fixed length, and the text that truncation cut off (empty if none).
-    pub fn encode(&self, prompt: &str) -> Result<(Vec<u32>, String)> {
-        let enc = self.tok.encode(prompt, true).map_err(|e| tok_fail(&self.dir, "cannot encode the prompt", e))?;
-        let ids = enc.get_ids().to_vec();
-        // Truncation splits the rest into overflow chunks of the same length; all of them were cut off.
-        let over: Vec<u32> = enc.get_overflowing().iter().flat_map(|o| o.get_ids().iter().copied()).collect();
-        let dropped = if over.is_empty() { String::new() } else { self.tok.decode(&over, true).unwrap_or_default() };
-        debug_assert_eq!(ids.len(), self.max_len);
-        Ok((ids, dropped))
-    }
 }
 
 /// Both text encoders and their tokenizers, loaded once for any number of prompts (a batch encodes all its
@@ -244,9 +164,10 @@ impl TextEncoders {
         let clip = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None), clip_lora.as_ref())?;
         w.finish()?;
         let mut notes = Vec::new();
-        let t5_raw: serde_json::Value = read_json(&files.text_encoder_2.config)?;
-        let t5_tok = FixedTokenizer::load(&files.tokenizer_2, max_sequence_length, "<pad>", false)?;
-        let w = CheckedWeights::open("text_encoder_2 (T5)", &files.text_encoder_2.weights)?;
+        let (t5_files, t5_tokenizer) = files.t5()?;
+        let t5_raw: serde_json::Value = read_json(&t5_files.config)?;
+        let t5_tok = FixedTokenizer::load(t5_tokenizer, max_sequence_length, "<pad>", false)?;
+        let w = CheckedWeights::open("text_encoder_2 (T5)", &t5_files.weights)?;
         let t5 = match quantize {
             None => T5::Dense(candle_transformers::models::t5::T5EncoderModel::load(
                 w.var_builder(dtype, device, None),
@@ -287,7 +208,7 @@ impl TextEncoders {
             T5::Dense(m) => m.forward(&ids)?,
             T5::Quant(m) => m.forward(&ids)?.to_dtype(self.dtype)?,
         };
-        Ok((Conditioning { t5, pooled }, warnings))
+        Ok((Conditioning { txt: t5, pooled: Some(pooled) }, warnings))
     }
 }
 
