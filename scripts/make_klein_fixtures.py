@@ -12,8 +12,10 @@ Writes tests/fixtures/:
                      Flux2KleinInpaintPipeline (with and without a reference) outputs for a CPU generator, and
                      `--strength` on klein (our SDEdit extension): Flux2KleinInpaintPipeline with an all-white mask,
                      which is exactly "noise the input to the strength, keep it as a reference, denoise"
-Each case records how far diffusers' own output moves when the prompt, the seed, a reference, the mask or CFG
-changes (sensitivity_psnr_db); the tests hold those far below the 45 dB parity bar.
+  loras/klein-peft.safetensors, loras/klein-aitk.safetensors   random LoRAs for tiny-klein in diffusers/PEFT names and
+                     ai-toolkit's (`diffusion_model.` + BFL names, fused qkv), loaded by Flux2KleinPipeline.load_lora_weights
+Each case records how far diffusers' own output moves when the prompt, the seed, a reference, the mask, CFG or the
+LoRA changes (sensitivity_psnr_db); the tests hold those far below the 45 dB parity bar.
 
 Usage: python scripts/make_klein_fixtures.py   (needs the packages of scripts/requirements.txt)
 """
@@ -179,6 +181,69 @@ CASES = [
 ]
 
 
+def klein_loras(transformer):
+    """A random rank-4 LoRA over attention, MLP, modulation and embedder layers of tiny-klein, as diffusers/PEFT
+    names and as ai-toolkit's BFL names (double-block q/k/v fused: one A for all three, B stacked)."""
+    g = torch.Generator().manual_seed(40)
+    shapes = {k[: -len(".weight")]: tuple(v.shape) for k, v in transformer.state_dict().items() if k.endswith(".weight")}
+    rnd = lambda *shape: torch.randn(shape, generator=g) * 0.3  # noqa: E731
+    peft, aitk = {}, {}
+    r = 4
+    for n in range(2):
+        d, b = f"transformer_blocks.{n}", f"double_blocks.{n}"
+        a_img, a_txt = rnd(r, shapes[f"{d}.attn.to_q"][1]), rnd(r, shapes[f"{d}.attn.add_q_proj"][1])
+        bs_img = [rnd(shapes[f"{d}.attn.to_{x}"][0], r) for x in "qkv"]
+        bs_txt = [rnd(shapes[f"{d}.attn.add_{x}_proj"][0], r) for x in "qkv"]
+        for x, bb in zip("qkv", bs_img):
+            peft[f"transformer.{d}.attn.to_{x}.lora_A.weight"], peft[f"transformer.{d}.attn.to_{x}.lora_B.weight"] = a_img, bb
+        for x, bb in zip("qkv", bs_txt):
+            peft[f"transformer.{d}.attn.add_{x}_proj.lora_A.weight"] = a_txt
+            peft[f"transformer.{d}.attn.add_{x}_proj.lora_B.weight"] = bb
+        aitk[f"diffusion_model.{b}.img_attn.qkv.lora_A.weight"] = a_img
+        aitk[f"diffusion_model.{b}.img_attn.qkv.lora_B.weight"] = torch.cat(bs_img, 0)
+        aitk[f"diffusion_model.{b}.txt_attn.qkv.lora_A.weight"] = a_txt
+        aitk[f"diffusion_model.{b}.txt_attn.qkv.lora_B.weight"] = torch.cat(bs_txt, 0)
+        for dm, bm in (("attn.to_out.0", "img_attn.proj"), ("ff.linear_in", "img_mlp.0"), ("ff_context.linear_out", "txt_mlp.2")):
+            o, i = shapes[f"{d}.{dm}"]
+            A, Bm = rnd(r, i), rnd(o, r)
+            peft[f"transformer.{d}.{dm}.lora_A.weight"], peft[f"transformer.{d}.{dm}.lora_B.weight"] = A, Bm
+            aitk[f"diffusion_model.{b}.{bm}.lora_A.weight"], aitk[f"diffusion_model.{b}.{bm}.lora_B.weight"] = A, Bm
+    for dm, bm in (("single_transformer_blocks.1.attn.to_qkv_mlp_proj", "single_blocks.1.linear1"),
+                   ("single_transformer_blocks.0.attn.to_out", "single_blocks.0.linear2"),
+                   ("double_stream_modulation_img.linear", "double_stream_modulation_img.lin"),
+                   ("context_embedder", "txt_in")):
+        o, i = shapes[dm]
+        A, Bm = rnd(r, i), rnd(o, r)
+        peft[f"transformer.{dm}.lora_A.weight"], peft[f"transformer.{dm}.lora_B.weight"] = A, Bm
+        aitk[f"diffusion_model.{bm}.lora_A.weight"], aitk[f"diffusion_model.{bm}.lora_B.weight"] = A, Bm
+    return peft, aitk
+
+
+def lora_cases(pipes):
+    """diffusers with each LoRA file on a fresh copy of tiny-klein (weights 0.8 and 1.0); no LoRA: the sensitivity."""
+    import copy
+    from safetensors.torch import save_file
+    _, klein = pipes["tiny-klein"]
+    peft, aitk = klein_loras(klein.transformer)
+    (FIX / "loras").mkdir(exist_ok=True)
+    for name, sd in (("klein-peft", peft), ("klein-aitk", aitk)):
+        save_file({k: v.clone().contiguous() for k, v in sd.items()}, FIX / "loras" / f"{name}.safetensors")
+    records = []
+    for file, sd, weight in (("klein-peft", peft, 0.8), ("klein-aitk", aitk, 1.0)):
+        name = file.replace("klein-", "klein-lora-")
+        case = dict(K, name=name, references=["ref-100x70.png"], loras=[[f"loras/{file}.safetensors", weight]])
+        pipe = copy.deepcopy(klein)
+        pipe.load_lora_weights({k: v.clone() for k, v in sd.items()}, adapter_name="l")
+        pipe.set_adapters(["l"], adapter_weights=[weight])
+        ref = run({"tiny-klein": (None, pipe)}, case)
+        ref.save(FIX / "expected" / f"{name}.png")
+        rec = {**case, "pipeline": "Flux2KleinPipeline", "expected": f"expected/{name}.png", "size": list(ref.size),
+               "sensitivity_psnr_db": {"no_lora": psnr(ref, run(pipes, case))}}
+        records.append(rec)
+        print(json.dumps({k: rec[k] for k in ("name", "sensitivity_psnr_db")}))
+    return records
+
+
 def run(pipes, case):
     inpaint, klein = pipes[case["model"]]
     img = lambda name: Image.open(FIX / "images" / name).convert("RGB")  # noqa: E731
@@ -230,6 +295,7 @@ def main():
                                       for what, change in case["sensitivity"].items()}
         records.append(rec)
         print(json.dumps({k: rec[k] for k in ("name", "size", "sensitivity_psnr_db")}))
+    records.extend(lora_cases(pipes))
     import diffusers
     import transformers
     meta = {"generator": "scripts/make_klein_fixtures.py", "torch": torch.__version__,

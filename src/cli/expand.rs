@@ -128,6 +128,9 @@ impl Args {
             self.kontext = true;
             self.reference_size = self.reference_size.or(r.reference_size);
         }
+        if self.reference.is_empty() && self.manifest.is_none() {
+            self.reference = r.references.clone();
+        }
         if self.lora.is_empty() && !r.loras.is_empty() {
             self.lora = r.loras.iter().map(|l| format!("{}:{}", l.path.display(), l.weight)).collect();
             self.lora_scale = self.lora_scale.take().or(r.lora_scale.map(|s| s.to_string()));

@@ -70,20 +70,64 @@ pub fn inspect_transformer(files: &ModelFiles) -> Result<TransformerKind> {
 /// The VAE; Black Forest Labs' `ae.safetensors` names are mapped to the diffusers ones the model asks for.
 pub fn vae(files: &ModelFiles, cfg: &VaeConfig, dtype: DType, device: &Device) -> Result<AutoencoderKl> {
     let w = CheckedWeights::open("vae", &files.vae.weights)?;
-    let map: Option<NameMap> = vae_keys::bfl_prefix(&w.names()).map(|prefix| {
-        let blocks = cfg.block_out_channels.len();
-        Arc::new(move |n: &str| vae_keys::diffusers_to_bfl(n, blocks, &prefix)) as NameMap
-    });
-    let vae = AutoencoderKl::new(cfg, cfg.activation(), w.var_builder(dtype, device, map))?;
+    check_vae_family(&w, files)?;
+    let vae = AutoencoderKl::new(cfg, cfg.activation(), w.var_builder(dtype, device, vae_map(&w, cfg)))?;
     w.finish()?;
     Ok(vae)
+}
+
+/// The name map for a BFL-named VAE file (diffusers files need none).
+fn vae_map(w: &CheckedWeights, cfg: &VaeConfig) -> Option<NameMap> {
+    vae_keys::bfl_prefix(&w.names()).map(|prefix| {
+        let blocks = cfg.block_out_channels.len();
+        Arc::new(move |n: &str| vae_keys::diffusers_to_bfl(n, blocks, &prefix)) as NameMap
+    })
+}
+
+/// The VAE and text encoder files belong to the model's family (read from their tensor names, before anything
+/// loads): a `--vae` or `--text-encoder` of the other family is one clear error.
+pub fn check_components(files: &ModelFiles) -> Result<()> {
+    check_vae_family(&CheckedWeights::open("vae", &files.vae.weights)?, files)?;
+    let te = CheckedWeights::open("text_encoder", &files.text_encoder.weights)?;
+    let names = te.names();
+    let qwen = names.iter().any(|n| n.ends_with("embed_tokens.weight"));
+    let clip = names.iter().any(|n| n.ends_with("embeddings.token_embedding.weight"));
+    let wrong = match files.family {
+        Family::Flux1 if qwen => Some("a Qwen3 text encoder (FLUX.2); FLUX.1 needs CLIP-L (e.g. clip_l.safetensors)"),
+        Family::Flux2 if clip => {
+            Some("a CLIP text encoder (FLUX.1); FLUX.2 klein needs Qwen3 (e.g. qwen_3_4b.safetensors)")
+        }
+        _ => None,
+    };
+    match wrong {
+        Some(msg) => Err(Error::model(te.first_file(), format!("is {msg}"))),
+        None => Ok(()),
+    }
+}
+
+/// A FLUX.2 VAE has batch-norm statistics, a FLUX.1 VAE none: a `--vae` of the other family is named as such.
+fn check_vae_family(w: &CheckedWeights, files: &ModelFiles) -> Result<()> {
+    let flux2 = w.names().iter().any(|n| n.ends_with("bn.running_mean"));
+    let family = if flux2 { Family::Flux2 } else { Family::Flux1 };
+    if family == files.family {
+        return Ok(());
+    }
+    Err(Error::model(
+        w.first_file(),
+        format!(
+            "is a {family} VAE but the model is {}; use the model's own VAE ({})",
+            files.family,
+            if files.family == Family::Flux2 { "flux2_ae.safetensors" } else { "ae.safetensors" }
+        ),
+    ))
 }
 
 /// FLUX.2: the VAE's batch-norm statistics (`bn.running_mean`, `bn.running_var`, read in f32) as the pipeline
 /// applies them to patchified latents.
 pub fn vae_bn(files: &ModelFiles, cfg: &VaeConfig, dtype: DType, device: &Device) -> Result<BnStats> {
     let w = CheckedWeights::open("vae", &files.vae.weights)?;
-    let vb = w.var_builder(DType::F32, device, None);
+    check_vae_family(&w, files)?;
+    let vb = w.var_builder(DType::F32, device, vae_map(&w, cfg));
     let c = 4 * cfg.latent_channels;
     let (mean, var) = (vb.get(c, "bn.running_mean")?, vb.get(c, "bn.running_var")?);
     w.finish()?;

@@ -4,6 +4,7 @@
 
 use super::request::{MaskSource, Mode, ReferenceSize};
 use super::{Plan, Request};
+use crate::config::Family;
 use crate::image_io::ResizeMode;
 use crate::models::linear::Quant;
 use crate::rng::{CpuNoise, RngKind};
@@ -47,6 +48,12 @@ pub struct EditRecord {
     pub reference_width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_height: Option<u32>,
+    /// FLUX.2: reference images after the input's own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<PathBuf>,
+    /// FLUX.2: the model family, when not FLUX.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// LoRA adapters (file, weight, AutoV2 hash) and their common scale.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<LoraRecord>,
@@ -116,8 +123,11 @@ impl EditRecord {
                 .map(|l| LoraRecord { path: l.path.clone(), weight: l.weight, hash: None })
                 .collect(),
             lora_scale: (!req.loras.is_empty()).then_some(req.lora_scale),
+            references: req.references.clone(),
+            family: (plan.family != Family::Flux1).then(|| plan.family.to_string()),
             negative_prompt: req.true_cfg.as_ref().map(|c| c.negative_prompt.clone()),
-            true_cfg: req.true_cfg.as_ref().map(|c| c.scale),
+            // FLUX.2 base models take a negative prompt without a true-CFG scale (theirs is --guidance).
+            true_cfg: req.cfg().map(|c| c.scale),
             model: req.model.clone(),
             input: req.image().map(PathBuf::from),
             strength: req.strength(),
@@ -126,7 +136,8 @@ impl EditRecord {
             t_start: s.t_start,
             start_sigma: s.start_sigma() as f64,
             mu: s.mu,
-            guidance: plan.guidance,
+            // FLUX.2 base models: --guidance is the CFG scale.
+            guidance: if req.cfg().is_some() { plan.guidance } else { plan.guidance.or(plan.cfg_scale) },
             seed: plan.seed,
             rng: req.rng.kind,
             rng_gpu: plan.rng_gpu.map(|g| g.to_string()),

@@ -141,7 +141,7 @@ impl ModelFiles {
     pub fn apply(&mut self, o: &Overrides) -> Result<()> {
         if let (Some(f), None) = (&o.text_encoder_2, &self.text_encoder_2) {
             return Err(Error::Usage(format!(
-                "--text-encoder-2 {}: this {} model has no second text encoder (its text encoder is Qwen3:                  --text-encoder)",
+                "--text-encoder-2 {}: this {} model has no second text encoder (its text encoder is Qwen3: use --text-encoder)",
                 f.display(),
                 self.family
             )));

@@ -26,6 +26,12 @@ const RENAMES: &[(&str, &str)] = &[
 
 /// Where the diffusers-named VAE tensor `name` lives in a BFL checkpoint with `blocks` resolution levels.
 pub fn diffusers_to_bfl(name: &str, blocks: usize, prefix: &str) -> Source {
+    // FLUX.2's VAE keeps its quant convs inside the encoder and decoder (`encoder.quant_conv`).
+    for (conv, half) in [("quant_conv.", "encoder."), ("post_quant_conv.", "decoder.")] {
+        if name.starts_with(conv) {
+            return Source::One(format!("{prefix}{half}{name}"));
+        }
+    }
     let Some((half, rest)) = name.split_once('.') else { return Source::One(format!("{prefix}{name}")) };
     let mut out = format!("{half}.");
     let parts: Vec<&str> = rest.split('.').collect();
@@ -75,6 +81,9 @@ mod tests {
     fn spec_rows() {
         let m = |n: &str| diffusers_to_bfl(n, 4, "");
         assert_eq!(m("encoder.conv_in.weight"), Source::One("encoder.conv_in.weight".into()));
+        assert_eq!(m("quant_conv.bias"), Source::One("encoder.quant_conv.bias".into()));
+        assert_eq!(m("post_quant_conv.weight"), Source::One("decoder.post_quant_conv.weight".into()));
+        assert_eq!(m("bn.running_var"), Source::One("bn.running_var".into()));
         assert_eq!(
             m("encoder.down_blocks.1.resnets.0.conv_shortcut.bias"),
             Source::One("encoder.down.1.block.0.nin_shortcut.bias".into())

@@ -8,13 +8,18 @@ const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// A cache holding the tiny-dev fixture as `acme/tiny-flux` at `main`; `weights: false` leaves them out.
 fn cache_with_fixture(root: &Path, weights: bool) -> PathBuf {
-    let repo = root.join("models--acme--tiny-flux");
+    cache_with(root, "tiny-dev", "tiny-flux", weights)
+}
+
+/// A cache holding fixture pipeline `fixture` as `acme/<name>` at `main`.
+fn cache_with(root: &Path, fixture: &str, name: &str, weights: bool) -> PathBuf {
+    let repo = root.join(format!("models--acme--{name}"));
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
     let snap = repo.join("snapshots").join(COMMIT);
     let blobs = repo.join("blobs");
     std::fs::create_dir_all(&blobs).unwrap();
-    let src = fixtures().join("tiny-dev");
+    let src = fixtures().join(fixture);
     let mut stack = vec![src.clone()];
     let mut n = 0;
     while let Some(d) = stack.pop() {
@@ -161,4 +166,21 @@ fn lora_from_the_hub_cache() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).starts_with("error: LoRA acme/style-lora/absent.safetensors:"), "{}", stderr(&o));
     assert!(!out.exists());
+}
+
+/// A FLUX.2 klein repo resolves from the cache offline with its three components (no text_encoder_2/tokenizer_2),
+/// the same image as the local folder.
+#[test]
+fn klein_repo_from_the_cache() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = cache_with(&t.path().join("hub"), "tiny-klein", "tiny-klein", true);
+    let size = ["--width", "64", "--height", "64"];
+    let hub = t.path().join("hub.png");
+    let o = run_with(&cache, "acme/tiny-klein", &hub, &size);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let local = t.path().join("local.png");
+    let folder = fixtures().join("tiny-klein");
+    let o = run_with(&cache, &folder.to_string_lossy(), &local, &size);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(image::open(&hub).unwrap().to_rgb8(), image::open(&local).unwrap().to_rgb8());
 }

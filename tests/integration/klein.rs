@@ -1,7 +1,7 @@
 //! FLUX.2 [klein] against diffusers on tests/fixtures/cases-klein.json (scripts/make_klein_fixtures.py):
 //! `Flux2KleinPipeline` text-to-image, one and two references, base-model CFG; `Flux2KleinInpaintPipeline` with and
 //! without a reference; and `--strength` on klein (our SDEdit extension, referenced by the inpaint pipeline with an
-//! all-white mask).
+//! all-white mask); LoRAs in diffusers/PEFT and ai-toolkit names (`load_lora_weights`).
 //!
 //! Bar: 45 dB, as for FLUX.1. Each case records how far diffusers' own output moves when the prompt, the seed, a
 //! reference, the mask, the strength or CFG changes (sensitivity_psnr_db): under 43 dB (measured 8.7–41.7 dB; the
@@ -47,6 +47,9 @@ pub fn klein_args(case: &Value, out: &Path) -> Vec<String> {
     for r in refs {
         a.extend(["--reference".into(), r]);
     }
+    for l in case["loras"].as_array().into_iter().flatten() {
+        a.extend(["--lora".into(), format!("{}:{}", f.join(l[0].as_str().unwrap()).display(), l[1])]);
+    }
     if let Some(mask) = case["mask"].as_str() {
         a.extend(["--mask".into(), f.join("masks").join(mask).to_string_lossy().into()]);
     }
@@ -80,4 +83,233 @@ fn klein_matches_diffusers() {
     }
     eprintln!("cases-klein.json: {}", report.join(", "));
     assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+}
+
+fn pixels_equal(a: &Path, b: &Path, what: &str) {
+    let db = psnr(a, b);
+    assert!(db.is_infinite(), "{what}: {db:.1} dB, not the same pixels");
+}
+
+/// The base flags of the tiny klein text-to-image case (expected/klein-t2i.png) plus `extra`, into `out`.
+fn t2i(extra: &[&str], out: &Path) -> std::process::Output {
+    let case = mode_cases("cases-klein.json").into_iter().find(|c| c["name"] == "klein-t2i").unwrap();
+    bin().args(klein_args(&case, out)).args(extra).output().unwrap()
+}
+
+/// References given only as --reference (no --image) make the same edit as --image plus --reference.
+#[test]
+fn references_without_an_input() {
+    let t = tempfile::tempdir().unwrap();
+    let case = mode_cases("cases-klein.json").into_iter().find(|c| c["name"] == "klein-two-refs").unwrap();
+    let a = t.path().join("image-plus-reference.png");
+    assert!(bin().args(klein_args(&case, &a)).status().unwrap().success());
+    let mut args = klein_args(&case, &t.path().join("b.png"));
+    let at = args.iter().position(|x| x == "--image").unwrap();
+    args[at] = "--reference".into();
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    pixels_equal(&a, &t.path().join("b.png"), "--reference only");
+}
+
+/// Black Forest Labs / ComfyUI / GGUF single files for the transformer, BFL's flux2_ae.safetensors and a one-file
+/// Qwen3 replace the folder's components. Measured against diffusers' image: BFL names 81.8 dB (the same numbers
+/// as the folder's), ComfyUI's bf16-stored copy 54.6 dB (bf16 rounding of the weights), GGUF Q8_0 41.9 dB and
+/// --quantize q8_0 41.8 dB (quantization; FLUX.1's q8_0 measures 36–41 dB on its tiny pipeline); the VAE and the
+/// text encoder exactly the folder's image.
+#[test]
+fn single_files_and_quantization() {
+    let t = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let expected = f.join("expected/klein-t2i.png");
+    let folder = t.path().join("folder.png");
+    assert!(t2i(&[], &folder).status.success());
+    let bfl = f.join("bfl-tiny-klein");
+    let s = |p: std::path::PathBuf| p.to_string_lossy().to_string();
+    let cases: [(&str, String, f64); 6] = [
+        ("--transformer", s(bfl.join("flux-2-klein.safetensors")), 75.0),
+        ("--transformer", s(bfl.join("flux-2-klein-comfy.safetensors")), 50.0),
+        ("--transformer", s(bfl.join("flux-2-klein-Q8_0.gguf")), 38.0),
+        ("--vae", s(bfl.join("flux2_ae.safetensors")), 75.0),
+        ("--text-encoder", s(f.join("tiny-klein/text_encoder/model.safetensors")), 75.0),
+        ("--quantize", "q8_0".into(), 38.0),
+    ];
+    for (flag, value, floor) in cases {
+        let out = t.path().join("out.png");
+        let o = t2i(&[flag, &value], &out);
+        assert!(o.status.success(), "{flag} {value}: {}", stderr(&o));
+        let db = psnr(&out, &expected);
+        eprintln!("{flag} {value}: {db:.1} dB");
+        assert!(db >= floor, "{flag} {value}: {db:.1} dB < {floor}");
+        if floor > 70.0 {
+            pixels_equal(&out, &folder, flag);
+        }
+        if flag == "--quantize" {
+            // The second run reads the quantization cache: the same image.
+            let again = t.path().join("again.png");
+            assert!(t2i(&[flag, &value], &again).status.success());
+            pixels_equal(&out, &again, "quantization cache");
+        }
+    }
+}
+
+/// Mixed families, LoRAs for the other family, a missing Qwen tokenizer, FLUX.2-only flags on FLUX.1 and the
+/// reverse: one line, exit 2, no output.
+#[test]
+fn family_mismatches_are_one_line_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let s = |p: std::path::PathBuf| p.to_string_lossy().to_string();
+    let broken = t.path().join("no-tokenizer");
+    copy_dir(&f.join("tiny-klein"), &broken);
+    std::fs::remove_file(broken.join("tokenizer/tokenizer.json")).unwrap();
+    let image = s(f.join("images/ref-100x70.png"));
+    let tiny = s(f.join("images/tall-48x64.png"));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-klein")),
+                "--transformer".into(),
+                s(f.join("bfl-tiny-dev/flux1.safetensors")),
+            ],
+            "is a FLUX.1 transformer but the model folder is FLUX.2",
+        ),
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-dev")),
+                "--transformer".into(),
+                s(f.join("bfl-tiny-klein/flux-2-klein.safetensors")),
+            ],
+            "is a FLUX.2 transformer but the model folder is FLUX.1",
+        ),
+        (
+            vec!["--model".into(), s(f.join("tiny-klein")), "--vae".into(), s(f.join("bfl-tiny-dev/ae.safetensors"))],
+            "is a FLUX.1 VAE but the model is FLUX.2",
+        ),
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-dev")),
+                "--vae".into(),
+                s(f.join("bfl-tiny-klein/flux2_ae.safetensors")),
+            ],
+            "is a FLUX.2 VAE but the model is FLUX.1",
+        ),
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-klein")),
+                "--text-encoder".into(),
+                s(f.join("tiny-dev/text_encoder/model-00001-of-00003.safetensors")),
+            ],
+            "is a CLIP text encoder (FLUX.1)",
+        ),
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-dev")),
+                "--text-encoder".into(),
+                s(f.join("tiny-klein/text_encoder/model.safetensors")),
+            ],
+            "is a Qwen3 text encoder (FLUX.2)",
+        ),
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-klein")),
+                "--text-encoder-2".into(),
+                s(f.join("tiny-dev/text_encoder_2/model-00001-of-00002.safetensors")),
+            ],
+            "has no second text encoder",
+        ),
+        (
+            vec!["--model".into(), s(f.join("tiny-dev")), "--lora".into(), s(f.join("loras/klein-peft.safetensors"))],
+            "this LoRA is for FLUX.2",
+        ),
+        (
+            vec!["--model".into(), s(f.join("tiny-klein")), "--lora".into(), s(f.join("loras/kohya.safetensors"))],
+            "this LoRA is for FLUX.1",
+        ),
+        (vec!["--model".into(), s(broken), "--image".into(), image.clone()], "FLUX.2 needs the Qwen tokenizer"),
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-dev")),
+                "--image".into(),
+                image.clone(),
+                "--reference".into(),
+                image.clone(),
+            ],
+            "--reference is for FLUX.2",
+        ),
+        (
+            vec!["--model".into(), s(f.join("tiny-klein")), "--image".into(), image.clone(), "--kontext".into()],
+            "--kontext is for FLUX.1 Kontext",
+        ),
+        (
+            vec![
+                "--model".into(),
+                s(f.join("tiny-klein")),
+                "--image".into(),
+                image.clone(),
+                "--reference".into(),
+                tiny,
+            ],
+            "FLUX.2 reference images need both sides ≥ 64",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = t.path().join("out.png");
+        let mut a = args.clone();
+        a.extend(["--prompt", "a cat", "--width", "64", "--height", "64", "--steps", "2", "-o"].map(String::from));
+        a.push(out.to_string_lossy().into());
+        let o = bin().args(&a).output().unwrap();
+        let err = stderr(&o);
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(errors.len(), 1, "one error line for {args:?}: {err}");
+        assert!(errors[0].contains(needle), "{needle:?} not in {}", errors[0]);
+        assert!(!err.lines().any(|l| l.starts_with("  caused by")), "{err}");
+        assert!(!out.exists(), "no output for {args:?}");
+    }
+}
+
+/// A manifest's reference column, and --from-metadata: the references come back from the PNG.
+#[test]
+fn manifest_references_and_metadata() {
+    let t = tempfile::tempdir().unwrap();
+    let case = mode_cases("cases-klein.json").into_iter().find(|c| c["name"] == "klein-two-refs").unwrap();
+    let direct = t.path().join("direct.png");
+    assert!(bin().args(klein_args(&case, &direct)).status().unwrap().success());
+    let f = fixtures();
+    let csv = format!(
+        "image,reference,seed,output\n{},{},{},row.png\n",
+        f.join("images/ref-100x70.png").display(),
+        f.join("images/ref-64x80.png").display(),
+        case["seed"]
+    );
+    std::fs::write(t.path().join("m.csv"), csv).unwrap();
+    let mut args = klein_args(&case, &t.path().join("unused.png"));
+    let at = args.iter().position(|x| x == "--image").unwrap();
+    args.drain(at..at + 4); // --image A --reference B
+    args.extend(["--manifest".into(), t.path().join("m.csv").to_string_lossy().into()]);
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    pixels_equal(&direct, &t.path().join("row.png"), "manifest reference column");
+    let again = t.path().join("again.png");
+    let o = bin()
+        .args([
+            "--from-metadata",
+            &direct.to_string_lossy(),
+            "--rng",
+            "torch-cpu",
+            "-q",
+            "-o",
+            &again.to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    pixels_equal(&direct, &again, "--from-metadata");
 }

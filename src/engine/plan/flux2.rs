@@ -74,14 +74,15 @@ pub fn plan(
                     references.len()
                 )));
             }
-            if req.width.is_some() || req.height.is_some() {
-                warnings.push(
-                    "FLUX.2 inpainting and --strength work at the input's size (at most 1 MP, floored to \
-                               the 16-pixel grid), as diffusers does; --width/--height are ignored"
-                        .into(),
-                );
+            let size = own(i);
+            if req.width.is_some_and(|w| w != size.0) || req.height.is_some_and(|h| h != size.1) {
+                warnings.push(format!(
+                    "FLUX.2 inpainting and --strength work at the input's size (at most 1 MP, floored to the 16-pixel \
+                     grid: {}x{}), as diffusers does; --width/--height are ignored",
+                    size.0, size.1
+                ));
             }
-            own(i)
+            size
         }
         _ => match (conditioning.first(), req.width, req.height) {
             (Some(&(w, h)), None, None) => (w, h),
@@ -106,6 +107,7 @@ pub fn plan(
     }
     let rng_gpu = (req.rng.kind == RngKind::TorchCuda).then(|| req.rng.gpu.unwrap_or(gpu));
     Ok(Plan {
+        family: crate::config::Family::Flux2,
         width,
         height,
         input_size: input,

@@ -17,6 +17,7 @@ const LARGE_AREA: f64 = 4.2e6;
 /// What will run.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    pub family: Family,
     pub width: u32,
     pub height: u32,
     /// The input's size, for modes that edit one.
@@ -129,6 +130,7 @@ pub fn plan(
         }
     }
     Ok(Plan {
+        family: Family::Flux1,
         width,
         height,
         input_size: input,

@@ -118,6 +118,7 @@ impl Session {
         files.apply(o)?;
         let mut s = Self::with_files(files, device, dtype, progress)?;
         s.inspect()?;
+        load::check_components(&s.files)?;
         Ok(s)
     }
 

@@ -7,6 +7,7 @@
 //! here too, and counted. Two spellings diffusers loads as no-ops are applied here: PEFT's `.default` adapter keys
 //! and Black Forest Labs names with `lora_A/lora_B`.
 
+use crate::config::Family;
 use crate::weights::flux_keys::{self, Rows};
 use std::collections::HashMap;
 
@@ -109,19 +110,55 @@ pub struct FileView {
     pub double: usize,
     pub single: usize,
     /// The model's family (FLUX.1 and FLUX.2 name their modules differently).
-    pub family: crate::config::Family,
+    pub family: Family,
 }
 
 /// Why a file cannot be used at all.
 pub enum Unsupported {
     OtherArchitecture(String),
     Control,
+    /// A LoRA for the other FLUX family: (its family, a key that shows it).
+    OtherFamily(Family, String),
+}
+
+/// Module names only one family has (diffusers, BFL and kohya spellings); FLUX.2's are checked first, since
+/// FLUX.1's `modulation.lin` is part of FLUX.2's `stream_modulation.lin`.
+const FLUX2_ONLY: [&str; 5] =
+    ["to_qkv_mlp_proj", "stream_modulation", "time_guidance_embed", "linear_in", "linear_out"];
+const FLUX1_ONLY: [&str; 9] = [
+    "norm1.linear",
+    "norm1_context.linear",
+    "ff.net.",
+    "proj_mlp",
+    "img_mod",
+    "txt_mod",
+    "time_text_embed",
+    "vector_in",
+    "text_embedder",
+];
+
+/// The family a LoRA file was made for, when its names show it.
+pub fn family_of(keys: &[&String]) -> Option<(Family, String)> {
+    let find = |marks: &[&str]| keys.iter().find(|k| marks.iter().any(|m| k.contains(m))).map(|k| k.to_string());
+    if let Some(k) = find(&FLUX2_ONLY) {
+        return Some((Family::Flux2, k));
+    }
+    if let Some(k) = find(&FLUX1_ONLY) {
+        return Some((Family::Flux1, k));
+    }
+    // FLUX.1 single blocks have their own modulation (`single_blocks.N.modulation.lin` / `_modulation_lin`).
+    keys.iter()
+        .find(|k| k.contains("single_blocks") && k.contains("modulation"))
+        .map(|k| (Family::Flux1, k.to_string()))
 }
 
 pub fn parse(f: &FileView) -> Result<Parsed, Unsupported> {
     let keys: Vec<&String> = f.shapes.keys().filter(|k| !k.contains("dora_scale")).collect();
     if let Some(k) = keys.iter().find(|k| is_stable_diffusion(k)) {
         return Err(Unsupported::OtherArchitecture(k.to_string()));
+    }
+    if let Some((family, key)) = family_of(&keys).filter(|(fam, _)| *fam != f.family) {
+        return Err(Unsupported::OtherFamily(family, key));
     }
     let comfy = keys.iter().any(|k| k.starts_with("diffusion_model."));
     if keys.iter().any(|k| k.contains(".lora_down.weight")) {
@@ -242,7 +279,8 @@ fn kohya(f: &FileView, keys: &[&String], format: Format) -> Parsed {
             out.unmatched.extend([down, up, alpha].into_iter().flatten().cloned());
             continue;
         };
-        if let Target::Transformer(b) = target {
+        if let (Target::Transformer(b), Family::Flux1) = (target, f.family) {
+            // diffusers' FLUX.1 kohya converter drops these; its FLUX.2 converters keep them.
             if EDGE.iter().any(|e| b.starts_with(e)) {
                 out.ignored.push((module.to_string(), "embedder and final-layer parts are not applied (as diffusers)"));
                 continue;

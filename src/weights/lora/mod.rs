@@ -193,6 +193,13 @@ fn unsupported(path: &Path, u: Unsupported) -> Error {
             path,
             format!("this LoRA is for Stable Diffusion (UNet keys such as {key}), not FLUX.1; use a FLUX.1 LoRA"),
         ),
+        Unsupported::OtherFamily(family, key) => err(
+            path,
+            format!(
+                "this LoRA is for {family} (keys such as {key}), but the model is {}; use a LoRA made for this model",
+                if family == crate::config::Family::Flux1 { "FLUX.2" } else { "FLUX.1" }
+            ),
+        ),
         Unsupported::Control => err(
             path,
             "this is a FLUX.1 control LoRA (Canny/Depth: it widens the model's input and replaces norms), which is not \
