@@ -201,8 +201,17 @@ mod tests {
     #[test]
     fn sizes_follow_the_pipeline() {
         assert_eq!(working_size((100, 70), 16), (96, 64));
-        // 2000×1000 → ×0.7241 → 1448×724 → floored 1440×720
-        assert_eq!(capped_size((2000, 1000)), (1448, 724));
+        // Python's int(side · sqrt(1024² / area)) for these sizes.
+        for (size, capped) in [
+            ((1100, 1000), (1073, 976)),
+            ((2000, 1000), (1448, 724)),
+            ((4000, 3000), (1182, 886)),
+            ((1025, 1024), (1024, 1023)),
+            ((3000, 333), (3000, 333)), // under 1024² pixels: kept
+            ((1024, 1024), (1024, 1024)),
+        ] {
+            assert_eq!(capped_size(size), capped, "{size:?}");
+        }
         assert_eq!(working_size((2000, 1000), 16), (1440, 720));
     }
 

@@ -29,15 +29,22 @@ pub fn components(family: Family) -> &'static [(&'static str, &'static str)] {
     }
 }
 
+/// The `_class_name` a JSON config names, if it can be read.
+fn class_in(path: &Path) -> Option<String> {
+    crate::config::read_json::<serde_json::Value>(path)
+        .ok()
+        .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_string))
+}
+
+/// The pipeline class `model_index.json` names.
+fn pipeline_class(root: &Path) -> Option<String> {
+    class_in(&root.join("model_index.json"))
+}
+
 /// The family a pipeline folder holds: `model_index.json`'s class, else the transformer config's.
 pub fn family_of(root: &Path) -> Family {
-    let class = |p: PathBuf| {
-        crate::config::read_json::<serde_json::Value>(&p)
-            .ok()
-            .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_string))
-    };
-    class(root.join("model_index.json"))
-        .or_else(|| class(root.join("transformer").join("config.json")))
+    pipeline_class(root)
+        .or_else(|| class_in(&root.join("transformer").join("config.json")))
         .map_or(Family::Flux1, |c| Family::of_class(&c))
 }
 
@@ -191,6 +198,13 @@ impl ModelFiles {
             ));
         }
         let family = family_of(root);
+        if pipeline_class(root).as_deref() == Some("Flux2Pipeline") {
+            return Err(Error::model(
+                root,
+                "is FLUX.2 [dev] (32B, Mistral text encoder), which is not supported; FLUX.2 [klein] 4B/9B are \
+                 (--model klein-4b, klein-9b)",
+            ));
+        }
         let sub = |name: &str| -> Result<PathBuf> {
             let dir = root.join(name);
             if dir.is_dir() {

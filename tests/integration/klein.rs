@@ -313,3 +313,21 @@ fn manifest_references_and_metadata() {
     assert!(o.status.success(), "{}", stderr(&o));
     pixels_equal(&direct, &again, "--from-metadata");
 }
+
+/// FLUX.2 [dev] (Flux2Pipeline: 32B, Mistral text encoder) is named as unsupported, not run into a tensor error.
+#[test]
+fn flux2_dev_is_refused_by_name() {
+    let t = tempfile::tempdir().unwrap();
+    let model = t.path().join("flux2-dev");
+    copy_dir(&fixtures().join("tiny-klein"), &model);
+    let index = model.join("model_index.json");
+    let text = std::fs::read_to_string(&index).unwrap().replace("Flux2KleinPipeline", "Flux2Pipeline");
+    std::fs::write(&index, text).unwrap();
+    let out = t.path().join("o.png");
+    let case = mode_cases("cases-klein.json").into_iter().find(|c| c["name"] == "klein-t2i").unwrap();
+    let mut args = klein_args(&case, &out);
+    args[1] = model.to_string_lossy().into();
+    let o = bin().args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("FLUX.2 [dev]") && stderr(&o).contains("klein-4b"), "{}", stderr(&o));
+}
