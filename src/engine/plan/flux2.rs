@@ -66,6 +66,13 @@ pub fn plan(
                 "--kontext is for FLUX.1 Kontext; FLUX.2 models edit by reference without it (drop --kontext)".into(),
             ))
         }
+        (Mode::Inpaint { mask, .. }, _) if mask.crop_padding.is_some() => {
+            return Err(Error::Usage(
+                "--mask-crop is not available for FLUX.2 inpainting; drop it (--paste-back keeps the unmasked \
+                 pixels)"
+                    .into(),
+            ))
+        }
         (Mode::Inpaint { .. } | Mode::Img2Img { .. }, Some(i)) => {
             if references.len() > 1 {
                 return Err(Error::Usage(format!(
