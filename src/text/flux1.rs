@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::models::clip::{ClipLora, ClipText};
 use crate::models::linear::Quant;
 use crate::source::ModelFiles;
-use crate::weights::gguf_cache;
 use crate::weights::CheckedWeights;
+use crate::weights::{gguf_cache, t5_keys};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -87,6 +87,82 @@ enum T5 {
     Quant(candle_transformers::models::quantized_t5::T5EncoderModel),
 }
 
+/// The component's one weight file, when it is GGUF.
+fn gguf_file(weights: &[std::path::PathBuf]) -> Option<&Path> {
+    match weights {
+        [one] if one.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) => Some(one),
+        _ => None,
+    }
+}
+
+/// T5 from safetensors: dense, or quantized at load (`--quantize`, through the cache).
+fn safetensors_t5(
+    weights: &[std::path::PathBuf],
+    cfg: &serde_json::Value,
+    quantize: Option<Quant>,
+    dtype: DType,
+    device: &Device,
+    notes: &mut Vec<String>,
+) -> Result<T5> {
+    let w = CheckedWeights::open("text_encoder_2 (T5)", weights)?;
+    let t5 = match quantize {
+        None => T5::Dense(candle_transformers::models::t5::T5EncoderModel::load(
+            w.var_builder(dtype, device, None),
+            &t5_config(cfg, &w.first_file())?,
+        )?),
+        Some(q) => {
+            let (model, note) = quantized_t5(&w, q, cfg, device)?;
+            notes.push(note);
+            T5::Quant(model)
+        }
+    };
+    w.finish()?;
+    Ok(t5)
+}
+
+/// A GGUF T5 encoder. llama.cpp's names (the community files) are rewritten once into the quantization cache
+/// under the transformers names candle's T5 reads (the tensors are copied, not re-quantized); files that already
+/// use transformers names load as they are.
+fn gguf_t5(
+    path: &Path,
+    cfg: &serde_json::Value,
+    device: &Device,
+) -> Result<(candle_transformers::models::quantized_t5::T5EncoderModel, String)> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::model_from(path, "cannot open", e))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f)
+        .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    if !t5_keys::is_llama_t5(&names) && !names.iter().any(|n| n.starts_with("encoder.block.0.")) {
+        let mut few: Vec<&String> = names.iter().take(3).collect();
+        few.sort();
+        return Err(Error::model(
+            path,
+            format!("is not a T5 encoder GGUF (no enc.blk.* or encoder.block.* tensors; it has {few:?}, ...)"),
+        ));
+    }
+    if !t5_keys::is_llama_t5(&names) {
+        return Ok((load_quantized_t5(path, cfg, path, device)?, format!("T5 from GGUF {}", path.display())));
+    }
+    let cached = gguf_cache::path_for("t5-gguf", &[path.to_path_buf()], "transformers-names");
+    let note = if cached.is_file() {
+        format!("T5 from the quantization cache {} (renamed from {})", cached.display(), path.display())
+    } else {
+        let gated = names.iter().any(|n| n.contains(".ffn_gate."));
+        let mut out = gguf_cache::Writer::create(&cached)?;
+        for name in &names {
+            let hf = t5_keys::llama_to_hf(name, gated)
+                .ok_or_else(|| Error::model(path, format!("{name} is not a T5 encoder tensor (llama.cpp names)")))?;
+            let t = content
+                .tensor(&mut f, name, &Device::Cpu)
+                .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
+            out.add(&hf, &t)?;
+        }
+        out.finish()?;
+        format!("T5 GGUF {} renamed for candle into the quantization cache {}", path.display(), cached.display())
+    };
+    Ok((load_quantized_t5(&cached, cfg, path, device)?, note))
+}
+
 /// T5 with its 2-D matrices quantized (vectors and the embedding stay f32), from the quantization cache when it
 /// holds this checkpoint in this format; otherwise each tensor is read from the mmap, quantized on the CPU and
 /// streamed into the cache file (a temporary one if the cache cannot be written), which candle's quantized T5
@@ -106,7 +182,7 @@ fn quantized_t5(
             Err(_) => {
                 let tmp = std::env::temp_dir().join(format!("flux-img2img-t5-{}.gguf", std::process::id()));
                 write_quantized_t5(w, q.ggml(), &tmp)?;
-                let model = load_quantized_t5(&tmp, cfg, w, device);
+                let model = load_quantized_t5(&tmp, cfg, &w.first_file(), device);
                 let _ = std::fs::remove_file(&tmp);
                 return Ok((
                     model?,
@@ -115,7 +191,7 @@ fn quantized_t5(
             }
         }
     };
-    Ok((load_quantized_t5(&cached, cfg, w, device)?, note))
+    Ok((load_quantized_t5(&cached, cfg, &w.first_file(), device)?, note))
 }
 
 fn write_quantized_t5(w: &CheckedWeights, q: GgmlDType, path: &Path) -> Result<()> {
@@ -128,20 +204,22 @@ fn write_quantized_t5(w: &CheckedWeights, q: GgmlDType, path: &Path) -> Result<(
     out.finish().map(|_| ())
 }
 
+/// candle's quantized T5 from the GGUF at `path`; `source` is the file the user named (for errors).
 fn load_quantized_t5(
     path: &Path,
     cfg: &serde_json::Value,
-    w: &CheckedWeights,
+    source: &Path,
     device: &Device,
 ) -> Result<candle_transformers::models::quantized_t5::T5EncoderModel> {
     let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)
-        .map_err(|e| Error::model_from(path, "unreadable cached T5", e))?;
-    Ok(candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, &t5_config(cfg, w)?)?)
+        .map_err(|e| Error::model_from(path, "unreadable T5 GGUF", e))?;
+    candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, &t5_config(cfg, source)?)
+        .map_err(|e| Error::model_from(source, "does not fit text_encoder_2/config.json", e))
 }
 
 /// T5's config in the form one of candle's T5 implementations reads (dense and quantized have their own type).
-fn t5_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, w: &CheckedWeights) -> Result<T> {
-    serde_json::from_value(raw.clone()).map_err(|e| Error::model_from(w.first_file(), "invalid T5 config", e))
+fn t5_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, source: &Path) -> Result<T> {
+    serde_json::from_value(raw.clone()).map_err(|e| Error::model_from(source, "invalid T5 config", e))
 }
 
 impl TextEncoders {
@@ -167,19 +245,15 @@ impl TextEncoders {
         let (t5_files, t5_tokenizer) = files.t5()?;
         let t5_raw: serde_json::Value = read_json(&t5_files.config)?;
         let t5_tok = FixedTokenizer::load(t5_tokenizer, max_sequence_length, "<pad>", false)?;
-        let w = CheckedWeights::open("text_encoder_2 (T5)", &t5_files.weights)?;
-        let t5 = match quantize {
-            None => T5::Dense(candle_transformers::models::t5::T5EncoderModel::load(
-                w.var_builder(dtype, device, None),
-                &t5_config(&t5_raw, &w)?,
-            )?),
-            Some(q) => {
-                let (model, note) = quantized_t5(&w, q, &t5_raw, device)?;
+        let t5 = match gguf_file(&t5_files.weights) {
+            // A GGUF T5 (`--text-encoder-2 t5-v1_1-xxl-encoder-Q8_0.gguf`) is already quantized: used as it is.
+            Some(path) => {
+                let (model, note) = gguf_t5(path, &t5_raw, device)?;
                 notes.push(note);
                 T5::Quant(model)
             }
+            None => safetensors_t5(&t5_files.weights, &t5_raw, quantize, dtype, device, &mut notes)?,
         };
-        w.finish()?;
         Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone(), dtype, notes })
     }
 
