@@ -5,8 +5,10 @@
 //!   names, seeds and shards are the same on every machine);
 //! - `runner`: pre-check, dry run, prompt encoding, the edits, the contact sheet — each a short step;
 //! - `results`: what goes to stdout (paths or JSON lines);
-//! - `grid`: the labelled contact sheet.
+//! - `grid`: the labelled contact sheet;
+//! - `fit`: for an edit over its memory budget, the flag that would fit.
 
+mod fit;
 pub mod grid;
 pub mod inputs;
 mod results;
@@ -49,6 +51,8 @@ pub struct Options {
     pub reference_size: crate::engine::request::ReferenceSize,
     /// `--strength` was given (Kontext ignores it, and says so).
     pub strength_given: bool,
+    /// `--memory-budget`: items expected to need more are refused before anything loads.
+    pub memory_budget: Option<crate::engine::memory::Budget>,
 }
 
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! edit's record plus index, output, status and, when written, timings and peak memory).
 
 use super::{Item, Options};
+use crate::engine::memory::Estimate;
 use crate::engine::{EditRecord, Plan, Report};
 use serde_json::{json, Value};
 
@@ -22,7 +23,7 @@ fn bare(item: &Item, status: &str) -> Value {
 }
 
 /// A written item (nothing when the PNG itself goes to stdout).
-pub fn written(opts: &Options, item: &Item, rep: &Report) {
+pub fn written(opts: &Options, item: &Item, rep: &Report, memory: Option<&Estimate>) {
     if opts.stdout {
         return;
     }
@@ -30,6 +31,7 @@ pub fn written(opts: &Options, item: &Item, rep: &Report) {
         let mut v = with_status(item, rep.record.clone(), "written");
         v["timings"] = json!(rep.timings);
         v["peak_rss_mib"] = json!(rep.peak_rss_mib);
+        v["memory_estimate"] = estimate(memory);
         println!("{v}");
     } else {
         println!("{}", rep.output.display());
@@ -37,14 +39,26 @@ pub fn written(opts: &Options, item: &Item, rep: &Report) {
 }
 
 /// A dry run's item: its record, or `input -> output: plan`.
-pub fn planned(opts: &Options, item: &Item, plan: &Plan) {
+pub fn planned(opts: &Options, item: &Item, plan: &Plan, memory: Option<&Estimate>) {
     if opts.json {
-        println!("{}", record(item, plan, "planned"));
+        let mut v = record(item, plan, "planned");
+        v["memory_estimate"] = estimate(memory);
+        println!("{v}");
     } else {
         let r = &item.request;
         let input = r.image().map(|p| p.display().to_string()).unwrap_or_default();
         println!("{input} -> {}: {}", r.output.display(), crate::ui::lines::plan(r, plan));
     }
+}
+
+/// The expected peak and its stages in bytes (null when the weights were not on disk to size).
+fn estimate(memory: Option<&Estimate>) -> Value {
+    memory.map_or(Value::Null, |m| {
+        let mut v = json!(m);
+        v["peak"] = json!(m.peak());
+        v["peak_stage"] = json!(m.peak_stage().name);
+        v
+    })
 }
 
 pub fn skipped(opts: &Options, item: &Item) {

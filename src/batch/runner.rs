@@ -8,6 +8,7 @@ use super::grid::{self, Cell};
 use super::inputs::Downloads;
 use super::{results, Batch, Item, Options, Summary};
 use crate::config::Family;
+use crate::engine::memory::{self, Estimate};
 use crate::engine::{Mode, Plan, Progress, Session};
 use crate::error::{Error, Result};
 use crate::ui::Ui;
@@ -17,10 +18,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// An item that passed the checks: local input and output paths, and its plan.
+/// An item that passed the checks: local input and output paths, its plan and expected memory.
 struct Ready {
     item: Item,
     plan: Plan,
+    memory: Option<Estimate>,
 }
 
 /// The state of one batch run.
@@ -149,7 +151,41 @@ impl Run<'_> {
                 self.ui.warn(w);
             }
         }
-        Ok(Ready { item, plan })
+        let memory = session.memory(r, &plan)?;
+        if let Some(est) = &memory {
+            self.check_memory(session, r, &plan, est)?;
+        }
+        Ok(Ready { item, plan, memory })
+    }
+
+    /// Over `--memory-budget`: an error naming a flag that fits; over the free memory without a budget: a warning.
+    fn check_memory(
+        &mut self,
+        session: &mut Session,
+        r: &crate::engine::Request,
+        plan: &Plan,
+        est: &Estimate,
+    ) -> Result<()> {
+        let (limit, refuse) = match self.opts.memory_budget {
+            Some(memory::Budget::Bytes(b)) => (Some(b), true),
+            Some(memory::Budget::Available) => (crate::engine::available_memory(&r.device), true),
+            // The GPU's free memory is queried only when asked (`auto`): that query has not run on a GPU yet.
+            None if r.device.is_cpu() => (crate::engine::available_memory(&r.device), false),
+            None => (None, false),
+        };
+        let Some(limit) = limit.filter(|l| est.peak() > *l) else { return Ok(()) };
+        let fix = super::fit::suggestion(session, r, plan, limit)?;
+        let need = format!("{}x{} needs {}", plan.width, plan.height, est.describe());
+        let limit = memory::gb(limit);
+        if refuse {
+            return Err(Error::Usage(format!("{need}, over the {limit} --memory-budget; {fix}")));
+        }
+        if self.warned.insert("memory".into()) {
+            self.ui.warn(&format!(
+                "{need}, and {limit} is free; {fix} (--memory-budget auto refuses such edits before loading)"
+            ));
+        }
+        Ok(())
     }
 
     /// Folders under `--output-dir` are ours to create; a missing folder in an explicit `--output` is an error.
@@ -164,8 +200,8 @@ impl Run<'_> {
     /// Lists each item's plan; strengths that land on the same first step give identical images: say so.
     fn dry_run(&mut self, ready: &[Ready]) {
         let mut starts: HashMap<(String, usize, usize), Vec<f64>> = HashMap::new();
-        for Ready { item, plan } in ready {
-            results::planned(self.opts, item, plan);
+        for Ready { item, plan, memory } in ready {
+            results::planned(self.opts, item, plan, memory.as_ref());
             let r = &item.request;
             let input = r.image().map(|p| p.display().to_string()).unwrap_or_default();
             // Same input, prompt and steps; the seed is left out: both strengths run the very same steps.
@@ -173,6 +209,9 @@ impl Run<'_> {
             starts.entry(key).or_default().extend(r.strength());
         }
         self.summary.planned = ready.len();
+        if let Some(m) = ready.iter().filter_map(|r| r.memory.as_ref()).max_by_key(|m| m.peak()) {
+            self.ui.info(&format!("memory: {}", m.describe()));
+        }
         for ((key, steps, t_start), mut strengths) in starts {
             strengths.sort_by(f64::total_cmp);
             strengths.dedup();
@@ -198,7 +237,7 @@ impl Run<'_> {
         let n = ready.len();
         let mut cells = Vec::new();
         self.ui.batch_started(n);
-        for (k, Ready { item, plan }) in ready.iter().enumerate() {
+        for (k, Ready { item, plan, memory }) in ready.iter().enumerate() {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
@@ -210,7 +249,7 @@ impl Run<'_> {
             let input = r.image().map(image_io::load_rgb).transpose();
             match input.and_then(|img| session.run_planned(r, img, plan.clone())) {
                 Ok(rep) => {
-                    self.written(item, &rep)?;
+                    self.written(item, &rep, memory.as_ref())?;
                     cells.push(cell(r, rep.output, rep.plan.seed));
                 }
                 Err(e) if e.is_fatal() => return Err(e),
@@ -222,8 +261,8 @@ impl Run<'_> {
         Ok(cells)
     }
 
-    fn written(&mut self, item: &Item, rep: &crate::engine::Report) -> Result<()> {
-        results::written(self.opts, item, rep);
+    fn written(&mut self, item: &Item, rep: &crate::engine::Report, memory: Option<&Estimate>) -> Result<()> {
+        results::written(self.opts, item, rep, memory);
         if self.opts.stdout {
             results::png_to_stdout(&rep.output)
                 .map_err(|e| Error::output_from("-", "cannot write the PNG to standard output", e))?;

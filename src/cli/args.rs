@@ -75,6 +75,10 @@ pub struct Args {
     /// Quantize the transformer's block matrices and T5's matrices at load (less memory; small quality cost).
     #[arg(long, value_parser = values::named(Quant::NAMES))]
     pub quantize: Option<Quant>,
+    /// Refuse edits whose expected peak memory (shown by --dry-run) is above this many GB, or above what the
+    /// device has free (`auto`), before anything loads; the message names a flag that would fit.
+    #[arg(long, value_name = "GB|auto", value_parser = parse_budget)]
+    pub memory_budget: Option<crate::engine::memory::Budget>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
     #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
     pub image: Vec<String>,
@@ -252,4 +256,9 @@ pub struct SmokeArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `--memory-budget` through the library's parser.
+fn parse_budget(s: &str) -> Result<crate::engine::memory::Budget, String> {
+    crate::engine::memory::Budget::parse(s)
 }

@@ -464,6 +464,7 @@ impl Args {
             stdout: self.output.as_deref() == Some(Path::new("-")),
             reference_size: self.reference_size.unwrap_or_default(),
             strength_given: self.strength.is_some(),
+            memory_budget: self.memory_budget,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`plan`]: request + configs + input size → [`Plan`] (pure, before any weight is read);
 //! - [`session`]: model loading and caches; runs planned edits;
 //! - [`load`]: model files → loaded models;
+//! - [`memory`]: plan + configs + weight sizes → the expected peak memory (before any weight is read);
 //! - [`edit`]: the numerics (latents, noise, Euler loop), pure functions; [`flux2`] FLUX.2's latent numerics;
 //! - [`inpaint`]: masks and the per-step blend;
 //! - [`record`]: the typed [`EditRecord`] written into PNGs, printed by `--json`, read by `--from-metadata`;
@@ -13,6 +14,7 @@ pub mod edit;
 pub mod flux2;
 pub mod inpaint;
 pub mod load;
+pub mod memory;
 pub mod plan;
 pub mod progress;
 pub mod record;
@@ -55,6 +57,18 @@ fn cuda_geometry(d: &candle_core::CudaDevice) -> Option<crate::rng::CudaGeometry
     let sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).ok()?;
     let threads = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR).ok()?;
     Some(crate::rng::CudaGeometry { sms: sms as u32, threads_per_sm: threads as u32 })
+}
+
+/// Memory free for an edit now, in bytes: the GPU's free memory (CUDA), or the host's `MemAvailable` (Linux).
+pub fn available_memory(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        return d.cuda_stream().context().mem_get_info().ok().map(|(free, _total)| free as u64);
+    }
+    let _ = device;
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// A seed below 2^32: torch keeps only the low 32 bits, so larger ones would only confuse.

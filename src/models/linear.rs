@@ -112,7 +112,7 @@ pub struct QuantStats {
 }
 
 /// The 32-block format closest to a k-quant, for matrices whose width is not a multiple of 256.
-fn fallback(q: GgmlDType) -> GgmlDType {
+pub(crate) fn fallback(q: GgmlDType) -> GgmlDType {
     match q {
         GgmlDType::Q6K | GgmlDType::Q8K => GgmlDType::Q8_0,
         GgmlDType::Q5K => GgmlDType::Q5_0,
@@ -342,7 +342,7 @@ pub fn gguf_names(path: &std::path::Path) -> crate::Result<Vec<String>> {
 }
 
 /// `--quantize` formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Quant {
     Q8_0,

@@ -8,6 +8,7 @@
 pub mod flux_keys;
 pub mod gguf_cache;
 pub mod lora;
+pub mod sizes;
 pub mod t5_keys;
 pub mod vae_keys;
 

@@ -350,6 +350,8 @@ fn dry_run_matches_the_spec_schedule_without_weights() {
     assert!((v["mu"].as_f64().unwrap() - 1.15).abs() < 1e-6);
     assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(1024), Some(1024)));
     assert!(!big.with_file_name("big-edited.png").exists(), "a dry run writes nothing");
+    // Without weight files there is nothing to size: no estimate, and no error.
+    assert!(v["memory_estimate"].is_null(), "{v}");
 
     // Strengths that round to the same first step are flagged.
     let mut args = base(&schnell());

@@ -8,6 +8,7 @@ mod formats;
 mod hub;
 mod klein;
 mod lora;
+mod memory;
 mod modes;
 mod parity;
 mod smoke;

@@ -4,6 +4,7 @@
 //! loop are here; FLUX.2's in [`flux2`].
 
 mod flux2;
+mod memory;
 
 use super::load::{self, TransformerKind};
 use super::plan::{self, Plan};
@@ -102,6 +103,8 @@ pub struct Session {
     bn: Option<super::flux2::BnStats>,
     transformer: Option<Denoiser>,
     posterior: Option<Posterior>,
+    /// Loaded weight bytes by dtype and quantization (read from the headers once).
+    weight_sizes: HashMap<(&'static str, Option<crate::models::linear::Quant>), crate::engine::memory::WeightSizes>,
 }
 
 impl Session {
@@ -154,6 +157,7 @@ impl Session {
             bn: None,
             transformer: None,
             posterior: None,
+            weight_sizes: HashMap::new(),
         })
     }
 

@@ -1,0 +1,85 @@
+//! The session's side of the memory estimate: which files each component loads, and how (dtype, `--quantize`,
+//! GGUF as stored, Qwen3's unread layers skipped), summed from their headers.
+
+use super::Session;
+use crate::config::Family;
+use crate::engine::memory::{self, Backend, Estimate, WeightSizes, Workload};
+use crate::engine::{Plan, Request};
+use crate::error::Result;
+use crate::models::linear::Quant;
+use crate::source::{self, Component};
+use crate::weights::sizes::{loaded_bytes, LoadAs};
+use candle_core::DType;
+use std::path::PathBuf;
+
+impl Session {
+    /// The expected memory of `req` run as `plan` says; None when a weight file is not on disk (a dry run of a
+    /// Hub model not downloaded yet).
+    pub fn memory(&mut self, req: &Request, plan: &Plan) -> Result<Option<Estimate>> {
+        self.memory_for(req, &Workload::of(req, plan), req.quantize)
+    }
+
+    /// The estimate for another workload or quantization (what a suggested flag would need).
+    pub fn memory_for(&mut self, req: &Request, work: &Workload, quant: Option<Quant>) -> Result<Option<Estimate>> {
+        let Some(weights) = self.weight_sizes(req.dtype, quant)? else { return Ok(None) };
+        Ok(Some(memory::estimate(&self.configs, weights, work, req.dtype, Backend::of(&req.device))))
+    }
+
+    /// Whether the transformer is quantized as stored (GGUF), so that `--quantize` would not change it.
+    pub fn transformer_prequantized(&self) -> bool {
+        super::load::gguf_file(&self.files).is_some()
+    }
+
+    fn weight_sizes(&mut self, dtype: DType, quant: Option<Quant>) -> Result<Option<WeightSizes>> {
+        let key = (dtype.as_str(), quant);
+        if let Some(w) = self.weight_sizes.get(&key) {
+            return Ok(Some(*w));
+        }
+        let f = &self.files;
+        let comps: Vec<Option<&Component>> =
+            vec![Some(&f.transformer), Some(&f.vae), Some(&f.text_encoder), f.text_encoder_2.as_ref()];
+        let mut paths = Vec::new();
+        for (c, (_, stem)) in comps.iter().zip(source::COMPONENTS) {
+            match c.map(|c| weight_paths(c, stem)) {
+                Some(None) => return Ok(None),
+                Some(Some(p)) => paths.push(p),
+                None => paths.push(Vec::new()),
+            }
+        }
+        let dense = LoadAs { dtype, quantize: None };
+        let quantized = LoadAs { dtype, quantize: quant.map(Quant::ggml) };
+        let all = |_: &str| true;
+        let text = match f.family {
+            // Qwen3 loads only the layers whose hidden states FLUX.2 reads.
+            Family::Flux2 => loaded_bytes(&paths[2], dense, qwen_layer_read)?,
+            Family::Flux1 => loaded_bytes(&paths[2], dense, all)? + loaded_bytes(&paths[3], quantized, all)?,
+        };
+        let sizes = WeightSizes {
+            transformer: loaded_bytes(&paths[0], quantized, all)?,
+            vae: loaded_bytes(&paths[1], dense, all)?,
+            text_encoders: text,
+        };
+        self.weight_sizes.insert(key, sizes);
+        Ok(Some(sizes))
+    }
+}
+
+/// A component's weight files: those it was opened with, or (configs-only sessions) the folder's, when present.
+fn weight_paths(c: &Component, stem: &str) -> Option<Vec<PathBuf>> {
+    if !c.weights.is_empty() {
+        return c.weights.iter().all(|p| p.is_file()).then(|| c.weights.clone());
+    }
+    source::weight_files(c.config.parent()?, stem).ok()
+}
+
+/// Whether a Qwen3 tensor is loaded: not the language-model head, nor layers past the last one FLUX.2 reads.
+fn qwen_layer_read(name: &str) -> bool {
+    let depth = crate::text::qwen::OUT_LAYERS.iter().copied().max().unwrap_or(0);
+    if name.starts_with("lm_head") {
+        return false;
+    }
+    match name.split("layers.").nth(1).and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
+        Some(layer) => layer < depth,
+        None => true,
+    }
+}

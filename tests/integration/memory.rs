@@ -1,0 +1,118 @@
+//! The memory estimate (`--dry-run`, `--json`) and `--memory-budget`: refused before anything loads, with a flag
+//! that fits, and nothing written.
+
+use crate::common::{bin, fixtures, stderr};
+use serde_json::Value;
+use std::path::Path;
+
+fn dev() -> String {
+    fixtures().join("tiny-dev").display().to_string()
+}
+
+fn edit(out: &Path, extra: &[&str]) -> std::process::Output {
+    let input = fixtures().join("images/photo-96x64.png");
+    let mut args = vec!["--model".to_string(), dev(), "-i".into(), input.display().to_string()];
+    args.extend(["-p", "a cat", "--strength", "0.8", "--seed", "3", "--steps", "4", "-o"].map(String::from));
+    args.push(out.display().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    bin().env("FLUX_IMG2IMG_CACHE", out.with_file_name("qcache")).args(&args).output().unwrap()
+}
+
+fn estimate(out: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["--dry-run", "--json"];
+    args.extend(extra);
+    let o = edit(out, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["memory_estimate"].clone()
+}
+
+/// Bytes of tensor data in a folder's safetensors shards: each file less its 8-byte length and JSON header.
+fn data_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let bytes = std::fs::read(&p).unwrap();
+            let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            total += bytes.len() as u64 - 8 - header;
+        }
+    }
+    total
+}
+
+#[test]
+fn dry_run_reports_the_expected_peak() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("o.png");
+    let m = estimate(&out, &[]);
+    let peak = m["peak"].as_u64().unwrap();
+    let stages = m["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["text encoding", "VAE encode", "denoising", "VAE decode"]);
+    // The weights are the fixture's f32 tensors: exactly the data bytes of the shards on disk.
+    let w = &m["weights"];
+    let loaded = w["transformer"].as_u64().unwrap() + w["vae"].as_u64().unwrap();
+    let on_disk: u64 = ["transformer", "vae"].iter().map(|c| data_bytes(&fixtures().join("tiny-dev").join(c))).sum();
+    assert_eq!(loaded, on_disk);
+    assert_eq!(m["backend"], "cpu");
+    // Bigger sizes need more; quantizing needs less.
+    let big = estimate(&out, &["--width", "512", "--height", "512"]);
+    assert!(big["peak"].as_u64().unwrap() > peak);
+    let q = estimate(&out, &["--quantize", "q4_0"]);
+    assert!(q["weights"]["transformer"].as_u64().unwrap() < w["transformer"].as_u64().unwrap() / 4);
+    // The plain dry run prints it on stderr.
+    let o = edit(&out, &["--dry-run"]);
+    assert!(stderr(&o).contains("memory: about"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_budget_below_the_estimate_refuses_before_loading() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("o.png");
+    let dense = estimate(&out, &[])["peak"].as_u64().unwrap();
+    let q8 = estimate(&out, &["--quantize", "q8_0"])["peak"].as_u64().unwrap();
+    assert!(q8 < dense);
+    // Between the two: the dense edit is refused and q8_0 is named as the fix.
+    let budget = format!("{:.9}", (dense + q8) as f64 / 2.0 / 1e9);
+    let o = edit(&out, &["--memory-budget", &budget]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    assert!(err.contains("--memory-budget") && err.contains("--quantize q8_0 would need"), "{err}");
+    assert!(!out.exists(), "nothing is written");
+    assert!(!err.contains("denois"), "refused before any step: {err}");
+    // The same check in a dry run.
+    let o = edit(&out, &["--memory-budget", &budget, "--dry-run"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // With that flag it runs.
+    let o = edit(&out, &["--memory-budget", &budget, "--quantize", "q8_0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.exists());
+}
+
+#[test]
+fn a_budget_nothing_fits_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("o.png");
+    let o = edit(&out, &["--memory-budget", "0.001"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no smaller format or size fits"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn auto_budget_and_bad_values() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("o.png");
+    // `auto` on the CPU is the host's available memory, far above a tiny edit.
+    let o = edit(&out, &["--memory-budget", "auto", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for bad in ["0", "-3", "lots", "nan"] {
+        let o = edit(&out, &["--memory-budget", bad]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("not a size in GB"), "{bad}: {err}");
+    }
+}
