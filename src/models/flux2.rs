@@ -9,7 +9,7 @@
 //! [`crate::weights::flux_keys`].
 
 use super::linear::{LinearLayer, Weights};
-use super::transformer::{chunks, rope, scaled_scalars, sinusoidal, Inputs, Modulation, QkNorm, Rope, EPS};
+use super::transformer::{chunks, rope, scaled_scalars, sinusoidal, Embedder, Inputs, Modulation, QkNorm, Rope, EPS};
 use crate::config::TransformerConfig;
 use crate::kernels;
 use candle_core::{DType, Result, Tensor, D};
@@ -122,21 +122,6 @@ impl SingleBlock {
         let att = kernels::attention(&q, &k, &v, scale)?;
         let out = Tensor::cat(&[att, mlp], 2)?.apply(&self.linear2)?;
         kernels::gated_residual(h, &out, &m.gate)
-    }
-}
-
-/// `in_layer → SiLU → out_layer` (the time and guidance embedders).
-struct Embedder {
-    in_layer: LinearLayer,
-    out_layer: LinearLayer,
-}
-
-impl Embedder {
-    fn new(i: usize, o: usize, vb: Weights) -> Result<Self> {
-        Ok(Self { in_layer: vb.pp("in_layer").dense_linear(i, o)?, out_layer: vb.pp("out_layer").dense_linear(o, o)? })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply(&self.in_layer)?.silu()?.apply(&self.out_layer)
     }
 }
 

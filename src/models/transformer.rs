@@ -243,17 +243,17 @@ impl SingleBlock {
     }
 }
 
-/// `in_layer → SiLU → out_layer` (BFL's MLPEmbedder: time, guidance and pooled-text embedders).
-struct Embedder {
+/// `in_layer → SiLU → out_layer` (BFL's MLPEmbedder: time, guidance and pooled-text embedders; FLUX.2's too).
+pub(crate) struct Embedder {
     in_layer: LinearLayer,
     out_layer: LinearLayer,
 }
 
 impl Embedder {
-    fn new(i: usize, o: usize, vb: Weights) -> Result<Self> {
+    pub(crate) fn new(i: usize, o: usize, vb: Weights) -> Result<Self> {
         Ok(Self { in_layer: vb.pp("in_layer").dense_linear(i, o)?, out_layer: vb.pp("out_layer").dense_linear(o, o)? })
     }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.apply(&self.in_layer)?.silu()?.apply(&self.out_layer)
     }
 }
