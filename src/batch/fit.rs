@@ -1,8 +1,9 @@
-//! An edit over its memory budget → the change that would fit: a `--quantize` format (dense transformers), else a
-//! smaller working size, each checked with the same estimate; or that nothing smaller fits.
+//! An edit over its memory budget → the change that would fit: a smaller `--quantize` format (dense
+//! transformers), else a smaller working size (alone, then with the smallest format). Each candidate is planned
+//! again and estimated like the edit itself, so the advice is never refused in turn.
 
 use crate::config::Family;
-use crate::engine::memory::{gb, Workload};
+use crate::engine::memory::gb;
 use crate::engine::{Mode, Plan, Request, Session};
 use crate::error::Result;
 use crate::image_io::floor_to_multiple;
@@ -15,46 +16,59 @@ const AREAS: [f64; 4] = [0.75, 0.5, 0.25, 0.125];
 
 /// What would bring `req` under `limit` bytes, as advice for the error or warning line.
 pub fn suggestion(session: &mut Session, req: &Request, plan: &Plan, limit: u64) -> Result<String> {
-    let work = Workload::of(req, plan);
-    if let Some(fix) = quantized(session, req, &work, limit)? {
-        return Ok(fix);
+    let quants = smaller_formats(session, req);
+    for q in &quants {
+        let r = Request { quantize: Some(*q), ..req.clone() };
+        if let Some(need) = fits(session, &r, plan, limit)? {
+            return Ok(format!("--quantize {q} would need {need}"));
+        }
     }
+    let multiple = session.configs().vae.size_multiple();
     for f in AREAS {
-        match session.memory_for(req, &work.scaled(f), req.quantize)? {
-            Some(e) if e.peak() <= limit => {
-                let multiple = session.configs().vae.size_multiple();
-                return Ok(format!("{} would need {}", size_flag(req, plan, f, multiple), gb(e.peak())));
+        let Some((r, flag)) = smaller_size(req, plan, f, multiple) else { continue };
+        let Ok(p) = session.plan(&r, plan.input_size) else { continue };
+        if let Some(need) = fits(session, &r, &p, limit)? {
+            return Ok(format!("{flag} would need {need}"));
+        }
+        if let Some(q) = quants.last() {
+            let r = Request { quantize: Some(*q), ..r };
+            if let Some(need) = fits(session, &r, &p, limit)? {
+                return Ok(format!("--quantize {q} {flag} would need {need}"));
             }
-            _ => {}
         }
     }
     Ok("no smaller format or size fits: use a device with more memory".into())
 }
 
-/// The first `--quantize` format smaller than the current one that fits, if the transformer is not already
-/// stored quantized.
-fn quantized(session: &mut Session, req: &Request, work: &Workload, limit: u64) -> Result<Option<String>> {
+/// The `--quantize` formats smaller than the request's; none when the transformer is stored quantized (GGUF).
+fn smaller_formats(session: &Session, req: &Request) -> Vec<Quant> {
     if session.transformer_prequantized() {
-        return Ok(None);
+        return Vec::new();
     }
     let from = req.quantize.and_then(|q| QUANTS.iter().position(|x| *x == q)).map_or(0, |i| i + 1);
-    for q in &QUANTS[from..] {
-        if let Some(e) = session.memory_for(req, work, Some(*q))?.filter(|e| e.peak() <= limit) {
-            return Ok(Some(format!("--quantize {q} would need {}", gb(e.peak()))));
-        }
-    }
-    Ok(None)
+    QUANTS[from..].to_vec()
 }
 
-/// The flag that shrinks the working area to `f` of the plan's: the size itself where the mode takes one, a
-/// megapixel cap for FLUX.1 inputs, else a smaller input.
-fn size_flag(req: &Request, plan: &Plan, f: f64, multiple: u32) -> String {
+/// The expected peak of `req` as `plan`, when it is within `limit`.
+fn fits(session: &mut Session, req: &Request, plan: &Plan, limit: u64) -> Result<Option<String>> {
+    Ok(session.memory(req, plan)?.map(|e| e.peak()).filter(|p| *p <= limit).map(gb))
+}
+
+/// `req` at `f` of the plan's area, and the flag that says so: the size itself where the mode takes one, a
+/// megapixel cap for FLUX.1 inputs; none for FLUX.2 inpainting and `--strength`, which work at the input's size.
+fn smaller_size(req: &Request, plan: &Plan, f: f64, multiple: u32) -> Option<(Request, String)> {
     let s = f.sqrt();
     let (w, h) =
         (floor_to_multiple(plan.width as f64 * s, multiple), floor_to_multiple(plan.height as f64 * s, multiple));
     match (&req.mode, plan.family) {
-        (Mode::Txt2Img, _) | (Mode::Reference { .. }, Family::Flux2) => format!("--width {w} --height {h}"),
-        (_, Family::Flux1) => format!("--max-megapixels {:.2}", (w as f64 * h as f64 / 1e6 * 100.0).floor() / 100.0),
-        _ => format!("an input of {w}x{h}"),
+        (Mode::Txt2Img, _) | (Mode::Reference { .. }, Family::Flux2) => {
+            Some((Request { width: Some(w), height: Some(h), ..req.clone() }, format!("--width {w} --height {h}")))
+        }
+        (_, Family::Flux1) => {
+            let mp = (w as f64 * h as f64 / 1e6 * 100.0).floor() / 100.0;
+            (mp >= 0.01)
+                .then(|| (Request { max_megapixels: Some(mp), ..req.clone() }, format!("--max-megapixels {mp}")))
+        }
+        _ => None,
     }
 }

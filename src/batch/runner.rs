@@ -1,15 +1,15 @@
 //! Runs a [`Batch`] with one model [`Session`], in steps: open the model; pre-check every item (input, output,
-//! plan: no weights needed, so bad input fails before any loading); a dry run stops there; otherwise encode
-//! every prompt with one load of the text encoders, run each item (VAE and transformer loaded once), and draw
-//! the contact sheet. An item that fails is reported and the batch goes on; model problems stop it. Ctrl-C lets
-//! the current image finish, then stops with the summary.
+//! plan, expected memory against `--memory-budget`: no weights needed, so bad input fails before any loading); a
+//! dry run stops there; otherwise encode every prompt with one load of the text encoders, run each item (VAE
+//! and transformer loaded once), and draw the contact sheet. An item that fails is reported and the batch goes
+//! on; model problems stop it. Ctrl-C lets the current image finish, then stops with the summary.
 
 use super::grid::{self, Cell};
 use super::inputs::Downloads;
 use super::{results, Batch, Item, Options, Summary};
 use crate::config::Family;
 use crate::engine::memory::{self, Estimate};
-use crate::engine::{Mode, Plan, Progress, Session};
+use crate::engine::{Mode, Plan, Progress, Request, Session};
 use crate::error::{Error, Result};
 use crate::ui::Ui;
 use crate::{image_io, output, source};
@@ -139,33 +139,26 @@ impl Run<'_> {
             Some(input) => Some(image_io::load_rgb(input)?.dimensions()),
             None => None,
         };
-        if !self.opts.dry_run {
-            self.prepare_output(&r.output, r.image())?;
-        }
-        if !self.opts.dry_run {
-            session.prepare_loras(r)?;
-        }
         let plan = session.plan(r, dims)?;
         for w in &plan.warnings {
             if self.warned.insert(w.clone()) {
                 self.ui.warn(w);
             }
         }
+        // Over budget is refused before any file is read or folder made for the item.
         let memory = session.memory(r, &plan)?;
         if let Some(est) = &memory {
             self.check_memory(session, r, &plan, est)?;
+        }
+        if !self.opts.dry_run {
+            self.prepare_output(&r.output, r.image())?;
+            session.prepare_loras(r)?;
         }
         Ok(Ready { item, plan, memory })
     }
 
     /// Over `--memory-budget`: an error naming a flag that fits; over the free memory without a budget: a warning.
-    fn check_memory(
-        &mut self,
-        session: &mut Session,
-        r: &crate::engine::Request,
-        plan: &Plan,
-        est: &Estimate,
-    ) -> Result<()> {
+    fn check_memory(&mut self, session: &mut Session, r: &Request, plan: &Plan, est: &Estimate) -> Result<()> {
         let (limit, refuse) = match self.opts.memory_budget {
             Some(memory::Budget::Bytes(b)) => (Some(b), true),
             Some(memory::Budget::Available) => (crate::engine::available_memory(&r.device), true),
@@ -227,7 +220,7 @@ impl Run<'_> {
 
     /// Every prompt encoded with one load of the text encoders.
     fn encode_prompts(&self, session: &mut Session, ready: &[Ready]) -> Result<()> {
-        let reqs: Vec<&crate::engine::Request> = ready.iter().map(|r| &r.item.request).collect();
+        let reqs: Vec<&Request> = ready.iter().map(|r| &r.item.request).collect();
         session.encode_prompts(&reqs)
     }
 
@@ -282,7 +275,7 @@ impl Run<'_> {
 
 /// A contact-sheet cell: a row per input (per prompt without one), labelled "strength #seed" (and "xS" for the
 /// LoRA scale when there are LoRAs).
-fn cell(r: &crate::engine::Request, output: std::path::PathBuf, seed: u64) -> Cell {
+fn cell(r: &Request, output: std::path::PathBuf, seed: u64) -> Cell {
     let mut label = format!("{}#{seed}", r.strength().map(|s| format!("{s} ")).unwrap_or_default());
     if !r.loras.is_empty() {
         label.push_str(&format!(" x{}", r.lora_scale));

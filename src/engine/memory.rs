@@ -40,7 +40,7 @@ pub enum Budget {
 impl Budget {
     /// `auto`, or decimal gigabytes (`24`, `7.5`).
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        if s.eq_ignore_ascii_case("auto") {
+        if s.trim().eq_ignore_ascii_case("auto") {
             return Ok(Budget::Available);
         }
         match s.trim().parse::<f64>() {
@@ -106,13 +106,13 @@ pub struct Estimate {
 impl Estimate {
     /// The stage that needs the most.
     pub fn peak_stage(&self) -> &Stage {
-        self.stages.iter().max_by_key(|s| s.weights + s.activations).expect("an estimate has stages")
+        self.stages.iter().max_by_key(|s| s.weights.saturating_add(s.activations)).expect("an estimate has stages")
     }
 
     /// Expected peak, in bytes.
     pub fn peak(&self) -> u64 {
         let s = self.peak_stage();
-        ((s.weights + s.activations) as f64 * self.allocator) as u64 + self.runtime
+        (((s.weights.saturating_add(s.activations)) as f64 * self.allocator) as u64).saturating_add(self.runtime)
     }
 
     /// `about 31.4 GB of GPU memory at the peak (denoising: weights 24.0 GB, activations 6.9 GB)`.
@@ -197,39 +197,42 @@ pub fn estimate(cfg: &ModelConfigs, weights: WeightSizes, work: &Workload, dtype
 }
 
 /// Latent tokens of an image: one per 16×16 pixels on FLUX's grid (the VAE's downscale × the 2×2 packing).
-fn tokens(cfg: &ModelConfigs, (w, h): (u32, u32)) -> u64 {
-    let m = cfg.vae.size_multiple() as u64;
-    (w as u64 / m) * (h as u64 / m)
+fn tokens(cfg: &ModelConfigs, (w, h): (u32, u32)) -> f64 {
+    let m = cfg.vae.size_multiple();
+    (w / m) as f64 * (h / m) as f64
 }
 
-/// The transformer's largest transient: attention scores (composed path) and a block's intermediates.
+/// The transformer's largest transient: attention scores (composed path) and a block's intermediates. In f64:
+/// absurd sizes must saturate, not wrap (the cast to u64 saturates).
 fn transformer_activations(cfg: &ModelConfigs, work: &Workload, dt: u64, composed: bool) -> u64 {
     let t = &cfg.transformer;
-    let refs: u64 = work.references.iter().map(|&r| tokens(cfg, r)).sum();
-    let s = work.text_tokens as u64 + tokens(cfg, work.size) + refs;
-    let b = work.batch as u64;
-    let (heads, width) = (t.num_attention_heads as u64, (t.num_attention_heads * t.attention_head_dim) as u64);
+    let refs: f64 = work.references.iter().map(|&r| tokens(cfg, r)).sum();
+    let s = work.text_tokens as f64 + tokens(cfg, work.size) + refs;
+    let (b, dt) = (work.batch as f64, dt as f64);
+    let heads = t.num_attention_heads as f64;
+    let width = heads * t.attention_head_dim as f64;
     let gated = if cfg.family == Family::Flux2 { 2.0 } else { 1.0 };
-    let mlp = (width as f64 * t.mlp_ratio.unwrap_or(4.0) * gated) as u64;
-    let scores = if composed { b * heads * s * s * (2 * dt + 8) } else { 0 };
-    scores + b * s * (3 * width + mlp) * (dt + 4)
+    let mlp = (width * t.mlp_ratio.unwrap_or(4.0) * gated).trunc();
+    let scores = if composed { b * heads * s * s * (2.0 * dt + 8.0) } else { 0.0 };
+    (scores + b * s * (3.0 * width + mlp) * (dt + 4.0)) as u64
 }
 
 /// The VAE's largest transient at `px` pixels: im2col buffers and f32 group-norm copies (composed path), or the
 /// layers' inputs and outputs; and the mid-block attention over the latent tokens.
 fn vae_activations(vae: &VaeConfig, (w, h): (u32, u32), decode: bool, dt: u64, composed: bool) -> u64 {
-    let pixels = w as u64 * h as u64;
-    let scale = vae.scale_factor() as u64;
+    let pixels = w as f64 * h as f64;
+    let scale = vae.scale_factor() as f64;
     let latent = pixels / (scale * scale);
+    let dt = dt as f64;
     // Widest input channel count of a 3×3 convolution at full resolution: the encoder's first blocks, or the
     // decoder's upsampled features entering its last block.
     let ch = &vae.block_out_channels;
-    let c = if decode { ch.get(1).or(ch.first()) } else { ch.first() }.copied().unwrap_or(0) as u64;
+    let c = if decode { ch.get(1).or(ch.first()) } else { ch.first() }.copied().unwrap_or(0) as f64;
     let layers = pixels * c;
     // A convolution's input and output stay alive beside its im2col buffer, or beside group norm's f32 copies.
-    let full_res = if composed { 2 * layers * dt + (9 * layers * dt).max(3 * layers * 4) } else { 4 * layers * 4 };
-    let attention = if composed && vae.mid_block_add_attention { latent * latent * (2 * dt + 8) } else { 0 };
-    full_res.max(attention)
+    let full_res = if composed { 2.0 * layers * dt + (9.0 * layers * dt).max(12.0 * layers) } else { 16.0 * layers };
+    let attention = if composed && vae.mid_block_add_attention { latent * latent * (2.0 * dt + 8.0) } else { 0.0 };
+    full_res.max(attention) as u64
 }
 
 #[cfg(test)]

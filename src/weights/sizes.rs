@@ -11,25 +11,65 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy)]
 pub struct LoadAs {
     pub dtype: DType,
-    /// Matrices quantized at load (`--quantize`), as the transformer and T5 do it.
+    /// `--quantize`, for the components it applies to (see [`Rule`]).
     pub quantize: Option<GgmlDType>,
+    pub rule: Rule,
 }
+
+/// Which tensors a component quantizes, and how the rest load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// Everything at the run dtype (VAE, CLIP, Qwen3).
+    Plain,
+    /// The transformer: block matrices quantized (rows not whole blocks of the format take its fallback format),
+    /// embedders and the final projection dense (`Weights::dense_linear`); a GGUF's blocks as stored, its float
+    /// tensors at the run dtype.
+    Transformer,
+    /// T5 through candle's quantized T5: matrices but the embedding quantized when their rows are whole blocks,
+    /// everything else f32; a GGUF as stored.
+    T5,
+}
+
+/// The transformer tensors `Weights::dense_linear` keeps dense, by the name's root (BFL and diffusers namings,
+/// after any ComfyUI prefix). `proj_out.` is the final projection only: the single blocks' are under their block.
+const DENSE_ROOTS: [&str; 11] = [
+    "img_in.",
+    "txt_in.",
+    "time_in.",
+    "vector_in.",
+    "guidance_in.",
+    "final_layer.linear.",
+    "x_embedder.",
+    "context_embedder.",
+    "time_text_embed.",
+    "time_guidance_embed.",
+    "proj_out.",
+];
+
+/// A JSON header above this is not a real checkpoint's (the safetensors crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
 
 /// One tensor as its file header describes it.
 struct Entry {
     name: String,
     shape: Vec<usize>,
-    /// Set for GGUF tensors stored in a block format.
+    /// GGUF: the stored type.
     stored: Option<GgmlDType>,
+}
+
+impl Entry {
+    fn elements(&self) -> u64 {
+        self.shape.iter().fold(1u64, |n, d| n.saturating_mul(*d as u64))
+    }
 }
 
 /// Loaded bytes of every tensor in `paths` (safetensors shards or one GGUF) that `keep` accepts.
 pub fn loaded_bytes(paths: &[impl AsRef<Path>], how: LoadAs, keep: impl Fn(&str) -> bool) -> Result<u64> {
-    let mut total = 0;
+    let mut total = 0u64;
     for p in paths {
         let p = p.as_ref();
         let entries = if is_gguf(p) { gguf_entries(p)? } else { safetensors_entries(p)? };
-        total += entries.iter().filter(|e| keep(&e.name)).map(|e| bytes(e, how)).sum::<u64>();
+        total = entries.iter().filter(|e| keep(&e.name)).map(|e| bytes(e, how)).fold(total, u64::saturating_add);
     }
     Ok(total)
 }
@@ -39,18 +79,37 @@ fn is_gguf(p: &Path) -> bool {
 }
 
 fn bytes(e: &Entry, how: LoadAs) -> u64 {
-    let n: usize = e.shape.iter().product();
-    let block = |q: GgmlDType| (n / q.block_size() * q.type_size()) as u64;
-    if let Some(q) = e.stored {
-        return block(q);
-    }
-    match (how.quantize, e.shape.as_slice()) {
-        (Some(q), [_, i]) if e.name.ends_with("weight") => match quantized_format(q, *i) {
-            Some(f) => block(f),
-            None => (n * how.dtype.size_in_bytes()) as u64,
+    let n = e.elements();
+    let block = |q: GgmlDType| n / q.block_size() as u64 * q.type_size() as u64;
+    let at = |dtype: DType| n.saturating_mul(dtype.size_in_bytes() as u64);
+    match (e.stored, how.rule) {
+        (Some(q), _) if !is_float(q) => block(q),
+        // candle's quantized T5 keeps a GGUF's float tensors as stored.
+        (Some(q), Rule::T5) => block(q),
+        (Some(_), _) => at(how.dtype),
+        (None, Rule::Plain) => at(how.dtype),
+        (None, Rule::Transformer) => match (how.quantize, e.shape.as_slice()) {
+            (Some(q), [_, i]) if e.name.ends_with("weight") && !kept_dense(&e.name) => {
+                quantized_format(q, *i).map_or(at(how.dtype), block)
+            }
+            _ => at(how.dtype),
         },
-        _ => (n * how.dtype.size_in_bytes()) as u64,
+        (None, Rule::T5) => match (how.quantize, e.shape.as_slice()) {
+            (Some(q), [_, i]) if e.name != "shared.weight" && i % q.block_size() == 0 => block(q),
+            (Some(_), _) => at(DType::F32),
+            (None, _) => at(how.dtype),
+        },
     }
+}
+
+fn is_float(t: GgmlDType) -> bool {
+    matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// Whether a transformer tensor stays dense under `--quantize`.
+fn kept_dense(name: &str) -> bool {
+    let root = ["model.diffusion_model.", "diffusion_model."].iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
+    DENSE_ROOTS.iter().any(|r| root.starts_with(r))
 }
 
 /// The format a row of `i` values is quantized to: `q`, or its fallback when the row is not whole blocks.
@@ -61,14 +120,10 @@ fn quantized_format(q: GgmlDType, i: usize) -> Option<GgmlDType> {
 fn gguf_entries(p: &Path) -> Result<Vec<Entry>> {
     let mut f = std::fs::File::open(p).map_err(|e| Error::model_from(p, "cannot open", e))?;
     let content = gguf_file::Content::read(&mut f).map_err(|e| Error::model_from(p, "unreadable GGUF", e))?;
-    let float = |t: GgmlDType| matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
     Ok(content
         .tensor_infos
         .into_iter()
-        .map(|(name, t)| {
-            let stored = (!float(t.ggml_dtype)).then_some(t.ggml_dtype);
-            Entry { name, shape: t.shape.dims().to_vec(), stored }
-        })
+        .map(|(name, t)| Entry { name, shape: t.shape.dims().to_vec(), stored: Some(t.ggml_dtype) })
         .collect())
 }
 
@@ -79,20 +134,21 @@ fn safetensors_entries(p: &Path) -> Result<Vec<Entry>> {
     f.read_exact(&mut len).map_err(|_| Error::model(p, "not a safetensors file (too short)"))?;
     let len = u64::from_le_bytes(len);
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > size.saturating_sub(8) {
-        return Err(Error::model(p, "not a safetensors file (its header length is past the end)"));
+    if len > size.saturating_sub(8) || len > MAX_HEADER {
+        return Err(Error::model(p, "not a safetensors file (its header length is out of range)"));
     }
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header).map_err(|e| Error::model_from(p, "cannot read", e))?;
     let json: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&header).map_err(|e| Error::model_from(p, "not a safetensors file", e))?;
-    Ok(json
-        .into_iter()
+    json.into_iter()
         .filter(|(name, _)| name != "__metadata__")
         .map(|(name, v)| {
-            let shape =
-                v["shape"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).map(|d| d as usize).collect());
-            Entry { name, shape: shape.unwrap_or_default(), stored: None }
+            let dims = v["shape"].as_array().map(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect());
+            match dims {
+                Some(Some(shape)) => Ok(Entry { name, shape, stored: None }),
+                _ => Err(Error::model(p, format!("not a safetensors file ({name} has no valid shape)"))),
+            }
         })
-        .collect())
+        .collect()
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::weights::sizes::{loaded_bytes, LoadAs};
+use crate::weights::sizes::{loaded_bytes, LoadAs, Rule};
 use candle_core::quantized::GgmlDType;
 use serde_json::json;
 
@@ -121,19 +121,45 @@ fn weight_bytes_follow_the_load_rules() {
     assert_eq!(n, DEV_PARAMS, "the real FLUX.1-dev has 11.9B parameters");
     let file = header_only(dir.path(), &tensors);
     let all = |_: &str| true;
-    let bf16 = loaded_bytes(&[&file], LoadAs { dtype: DType::BF16, quantize: None }, all).unwrap();
+    let bf16 =
+        loaded_bytes(&[&file], LoadAs { dtype: DType::BF16, quantize: None, rule: Rule::Transformer }, all).unwrap();
     assert_eq!(bf16, 2 * DEV_PARAMS);
-    // q8_0: every matrix is whole 32-value blocks of 34 bytes; biases and norms stay bf16.
-    let matrices: u64 = tensors.iter().filter(|(_, s)| s.len() == 2).map(|(_, s)| (s[0] * s[1]) as u64).sum();
-    let q8 = loaded_bytes(&[&file], LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q8_0) }, all).unwrap();
-    assert_eq!(q8, matrices / 32 * 34 + (DEV_PARAMS - matrices) * 2);
-    // q4_k needs 256-value rows; x_embedder's 64 fall back to q4_0 (18 bytes a 32-value block).
-    let q4k = loaded_bytes(&[&file], LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q4K) }, all).unwrap();
-    let x_emb = (3072 * 64) as u64;
-    assert_eq!(q4k, (matrices - x_emb) / 256 * 144 + x_emb / 32 * 18 + (DEV_PARAMS - matrices) * 2);
+    // q8_0: every block matrix is whole 32-value blocks of 34 bytes; the embedders and the final projection
+    // (models' dense_linear) stay bf16, as do biases and norms.
+    let dense =
+        |n: &str| ["x_embedder", "context_embedder", "time_text_embed", "proj_out"].iter().any(|d| n.starts_with(d));
+    let quantized: u64 =
+        tensors.iter().filter(|(n, s)| s.len() == 2 && !dense(n)).map(|(_, s)| (s[0] * s[1]) as u64).sum();
+    let q8 = loaded_bytes(
+        &[&file],
+        LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q8_0), rule: Rule::Transformer },
+        all,
+    )
+    .unwrap();
+    assert_eq!(q8, quantized / 32 * 34 + (DEV_PARAMS - quantized) * 2);
+    // q4_k: all quantized rows are whole 256-value blocks of 144 bytes (x_embedder's 64-wide rows stay dense).
+    let q4k = loaded_bytes(
+        &[&file],
+        LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q4K), rule: Rule::Transformer },
+        all,
+    )
+    .unwrap();
+    assert_eq!(q4k, quantized / 256 * 144 + (DEV_PARAMS - quantized) * 2);
+    // The same file under ComfyUI's prefix keeps the same layers dense.
+    let prefixed: Vec<(String, Vec<usize>)> =
+        tensors.iter().map(|(n, s)| (format!("model.diffusion_model.{n}"), s.clone())).collect();
+    let dir2 = tempfile::tempdir().unwrap();
+    let file2 = header_only(dir2.path(), &prefixed);
+    let q8_prefixed = loaded_bytes(
+        &[&file2],
+        LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q8_0), rule: Rule::Transformer },
+        all,
+    );
+    assert_eq!(q8_prefixed.unwrap(), q8);
     // A filter leaves tensors out.
-    let blocks_only =
-        loaded_bytes(&[&file], LoadAs { dtype: DType::F32, quantize: None }, |n| n.starts_with("proj_out"));
+    let blocks_only = loaded_bytes(&[&file], LoadAs { dtype: DType::F32, quantize: None, rule: Rule::Plain }, |n| {
+        n.starts_with("proj_out")
+    });
     assert_eq!(blocks_only.unwrap(), (64 * 3072 + 64) * 4);
 }
 
@@ -142,8 +168,8 @@ fn a_truncated_header_is_one_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.safetensors");
     std::fs::write(&p, 1000u64.to_le_bytes()).unwrap();
-    let e = loaded_bytes(&[&p], LoadAs { dtype: DType::F32, quantize: None }, |_| true).unwrap_err();
-    assert!(e.one_line().contains("header length"), "{}", e.one_line());
+    let e = loaded_bytes(&[&p], LoadAs { dtype: DType::F32, quantize: None, rule: Rule::Plain }, |_| true).unwrap_err();
+    assert!(e.one_line().contains("header length is out of range"), "{}", e.one_line());
 }
 
 /// The two peaks issue 13 measured on an H100 (nvidia-smi, FLUX.1-dev with random weights, 1024² img2img):
@@ -153,7 +179,12 @@ fn a_truncated_header_is_one_error() {
 fn cuda_estimate_matches_the_peaks_measured_on_an_h100() {
     let dir = tempfile::tempdir().unwrap();
     let file = header_only(dir.path(), &dev_transformer_tensors());
-    let q8 = loaded_bytes(&[&file], LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q8_0) }, |_| true).unwrap();
+    let q8 = loaded_bytes(
+        &[&file],
+        LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q8_0), rule: Rule::Transformer },
+        |_| true,
+    )
+    .unwrap();
     let vae = 2 * VAE_PARAMS;
     let text = 2 * 4_762_310_656 + 2 * 123_060_480;
     for (transformer, measured) in [(2 * DEV_PARAMS, 36.1e9), (q8, 23.0e9)] {
@@ -212,4 +243,41 @@ fn text_to_image_has_no_encode_stage() {
     let work = Workload { encodes: vec![], ..img2img_1024() };
     let e = estimate(&dev(), dense_dev(), &work, DType::BF16, Backend::Cuda);
     assert!(e.stages.iter().all(|s| s.name != "VAE encode"));
+}
+
+#[test]
+fn t5_keeps_its_embedding_and_vectors_in_f32_when_quantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = vec![
+        ("shared.weight".to_string(), vec![32128, 64]),
+        ("encoder.block.0.layer.0.SelfAttention.q.weight".to_string(), vec![64, 64]),
+        ("encoder.block.0.layer.1.DenseReluDense.wo.weight".to_string(), vec![64, 48]),
+        ("encoder.final_layer_norm.weight".to_string(), vec![64]),
+    ];
+    let file = header_only(dir.path(), &tensors);
+    let how = LoadAs { dtype: DType::BF16, quantize: Some(GgmlDType::Q8_0), rule: Rule::T5 };
+    // q is whole blocks: q8_0; shared, the 48-wide wo (not whole blocks) and the norm: f32.
+    let expected = 64 * 64 / 32 * 34 + (32128 * 64 + 64 * 48 + 64) * 4;
+    assert_eq!(loaded_bytes(&[&file], how, |_| true).unwrap(), expected as u64);
+    let dense = LoadAs { quantize: None, ..how };
+    assert_eq!(loaded_bytes(&[&file], dense, |_| true).unwrap(), (32128 * 64 + 64 * 64 + 64 * 48 + 64) * 2);
+}
+
+#[test]
+fn absurd_sizes_saturate_instead_of_wrapping() {
+    let huge = Workload { size: (1 << 30, 1 << 30), encodes: vec![(1 << 30, 1 << 30)], ..img2img_1024() };
+    let e = estimate(&dev(), dense_dev(), &huge, DType::BF16, Backend::Cuda);
+    assert!(e.peak() > 1 << 62, "{}", e.peak());
+}
+
+#[test]
+fn a_header_without_shapes_is_one_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = br#"{"a.weight": {"dtype": "F32", "shape": "big", "data_offsets": [0, 0]}}"#;
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text);
+    let p = dir.path().join("x.safetensors");
+    std::fs::write(&p, bytes).unwrap();
+    let e = loaded_bytes(&[&p], LoadAs { dtype: DType::F32, quantize: None, rule: Rule::Plain }, |_| true);
+    assert!(e.unwrap_err().one_line().contains("a.weight has no valid shape"));
 }

@@ -15,7 +15,7 @@ use crate::engine::flux2::working_size;
 use crate::engine::request::{Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::ResizeMode;
-use crate::rng::{CudaGeometry, RngKind};
+use crate::rng::CudaGeometry;
 use crate::schedule::{self, MuRule};
 
 /// Steps of step-distilled klein models, and of base models (diffusers' default).
@@ -60,7 +60,54 @@ pub fn plan(
         }
         _ => references.iter().map(|&r| own(r)).collect(),
     };
-    let (width, height) = match (&req.mode, input) {
+    let (width, height) = output_size(req, input, references, &conditioning, multiple, &mut warnings)?;
+    let steps = req.steps.unwrap_or(if cfg.distilled { STEPS_DISTILLED } else { STEPS_BASE });
+    if cfg.distilled && req.guidance.is_some() {
+        warnings.push("this FLUX.2 model is step-distilled (no CFG); --guidance is ignored".into());
+    }
+    if req.true_cfg.as_ref().is_some_and(|c| c.scale.is_finite() && c.scale != 1.0) {
+        warnings.push("--true-cfg is not used with FLUX.2: base models take the CFG scale from --guidance".into());
+    }
+    let strength = req.strength().unwrap_or(1.0);
+    let seq = (height / multiple) as usize * (width / multiple) as usize;
+    let schedule = schedule::schedule_with(&cfg.scheduler, steps, strength, seq, MuRule::Empirical)?;
+    if schedule.steps_to_run() == 0 {
+        return Err(Error::Usage(format!(
+            "--strength {strength} leaves no denoising step out of {steps}; use a larger strength or more --steps"
+        )));
+    }
+    let latent_elems = seq * cfg.transformer.in_channels;
+    let rng_gpu = super::cuda_noise_gpu(req, gpu, latent_elems, &mut warnings);
+    Ok(Plan {
+        family: crate::config::Family::Flux2,
+        width,
+        height,
+        input_size: input,
+        crop: false,
+        reference_size: None,
+        references: conditioning,
+        resize: ResizeMode::Stretch,
+        steps,
+        guidance: None,
+        cfg_scale: cfg_scale(req, cfg),
+        seed,
+        rng_gpu,
+        schedule,
+        warnings,
+    })
+}
+
+/// The size the picture is made at: the input's for inpainting and `--strength`, else `--width`/`--height`, else
+/// the first conditioning image's.
+fn output_size(
+    req: &Request,
+    input: Option<(u32, u32)>,
+    references: &[(u32, u32)],
+    conditioning: &[(u32, u32)],
+    multiple: u32,
+    warnings: &mut Vec<String>,
+) -> Result<(u32, u32)> {
+    Ok(match (&req.mode, input) {
         (Mode::Kontext { .. }, _) => {
             return Err(Error::Usage(
                 "--kontext is for FLUX.1 Kontext; FLUX.2 models edit by reference without it (drop --kontext)".into(),
@@ -81,7 +128,7 @@ pub fn plan(
                     references.len()
                 )));
             }
-            let size = own(i);
+            let size = working_size(i, multiple);
             if req.width.is_some_and(|w| w != size.0) || req.height.is_some_and(|h| h != size.1) {
                 warnings.push(format!(
                     "FLUX.2 inpainting and --strength work at the input's size (at most 1 MP, floored to the 16-pixel \
@@ -96,38 +143,5 @@ pub fn plan(
             (Some(&(w, h)), rw, rh) => (rw.unwrap_or(w), rh.unwrap_or(h)),
             (None, _, _) => given_size(req)?,
         },
-    };
-    let steps = req.steps.unwrap_or(if cfg.distilled { STEPS_DISTILLED } else { STEPS_BASE });
-    if cfg.distilled && req.guidance.is_some() {
-        warnings.push("this FLUX.2 model is step-distilled (no CFG); --guidance is ignored".into());
-    }
-    if req.true_cfg.as_ref().is_some_and(|c| c.scale.is_finite() && c.scale != 1.0) {
-        warnings.push("--true-cfg is not used with FLUX.2: base models take the CFG scale from --guidance".into());
-    }
-    let strength = req.strength().unwrap_or(1.0);
-    let seq = (height / multiple) as usize * (width / multiple) as usize;
-    let schedule = schedule::schedule_with(&cfg.scheduler, steps, strength, seq, MuRule::Empirical)?;
-    if schedule.steps_to_run() == 0 {
-        return Err(Error::Usage(format!(
-            "--strength {strength} leaves no denoising step out of {steps}; use a larger strength or more --steps"
-        )));
-    }
-    let rng_gpu = (req.rng.kind == RngKind::TorchCuda).then(|| req.rng.gpu.unwrap_or(gpu));
-    Ok(Plan {
-        family: crate::config::Family::Flux2,
-        width,
-        height,
-        input_size: input,
-        crop: false,
-        reference_size: None,
-        references: conditioning,
-        resize: ResizeMode::Stretch,
-        steps,
-        guidance: None,
-        cfg_scale: cfg_scale(req, cfg),
-        seed,
-        rng_gpu,
-        schedule,
-        warnings,
     })
 }

@@ -65,43 +65,15 @@ pub fn plan(
     if cfg.family == Family::Flux2 {
         return flux2::plan(req, cfg, input, references, seed, gpu);
     }
-    if !req.references.is_empty() {
-        return Err(Error::Usage(
-            "--reference is for FLUX.2 models; FLUX.1 Kontext takes its one reference as the input (--image)".into(),
-        ));
-    }
-    if matches!(req.mode, Mode::Reference { .. }) {
-        return Err(Error::Usage("reference editing needs a FLUX.2 model; for FLUX.1 use Kontext (--kontext)".into()));
-    }
+    check_flux1_request(req)?;
     let multiple = cfg.vae.size_multiple();
     check_size_flags(req, multiple)?;
     let mut warnings = Vec::new();
-    let (width, height, crop) = match (input, &req.mode) {
-        (Some(input), Mode::Kontext { .. }) => {
-            let (w, h) = kontext_size(req, input, multiple);
-            (w, h, false)
-        }
-        (Some(input), Mode::Inpaint { mask, .. }) if mask.crop_padding.is_some() => {
-            // The mask's region is edited instead of the centre: its size follows from the flags alone.
-            let (w, h) = image_io::target_size(input, req.width, req.height, multiple);
-            (w, h, false)
-        }
-        (Some(input), _) => working_size(req, input, multiple, &mut warnings)?,
-        (None, _) => {
-            let (w, h) = given_size(req)?;
-            (w, h, false)
-        }
-    };
+    let (width, height, crop) = flux1_size(req, input, multiple, &mut warnings)?;
     let reference_size = match (&req.mode, input) {
         (Mode::Kontext { reference, .. }, Some(input)) => Some(reference_size(input, multiple, *reference)),
         _ => None,
     };
-    check_true_cfg(req)?;
-    if let (Mode::Inpaint { mask, .. }, ResizeMode::Pad) = (&req.mode, req.resize) {
-        if mask.paste_back && mask.crop_padding.is_none() {
-            return Err(Error::Usage("--paste-back does not work with --resize pad; use crop, fit or stretch".into()));
-        }
-    }
     let (default_steps, default_guidance) = defaults(cfg.transformer.guidance_embeds);
     let steps = req.steps.unwrap_or(default_steps);
     let guidance = default_guidance.map(|d| req.guidance.unwrap_or(d));
@@ -119,16 +91,8 @@ pub fn plan(
             1.0 / steps as f64
         )));
     }
-    let rng_gpu = (req.rng.kind == RngKind::TorchCuda).then(|| req.rng.gpu.unwrap_or(gpu));
     let latent_elems = cfg.vae.latent_channels * (height as usize / vae_scale) * (width as usize / vae_scale);
-    if let (Some(g), None) = (rng_gpu, req.rng.gpu) {
-        if latent_elems > g.max_independent() {
-            warnings.push(format!(
-                "torch-cuda noise for {latent_elems} latent values depends on the GPU's size; this reproduces a {g} \
-                 (SMs x threads per SM) GPU — give --rng-gpu for another (e.g. 4090, l4, a100)"
-            ));
-        }
-    }
+    let rng_gpu = cuda_noise_gpu(req, gpu, latent_elems, &mut warnings);
     Ok(Plan {
         family: Family::Flux1,
         width,
@@ -237,6 +201,70 @@ fn check_true_cfg(req: &Request) -> Result<()> {
 }
 
 /// `--width` / `--height` must be positive multiples of the latent grid.
+/// What FLUX.1 cannot do: FLUX.2 references, and `--paste-back` over a padded input; and true CFG's flags.
+fn check_flux1_request(req: &Request) -> Result<()> {
+    if !req.references.is_empty() {
+        return Err(Error::Usage(
+            "--reference is for FLUX.2 models; FLUX.1 Kontext takes its one reference as the input (--image)".into(),
+        ));
+    }
+    if matches!(req.mode, Mode::Reference { .. }) {
+        return Err(Error::Usage("reference editing needs a FLUX.2 model; for FLUX.1 use Kontext (--kontext)".into()));
+    }
+    check_true_cfg(req)?;
+    if let (Mode::Inpaint { mask, .. }, ResizeMode::Pad) = (&req.mode, req.resize) {
+        if mask.paste_back && mask.crop_padding.is_none() {
+            return Err(Error::Usage("--paste-back does not work with --resize pad; use crop, fit or stretch".into()));
+        }
+    }
+    Ok(())
+}
+
+/// FLUX.1's working size and whether the input is cropped, by mode.
+fn flux1_size(
+    req: &Request,
+    input: Option<(u32, u32)>,
+    multiple: u32,
+    warnings: &mut Vec<String>,
+) -> Result<(u32, u32, bool)> {
+    Ok(match (input, &req.mode) {
+        (Some(input), Mode::Kontext { .. }) => {
+            let (w, h) = kontext_size(req, input, multiple);
+            (w, h, false)
+        }
+        (Some(input), Mode::Inpaint { mask, .. }) if mask.crop_padding.is_some() => {
+            // The mask's region is edited instead of the centre: its size follows from the flags alone.
+            let (w, h) = image_io::target_size(input, req.width, req.height, multiple);
+            (w, h, false)
+        }
+        (Some(input), _) => working_size(req, input, multiple, warnings)?,
+        (None, _) => {
+            let (w, h) = given_size(req)?;
+            (w, h, false)
+        }
+    })
+}
+
+/// The GPU whose CUDA generator torch-cuda noise reproduces, with a warning when the latents are large enough for
+/// the GPU's size to matter and none was named.
+pub(super) fn cuda_noise_gpu(
+    req: &Request,
+    gpu: CudaGeometry,
+    latent_elems: usize,
+    warnings: &mut Vec<String>,
+) -> Option<CudaGeometry> {
+    let rng_gpu = (req.rng.kind == RngKind::TorchCuda).then(|| req.rng.gpu.unwrap_or(gpu));
+    if let (Some(g), None) = (rng_gpu, req.rng.gpu) {
+        if latent_elems > g.max_independent() {
+            warnings.push(format!(
+                "torch-cuda noise for {latent_elems} latent values depends on the GPU's size; this reproduces a {g} \
+                 (SMs x threads per SM) GPU — give --rng-gpu for another (e.g. 4090, l4, a100)"
+            ));
+        }
+    }
+    rng_gpu
+}
+
 pub(super) fn check_size_flags(req: &Request, multiple: u32) -> Result<()> {
     for (flag, v) in [("--width", req.width), ("--height", req.height)] {
         if let Some(v) = v.filter(|v| *v == 0 || v % multiple != 0) {

@@ -8,7 +8,7 @@ use crate::engine::{Plan, Request};
 use crate::error::Result;
 use crate::models::linear::Quant;
 use crate::source::{self, Component};
-use crate::weights::sizes::{loaded_bytes, LoadAs};
+use crate::weights::sizes::{loaded_bytes, LoadAs, Rule};
 use candle_core::DType;
 use std::path::PathBuf;
 
@@ -46,17 +46,21 @@ impl Session {
                 None => paths.push(Vec::new()),
             }
         }
-        let dense = LoadAs { dtype, quantize: None };
-        let quantized = LoadAs { dtype, quantize: quant.map(Quant::ggml) };
+        let quantize = quant.map(Quant::ggml);
+        let plain = LoadAs { dtype, quantize: None, rule: Rule::Plain };
         let all = |_: &str| true;
         let text = match f.family {
             // Qwen3 loads only the layers whose hidden states FLUX.2 reads.
-            Family::Flux2 => loaded_bytes(&paths[2], dense, qwen_layer_read)?,
-            Family::Flux1 => loaded_bytes(&paths[2], dense, all)? + loaded_bytes(&paths[3], quantized, all)?,
+            Family::Flux2 => loaded_bytes(&paths[2], plain, qwen_layer_read)?,
+            Family::Flux1 => {
+                let t5 = LoadAs { dtype, quantize, rule: Rule::T5 };
+                loaded_bytes(&paths[2], plain, all)? + loaded_bytes(&paths[3], t5, all)?
+            }
         };
+        let transformer = LoadAs { dtype, quantize, rule: Rule::Transformer };
         let sizes = WeightSizes {
-            transformer: loaded_bytes(&paths[0], quantized, all)?,
-            vae: loaded_bytes(&paths[1], dense, all)?,
+            transformer: loaded_bytes(&paths[0], transformer, all)?,
+            vae: loaded_bytes(&paths[1], plain, all)?,
             text_encoders: text,
         };
         self.weight_sizes.insert(key, sizes);
