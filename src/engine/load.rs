@@ -228,7 +228,7 @@ fn dense_transformer(
     });
     let model = build(cfg, mlp_width(stored_mlp_rows(&tw, &map), cfg), w, o.family)?;
     tw.finish()?;
-    let note = o.quantize.map(|q| quantize_note(q, &stats, sink));
+    let note = o.quantize.map(|q| quantize_note("transformer", q, &stats, sink));
     Ok(LoadedTransformer { model, note })
 }
 
@@ -258,8 +258,8 @@ pub fn mlp_rows(files: &ModelFiles, cfg: &TransformerConfig, layout: &Layout) ->
     Ok(mlp_width(stored_mlp_rows(&tw, &map), cfg))
 }
 
-/// What quantizing did, and where its result was cached.
-fn quantize_note(q: Quant, stats: &QuantStats, sink: Option<Sink>) -> String {
+/// What quantizing `what` did, and where its result was cached.
+pub(crate) fn quantize_note(what: &str, q: Quant, stats: &QuantStats, sink: Option<Sink>) -> String {
     let (n, f) = (stats.requested.load(Ordering::Relaxed), stats.fallback.load(Ordering::Relaxed));
     let fallback =
         if f > 0 { format!(" ({f} narrower than 256 columns to the nearest 32-block format)") } else { String::new() };
@@ -268,5 +268,5 @@ fn quantize_note(q: Quant, stats: &QuantStats, sink: Option<Sink>) -> String {
         Some(Ok(path)) => format!("; cached in {} for the next run", path.display()),
         _ => format!("; could not write the quantization cache in {}", gguf_cache::dir().display()),
     };
-    format!("quantized {n} transformer matrices to {q}{fallback}{cached}")
+    format!("quantized {n} {what} matrices to {q}{fallback}{cached}")
 }

@@ -1,4 +1,4 @@
-//! Weight access for the transformer: dense safetensors (optionally quantised at load, `--quantize`) or a
+//! Weight access for the transformer and Qwen3: dense safetensors (optionally quantised at load, `--quantize`) or a
 //! GGUF file's already-quantised tensors. Takes tensor names, gives [`LinearLayer`] layers and plain tensors.
 //!
 //! Quantisation is per weight matrix, on the CPU, straight from the checkpoint (one dense tensor alive at a
@@ -215,6 +215,16 @@ impl Weights {
                 Weights::Gguf { vb: vb.pp(s), dtype: *dtype, prefix, lora: lora.clone(), bias: *bias }
             }
         }
+    }
+
+    /// The same weights for layers that do (or do not) have a bias: Qwen3's attention may, its MLP never.
+    pub fn with_bias(&self, bias: bool) -> Self {
+        let mut w = self.clone();
+        match &mut w {
+            Weights::Dense(d) => d.bias = bias,
+            Weights::Gguf { bias: b, .. } => *b = bias,
+        }
+        w
     }
 
     /// The GGUF layer's bias, when layers have one (dequantised to the model dtype).

@@ -7,9 +7,10 @@
 //! embeddings): FLUX.2's layers 9, 18 and 27 of a 36-layer model never reach the final norm, so the model stops
 //! after the deepest layer asked for and never loads the rest (nor `lm_head`).
 
+use super::linear::{LinearLayer, Weights};
 use crate::config::qwen3::Qwen3Config;
-use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::{embedding, linear_b, Embedding, Linear, Module, VarBuilder};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::Embedding;
 
 /// `weight · x / sqrt(mean(x²) + eps)`, the statistics in f32 and the product in the input's dtype.
 struct RmsNorm {
@@ -18,8 +19,8 @@ struct RmsNorm {
 }
 
 impl RmsNorm {
-    fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(size, "weight")?, eps })
+    fn new(size: usize, eps: f64, w: Weights) -> Result<Self> {
+        Ok(Self { weight: w.get(size, "weight")?, eps })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -32,10 +33,10 @@ impl RmsNorm {
 }
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: LinearLayer,
+    k: LinearLayer,
+    v: LinearLayer,
+    o: LinearLayer,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     heads: usize,
@@ -47,9 +48,9 @@ struct Layer {
     input_norm: RmsNorm,
     attn: Attention,
     post_norm: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate: LinearLayer,
+    up: LinearLayer,
+    down: LinearLayer,
 }
 
 pub struct Qwen3Encoder {
@@ -113,28 +114,29 @@ impl Attention {
 }
 
 impl Layer {
-    fn new(cfg: &Qwen3Config, vb: VarBuilder) -> Result<Self> {
+    /// Matrices through `w` (quantized there if `--quantize` asks), norms dense.
+    fn new(cfg: &Qwen3Config, w: Weights) -> Result<Self> {
         let (h, hd, eps) = (cfg.hidden_size, cfg.head_dim(), cfg.rms_norm_eps);
-        let bias = cfg.attention_bias;
-        let a = vb.pp("self_attn");
-        let m = vb.pp("mlp");
+        let (q_width, kv_width) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        let a = w.pp("self_attn").with_bias(cfg.attention_bias);
+        let m = w.pp("mlp").with_bias(false);
         Ok(Self {
-            input_norm: RmsNorm::new(h, eps, vb.pp("input_layernorm"))?,
+            input_norm: RmsNorm::new(h, eps, w.pp("input_layernorm"))?,
             attn: Attention {
-                q: linear_b(h, cfg.num_attention_heads * hd, bias, a.pp("q_proj"))?,
-                k: linear_b(h, cfg.num_key_value_heads * hd, bias, a.pp("k_proj"))?,
-                v: linear_b(h, cfg.num_key_value_heads * hd, bias, a.pp("v_proj"))?,
-                o: linear_b(cfg.num_attention_heads * hd, h, bias, a.pp("o_proj"))?,
+                q: a.pp("q_proj").linear(h, q_width)?,
+                k: a.pp("k_proj").linear(h, kv_width)?,
+                v: a.pp("v_proj").linear(h, kv_width)?,
+                o: a.pp("o_proj").linear(q_width, h)?,
                 q_norm: RmsNorm::new(hd, eps, a.pp("q_norm"))?,
                 k_norm: RmsNorm::new(hd, eps, a.pp("k_norm"))?,
                 heads: cfg.num_attention_heads,
                 kv_heads: cfg.num_key_value_heads,
                 head_dim: hd,
             },
-            post_norm: RmsNorm::new(h, eps, vb.pp("post_attention_layernorm"))?,
-            gate: linear_b(h, cfg.intermediate_size, false, m.pp("gate_proj"))?,
-            up: linear_b(h, cfg.intermediate_size, false, m.pp("up_proj"))?,
-            down: linear_b(cfg.intermediate_size, h, false, m.pp("down_proj"))?,
+            post_norm: RmsNorm::new(h, eps, w.pp("post_attention_layernorm"))?,
+            gate: m.pp("gate_proj").linear(h, cfg.intermediate_size)?,
+            up: m.pp("up_proj").linear(h, cfg.intermediate_size)?,
+            down: m.pp("down_proj").linear(cfg.intermediate_size, h)?,
         })
     }
 
@@ -147,12 +149,13 @@ impl Layer {
 }
 
 impl Qwen3Encoder {
-    /// Loads the embeddings and layers 0..`depth` (the deepest hidden state needed); `vb` at the model root
+    /// Loads the embeddings and layers 0..`depth` (the deepest hidden state needed); `w` at the model root
     /// (`embed_tokens`, `layers.N`), whatever prefix the file had.
-    pub fn new(cfg: &Qwen3Config, depth: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Qwen3Config, depth: usize, w: Weights) -> Result<Self> {
+        let table = w.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         Ok(Self {
-            embed: embedding(cfg.vocab_size, cfg.hidden_size, vb.pp("embed_tokens"))?,
-            layers: (0..depth).map(|i| Layer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?,
+            embed: Embedding::new(table, cfg.hidden_size),
+            layers: (0..depth).map(|i| Layer::new(cfg, w.pp(format!("layers.{i}")))).collect::<Result<_>>()?,
             rope_theta: cfg.rope_theta(),
             head_dim: cfg.head_dim(),
         })

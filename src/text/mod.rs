@@ -105,11 +105,13 @@ impl FixedTokenizer {
 /// The text encoders of the model's family, loaded once for any number of prompts.
 pub enum PromptEncoder {
     Flux1(Box<TextEncoders>),
-    Flux2(Box<qwen::QwenText>),
+    /// Qwen3 and what loading it did (quantized, or taken from the cache).
+    Flux2(Box<qwen::QwenText>, Vec<String>),
 }
 
 impl PromptEncoder {
-    /// FLUX.1: CLIP and T5 (`quantize` also quantizes T5; `clip_lora` patches CLIP). FLUX.2: Qwen3.
+    /// FLUX.1: CLIP and T5 (`quantize` also quantizes T5; `clip_lora` patches CLIP). FLUX.2: Qwen3 (`quantize`
+    /// quantizes its matrices).
     pub fn load(
         files: &crate::source::ModelFiles,
         max_sequence_length: usize,
@@ -128,7 +130,8 @@ impl PromptEncoder {
                 clip_lora,
             )?)),
             crate::config::Family::Flux2 => {
-                Self::Flux2(Box::new(qwen::QwenText::load(files, max_sequence_length, dtype, device)?))
+                let (qwen, note) = qwen::QwenText::load(files, max_sequence_length, dtype, device, quantize)?;
+                Self::Flux2(Box::new(qwen), note.into_iter().collect())
             }
         })
     }
@@ -137,7 +140,7 @@ impl PromptEncoder {
     pub fn notes(&self) -> &[String] {
         match self {
             Self::Flux1(t) => &t.notes,
-            Self::Flux2(_) => &[],
+            Self::Flux2(_, notes) => notes,
         }
     }
 
@@ -145,7 +148,7 @@ impl PromptEncoder {
     pub fn encode(&mut self, prompt: &str) -> Result<(Conditioning, Vec<String>)> {
         match self {
             Self::Flux1(t) => t.encode(prompt),
-            Self::Flux2(q) => q.encode(prompt),
+            Self::Flux2(q, _) => q.encode(prompt),
         }
     }
 }

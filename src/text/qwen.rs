@@ -10,10 +10,13 @@ use super::{tok_err, Conditioning, FixedTokenizer};
 use crate::config::qwen3::Qwen3Config;
 use crate::config::read_json;
 use crate::error::{Error, Result};
+use crate::models::linear::{gguf_names, DenseWeights, Quant, QuantStats, Weights};
 use crate::models::qwen3::Qwen3Encoder;
 use crate::source::ModelFiles;
+use crate::weights::gguf_cache::{self, Sink};
 use crate::weights::CheckedWeights;
 use candle_core::{DType, Device, Tensor};
+use std::sync::{Arc, Mutex};
 
 /// The hidden states FLUX.2 stacks (the pipeline's `text_encoder_out_layers` default).
 pub const OUT_LAYERS: [usize; 3] = [9, 18, 27];
@@ -33,7 +36,15 @@ pub struct QwenText {
 }
 
 impl QwenText {
-    pub fn load(files: &ModelFiles, max_sequence_length: usize, dtype: DType, device: &Device) -> Result<Self> {
+    /// Qwen3 from `files` in `dtype` on `device`; `quantize` quantizes its matrices (through the quantization
+    /// cache, like the transformer's), with a note saying so.
+    pub fn load(
+        files: &ModelFiles,
+        max_sequence_length: usize,
+        dtype: DType,
+        device: &Device,
+        quantize: Option<Quant>,
+    ) -> Result<(Self, Option<String>)> {
         let cfg_path = &files.text_encoder.config;
         let cfg: Qwen3Config = read_json(cfg_path)?;
         cfg.validate(cfg_path, &OUT_LAYERS)?;
@@ -45,22 +56,22 @@ impl QwenText {
             ));
         }
         let tok = FixedTokenizer::load(&files.tokenizer, max_sequence_length, "<|endoftext|>", false)?;
-        let w = CheckedWeights::open("text_encoder (Qwen3)", &files.text_encoder.weights)?;
-        let names = w.names();
-        let prefixed = names.iter().any(|n| n == "model.embed_tokens.weight");
-        if !prefixed && !names.iter().any(|n| n == "embed_tokens.weight") {
-            return Err(Error::model(
-                w.first_file(),
-                "is not a Qwen3 text encoder (no embed_tokens); FLUX.2 klein needs Qwen3 weights such as \
-                 qwen_3_4b.safetensors, not CLIP or T5",
-            ));
-        }
-        let vb = w.var_builder(dtype, device, None);
-        let vb = if prefixed { vb.pp("model") } else { vb };
         let depth = OUT_LAYERS.iter().copied().max().unwrap_or(0);
-        let model = Qwen3Encoder::new(&cfg, depth, vb)?;
-        w.finish()?;
-        Ok(Self { tok, model, max_sequence_length, device: device.clone(), dtype })
+        let sources = &files.text_encoder.weights;
+        let cache = quantize.map(|q| gguf_cache::path_for("qwen3", sources, q.as_str()));
+        let (model, note) = match (quantize, cache) {
+            (Some(q), Some(path)) if path.is_file() => {
+                let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(&path, device)
+                    .map_err(|e| Error::model_from(&path, "unreadable Qwen3 GGUF", e))?;
+                let w = Weights::Gguf { vb, dtype, prefix: String::new(), lora: None, bias: false };
+                let w = if model_prefixed(&gguf_names(&path)?) { w.pp("model") } else { w };
+                let model = Qwen3Encoder::new(&cfg, depth, w)
+                    .map_err(|e| Error::model_from(&path, "does not fit text_encoder/config.json", e))?;
+                (model, Some(format!("{q} Qwen3 from the quantization cache {}", path.display())))
+            }
+            (q, cache) => dense(&cfg, depth, sources, dtype, device, q.zip(cache))?,
+        };
+        Ok((Self { tok, model, max_sequence_length, device: device.clone(), dtype }, note))
     }
 
     /// The prompt's embeddings, and a warning if truncation cut text off.
@@ -78,4 +89,45 @@ impl QwenText {
         let txt = self.model.hidden_states(&ids, &mask, &OUT_LAYERS)?.to_dtype(self.dtype)?;
         Ok((Conditioning { txt, pooled: None }, warnings))
     }
+}
+
+/// Whether Qwen3's tensors sit under `model.` (transformers' `Qwen3ForCausalLM` files) or at the root.
+fn model_prefixed(names: &[String]) -> bool {
+    names.iter().any(|n| n == "model.embed_tokens.weight")
+}
+
+/// Qwen3 from safetensors, its matrices quantized when `quantize` names a format and the cache file to write.
+fn dense(
+    cfg: &Qwen3Config,
+    depth: usize,
+    sources: &[std::path::PathBuf],
+    dtype: DType,
+    device: &Device,
+    quantize: Option<(Quant, std::path::PathBuf)>,
+) -> Result<(Qwen3Encoder, Option<String>)> {
+    let w = CheckedWeights::open("text_encoder (Qwen3)", sources)?;
+    let names = w.names();
+    if !model_prefixed(&names) && !names.iter().any(|n| n == "embed_tokens.weight") {
+        return Err(Error::model(
+            w.first_file(),
+            "is not a Qwen3 text encoder (no embed_tokens); FLUX.2 klein needs Qwen3 weights such as \
+             qwen_3_4b.safetensors, not CLIP or T5",
+        ));
+    }
+    let stats = Arc::new(QuantStats::default());
+    let sink: Option<Sink> = quantize.as_ref().map(|(_, p)| Arc::new(Mutex::new(gguf_cache::Writer::create(p).ok())));
+    let weights = Weights::Dense(DenseWeights {
+        vb: w.var_builder(dtype, device, None),
+        cpu: w.var_builder(DType::F32, &Device::Cpu, None),
+        quant: quantize.as_ref().map(|(q, _)| q.ggml()),
+        stats: stats.clone(),
+        sink: sink.clone(),
+        lora: None,
+        bias: false,
+    });
+    let weights = if model_prefixed(&names) { weights.pp("model") } else { weights };
+    let model = Qwen3Encoder::new(cfg, depth, weights)?;
+    w.finish()?;
+    let note = quantize.map(|(q, _)| crate::engine::load::quantize_note("Qwen3", q, &stats, sink));
+    Ok((model, note))
 }

@@ -19,9 +19,9 @@ pub struct LoadAs {
 /// Which tensors a component quantizes, and how the rest load.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rule {
-    /// Everything at the run dtype (VAE, CLIP, Qwen3).
+    /// Everything at the run dtype (VAE, CLIP).
     Plain,
-    /// The transformer: block matrices quantized (rows not whole blocks of the format take its fallback format),
+    /// The transformer and Qwen3 (`models::linear`): block matrices quantized (rows not whole blocks of the format take its fallback format),
     /// embedders and the final projection dense (`Weights::dense_linear`); a GGUF's blocks as stored, its float
     /// tensors at the run dtype.
     Transformer,
@@ -109,7 +109,8 @@ fn is_float(t: GgmlDType) -> bool {
 /// Whether a transformer tensor stays dense under `--quantize`.
 fn kept_dense(name: &str) -> bool {
     let root = ["model.diffusion_model.", "diffusion_model."].iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
-    DENSE_ROOTS.iter().any(|r| root.starts_with(r))
+    // Qwen3's token embedding is a lookup table, read as a plain tensor.
+    DENSE_ROOTS.iter().any(|r| root.starts_with(r)) || name.ends_with("embed_tokens.weight")
 }
 
 /// The format a row of `i` values is quantized to: `q`, or its fallback when the row is not whole blocks.

@@ -171,3 +171,31 @@ fn quantized_sizes_are_what_the_quantization_cache_holds() {
     let clip = data_bytes(&fixtures().join("tiny-dev/text_encoder"));
     assert_eq!(m["weights"]["text_encoders"].as_u64().unwrap(), clip + cached("t5-"));
 }
+
+#[test]
+fn qwen3_quantized_size_is_what_the_cache_holds() {
+    // FLUX.2: Qwen3's layers up to the last one read, without the final norm or lm_head, quantized like the cache.
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("k.png");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["--model".to_string(), fixtures().join("tiny-klein").display().to_string()];
+        a.extend(
+            ["-p", "a red fox", "--width", "64", "--height", "64", "--seed", "1", "--quantize", "q8_0", "-o"]
+                .map(String::from),
+        );
+        a.push(out.display().to_string());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let cache = t.path().join("qcache");
+    let o = bin().env("FLUX_IMG2IMG_CACHE", &cache).args(args(&["--dry-run", "--json"])).output().unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = bin().env("FLUX_IMG2IMG_CACHE", &cache).args(args(&[])).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let qwen = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("qwen3-"));
+    let w = &v["memory_estimate"]["weights"];
+    assert_eq!(w["text_encoders"].as_u64().unwrap(), gguf_data_bytes(&qwen.unwrap()));
+}

@@ -48,18 +48,18 @@ impl Session {
         }
         let quantize = quant.map(Quant::ggml);
         let plain = LoadAs { dtype, quantize: None, rule: Rule::Plain };
+        let matrices = LoadAs { dtype, quantize, rule: Rule::Transformer };
         let all = |_: &str| true;
         let text = match f.family {
             // Qwen3 loads only the layers whose hidden states FLUX.2 reads.
-            Family::Flux2 => loaded_bytes(&paths[2], plain, qwen_layer_read)?,
+            Family::Flux2 => loaded_bytes(&paths[2], matrices, qwen_layer_read)?,
             Family::Flux1 => {
                 let t5 = LoadAs { dtype, quantize, rule: Rule::T5 };
                 loaded_bytes(&paths[2], plain, all)? + loaded_bytes(&paths[3], t5, all)?
             }
         };
-        let transformer = LoadAs { dtype, quantize, rule: Rule::Transformer };
         let sizes = WeightSizes {
-            transformer: loaded_bytes(&paths[0], transformer, all)?,
+            transformer: loaded_bytes(&paths[0], matrices, all)?,
             vae: loaded_bytes(&paths[1], plain, all)?,
             text_encoders: text,
         };
@@ -76,10 +76,11 @@ fn weight_paths(c: &Component, stem: &str) -> Option<Vec<PathBuf>> {
     source::weight_files(c.config.parent()?, stem).ok()
 }
 
-/// Whether a Qwen3 tensor is loaded: not the language-model head, nor layers past the last one FLUX.2 reads.
+/// Whether a Qwen3 tensor is loaded: not the language-model head or the final norm (FLUX.2 reads hidden states
+/// before it), nor layers past the last one FLUX.2 reads.
 fn qwen_layer_read(name: &str) -> bool {
     let depth = crate::text::qwen::OUT_LAYERS.iter().copied().max().unwrap_or(0);
-    if name.starts_with("lm_head") {
+    if name.starts_with("lm_head") || name.strip_prefix("model.").unwrap_or(name) == "norm.weight" {
         return false;
     }
     match name.split("layers.").nth(1).and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok()) {
