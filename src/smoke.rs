@@ -93,6 +93,7 @@ fn extract(dir: &Path) -> Result<()> {
 fn request(dir: &Path, case: &Case, device: &Device, dtype: DType, output: &str) -> Request {
     Request {
         references: Vec::new(),
+        attention_chunk: None,
         model: dir.to_path_buf(),
         mode: Mode::Img2Img { image: dir.join("input.png"), strength: case.strength },
         prompt: case.prompt.clone(),

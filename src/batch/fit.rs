@@ -1,5 +1,6 @@
-//! An edit over its memory budget → the change that would fit: a smaller `--quantize` format (dense
-//! transformers), else a smaller working size (alone, then with the smallest format). Each candidate is planned
+//! An edit over its memory budget → the change that would fit: chunked attention (where it is composed), a
+//! smaller `--quantize` format (dense transformers), else a smaller working size (alone, then with the smallest
+//! format). Each candidate is planned
 //! again and estimated like the edit itself, so the advice is never refused in turn.
 
 use crate::config::Family;
@@ -11,11 +12,21 @@ use crate::models::linear::Quant;
 
 /// `--quantize` formats from the largest to the smallest.
 const QUANTS: [Quant; 5] = [Quant::Q8_0, Quant::Q6K, Quant::Q5K, Quant::Q4K, Quant::Q4_0];
+/// Query rows per attention chunk that advice names: scores of 1024 × S, a GEMM still large enough to be fast.
+const ATTENTION_CHUNK: usize = 1024;
 /// Fractions of the working area tried, largest first.
 const AREAS: [f64; 4] = [0.75, 0.5, 0.25, 0.125];
 
 /// What would bring `req` under `limit` bytes, as advice for the error or warning line.
 pub fn suggestion(session: &mut Session, req: &Request, plan: &Plan, limit: u64) -> Result<String> {
+    // Chunked attention costs nothing in quality: tried first where attention is composed (CUDA, f16).
+    let composed = !req.device.is_cpu() || req.dtype != candle_core::DType::F32;
+    if composed && req.attention_chunk.is_none() {
+        let r = Request { attention_chunk: Some(ATTENTION_CHUNK), ..req.clone() };
+        if let Some(need) = fits(session, &r, plan, limit)? {
+            return Ok(format!("--attention-chunk {ATTENTION_CHUNK} would need {need}"));
+        }
+    }
     let quants = smaller_formats(session, req);
     for q in &quants {
         let r = Request { quantize: Some(*q), ..req.clone() };

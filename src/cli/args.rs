@@ -79,6 +79,10 @@ pub struct Args {
     /// device has free (`auto`), before anything loads; the message names a flag that would fit.
     #[arg(long, value_name = "GB|auto", value_parser = parse_budget)]
     pub memory_budget: Option<crate::engine::memory::Budget>,
+    /// Compute attention ROWS query rows at a time: the same result with score buffers of ROWS × sequence instead
+    /// of sequence² (CUDA and f16; the CPU's f32 kernel is banded already). Not yet run on a GPU.
+    #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub attention_chunk: Option<u32>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
     #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
     pub image: Vec<String>,

@@ -223,6 +223,7 @@ impl Args {
             loras: self.lora_specs()?,
             lora_scale: 1.0,
             references: self.reference.clone(),
+            attention_chunk: self.attention_chunk.map(|r| r as usize),
         })
     }
 

@@ -8,9 +8,9 @@
 //!
 //! Weights are exact: every tensor's size from the file headers, at the dtype (or quantized format) it loads in.
 //! Activations are counted from the shapes, for the code as it computes today:
-//! - attention without a fused kernel materialises B·H·S² scores, and the product (model dtype), its f32 copy,
-//!   the f32 softmax and the probabilities (model dtype) are alive together: 2·dt + 8 bytes a score. The CPU's
-//!   f32 kernel works in bands of rows and needs none of it.
+//! - attention without a fused kernel materialises B·H·S² scores (B·H·rows·S with `--attention-chunk`), and the
+//!   product (model dtype), its f32 copy, the f32 softmax and the probabilities (model dtype) are alive together:
+//!   2·dt + 8 bytes a score. The CPU's f32 kernel works in bands of rows and needs none of it.
 //! - a transformer block's intermediates: B·S·(3W + M) values in the model dtype and again in f32.
 //! - candle's CUDA conv2d is im2col + GEMM: an [H·W, C_in·9] buffer per 3×3 convolution, with its input and
 //!   output; its group norm keeps three f32 copies of a tensor. The CPU's f32 kernels need neither.
@@ -150,6 +150,8 @@ pub struct Workload {
     pub text_tokens: usize,
     /// Transformer batch: 2 with CFG (both passes in one call).
     pub batch: usize,
+    /// `--attention-chunk`: query rows whose scores exist at once (None: all).
+    pub attention_chunk: Option<usize>,
 }
 
 impl Workload {
@@ -163,7 +165,8 @@ impl Workload {
             encodes.push(size);
         }
         let batch = if plan.cfg_scale.is_some() { 2 } else { 1 };
-        Self { size, encodes, references, text_tokens: req.max_sequence_length, batch }
+        let attention_chunk = req.attention_chunk;
+        Self { size, encodes, references, text_tokens: req.max_sequence_length, batch, attention_chunk }
     }
 
     /// Every image scaled by `f` in area (sizes rounded to whole pixels).
@@ -183,7 +186,8 @@ pub fn estimate(cfg: &ModelConfigs, weights: WeightSizes, work: &Workload, dtype
     let dt = dtype.size_in_bytes() as u64;
     let composed = backend == Backend::Cuda || dtype != DType::F32;
     let resident = weights.transformer + weights.vae;
-    let vae = |px: (u32, u32), decode: bool| vae_activations(&cfg.vae, px, decode, dt, composed);
+    let chunk = work.attention_chunk;
+    let vae = |px: (u32, u32), decode: bool| vae_activations(&cfg.vae, px, decode, dt, composed, chunk);
     let mut stages = vec![Stage { name: "text encoding", weights: weights.text_encoders, activations: 0 }];
     if let Some(act) = work.encodes.iter().map(|&px| vae(px, false)).max() {
         stages.push(Stage { name: "VAE encode", weights: resident, activations: act });
@@ -213,13 +217,21 @@ fn transformer_activations(cfg: &ModelConfigs, work: &Workload, dt: u64, compose
     let width = heads * t.attention_head_dim as f64;
     let gated = if cfg.family == Family::Flux2 { 2.0 } else { 1.0 };
     let mlp = (width * t.mlp_ratio.unwrap_or(4.0) * gated).trunc();
-    let scores = if composed { b * heads * s * s * (2.0 * dt + 8.0) } else { 0.0 };
+    let rows = work.attention_chunk.map_or(s, |c| s.min(c as f64));
+    let scores = if composed { b * heads * rows * s * (2.0 * dt + 8.0) } else { 0.0 };
     (scores + b * s * (3.0 * width + mlp) * (dt + 4.0)) as u64
 }
 
 /// The VAE's largest transient at `px` pixels: im2col buffers and f32 group-norm copies (composed path), or the
 /// layers' inputs and outputs; and the mid-block attention over the latent tokens.
-fn vae_activations(vae: &VaeConfig, (w, h): (u32, u32), decode: bool, dt: u64, composed: bool) -> u64 {
+fn vae_activations(
+    vae: &VaeConfig,
+    (w, h): (u32, u32),
+    decode: bool,
+    dt: u64,
+    composed: bool,
+    chunk: Option<usize>,
+) -> u64 {
     let pixels = w as f64 * h as f64;
     let scale = vae.scale_factor() as f64;
     let latent = pixels / (scale * scale);
@@ -231,7 +243,8 @@ fn vae_activations(vae: &VaeConfig, (w, h): (u32, u32), decode: bool, dt: u64, c
     let layers = pixels * c;
     // A convolution's input and output stay alive beside its im2col buffer, or beside group norm's f32 copies.
     let full_res = if composed { 2.0 * layers * dt + (9.0 * layers * dt).max(12.0 * layers) } else { 16.0 * layers };
-    let attention = if composed && vae.mid_block_add_attention { latent * latent * (2.0 * dt + 8.0) } else { 0.0 };
+    let rows = chunk.map_or(latent, |c| latent.min(c as f64));
+    let attention = if composed && vae.mid_block_add_attention { rows * latent * (2.0 * dt + 8.0) } else { 0.0 };
     full_res.max(attention) as u64
 }
 

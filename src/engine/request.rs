@@ -122,6 +122,8 @@ pub struct Request {
     pub loras: Vec<LoraSpec>,
     /// Multiplies every adapter (diffusers' `joint_attention_kwargs` scale); 1 = as the weights say.
     pub lora_scale: f64,
+    /// Query rows per chunk of the composed attention (CUDA, f16), bounding its score buffers; None: all at once.
+    pub attention_chunk: Option<usize>,
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,

@@ -10,6 +10,7 @@ pub mod cpu;
 
 use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, StorageRef, Tensor, D};
 use candle_nn::VarBuilder;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A contiguous CPU f32 tensor's data, borrowed.
 struct F32View<'a> {
@@ -222,6 +223,15 @@ pub fn heads_first(x: &Tensor, col: usize, heads: usize, d: usize) -> Result<Ten
     x.narrow(2, col, heads * d)?.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
 }
 
+/// Query rows per chunk of the composed attention; 0 = all rows at once. Process-wide, set once from
+/// `--attention-chunk` before any model runs (it changes how big the score buffers get, never the result).
+static ATTENTION_CHUNK: AtomicUsize = AtomicUsize::new(0);
+
+/// Bounds the composed attention's [B, H, rows, S] score buffers to `rows` query rows at a time (0: unbounded).
+pub fn set_attention_chunk(rows: usize) {
+    ATTENTION_CHUNK.store(rows, Ordering::Relaxed);
+}
+
 /// Unmasked scaled dot-product attention: q, k, v [B, H, S, D] → [B, S, H·D].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
@@ -230,9 +240,26 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
         let (qv, kv, vv) = (view(&q).expect("checked"), view(&k).expect("checked"), view(&v).expect("checked"));
         return cpu_tensor(cpu::attention(qv.s(), kv.s(), vv.s(), b, h, s, d, scale as f32), (b, s, h * d));
     }
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
-    p.matmul(&v.contiguous()?)?.transpose(1, 2)?.reshape((b, s, h * d))
+    composed_attention(q, k, v, scale, ATTENTION_CHUNK.load(Ordering::Relaxed))
+}
+
+/// candle's composition, `chunk` query rows at a time (0: all): every row's scores, softmax and weighted sum are
+/// the same operations either way, so chunking bounds memory without changing what a row computes.
+fn composed_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, chunk: usize) -> Result<Tensor> {
+    let (b, h, s, d) = q.dims4()?;
+    let (kt, v) = (k.t()?.contiguous()?, v.contiguous()?);
+    let rows = |q: &Tensor| -> Result<Tensor> {
+        let scores = (q.contiguous()?.matmul(&kt)? * scale)?;
+        let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+        p.matmul(&v)
+    };
+    let out = if chunk == 0 || chunk >= s {
+        rows(q)?
+    } else {
+        let parts = (0..s).step_by(chunk).map(|r0| rows(&q.narrow(2, r0, chunk.min(s - r0))?));
+        Tensor::cat(&parts.collect::<Result<Vec<_>>>()?, 2)?
+    };
+    out.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
 #[cfg(test)]

@@ -124,3 +124,26 @@ fn fast_exp_and_tanh_are_accurate() {
     assert!(cpu::exp(-1000.0) < 1e-37);
     assert!(cpu::exp(1000.0).is_finite());
 }
+
+#[test]
+fn chunked_attention_computes_every_row_as_the_whole() {
+    // The composed path (f32 tensors called directly, f16 through the public wrapper) in chunks of query rows,
+    // including a ragged last chunk and chunks larger than the sequence, against all rows at once.
+    let (q, k, v) = (rand(&[2, 3, 37, 16], 1), rand(&[2, 3, 37, 16], 2), rand(&[2, 3, 37, 16], 3));
+    let whole = composed_attention(&q, &k, &v, 0.25, 0).unwrap();
+    for chunk in [1, 8, 36, 37, 100] {
+        let part = composed_attention(&q, &k, &v, 0.25, chunk).unwrap();
+        let diff = (&part - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0, "chunk {chunk}: the same operations per row give the same values");
+    }
+    // Sensitivity: a chunk that dropped or repeated rows would differ by O(1).
+    let shifted = composed_attention(&q.roll(1, 2).unwrap(), &k, &v, 0.25, 8).unwrap();
+    assert!((&shifted - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+    let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+    set_attention_chunk(5);
+    let chunked = attention(&h(&q), &h(&k), &h(&v), 0.25).unwrap();
+    set_attention_chunk(0);
+    let all = attention(&h(&q), &h(&k), &h(&v), 0.25).unwrap();
+    let diff = (chunked.to_dtype(DType::F32).unwrap() - all.to_dtype(DType::F32).unwrap()).unwrap();
+    assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+}

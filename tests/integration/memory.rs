@@ -199,3 +199,36 @@ fn qwen3_quantized_size_is_what_the_cache_holds() {
     let w = &v["memory_estimate"]["weights"];
     assert_eq!(w["text_encoders"].as_u64().unwrap(), gguf_data_bytes(&qwen.unwrap()));
 }
+
+#[test]
+fn chunked_attention_gives_the_same_image_and_is_advised_first() {
+    // f16 on the CPU runs the composed attention, as CUDA does; chunking must not change a pixel.
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a.png"), t.path().join("b.png"));
+    assert_eq!(edit(&a, &["--dtype", "f16"]).status.code(), Some(0));
+    assert_eq!(edit(&b, &["--dtype", "f16", "--attention-chunk", "7"]).status.code(), Some(0));
+    let (ia, ib) = (image::open(&a).unwrap().to_rgb8(), image::open(&b).unwrap().to_rgb8());
+    assert!(ia == ib, "chunked attention changed the image");
+    // Over budget at 512², where chunks of 1024 rows bound the scores: the advice is the chunk, before any format.
+    let out = t.path().join("c.png");
+    let peak = |extra: &[&str]| {
+        let mut args = vec!["--model".to_string(), dev(), "-p".into(), "a cat".into(), "-o".into()];
+        args.push(out.display().to_string());
+        args.extend(["--width", "512", "--height", "512", "--dtype", "f16"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = bin().env("FLUX_IMG2IMG_CACHE", t.path().join("q")).args(&args).output().unwrap();
+        (o.status.code(), stderr(&o), o.stdout)
+    };
+    let json = |x: &[&str]| {
+        let mut a = vec!["--dry-run", "--json"];
+        a.extend(x);
+        let v: Value = serde_json::from_slice(&peak(&a).2).unwrap();
+        v["memory_estimate"]["peak"].as_u64().unwrap()
+    };
+    let (whole, chunked) = (json(&[]), json(&["--attention-chunk", "1024"]));
+    assert!(chunked < whole);
+    let budget = format!("{:.9}", (whole + chunked) as f64 / 2.0 / 1e9);
+    let (code, err, _) = peak(&["--memory-budget", &budget]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--attention-chunk 1024 would need"), "{err}");
+}

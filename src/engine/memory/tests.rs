@@ -107,7 +107,14 @@ fn header_only(dir: &std::path::Path, tensors: &[(String, Vec<usize>)]) -> std::
 }
 
 fn img2img_1024() -> Workload {
-    Workload { size: (1024, 1024), encodes: vec![(1024, 1024)], references: vec![], text_tokens: 512, batch: 1 }
+    Workload {
+        size: (1024, 1024),
+        encodes: vec![(1024, 1024)],
+        references: vec![],
+        text_tokens: 512,
+        batch: 1,
+        attention_chunk: None,
+    }
 }
 
 const DEV_PARAMS: u64 = 11_901_408_320;
@@ -280,4 +287,21 @@ fn a_header_without_shapes_is_one_error() {
     std::fs::write(&p, bytes).unwrap();
     let e = loaded_bytes(&[&p], LoadAs { dtype: DType::F32, quantize: None, rule: Rule::Plain }, |_| true);
     assert!(e.unwrap_err().one_line().contains("a.weight has no valid shape"));
+}
+
+#[test]
+fn attention_chunks_bound_the_scores() {
+    let at = |work: &Workload| estimate(&dev(), dense_dev(), work, DType::BF16, Backend::Cuda);
+    let act = |e: &Estimate, stage: &str| e.stages.iter().find(|s| s.name == stage).unwrap().activations;
+    let whole = at(&img2img_1024());
+    let chunked = at(&Workload { attention_chunk: Some(1024), ..img2img_1024() });
+    // 24 heads × 1024 rows × 4608 keys × 12 bytes instead of 4608 rows.
+    assert_eq!(act(&chunked, "denoising"), 24 * 1024 * 4608 * 12 + 4608 * (9216 + 12288) * 6);
+    // The encoder's mid-block attention over 128² latent tokens (3.2 GB) was its largest buffer; chunked, its
+    // im2col buffers are (2.9 GB). The decoder's im2col (5.9 GB) was larger than the attention already.
+    assert!(act(&whole, "VAE encode") > act(&chunked, "VAE encode"));
+    assert_eq!(act(&whole, "VAE decode"), act(&chunked, "VAE decode"));
+    // The peak moves to the VAE decode's im2col buffers: 35.8 → 34.9 GB.
+    assert_eq!(chunked.peak_stage().name, "VAE decode");
+    assert!(chunked.peak() + 800_000_000 < whole.peak(), "{} vs {}", chunked.describe(), whole.describe());
 }

@@ -338,6 +338,7 @@ impl Session {
         let start = Instant::now();
         self.progress.event(Event::Plan { request: req, plan: &plan });
         let mut timings = Timings::default();
+        crate::kernels::set_attention_chunk(req.attention_chunk.unwrap_or(0));
         let image = self.render(req, input, &plan, &mut timings)?;
         let mut record = EditRecord::new(req, &plan);
         if let Some(set) = &self.lora {
