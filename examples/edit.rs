@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         lora_scale: 1.0,
         references: Vec::new(),
         attention_chunk: None,
+        vae_band: None,
     };
     // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.
     let ui = Arc::new(flux_img2img::ui::Ui::new(false, false));

@@ -94,6 +94,7 @@ fn request(dir: &Path, case: &Case, device: &Device, dtype: DType, output: &str)
     Request {
         references: Vec::new(),
         attention_chunk: None,
+        vae_band: None,
         model: dir.to_path_buf(),
         mode: Mode::Img2Img { image: dir.join("input.png"), strength: case.strength },
         prompt: case.prompt.clone(),

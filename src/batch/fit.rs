@@ -1,5 +1,5 @@
-//! An edit over its memory budget → the change that would fit: chunked attention (where it is composed), a
-//! smaller `--quantize` format (dense transformers), else a smaller working size (alone, then with the smallest
+//! An edit over its memory budget → the change that would fit: chunked attention and banded VAE convolutions
+//! (where they are composed), a smaller `--quantize` format (dense transformers), else a smaller working size (alone, then with the smallest
 //! format). Each candidate is planned
 //! again and estimated like the edit itself, so the advice is never refused in turn.
 
@@ -14,17 +14,16 @@ use crate::models::linear::Quant;
 const QUANTS: [Quant; 5] = [Quant::Q8_0, Quant::Q6K, Quant::Q5K, Quant::Q4K, Quant::Q4_0];
 /// Query rows per attention chunk that advice names: scores of 1024 × S, a GEMM still large enough to be fast.
 const ATTENTION_CHUNK: usize = 1024;
+/// Output rows per VAE convolution band that advice names: an eighth of a 1024-pixel image.
+const VAE_BAND: usize = 128;
 /// Fractions of the working area tried, largest first.
 const AREAS: [f64; 4] = [0.75, 0.5, 0.25, 0.125];
 
 /// What would bring `req` under `limit` bytes, as advice for the error or warning line.
 pub fn suggestion(session: &mut Session, req: &Request, plan: &Plan, limit: u64) -> Result<String> {
-    // Chunked attention costs nothing in quality: tried first where attention is composed (CUDA, f16).
-    let composed = !req.device.is_cpu() || req.dtype != candle_core::DType::F32;
-    if composed && req.attention_chunk.is_none() {
-        let r = Request { attention_chunk: Some(ATTENTION_CHUNK), ..req.clone() };
+    for (r, flags) in exact(req) {
         if let Some(need) = fits(session, &r, plan, limit)? {
-            return Ok(format!("--attention-chunk {ATTENTION_CHUNK} would need {need}"));
+            return Ok(format!("{flags} would need {need}"));
         }
     }
     let quants = smaller_formats(session, req);
@@ -49,6 +48,28 @@ pub fn suggestion(session: &mut Session, req: &Request, plan: &Plan, limit: u64)
         }
     }
     Ok("no smaller format or size fits: use a device with more memory".into())
+}
+
+/// Chunked attention, then also banded VAE convolutions: no cost in quality, so tried first, where they apply
+/// (the composed paths: CUDA, f16) and are not in use yet.
+fn exact(req: &Request) -> Vec<(Request, String)> {
+    let composed = !req.device.is_cpu() || req.dtype != candle_core::DType::F32;
+    if !composed {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let (mut r, mut flags) = (req.clone(), Vec::new());
+    if r.attention_chunk.is_none() {
+        r.attention_chunk = Some(ATTENTION_CHUNK);
+        flags.push(format!("--attention-chunk {ATTENTION_CHUNK}"));
+        out.push((r.clone(), flags.join(" ")));
+    }
+    if r.vae_band.is_none() {
+        r.vae_band = Some(VAE_BAND);
+        flags.push(format!("--vae-band {VAE_BAND}"));
+        out.push((r, flags.join(" ")));
+    }
+    out
 }
 
 /// The `--quantize` formats smaller than the request's; none when the transformer is stored quantized (GGUF).

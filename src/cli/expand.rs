@@ -224,6 +224,7 @@ impl Args {
             lora_scale: 1.0,
             references: self.reference.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
+            vae_band: self.vae_band.map(|r| r as usize),
         })
     }
 

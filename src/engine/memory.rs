@@ -12,8 +12,9 @@
 //!   product (model dtype), its f32 copy, the f32 softmax and the probabilities (model dtype) are alive together:
 //!   2·dt + 8 bytes a score. The CPU's f32 kernel works in bands of rows and needs none of it.
 //! - a transformer block's intermediates: B·S·(3W + M) values in the model dtype and again in f32.
-//! - candle's CUDA conv2d is im2col + GEMM: an [H·W, C_in·9] buffer per 3×3 convolution, with its input and
-//!   output; its group norm keeps three f32 copies of a tensor. The CPU's f32 kernels need neither.
+//! - candle's CUDA conv2d is im2col + GEMM: an [H·W, C_in·9] buffer per 3×3 convolution (a band's rows with
+//!   `--vae-band`), with its input and output; its group norm keeps three f32 copies of a tensor. The CPU's f32
+//!   kernels need neither.
 //!
 //! On CUDA the sum is scaled by [`CUDA_ALLOCATOR`] and a runtime allowance is added. Both are fitted to the two
 //! peaks measured on an H100 (issue 13: 36.1 GB in bf16 and 23.0 GB with q8_0, FLUX.1-dev at 1024²); nothing
@@ -152,6 +153,8 @@ pub struct Workload {
     pub batch: usize,
     /// `--attention-chunk`: query rows whose scores exist at once (None: all).
     pub attention_chunk: Option<usize>,
+    /// `--vae-band`: output rows whose im2col buffer exists at once (None: all).
+    pub vae_band: Option<usize>,
 }
 
 impl Workload {
@@ -165,8 +168,8 @@ impl Workload {
             encodes.push(size);
         }
         let batch = if plan.cfg_scale.is_some() { 2 } else { 1 };
-        let attention_chunk = req.attention_chunk;
-        Self { size, encodes, references, text_tokens: req.max_sequence_length, batch, attention_chunk }
+        let (attention_chunk, vae_band) = (req.attention_chunk, req.vae_band);
+        Self { size, encodes, references, text_tokens: req.max_sequence_length, batch, attention_chunk, vae_band }
     }
 
     /// Every image scaled by `f` in area (sizes rounded to whole pixels).
@@ -186,8 +189,7 @@ pub fn estimate(cfg: &ModelConfigs, weights: WeightSizes, work: &Workload, dtype
     let dt = dtype.size_in_bytes() as u64;
     let composed = backend == Backend::Cuda || dtype != DType::F32;
     let resident = weights.transformer + weights.vae;
-    let chunk = work.attention_chunk;
-    let vae = |px: (u32, u32), decode: bool| vae_activations(&cfg.vae, px, decode, dt, composed, chunk);
+    let vae = |px: (u32, u32), decode: bool| vae_activations(&cfg.vae, px, decode, dt, composed, work);
     let mut stages = vec![Stage { name: "text encoding", weights: weights.text_encoders, activations: 0 }];
     if let Some(act) = work.encodes.iter().map(|&px| vae(px, false)).max() {
         stages.push(Stage { name: "VAE encode", weights: resident, activations: act });
@@ -224,14 +226,7 @@ fn transformer_activations(cfg: &ModelConfigs, work: &Workload, dt: u64, compose
 
 /// The VAE's largest transient at `px` pixels: im2col buffers and f32 group-norm copies (composed path), or the
 /// layers' inputs and outputs; and the mid-block attention over the latent tokens.
-fn vae_activations(
-    vae: &VaeConfig,
-    (w, h): (u32, u32),
-    decode: bool,
-    dt: u64,
-    composed: bool,
-    chunk: Option<usize>,
-) -> u64 {
+fn vae_activations(vae: &VaeConfig, (w, h): (u32, u32), decode: bool, dt: u64, composed: bool, work: &Workload) -> u64 {
     let pixels = w as f64 * h as f64;
     let scale = vae.scale_factor() as f64;
     let latent = pixels / (scale * scale);
@@ -241,9 +236,14 @@ fn vae_activations(
     let ch = &vae.block_out_channels;
     let c = if decode { ch.get(1).or(ch.first()) } else { ch.first() }.copied().unwrap_or(0) as f64;
     let layers = pixels * c;
-    // A convolution's input and output stay alive beside its im2col buffer, or beside group norm's f32 copies.
-    let full_res = if composed { 2.0 * layers * dt + (9.0 * layers * dt).max(12.0 * layers) } else { 16.0 * layers };
-    let rows = chunk.map_or(latent, |c| latent.min(c as f64));
+    // A convolution's input and output stay alive beside its im2col buffer (bands: a band's, and the padded
+    // input), or beside group norm's f32 copies.
+    let im2col = match work.vae_band {
+        Some(band) => 9.0 * layers * (band as f64 / h as f64).min(1.0) * dt + layers * dt,
+        None => 9.0 * layers * dt,
+    };
+    let full_res = if composed { 2.0 * layers * dt + im2col.max(12.0 * layers) } else { 16.0 * layers };
+    let rows = work.attention_chunk.map_or(latent, |c| latent.min(c as f64));
     let attention = if composed && vae.mid_block_add_attention { rows * latent * (2.0 * dt + 8.0) } else { 0.0 };
     full_res.max(attention) as u64
 }

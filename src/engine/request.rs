@@ -124,6 +124,8 @@ pub struct Request {
     pub lora_scale: f64,
     /// Query rows per chunk of the composed attention (CUDA, f16), bounding its score buffers; None: all at once.
     pub attention_chunk: Option<usize>,
+    /// Output rows per band of the VAE's composed convolutions (CUDA, f16), bounding im2col; None: whole images.
+    pub vae_band: Option<usize>,
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,

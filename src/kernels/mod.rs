@@ -65,7 +65,7 @@ impl Module for Conv2d {
         let (b, c_in, h, w) = x.dims4()?;
         let (c_out, _, kh, kw) = self.weight.dims4()?;
         if !fast(x) || !fast(&self.weight) {
-            let y = x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?;
+            let y = composed_conv(x, &self.weight, self.stride, self.pad, CONV_BAND.load(Ordering::Relaxed))?;
             return match &self.bias {
                 Some(bias) => y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?),
                 None => Ok(y),
@@ -79,6 +79,33 @@ impl Module for Conv2d {
         let bv = bias.as_ref().and_then(view);
         cpu_tensor(cpu::conv2d(xv.s(), wv.s(), bv.as_ref().map(|v| v.s()), shape), (b, c_out, ho, wo))
     }
+}
+
+/// Output rows per band of the composed convolution; 0 = the whole image at once. Process-wide, set once from
+/// `--vae-band` before any model runs (it bounds candle's im2col buffer, never changes the result).
+static CONV_BAND: AtomicUsize = AtomicUsize::new(0);
+
+/// Bounds the composed convolution's im2col buffer to `rows` output rows at a time (0: unbounded).
+pub fn set_conv_band(rows: usize) {
+    CONV_BAND.store(rows, Ordering::Relaxed);
+}
+
+/// candle's convolution (im2col + GEMM on CUDA), `band` output rows at a time (0: all). The zero padding is made
+/// explicit first, so each band reads exactly the padded rows the whole image would; 1×1 convolutions need no
+/// im2col buffer and run whole.
+fn composed_conv(x: &Tensor, weight: &Tensor, stride: usize, pad: usize, band: usize) -> Result<Tensor> {
+    let (_, _, h, _) = x.dims4()?;
+    let kh = weight.dim(2)?;
+    let h_out = (h + 2 * pad - kh) / stride + 1;
+    if band == 0 || kh == 1 || band >= h_out {
+        return x.conv2d(weight, pad, stride, 1, 1);
+    }
+    let padded = x.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
+    let parts = (0..h_out).step_by(band).map(|r0| {
+        let rows = band.min(h_out - r0);
+        padded.narrow(2, r0 * stride, (rows - 1) * stride + kh)?.conv2d(weight, 0, stride, 1, 1)
+    });
+    Tensor::cat(&parts.collect::<Result<Vec<_>>>()?, 2)
 }
 
 /// GroupNorm over [B, C, H, W] with affine weights, optionally fused with the SiLU that follows it everywhere

@@ -147,3 +147,23 @@ fn chunked_attention_computes_every_row_as_the_whole() {
     let diff = (chunked.to_dtype(DType::F32).unwrap() - all.to_dtype(DType::F32).unwrap()).unwrap();
     assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
 }
+
+#[test]
+fn banded_convolution_computes_the_whole_image() {
+    // The composed path in bands of output rows (ragged last band, strides 1 and 2, padding 1 and 0) against the
+    // whole image at once.
+    let x = rand(&[2, 5, 23, 11], 4);
+    for (stride, pad) in [(1, 1), (2, 0), (2, 1)] {
+        let w = rand(&[4, 5, 3, 3], 5 + stride as u64);
+        let whole = composed_conv(&x, &w, stride, pad, 0).unwrap();
+        for band in [1, 4, 7, 100] {
+            let part = composed_conv(&x, &w, stride, pad, band).unwrap();
+            assert_eq!(part.dims(), whole.dims());
+            let diff = (&part - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(diff, 0.0, "stride {stride} pad {pad} band {band}");
+        }
+        // Sensitivity: bands that were off by a row would differ by O(1).
+        let off = composed_conv(&x.roll(1, 2).unwrap(), &w, stride, pad, 4).unwrap();
+        assert!((&off - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+    }
+}

@@ -226,9 +226,26 @@ fn chunked_attention_gives_the_same_image_and_is_advised_first() {
         v["memory_estimate"]["peak"].as_u64().unwrap()
     };
     let (whole, chunked) = (json(&[]), json(&["--attention-chunk", "1024"]));
-    assert!(chunked < whole);
+    let banded = json(&["--attention-chunk", "1024", "--vae-band", "128"]);
+    assert!(banded < chunked && chunked < whole);
     let budget = format!("{:.9}", (whole + chunked) as f64 / 2.0 / 1e9);
     let (code, err, _) = peak(&["--memory-budget", &budget]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--attention-chunk 1024 would need"), "{err}");
+    // Below what chunking alone reaches: banded VAE convolutions as well.
+    let budget = format!("{:.9}", (chunked + banded) as f64 / 2.0 / 1e9);
+    let (code, err, _) = peak(&["--memory-budget", &budget]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--attention-chunk 1024 --vae-band 128 would need"), "{err}");
+}
+
+#[test]
+fn banded_vae_convolutions_give_the_same_image() {
+    // f16 on the CPU runs candle's convolution, as CUDA does; bands of 3 output rows must not change a pixel.
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a.png"), t.path().join("b.png"));
+    assert_eq!(edit(&a, &["--dtype", "f16"]).status.code(), Some(0));
+    assert_eq!(edit(&b, &["--dtype", "f16", "--vae-band", "3"]).status.code(), Some(0));
+    let (ia, ib) = (image::open(&a).unwrap().to_rgb8(), image::open(&b).unwrap().to_rgb8());
+    assert!(ia == ib, "banded convolutions changed the image");
 }

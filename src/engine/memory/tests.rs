@@ -114,6 +114,7 @@ fn img2img_1024() -> Workload {
         text_tokens: 512,
         batch: 1,
         attention_chunk: None,
+        vae_band: None,
     }
 }
 
@@ -304,4 +305,20 @@ fn attention_chunks_bound_the_scores() {
     // The peak moves to the VAE decode's im2col buffers: 35.8 → 34.9 GB.
     assert_eq!(chunked.peak_stage().name, "VAE decode");
     assert!(chunked.peak() + 800_000_000 < whole.peak(), "{} vs {}", chunked.describe(), whole.describe());
+}
+
+#[test]
+fn vae_bands_bound_the_im2col_buffers() {
+    let at = |work: &Workload| estimate(&dev(), dense_dev(), work, DType::BF16, Backend::Cuda);
+    let act = |e: &Estimate, stage: &str| e.stages.iter().find(|s| s.name == stage).unwrap().activations;
+    let chunked = Workload { attention_chunk: Some(1024), ..img2img_1024() };
+    let banded = Workload { vae_band: Some(128), ..chunked.clone() };
+    // Decoder at full resolution, 256 channels: im2col 9·P·256·2 bytes (4.8 GB) becomes an eighth plus the padded
+    // input; group norm's f32 copies (3.2 GB) are then the largest, beside the convolution's input and output.
+    let layers: u64 = 1024 * 1024 * 256;
+    assert_eq!(act(&at(&banded), "VAE decode"), 2 * layers * 2 + 12 * layers);
+    assert!(at(&banded).peak() + 1_500_000_000 < at(&chunked).peak());
+    // A band taller than the image is the whole image.
+    let tall = Workload { vae_band: Some(4096), ..chunked.clone() };
+    assert!(act(&at(&tall), "VAE decode") >= act(&at(&chunked), "VAE decode"));
 }

@@ -339,6 +339,7 @@ impl Session {
         self.progress.event(Event::Plan { request: req, plan: &plan });
         let mut timings = Timings::default();
         crate::kernels::set_attention_chunk(req.attention_chunk.unwrap_or(0));
+        crate::kernels::set_conv_band(req.vae_band.unwrap_or(0));
         let image = self.render(req, input, &plan, &mut timings)?;
         let mut record = EditRecord::new(req, &plan);
         if let Some(set) = &self.lora {
