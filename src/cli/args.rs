@@ -83,8 +83,8 @@ pub struct Args {
     /// of sequence² (CUDA and f16; the CPU's f32 kernel is banded already). Not yet run on a GPU.
     #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(1..))]
     pub attention_chunk: Option<u32>,
-    /// Run the VAE's convolutions ROWS output rows at a time: the same result with im2col buffers of ROWS image
-    /// rows instead of the whole image (CUDA and f16; the CPU's f32 kernel is banded already). Not yet run on a GPU.
+    /// Run the VAE's convolutions ROWS output rows at a time and its group norms a few groups at a time: the same
+    /// result with smaller buffers (CUDA and f16; the CPU's f32 kernels need none). Not yet run on a GPU.
     #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(1..))]
     pub vae_band: Option<u32>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").

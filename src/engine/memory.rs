@@ -13,8 +13,8 @@
 //!   2·dt + 8 bytes a score. The CPU's f32 kernel works in bands of rows and needs none of it.
 //! - a transformer block's intermediates: B·S·(3W + M) values in the model dtype and again in f32.
 //! - candle's CUDA conv2d is im2col + GEMM: an [H·W, C_in·9] buffer per 3×3 convolution (a band's rows with
-//!   `--vae-band`), with its input and output; its group norm keeps three f32 copies of a tensor. The CPU's f32
-//!   kernels need neither.
+//!   `--vae-band`), with its input and output; its group norm keeps three f32 copies of a tensor (of 4 of its
+//!   groups with `--vae-band`). The CPU's f32 kernels need neither.
 //!
 //! On CUDA the sum is scaled by [`CUDA_ALLOCATOR`] and a runtime allowance is added. Both are fitted to the two
 //! peaks measured on an H100 (issue 13: 36.1 GB in bf16 and 23.0 GB with q8_0, FLUX.1-dev at 1024²); nothing
@@ -238,11 +238,15 @@ fn vae_activations(vae: &VaeConfig, (w, h): (u32, u32), decode: bool, dt: u64, c
     let layers = pixels * c;
     // A convolution's input and output stay alive beside its im2col buffer (bands: a band's, and the padded
     // input), or beside group norm's f32 copies.
-    let im2col = match work.vae_band {
-        Some(band) => 9.0 * layers * (band as f64 / h as f64).min(1.0) * dt + layers * dt,
-        None => 9.0 * layers * dt,
+    // With bands, group norm works GN_CHUNK groups at a time.
+    let (im2col, norm) = match work.vae_band {
+        Some(band) => {
+            let groups = (crate::kernels::GN_CHUNK as f64 / vae.norm_num_groups as f64).min(1.0);
+            (9.0 * layers * (band as f64 / h as f64).min(1.0) * dt + layers * dt, 12.0 * layers * groups)
+        }
+        None => (9.0 * layers * dt, 12.0 * layers),
     };
-    let full_res = if composed { 2.0 * layers * dt + im2col.max(12.0 * layers) } else { 16.0 * layers };
+    let full_res = if composed { 2.0 * layers * dt + im2col.max(norm) } else { 16.0 * layers };
     let rows = work.attention_chunk.map_or(latent, |c| latent.min(c as f64));
     let attention = if composed && vae.mid_block_add_attention { rows * latent * (2.0 * dt + 8.0) } else { 0.0 };
     full_res.max(attention) as u64

@@ -167,3 +167,29 @@ fn banded_convolution_computes_the_whole_image() {
         assert!((&off - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
     }
 }
+
+#[test]
+fn group_norm_in_chunks_of_groups_is_the_whole() {
+    // The composed path (f16, so the CPU kernel stays out) with VAE banding on (chunks of GN_CHUNK groups,
+    // a ragged last chunk: 10 groups) against all groups at once, with and without the SiLU.
+    let x = rand(&[2, 20, 6, 5], 9).to_dtype(DType::F16).unwrap();
+    let gn = GroupNorm {
+        weight: rand(&[20], 10).to_dtype(DType::F16).unwrap(),
+        bias: rand(&[20], 11).to_dtype(DType::F16).unwrap(),
+        groups: 10,
+        eps: 1e-6,
+    };
+    for silu in [false, true] {
+        let whole = gn.composed(&x, 0, 10, silu).unwrap();
+        set_conv_band(8);
+        let chunked = gn.forward(&x, silu).unwrap();
+        set_conv_band(0);
+        let diff = (chunked.to_dtype(DType::F32).unwrap() - whole.to_dtype(DType::F32).unwrap()).unwrap();
+        assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "silu {silu}");
+    }
+    // Sensitivity: statistics over the wrong channels would move the output by O(1).
+    let wrong = gn.composed(&x.roll(2, 1).unwrap(), 0, 10, false).unwrap().roll(-2, 1).unwrap();
+    let whole = gn.composed(&x, 0, 10, false).unwrap();
+    let diff = (wrong.to_dtype(DType::F32).unwrap() - whole.to_dtype(DType::F32).unwrap()).unwrap();
+    assert!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+}
