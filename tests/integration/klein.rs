@@ -9,11 +9,10 @@
 //! ignored any of them could not pass.
 
 use crate::common::*;
-use crate::modes::mode_cases;
+use crate::modes::{mode_cases, run_cases};
 use serde_json::Value;
 use std::path::Path;
 
-const MIN_PSNR_DB: f64 = 45.0;
 const MAX_SENSITIVITY_DB: f64 = 43.0;
 
 /// The flags of one case: the first reference (or the image to inpaint) as --image, further references as
@@ -60,29 +59,7 @@ pub fn klein_args(case: &Value, out: &Path) -> Vec<String> {
 
 #[test]
 fn klein_matches_diffusers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut failures, mut report) = (vec![], vec![]);
-    for case in mode_cases("cases-klein.json") {
-        let name = case["name"].as_str().unwrap();
-        for (what, db) in case["sensitivity_psnr_db"].as_object().unwrap() {
-            if db.as_f64().unwrap() > MAX_SENSITIVITY_DB {
-                failures.push(format!("{name}: changing the {what} moves the reference only to {db} dB"));
-            }
-        }
-        let out = dir.path().join(format!("{name}.png"));
-        let o = bin().args(klein_args(&case, &out)).output().unwrap();
-        if !o.status.success() {
-            failures.push(format!("{name}: exit {:?}: {}", o.status.code(), stderr(&o)));
-            continue;
-        }
-        let db = psnr(&out, &fixtures().join(case["expected"].as_str().unwrap()));
-        report.push(format!("{name}: {db:.1} dB"));
-        if db < MIN_PSNR_DB {
-            failures.push(format!("{name}: {db:.2} dB < {MIN_PSNR_DB} dB"));
-        }
-    }
-    eprintln!("cases-klein.json: {}", report.join(", "));
-    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+    run_cases("cases-klein.json", klein_args, |_| MAX_SENSITIVITY_DB);
 }
 
 fn pixels_equal(a: &Path, b: &Path, what: &str) {

@@ -63,18 +63,24 @@ pub fn case_args(case: &Value, out: &std::path::Path) -> Vec<String> {
 
 /// Runs every case of `file`, reporting each PSNR; fails listing every case under the bar.
 pub fn check_cases(file: &str) {
+    let cap = |what: &str| if what == "reference_image" { MAX_REFERENCE_SWAP_DB } else { MAX_SENSITIVITY_DB };
+    run_cases(file, case_args, cap);
+}
+
+/// Every case of `file` run with the flags `args` gives it, each sensitivity held under `cap` of its name, each
+/// PSNR at least 45 dB; fails listing every case that misses.
+pub fn run_cases(file: &str, args: impl Fn(&Value, &std::path::Path) -> Vec<String>, cap: impl Fn(&str) -> f64) {
     let dir = tempfile::tempdir().unwrap();
     let (mut failures, mut report) = (vec![], vec![]);
     for case in mode_cases(file) {
         let name = case["name"].as_str().unwrap();
         for (what, db) in case["sensitivity_psnr_db"].as_object().unwrap() {
-            let cap = if what == "reference_image" { MAX_REFERENCE_SWAP_DB } else { MAX_SENSITIVITY_DB };
-            if db.as_f64().unwrap() > cap {
+            if db.as_f64().unwrap() > cap(what) {
                 failures.push(format!("{name}: changing the {what} moves the reference only to {db} dB"));
             }
         }
         let out = dir.path().join(format!("{name}.png"));
-        let o = bin().args(case_args(&case, &out)).output().unwrap();
+        let o = bin().args(args(&case, &out)).output().unwrap();
         if !o.status.success() {
             failures.push(format!("{name}: exit {:?}: {}", o.status.code(), stderr(&o)));
             continue;
