@@ -34,6 +34,8 @@ struct Run<'a> {
     downloads: Downloads,
     /// Plan warnings already shown (a sweep would repeat them item after item).
     warned: HashSet<String>,
+    /// The memory limit items are checked against and whether exceeding it refuses them, read once per batch.
+    memory_limit: Option<(Option<u64>, bool)>,
 }
 
 /// Runs (or, with `--dry-run`, plans) every item. Err only for fatal problems: a bad model folder or weights.
@@ -49,6 +51,7 @@ pub fn run(batch: &Batch, ui: &Arc<Ui>) -> Result<Summary> {
         summary: Summary::default(),
         downloads: Downloads::default(),
         warned: HashSet::new(),
+        memory_limit: None,
     };
     let mut session = run.open_session(first)?;
     if let (Some(g), false) = (&run.opts.grid, run.opts.dry_run) {
@@ -159,14 +162,12 @@ impl Run<'_> {
 
     /// Over `--memory-budget`: an error naming a flag that fits; over the free memory without a budget: a warning.
     fn check_memory(&mut self, session: &mut Session, r: &Request, plan: &Plan, est: &Estimate) -> Result<()> {
-        let (limit, refuse) = match self.opts.memory_budget {
-            Some(memory::Budget::Bytes(b)) => (Some(b), true),
-            Some(memory::Budget::Available) => (crate::engine::available_memory(&r.device), true),
-            // The GPU's free memory is queried only when asked (`auto`): that query has not run on a GPU yet.
-            None if r.device.is_cpu() => (crate::engine::available_memory(&r.device), false),
-            None => (None, false),
-        };
+        let (limit, refuse) = self.memory_limit(&r.device);
         let Some(limit) = limit.filter(|l| est.peak() > *l) else { return Ok(()) };
+        // A warning is shown once; the advice is worked out only for a line that will be printed.
+        if !refuse && self.warned.contains("memory") {
+            return Ok(());
+        }
         let fix = super::fit::suggestion(session, r, plan, limit)?;
         let need = format!("{}x{} needs {}", plan.width, plan.height, est.describe());
         let limit = memory::gb(limit);
@@ -179,6 +180,18 @@ impl Run<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// `--memory-budget` in bytes (refusing), else the host's available memory (warning); the free memory is read
+    /// once, when the first item is checked.
+    fn memory_limit(&mut self, device: &candle_core::Device) -> (Option<u64>, bool) {
+        *self.memory_limit.get_or_insert_with(|| match self.opts.memory_budget {
+            Some(memory::Budget::Bytes(b)) => (Some(b), true),
+            Some(memory::Budget::Available) => (crate::engine::available_memory(device), true),
+            // The GPU's free memory is queried only when asked (`auto`): that query has not run on a GPU yet.
+            None if device.is_cpu() => (crate::engine::available_memory(device), false),
+            None => (None, false),
+        })
     }
 
     /// Folders under `--output-dir` are ours to create; a missing folder in an explicit `--output` is an error.
