@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import gguf
-import numpy as np
+from convert_to_gguf import write_gguf
 from safetensors.numpy import load_file
 
 
@@ -28,11 +28,9 @@ def load_component(folder: Path, stem: str) -> dict:
 def main():
     src, dst = Path(sys.argv[1]), sys.argv[2]
     qtype = getattr(gguf.GGMLQuantizationType, sys.argv[3] if len(sys.argv) > 3 else "Q8_0")
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
     cfg = json.loads((src / "text_encoder_2" / "config.json").read_text())
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.T5ENCODER, cfg["num_layers"])
-    w = gguf.GGUFWriter(dst, arch="t5encoder")
-    n_q = 0
+    tensors = []
     for name, t in sorted(load_component(src / "text_encoder_2", "model").items()):
         module, param = name.rsplit(".", 1)
         mapped = names.get_name(module)
@@ -40,17 +38,9 @@ def main():
             if module == "encoder.embed_tokens":
                 continue  # the same tensor as `shared` (tied), as the community files leave it out
             raise SystemExit(f"no llama.cpp name for {name}")
-        t = t.astype(np.float32)
-        full = f"{mapped}.{param}"
-        if t.ndim == 2 and t.shape[1] % block == 0 and "rel_b" not in mapped:
-            w.add_tensor(full, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
-            n_q += 1
-        else:
-            w.add_tensor(full, t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        tensors.append((f"{mapped}.{param}", t))
+    # The relative attention bias stays F32, as in the community files.
+    n_q = write_gguf(dst, "t5encoder", tensors, qtype, lambda name: "rel_b" not in name)
     print(f"{dst}: {n_q} matrices in {qtype.name}")
 
 
