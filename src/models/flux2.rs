@@ -241,7 +241,7 @@ impl Flux2Transformer {
             single: Modulation::split(&temb.apply(&self.mod_single)?, 1)?.remove(0),
         };
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
-        let (cos, sin) = rope(&ids, &self.axes, self.theta, tokens.device())?;
+        let (cos, sin) = rope(&ids, &self.axes, self.theta, self.dtype, tokens.device())?;
         let rope = Rope { cos: &cos, sin: &sin };
 
         let mut x = tokens.apply(&self.img_in)?;

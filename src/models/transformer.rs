@@ -50,8 +50,9 @@ pub(crate) fn scaled_scalars(t: &Tensor, dtype: DType) -> Result<Vec<f32>> {
 
 /// RoPE angles for every token (text first, then image): cos and sin [S, head_dim/2], each axis `a` of the ids
 /// rotating `axes[a]` dimensions with base `theta` (10000 in FLUX.1). Frequencies and angles in f64, then cast to
-/// f32, as `FluxPosEmbed` does on CPU and CUDA.
-pub(crate) fn rope(ids: &Tensor, axes: &[usize], theta: f64, dev: &Device) -> Result<(Tensor, Tensor)> {
+/// f32, as `FluxPosEmbed` does on CPU and CUDA; then to `dtype` (the model's), once per forward, because the
+/// composed RoPE (candle's `rope_i`) takes its angles in the activations' dtype.
+pub(crate) fn rope(ids: &Tensor, axes: &[usize], theta: f64, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
     let ids: Vec<Vec<f32>> = ids.to_dtype(DType::F32)?.to_vec2()?;
     let half: usize = axes.iter().sum::<usize>() / 2;
     let (mut cos, mut sin) = (Vec::with_capacity(ids.len() * half), Vec::with_capacity(ids.len() * half));
@@ -66,7 +67,10 @@ pub(crate) fn rope(ids: &Tensor, axes: &[usize], theta: f64, dev: &Device) -> Re
         }
     }
     let n = ids.len();
-    Ok((Tensor::from_vec(cos, (n, half), dev)?, Tensor::from_vec(sin, (n, half), dev)?))
+    Ok((
+        Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?,
+    ))
 }
 
 /// Splits a modulation output [B, n·D] into its n chunks [B, D].
@@ -132,8 +136,8 @@ impl QkNorm {
         let hd = self.q.dim(0)?;
         let dim = heads * hd;
         let (cos, sin) = rope.range(start, qkv.dim(1)?)?;
-        let q = kernels::qk_norm_rope(qkv, 0, heads, &self.q, EPS, &cos, &sin)?;
-        let k = kernels::qk_norm_rope(qkv, dim, heads, &self.k, EPS, &cos, &sin)?;
+        let q = kernels::qk_norm_rope(qkv, 0, heads, &self.q, EPS, (&cos, &sin))?;
+        let k = kernels::qk_norm_rope(qkv, dim, heads, &self.k, EPS, (&cos, &sin))?;
         let v = kernels::heads_first(qkv, 2 * dim, heads, hd)?;
         Ok((q, k, v))
     }
@@ -356,7 +360,7 @@ impl FluxTransformer {
         let temb = temb.silu()?;
 
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
-        let (cos, sin) = rope(&ids, &self.axes, 10000.0, dev)?;
+        let (cos, sin) = rope(&ids, &self.axes, 10000.0, dtype, dev)?;
         let rope = Rope { cos: &cos, sin: &sin };
 
         let mut x = latents.apply(&self.img_in)?;
