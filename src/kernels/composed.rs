@@ -24,7 +24,7 @@ pub fn heads_first(x: &Tensor, col: usize, heads: usize, d: usize) -> Result<Ten
 
 /// Per-head RMSNorm (learned `weight`, D values) and RoPE of columns `col..col+H·D` of x [B, S, W] → [B, H, S, D].
 /// `cos`, `sin` [S, D/2], one angle per pair (2i, 2i+1), cast to x's dtype if they are not already (the models
-/// pass them in it, cast once per forward).
+/// pass them in it: see [`super::Angles`]).
 pub fn qk_norm_rope(
     x: &Tensor,
     col: usize,
@@ -54,6 +54,11 @@ pub fn layer_norm_modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64)
         return item(0)?.unsqueeze(0);
     }
     Tensor::stack(&(0..b).map(item).collect::<Result<Vec<_>>>()?, 0)
+}
+
+/// `silu(a)·b` for a = columns `col..col+width` of x [B, S, W] and b the `width` columns after them.
+pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+    x.narrow(2, col, width)?.silu()? * x.narrow(2, col + width, width)?
 }
 
 /// `x + gate·y` for x, y [B, S, D] and gate [B, D].

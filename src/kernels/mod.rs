@@ -241,30 +241,63 @@ pub fn gelu_tanh_cols(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
     }
 }
 
+/// RoPE angles of a run of positions, cos and sin [S, D/2] (one angle per pair (2i, 2i+1)), kept twice: in f32 as
+/// the models make them (what the CPU kernel reads, and the fused kernel's contract in kernels/triton/README.md) and
+/// in the activations' dtype (what candle's `rope_i` reads), cast once per forward rather than in every block.
+#[derive(Debug, Clone)]
+pub struct Angles {
+    cos: Tensor,
+    sin: Tensor,
+    cos_dt: Tensor,
+    sin_dt: Tensor,
+}
+
+impl Angles {
+    /// From f32 angles; `dtype` is the activations'.
+    pub fn new(cos: Tensor, sin: Tensor, dtype: DType) -> Result<Self> {
+        let (cos_dt, sin_dt) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        Ok(Self { cos, sin, cos_dt, sin_dt })
+    }
+
+    /// Positions `start..start+len` (views, no copy).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        let n = |t: &Tensor| t.narrow(0, start, len);
+        Ok(Self { cos: n(&self.cos)?, sin: n(&self.sin)?, cos_dt: n(&self.cos_dt)?, sin_dt: n(&self.sin_dt)? })
+    }
+}
+
 /// Per-head RMSNorm (learned weight) and RoPE for queries or keys taken from columns `col..col+H·D` of
-/// x [B, S, W] (a fused qkv projection) → [B, H, S, D]. `cos`, `sin` are [S, D/2] (one angle per pair
-/// (2i, 2i+1)), in the model's dtype.
+/// x [B, S, W] (a fused qkv projection) → [B, H, S, D], rotated by `angles` (S positions).
 pub fn qk_norm_rope(
     x: &Tensor,
     col: usize,
     heads: usize,
     weight: &Tensor,
     eps: f64,
-    rope: (&Tensor, &Tensor),
+    angles: &Angles,
 ) -> Result<Tensor> {
-    match backend(&[x, weight, rope.0, rope.1]) {
-        Backend::Cpu => cpu_ops::qk_norm_rope(x, col, heads, weight, eps, rope),
-        Backend::Composed => composed::qk_norm_rope(x, col, heads, weight, eps, rope),
+    match backend(&[x, weight]) {
+        Backend::Cpu => cpu_ops::qk_norm_rope(x, col, heads, weight, eps, (&angles.cos, &angles.sin)),
+        Backend::Composed => composed::qk_norm_rope(x, col, heads, weight, eps, (&angles.cos_dt, &angles.sin_dt)),
         Backend::Fused => Err(fused::not_built("RMSNorm + RoPE")),
     }
 }
 
-/// Columns `col..col+heads·d` of x [B, S, W] → [B, H, S, d] (values, which get no norm or RoPE). No fused
-/// kernel of its own: a fused qkv kernel would produce values beside q and k.
+/// Columns `col..col+heads·d` of x [B, S, W] → [B, H, S, d] (values, which get no norm or RoPE).
 pub fn heads_first(x: &Tensor, col: usize, heads: usize, d: usize) -> Result<Tensor> {
     match backend(&[x]) {
         Backend::Cpu => cpu_ops::heads_first(x, col, heads, d),
-        Backend::Composed | Backend::Fused => composed::heads_first(x, col, heads, d),
+        Backend::Composed => composed::heads_first(x, col, heads, d),
+        Backend::Fused => Err(fused::not_built("heads-first copy")),
+    }
+}
+
+/// FLUX.2's SwiGLU feed-forward activation: `silu(a)·b` for a = columns `col..col+width` of x [B, S, W] and b the
+/// `width` columns after them → [B, S, width]. No CPU kernel: candle's two ops on every CPU backend.
+pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+    match backend(&[x]) {
+        Backend::Cpu | Backend::Composed => composed::swiglu(x, col, width),
+        Backend::Fused => Err(fused::not_built("SwiGLU")),
     }
 }
 

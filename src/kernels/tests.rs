@@ -106,6 +106,11 @@ mod reference {
         x.narrow(2, col, h * d)?.reshape((b, s, h, d))?.transpose(1, 2)?.contiguous()
     }
 
+    pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+        let a = x.narrow(2, col, width)?;
+        (&a / (a.neg()?.exp()? + 1.0)?)? * x.narrow(2, col + width, width)?
+    }
+
     pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
         x + y.broadcast_mul(&gate.unsqueeze(1)?)?
     }
@@ -231,6 +236,8 @@ fn composed_errors(dtype: DType) -> Vec<(&'static str, f64)> {
     let got = composed::gated_residual(&t(&k.x), &t(&k.y), &t(&k.gate)).unwrap();
     out.push(("gated_residual", rel(&got, &reference::gated_residual(&r(&k.x), &r(&k.y), &r(&k.gate)).unwrap())));
     out.push(("gelu_tanh", rel(&t(&k.x).gelu().unwrap(), &reference::gelu_tanh(&r(&k.x)).unwrap())));
+    let got = composed::swiglu(&t(&k.x), h * d, h * d).unwrap();
+    out.push(("swiglu", rel(&got, &reference::swiglu(&r(&k.x), h * d, h * d).unwrap())));
     let got = composed::heads_first(&t(&k.x), 2 * h * d, h, d).unwrap();
     out.push(("heads_first", rel(&got, &reference::heads_first(&r(&k.x), 2 * h * d, h, d).unwrap())));
     let x = t(&rand(&[2, 20, 6, 5], 9));
@@ -259,11 +266,12 @@ fn composed_matches_the_reference_in_f32() {
 /// Bounds for the composed path in half types, per operation: (name, f16, bf16), relative to the largest reference
 /// value. f16 rounds at 2⁻¹¹ ≈ 4.9e-4, bf16 at 2⁻⁸ ≈ 3.9e-3: the measured worst (in the comments) is one to two
 /// roundings of the type; the bounds are about 2× that. Mistakes measure 1.6–1.8 (the sensitivity test).
-const HALF_TOLERANCE: [(&str, f64, f64); 8] = [
+const HALF_TOLERANCE: [(&str, f64, f64); 9] = [
     ("qk_norm_rope", 1.8e-3, 1.6e-2),    // measured f16 8.6e-4, bf16 8.2e-3
     ("layer_norm_modulate", 6e-4, 5e-3), // measured f16 2.8e-4, bf16 2.2e-3
     ("gated_residual", 1e-3, 8e-3),      // measured f16 4.9e-4, bf16 4.1e-3
     ("gelu_tanh", 1.2e-3, 9e-3),         // measured f16 5.8e-4, bf16 4.4e-3
+    ("swiglu", 1.4e-3, 1.1e-2),          // measured f16 7.1e-4, bf16 5.7e-3
     ("heads_first", 1e-12, 1e-12),       // a copy: exact
     ("group_norm", 1.5e-3, 1.1e-2),      // measured f16 7.2e-4, bf16 5.3e-3
     ("softmax", 1.1e-3, 8e-3),           // measured f16 5.2e-4, bf16 4.0e-3
@@ -325,6 +333,16 @@ fn selection_picks_the_backend() {
     let (sel, forced) = (backend(&[&x]), layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap());
     set_kernels(Kernels::Auto);
     assert_eq!(sel, Backend::Composed);
+    // The angles reach each backend in the dtype it reads: f32 for the CPU kernel, the activations' for rope_i.
+    let k = block();
+    let angles = Angles::new(k.cos.clone(), k.sin.clone(), DType::F16).unwrap().narrow(0, 70).unwrap();
+    let half = to(&k.x, DType::F16);
+    let via = qk_norm_rope(&half, 0, k.h, &to(&k.w, DType::F16), 1e-6, &angles).unwrap();
+    let direct = composed::qk_norm_rope(&half, 0, k.h, &to(&k.w, DType::F16), 1e-6, (&k.cos, &k.sin)).unwrap();
+    assert_eq!(max_abs(&(to(&via, DType::F32) - to(&direct, DType::F32)).unwrap()), 0.0);
+    let via = qk_norm_rope(&k.x, 0, k.h, &k.w, 1e-6, &angles).unwrap();
+    let direct = cpu_ops::qk_norm_rope(&k.x, 0, k.h, &k.w, 1e-6, (&k.cos, &k.sin)).unwrap();
+    assert_eq!(max_abs(&(&via - &direct).unwrap()), 0.0);
     let composed = composed::layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap();
     assert_eq!(max_abs(&(&forced - &composed).unwrap()), 0.0, "--kernels composed runs the composition");
     let cpu = cpu_ops::layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap();
