@@ -1,12 +1,13 @@
 //! `flux-img2img smoke`: proves an installation works on this machine. Runs the tiny pipeline embedded in the
-//! binary (assets/smoke, made by scripts/make_smoke.py with diffusers) on the chosen device and dtype, twice (the
-//! first run's extra time is start-up: CUDA context, kernel JIT from PTX, cuBLAS), and compares the image with
-//! diffusers' own for that precision. Takes the device and dtype, gives a report (text or JSON on stdout) and an
-//! exit code: 0 pass, 1 mismatch, 2 cannot run.
+//! binary (assets/smoke, made by scripts/make_smoke.py with diffusers) on the chosen device and dtype (and kernel
+//! selection, `--kernels`), twice (the first run's extra time is start-up: CUDA context, kernel JIT from PTX,
+//! cuBLAS), and compares the image with diffusers' own for that precision. Takes the device, dtype and kernels,
+//! gives a report (text or JSON on stdout) and an exit code: 0 pass, 1 mismatch, 2 cannot run.
 
 use crate::engine::{Mode, Request, Session, Silent};
 use crate::error::{Error, Result};
 use crate::image_io;
+use crate::kernels::Kernels;
 use crate::rng::RngSettings;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,8 @@ pub struct SmokeReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<String>,
     pub dtype: String,
+    /// `--kernels`: which implementation ran the hot operations.
+    pub kernels: Kernels,
     pub reference: String,
     pub psnr_db: f64,
     pub threshold_db: f64,
@@ -90,11 +93,12 @@ fn extract(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn request(dir: &Path, case: &Case, device: &Device, dtype: DType, output: &str) -> Request {
+fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, Kernels), output: &str) -> Request {
     Request {
         references: Vec::new(),
         attention_chunk: None,
         vae_band: None,
+        kernels,
         model: dir.to_path_buf(),
         mode: Mode::Img2Img { image: dir.join("input.png"), strength: case.strength },
         prompt: case.prompt.clone(),
@@ -119,8 +123,9 @@ fn request(dir: &Path, case: &Case, device: &Device, dtype: DType, output: &str)
     }
 }
 
-/// Runs the embedded edit twice on `device` in `dtype` and scores the second image.
-pub fn run(device: &Device, dtype: DType) -> Result<SmokeReport> {
+/// Runs the embedded edit twice on `device` in `dtype` with `kernels` and scores the second image.
+pub fn run(device: &Device, dtype: DType, kernels: Kernels) -> Result<SmokeReport> {
+    kernels.check(device).map_err(Error::Usage)?;
     let dir = tempfile::Builder::new()
         .prefix("flux-img2img-smoke-")
         .tempdir()
@@ -129,11 +134,11 @@ pub fn run(device: &Device, dtype: DType) -> Result<SmokeReport> {
     let case: Case = crate::config::read_json(&dir.path().join("case.json"))?;
     let t0 = Instant::now();
     let mut session = Session::open(dir.path(), &Default::default(), device, dtype, Arc::new(Silent))?;
-    session.run(&request(dir.path(), &case, device, dtype, "first.png"))?;
+    session.run(&request(dir.path(), &case, (device, dtype, kernels), "first.png"))?;
     let first = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut again = Session::open(dir.path(), &Default::default(), device, dtype, Arc::new(Silent))?;
-    let out = again.run(&request(dir.path(), &case, device, dtype, "second.png"))?.output;
+    let out = again.run(&request(dir.path(), &case, (device, dtype, kernels), "second.png"))?.output;
     let second = t1.elapsed().as_secs_f64();
     let (reference, threshold_db) = match dtype {
         DType::F32 => ("expected-f32.png", F32_MIN_DB),
@@ -148,6 +153,7 @@ pub fn run(device: &Device, dtype: DType) -> Result<SmokeReport> {
         device_name: info.0,
         driver: info.1,
         dtype: format!("{dtype:?}").to_lowercase(),
+        kernels,
         reference: format!("diffusers 0.42.1 FluxImg2ImgPipeline, {reference}"),
         psnr_db,
         threshold_db,
@@ -196,12 +202,13 @@ impl SmokeReport {
     /// The human-readable report.
     pub fn text(&self) -> String {
         format!(
-            "device:   {} ({}){}\ndtype:    {}\ntimings:  first run {:.2}s, second {:.2}s, start-up (context, kernel JIT, cuBLAS) {:.2}s\n\
+            "device:   {} ({}){}\ndtype:    {}\nkernels:  {}\ntimings:  first run {:.2}s, second {:.2}s, start-up (context, kernel JIT, cuBLAS) {:.2}s\n\
              result:   {:.1} dB against {} (threshold {} dB)\nverdict:  {}",
             self.device,
             self.device_name,
             self.driver.as_ref().map(|d| format!(", {d}")).unwrap_or_default(),
             self.dtype,
+            self.kernels,
             self.first_run_s,
             self.second_run_s,
             self.startup_s,
@@ -220,7 +227,7 @@ pub fn command(args: &crate::cli::SmokeArgs, ui: &crate::ui::Ui) -> u8 {
         if !args.quiet {
             ui.alert(&format!("smoke: the embedded tiny pipeline on {}, {dtype:?}, twice", args.device));
         }
-        run(&device, dtype)
+        run(&device, dtype, args.kernels.unwrap_or_default())
     });
     match result {
         Ok(r) => {

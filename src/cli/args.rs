@@ -4,6 +4,7 @@
 use super::values;
 use crate::engine::request::ReferenceSize;
 use crate::image_io::ResizeMode;
+use crate::kernels::Kernels;
 use crate::models::linear::Quant;
 use crate::rng::{CpuNoise, CudaGeometry, RngKind};
 use clap::Parser;
@@ -87,6 +88,12 @@ pub struct Args {
     /// result with smaller buffers (CUDA and f16; the CPU's f32 kernels need none). Not yet run on a GPU.
     #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(1..))]
     pub vae_band: Option<u32>,
+    /// Implementation of the hot operations (norms, RoPE, attention, GELU, residuals, the VAE's convolutions): auto
+    /// (the CPU's own f32 kernels on the CPU, candle's cast-free composition on CUDA and for f16), composed (the
+    /// composition everywhere, to check what CUDA runs on the CPU) or fused (Triton kernels on CUDA; not in this
+    /// build yet). [default: auto]
+    #[arg(long, value_parser = values::named(Kernels::NAMES))]
+    pub kernels: Option<Kernels>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
     #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
     pub image: Vec<String>,
@@ -258,6 +265,9 @@ pub struct SmokeArgs {
     /// Precision [default: f32 on CPU, bf16 on CUDA].
     #[arg(long, value_enum)]
     pub dtype: Option<DTypeArg>,
+    /// Implementation of the hot operations, as for an edit: auto, composed or fused. [default: auto]
+    #[arg(long, value_parser = values::named(Kernels::NAMES))]
+    pub kernels: Option<Kernels>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,

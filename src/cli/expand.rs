@@ -117,6 +117,7 @@ impl Args {
         self.resize = self.resize.or(Some(r.resize));
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
+        self.kernels = self.kernels.or(Some(r.kernels));
         if self.mask.is_none() && self.manifest.is_none() {
             self.mask = r.mask.clone();
             self.invert_mask |= r.invert_mask;
@@ -187,6 +188,7 @@ impl Args {
         })?;
         let device = parse_device(&self.device)?;
         let dtype = dtype_for(self.dtype, &device)?;
+        let kernels = self.kernels.unwrap_or_default().check(&device).map_err(Error::Usage)?;
         if let Some(dir) = self.output_dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
             return Err(Error::Usage(format!("--output-dir {}: is a file, not a folder", dir.display())));
         }
@@ -225,6 +227,7 @@ impl Args {
             references: self.reference.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
+            kernels,
         })
     }
 

@@ -16,6 +16,11 @@
 //!   `--vae-band`), with its input and output; its group norm keeps three f32 copies of a tensor (of 4 of its
 //!   groups with `--vae-band`). The CPU's f32 kernels need neither.
 //!
+//! These are the composed path's buffers as they were before it went cast-free (issue 19); it now keeps scores and
+//! probabilities in the model dtype (2·dt bytes a score) and makes no f32 copy in a block or a group norm. Until a
+//! GPU measures the new path's peaks (and the factor below is fitted again), the composed figures are an upper
+//! bound. `--kernels composed` counts them on the CPU's f32 tensors too.
+//!
 //! On CUDA the sum is scaled by [`CUDA_ALLOCATOR`] and a runtime allowance is added. Both are fitted to the two
 //! peaks measured on an H100 (issue 13: 36.1 GB in bf16 and 23.0 GB with q8_0, FLUX.1-dev at 1024²); nothing
 //! else about the CUDA figures has been checked on a GPU.
@@ -23,6 +28,7 @@
 use super::plan::Plan;
 use super::request::Request;
 use crate::config::{Family, ModelConfigs, VaeConfig};
+use crate::kernels::Kernels;
 use candle_core::DType;
 
 /// The stream-ordered allocator's pool and fragmentation, as a factor on the counted bytes (see the header).
@@ -155,6 +161,8 @@ pub struct Workload {
     pub attention_chunk: Option<usize>,
     /// `--vae-band`: output rows whose im2col buffer exists at once (None: all).
     pub vae_band: Option<usize>,
+    /// `--kernels`: whether the composed path runs (and its buffers count) on the CPU's f32 tensors too.
+    pub kernels: Kernels,
 }
 
 impl Workload {
@@ -168,8 +176,9 @@ impl Workload {
             encodes.push(size);
         }
         let batch = if plan.cfg_scale.is_some() { 2 } else { 1 };
-        let (attention_chunk, vae_band) = (req.attention_chunk, req.vae_band);
-        Self { size, encodes, references, text_tokens: req.max_sequence_length, batch, attention_chunk, vae_band }
+        let (attention_chunk, vae_band, kernels) = (req.attention_chunk, req.vae_band, req.kernels);
+        let text_tokens = req.max_sequence_length;
+        Self { size, encodes, references, text_tokens, batch, attention_chunk, vae_band, kernels }
     }
 
     /// Every image scaled by `f` in area (sizes rounded to whole pixels).
@@ -187,7 +196,7 @@ impl Workload {
 /// The estimate for `work` on `cfg`'s model with weights of `weights` bytes, run in `dtype` on `backend`.
 pub fn estimate(cfg: &ModelConfigs, weights: WeightSizes, work: &Workload, dtype: DType, backend: Backend) -> Estimate {
     let dt = dtype.size_in_bytes() as u64;
-    let composed = backend == Backend::Cuda || dtype != DType::F32;
+    let composed = work.kernels.composed_on(backend == Backend::Cuda, dtype);
     let resident = weights.transformer + weights.vae;
     let vae = |px: (u32, u32), decode: bool| vae_activations(&cfg.vae, px, decode, dt, composed, work);
     let mut stages = vec![Stage { name: "text encoding", weights: weights.text_encoders, activations: 0 }];

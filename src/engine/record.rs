@@ -6,6 +6,7 @@ use super::request::{MaskSource, Mode, ReferenceSize};
 use super::{Plan, Request};
 use crate::config::Family;
 use crate::image_io::ResizeMode;
+use crate::kernels::Kernels;
 use crate::models::linear::Quant;
 use crate::rng::{CpuNoise, RngKind};
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,8 @@ pub struct EditRecord {
     pub max_sequence_length: usize,
     pub dtype: String,
     pub device: String,
+    /// `--kernels` (absent in records of older versions: auto).
+    pub kernels: Kernels,
     /// The program that wrote it (PNG chunk only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
@@ -154,6 +157,7 @@ impl EditRecord {
             max_sequence_length: req.max_sequence_length,
             dtype: format!("{:?}", req.dtype).to_lowercase(),
             device: if req.device.is_cpu() { "cpu" } else { "cuda" }.into(),
+            kernels: req.kernels,
             tool: None,
         }
     }

@@ -2,6 +2,7 @@
 //! library user), and the [`Mode`] that says how the picture is made.
 
 use crate::image_io::ResizeMode;
+use crate::kernels::Kernels;
 use crate::models::linear::Quant;
 use crate::rng::RngSettings;
 use crate::source::Overrides;
@@ -126,6 +127,8 @@ pub struct Request {
     pub attention_chunk: Option<usize>,
     /// Output rows per band of the VAE's composed convolutions (CUDA, f16), bounding im2col; None: whole images.
     pub vae_band: Option<usize>,
+    /// Which implementation runs the models' hot operations (CPU kernels, candle's composition, fused CUDA).
+    pub kernels: Kernels,
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,

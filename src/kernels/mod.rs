@@ -1,50 +1,103 @@
-//! Fused operations for the models' hot spots: tensors in, tensors out.
+//! The models' hot operations, one function (or layer) each, tensors in, tensors out, with up to three backends:
 //!
-//! On CPU with f32 data each operation runs one hand-written parallel kernel from [`cpu`]; anywhere else (CUDA,
-//! bf16/f16) it runs the same maths as a composition of candle ops. candle alone on CPU does these as chains of
-//! single-threaded passes with a fresh buffer each, and builds a whole-image im2col for convolutions: on the
-//! CPU benchmark that made the run 1.9× slower than torch. The composed versions double as the reference the
-//! kernels are tested against.
+//! - `cpu`: hand-written parallel f32 kernels ([`cpu`], wrapped by [`cpu_ops`]). candle alone on CPU does these as
+//!   chains of single-threaded passes with a fresh buffer each, and builds a whole-image im2col for convolutions:
+//!   on the CPU benchmark that made the run 1.9× slower than torch.
+//! - `composed`: a cast-free composition of candle ops ([`composed`]); CUDA and f16 run it.
+//! - `fused`: one CustomOp per operation launching a compiled Triton kernel on CUDA ([`fused`]; none in this build).
+//!   Under `fused`, operations that will keep no fused kernel of their own run the composition.
+//!
+//! The CPU kernels and the composition are each tested against a plain f64 reference (tests.rs).
+//!
+//! Which one runs is the [`Kernels`] selection (`--kernels`), set once per edit before any model runs, and the
+//! tensors' device and dtype: see [`backend`].
 
+pub mod composed;
 pub mod cpu;
+pub mod cpu_ops;
+pub mod fused;
 
-use candle_core::{CpuStorage, DType, Device, Module, Result, Storage, StorageRef, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-/// A contiguous CPU f32 tensor's data, borrowed.
-struct F32View<'a> {
-    guard: StorageRef<'a>,
-    start: usize,
-    end: usize,
+/// Which implementation of the hot operations an edit runs (`--kernels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Kernels {
+    /// The CPU's f32 kernels for CPU f32 tensors, the composed path for everything else (CUDA, f16).
+    #[default]
+    Auto,
+    /// The composed path everywhere, the CPU's f32 tensors included (what CUDA runs, checkable on the CPU).
+    Composed,
+    /// The fused CUDA kernels; refused where they cannot run (on the CPU; on CUDA without compiled kernels).
+    Fused,
 }
 
-impl F32View<'_> {
-    fn s(&self) -> &[f32] {
-        match &*self.guard {
-            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.end],
-            _ => unreachable!("F32View is only built over CPU f32 storage"),
+crate::named_enum!(Kernels, "kernel selection", [Auto = "auto", Composed = "composed", Fused = "fused"]);
+
+impl Kernels {
+    /// The selection if it can run on `device`; else the one-line message for the user.
+    pub fn check(self, device: &Device) -> std::result::Result<Self, String> {
+        match self {
+            Kernels::Fused => fused::unavailable(device).map_or(Ok(self), Err),
+            Kernels::Auto | Kernels::Composed => Ok(self),
+        }
+    }
+
+    /// Whether activations of `dtype` on `device` take the composed path (what the memory estimate counts).
+    pub fn composed_on(self, cuda: bool, dtype: DType) -> bool {
+        match self {
+            Kernels::Composed => true,
+            Kernels::Auto | Kernels::Fused => cuda || dtype != DType::F32,
         }
     }
 }
 
-/// The data of `t` if it is a contiguous f32 CPU tensor.
-fn view(t: &Tensor) -> Option<F32View<'_>> {
-    let (guard, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    matches!(&*guard, Storage::Cpu(CpuStorage::F32(_))).then_some(F32View { guard, start, end })
+/// The selection in effect. Process-wide, like the chunk and band sizes below, and for the same reason: it is a
+/// property of the run (one device, one request's flags), set by the session before each edit, and the operations
+/// are free functions called from deep inside models that a session loads once and keeps across edits. Carrying
+/// it in every model struct would bake the value in at load time and thread a parameter through every
+/// constructor and forward for a choice that never varies within an edit. Tests that compare backends call
+/// [`cpu_ops`] and [`composed`] directly, so none of them depends on this value.
+static KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the selection for the edits that follow (the session calls it before each edit).
+pub fn set_kernels(k: Kernels) {
+    KERNELS.store(k as u8, Ordering::Relaxed);
 }
 
-/// Whether the kernels apply to this tensor (CPU, f32) — otherwise the candle composition runs.
-fn fast(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+/// The selection in effect.
+pub fn kernels() -> Kernels {
+    match KERNELS.load(Ordering::Relaxed) {
+        1 => Kernels::Composed,
+        2 => Kernels::Fused,
+        _ => Kernels::Auto,
+    }
 }
 
-fn cpu_tensor(v: Vec<f32>, shape: impl Into<candle_core::Shape>) -> Result<Tensor> {
-    Tensor::from_vec(v, shape, &Device::Cpu)
+/// The implementation one call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Composed,
+    Fused,
 }
 
-/// A 2-D convolution (one group, dilation 1) with diffusers' `weight`/`bias` names.
+/// The backend for an operation on `inputs` under the current selection: the CPU kernels need every input on the
+/// CPU in f32; fused kernels every input on CUDA; anything else is composed.
+pub fn backend(inputs: &[&Tensor]) -> Backend {
+    let all = |f: &dyn Fn(&Tensor) -> bool| inputs.iter().all(|t| f(t));
+    match kernels() {
+        Kernels::Composed => Backend::Composed,
+        Kernels::Fused if all(&|t| t.device().is_cuda()) => Backend::Fused,
+        _ if all(&|t| t.device().is_cpu() && t.dtype() == DType::F32) => Backend::Cpu,
+        _ => Backend::Composed,
+    }
+}
+
+/// A 2-D convolution (one group, dilation 1) with diffusers' `weight`/`bias` names. No fused kernel: cuDNN or
+/// im2col + cuBLAS is what CUDA has for it.
 pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
@@ -62,22 +115,14 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c_in, h, w) = x.dims4()?;
-        let (c_out, _, kh, kw) = self.weight.dims4()?;
-        if !fast(x) || !fast(&self.weight) {
-            let y = composed_conv(x, &self.weight, self.stride, self.pad, CONV_BAND.load(Ordering::Relaxed))?;
-            return match &self.bias {
-                Some(bias) => y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?),
-                None => Ok(y),
-            };
+        if backend(&[x, &self.weight]) == Backend::Cpu {
+            return cpu_ops::conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.pad);
         }
-        let shape = cpu::ConvShape { batch: b, c_in, h, w, c_out, kh, kw, stride: self.stride, pad: self.pad };
-        let (ho, wo) = shape.out_hw();
-        let x = x.contiguous()?;
-        let (xv, wv) = (view(&x).expect("checked"), view(&self.weight).expect("checked"));
-        let bias = self.bias.as_ref().map(|b| b.contiguous()).transpose()?;
-        let bv = bias.as_ref().and_then(view);
-        cpu_tensor(cpu::conv2d(xv.s(), wv.s(), bv.as_ref().map(|v| v.s()), shape), (b, c_out, ho, wo))
+        let y = composed_conv(x, &self.weight, self.stride, self.pad, CONV_BAND.load(Ordering::Relaxed))?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
     }
 }
 
@@ -123,148 +168,137 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        if fast(x) && fast(&self.weight) && c % self.groups == 0 {
-            let x = x.contiguous()?;
-            let (xv, gv, bv) = (view(&x).expect("checked"), view(&self.weight), view(&self.bias));
-            if let (Some(gv), Some(bv)) = (gv, bv) {
-                let y = cpu::group_norm(xv.s(), c, h * w, self.groups, gv.s(), bv.s(), self.eps, silu);
-                return cpu_tensor(y, (b, c, h, w));
-            }
+        let (_, c, _, _) = x.dims4()?;
+        if c % self.groups != 0 {
+            candle_core::bail!("group norm: {c} channels in {} groups", self.groups);
         }
-        // With VAE banding, GN_CHUNK groups at a time: each group's statistics are the same operations on the
-        // same elements, and the f32 copies shrink to the chunk's.
-        let step = if CONV_BAND.load(Ordering::Relaxed) > 0 { GN_CHUNK } else { self.groups };
-        if step >= self.groups || c % self.groups != 0 {
-            return self.composed(x, 0, self.groups, silu);
+        match backend(&[x, &self.weight, &self.bias]) {
+            Backend::Cpu => cpu_ops::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu),
+            Backend::Composed => self.composed(x, silu),
+            Backend::Fused => Err(fused::not_built("group norm")),
         }
-        let parts = (0..self.groups).step_by(step).map(|g0| self.composed(x, g0, step.min(self.groups - g0), silu));
-        Tensor::cat(&parts.collect::<Result<Vec<_>>>()?, 1)
     }
 
-    /// candle's composition for groups `g0..g0 + n` of `x` (all of them when n is the group count).
-    fn composed(&self, x: &Tensor, g0: usize, n: usize, silu: bool) -> Result<Tensor> {
-        let (b, c, h, w) = x.dims4()?;
-        let per = c / self.groups;
-        let (x, c) = if n == self.groups { (x.clone(), c) } else { (x.narrow(1, g0 * per, n * per)?, n * per) };
-        let (weight, bias) = (self.weight.narrow(0, g0 * per, c)?, self.bias.narrow(0, g0 * per, c)?);
-        let dtype = x.dtype();
-        let g = x.to_dtype(DType::F32)?.reshape((b, n, per * h * w))?;
-        let mean = g.mean_keepdim(D::Minus1)?;
-        let centered = g.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape((b, c, h, w))?.to_dtype(dtype)?;
-        let y = normed.broadcast_mul(&weight.reshape((1, c, 1, 1))?)?.broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
-        if silu {
-            y.silu()
-        } else {
-            Ok(y)
+    /// The composed path; with VAE banding, GN_CHUNK groups at a time: each group's statistics are the same
+    /// operations on the same elements, and the intermediates shrink to the chunk's.
+    fn composed(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        let g = self.groups;
+        let step = if CONV_BAND.load(Ordering::Relaxed) > 0 { GN_CHUNK.min(g) } else { g };
+        let part =
+            |g0: usize| composed::group_norm(x, (&self.weight, &self.bias), g, (g0, step.min(g - g0)), self.eps, silu);
+        if step == g {
+            return part(0);
         }
+        Tensor::cat(&(0..g).step_by(step).map(part).collect::<Result<Vec<_>>>()?, 1)
     }
 }
 
-/// Groups a banded group norm normalises at a time (of FLUX's 32: an eighth of the f32 copies).
+/// Groups a banded group norm normalises at a time (of FLUX's 32: an eighth of the intermediates).
 pub const GN_CHUNK: usize = 4;
 
-/// Nearest-neighbour 2× upsampling of [B, C, H, W].
+/// Nearest-neighbour 2× upsampling of [B, C, H, W]. No fused kernel: a copy is all it is.
 pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    if fast(x) {
-        let x = x.contiguous()?;
-        return cpu_tensor(cpu::upsample2x(view(&x).expect("checked").s(), h, w), (b, c, 2 * h, 2 * w));
+    let (_, _, h, w) = x.dims4()?;
+    match backend(&[x]) {
+        Backend::Cpu => cpu_ops::upsample2x(x),
+        Backend::Composed | Backend::Fused => x.upsample_nearest2d(2 * h, 2 * w),
     }
-    x.upsample_nearest2d(2 * h, 2 * w)
 }
 
 /// GELU with the tanh approximation (FLUX's feed-forward activation).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if fast(x) {
-        let x = x.contiguous()?;
-        return cpu_tensor(cpu::gelu_tanh(view(&x).expect("checked").s()), x.shape());
+    match backend(&[x]) {
+        Backend::Cpu => cpu_ops::gelu_tanh(x),
+        Backend::Composed => x.gelu(),
+        Backend::Fused => Err(fused::not_built("GELU")),
     }
-    x.gelu()
 }
 
 /// `LayerNorm(x)·(1 + scale) + shift` for x [B, S, D], scale and shift [B, D]; LayerNorm without affine.
 pub fn layer_norm_modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64) -> Result<Tensor> {
-    let (b, s, d) = x.dims3()?;
-    if fast(x) && fast(scale) && fast(shift) {
-        let (x, scale, shift) = (x.contiguous()?, scale.contiguous()?, shift.contiguous()?);
-        let (xv, sc, sh) = (view(&x).expect("checked"), view(&scale).expect("checked"), view(&shift).expect("checked"));
-        return cpu_tensor(cpu::layer_norm_modulate(xv.s(), d, s, sc.s(), sh.s(), eps), (b, s, d));
+    match backend(&[x, scale, shift]) {
+        Backend::Cpu => cpu_ops::layer_norm_modulate(x, scale, shift, eps),
+        Backend::Composed => composed::layer_norm_modulate(x, scale, shift, eps),
+        Backend::Fused => Err(fused::not_built("modulated layer norm")),
     }
-    let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
-    let centered = xf.broadcast_sub(&xf.mean_keepdim(D::Minus1)?)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
-    normed.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
 }
 
 /// `x + gate·y` for x, y [B, S, D] and gate [B, D].
 pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    let (b, s, d) = x.dims3()?;
-    if fast(x) && fast(y) && fast(gate) {
-        let (x, y, gate) = (x.contiguous()?, y.contiguous()?, gate.contiguous()?);
-        let (xv, yv, gv) = (view(&x).expect("checked"), view(&y).expect("checked"), view(&gate).expect("checked"));
-        return cpu_tensor(cpu::gated_residual(xv.s(), yv.s(), gv.s(), d, s), (b, s, d));
+    match backend(&[x, y, gate]) {
+        Backend::Cpu => cpu_ops::gated_residual(x, y, gate),
+        Backend::Composed => composed::gated_residual(x, y, gate),
+        Backend::Fused => Err(fused::not_built("gated residual")),
     }
-    x + y.broadcast_mul(&gate.unsqueeze(1)?)?
 }
 
 /// GELU-tanh of columns `col..col+width` of x [B, S, W] (the MLP part of a fused projection) → [B, S, width].
 pub fn gelu_tanh_cols(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
-    let (b, s, w) = x.dims3()?;
-    if fast(x) {
-        let x = x.contiguous()?;
-        return cpu_tensor(cpu::gelu_tanh_cols(view(&x).expect("checked").s(), w, col, width), (b, s, width));
+    match backend(&[x]) {
+        Backend::Cpu => cpu_ops::gelu_tanh_cols(x, col, width),
+        Backend::Composed => x.narrow(2, col, width)?.gelu(),
+        Backend::Fused => Err(fused::not_built("GELU")),
     }
-    x.narrow(2, col, width)?.gelu()
+}
+
+/// RoPE angles of a run of positions, cos and sin [S, D/2] (one angle per pair (2i, 2i+1)), kept twice: in f32 as
+/// the models make them (what the CPU kernel reads, and the fused kernel's contract in kernels/triton/README.md) and
+/// in the activations' dtype (what candle's `rope_i` reads), cast once per forward rather than in every block.
+#[derive(Debug, Clone)]
+pub struct Angles {
+    cos: Tensor,
+    sin: Tensor,
+    cos_dt: Tensor,
+    sin_dt: Tensor,
+}
+
+impl Angles {
+    /// From f32 angles; `dtype` is the activations'.
+    pub fn new(cos: Tensor, sin: Tensor, dtype: DType) -> Result<Self> {
+        let (cos_dt, sin_dt) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        Ok(Self { cos, sin, cos_dt, sin_dt })
+    }
+
+    /// Positions `start..start+len` (views, no copy).
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        let n = |t: &Tensor| t.narrow(0, start, len);
+        Ok(Self { cos: n(&self.cos)?, sin: n(&self.sin)?, cos_dt: n(&self.cos_dt)?, sin_dt: n(&self.sin_dt)? })
+    }
 }
 
 /// Per-head RMSNorm (learned weight) and RoPE for queries or keys taken from columns `col..col+H·D` of
-/// x [B, S, W] (a fused qkv projection) → [B, H, S, D]. `cos`, `sin` are [S, D/2] (one angle per pair
-/// (2i, 2i+1)).
-#[allow(clippy::too_many_arguments)]
+/// x [B, S, W] (a fused qkv projection) → [B, H, S, D], rotated by `angles` (S positions).
 pub fn qk_norm_rope(
     x: &Tensor,
     col: usize,
     heads: usize,
     weight: &Tensor,
     eps: f64,
-    cos: &Tensor,
-    sin: &Tensor,
+    angles: &Angles,
 ) -> Result<Tensor> {
-    let (b, s, w) = x.dims3()?;
-    let d = weight.dim(0)?;
-    if fast(x) && fast(weight) && fast(cos) {
-        let (x, weight, cos, sin) = (x.contiguous()?, weight.contiguous()?, cos.contiguous()?, sin.contiguous()?);
-        let (xv, wv) = (view(&x).expect("checked"), view(&weight).expect("checked"));
-        let (cv, sv) = (view(&cos).expect("checked"), view(&sin).expect("checked"));
-        let y = cpu::qk_norm_rope(xv.s(), w, col, b, s, heads, d, wv.s(), eps, cv.s(), sv.s());
-        return cpu_tensor(y, (b, heads, s, d));
+    match backend(&[x, weight]) {
+        Backend::Cpu => cpu_ops::qk_norm_rope(x, col, heads, weight, eps, (&angles.cos, &angles.sin)),
+        Backend::Composed => composed::qk_norm_rope(x, col, heads, weight, eps, (&angles.cos_dt, &angles.sin_dt)),
+        Backend::Fused => Err(fused::not_built("RMSNorm + RoPE")),
     }
-    let dtype = x.dtype();
-    let xf = x.narrow(2, col, heads * d)?.reshape((b, s, heads, d))?.transpose(1, 2)?.to_dtype(DType::F32)?;
-    let rms = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    let n = xf.broadcast_div(&rms)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?;
-    // Pairs (2i, 2i+1): [.., D] → [.., D/2, 2].
-    let n = n.reshape((b, heads, s, d / 2, 2))?;
-    let (a, bb) = (n.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?, n.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?);
-    let (c, sn) = (cos.to_dtype(DType::F32)?, sin.to_dtype(DType::F32)?);
-    let ra = (a.broadcast_mul(&c)? - bb.broadcast_mul(&sn)?)?;
-    let rb = (bb.broadcast_mul(&c)? + a.broadcast_mul(&sn)?)?;
-    Tensor::stack(&[ra, rb], D::Minus1)?.reshape((b, heads, s, d))?.to_dtype(dtype)
 }
 
 /// Columns `col..col+heads·d` of x [B, S, W] → [B, H, S, d] (values, which get no norm or RoPE).
 pub fn heads_first(x: &Tensor, col: usize, heads: usize, d: usize) -> Result<Tensor> {
-    let (b, s, w) = x.dims3()?;
-    if fast(x) {
-        let x = x.contiguous()?;
-        return cpu_tensor(cpu::heads_first(view(&x).expect("checked").s(), w, col, b, s, heads, d), (b, heads, s, d));
+    match backend(&[x]) {
+        Backend::Cpu => cpu_ops::heads_first(x, col, heads, d),
+        Backend::Composed => composed::heads_first(x, col, heads, d),
+        Backend::Fused => Err(fused::not_built("heads-first copy")),
     }
-    x.narrow(2, col, heads * d)?.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous()
+}
+
+/// FLUX.2's SwiGLU feed-forward activation: `silu(a)·b` for a = columns `col..col+width` of x [B, S, W] and b the
+/// `width` columns after them → [B, S, width]. No CPU kernel: candle's two ops on every CPU backend.
+pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+    match backend(&[x]) {
+        Backend::Cpu | Backend::Composed => composed::swiglu(x, col, width),
+        Backend::Fused => Err(fused::not_built("SwiGLU")),
+    }
 }
 
 /// Query rows per chunk of the composed attention; 0 = all rows at once. Process-wide, set once from
@@ -278,32 +312,11 @@ pub fn set_attention_chunk(rows: usize) {
 
 /// Unmasked scaled dot-product attention: q, k, v [B, H, S, D] → [B, S, H·D].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (b, h, s, d) = q.dims4()?;
-    if fast(q) && fast(k) && fast(v) {
-        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        let (qv, kv, vv) = (view(&q).expect("checked"), view(&k).expect("checked"), view(&v).expect("checked"));
-        return cpu_tensor(cpu::attention(qv.s(), kv.s(), vv.s(), b, h, s, d, scale as f32), (b, s, h * d));
+    match backend(&[q, k, v]) {
+        Backend::Cpu => cpu_ops::attention(q, k, v, scale),
+        Backend::Composed => composed::attention(q, k, v, scale, ATTENTION_CHUNK.load(Ordering::Relaxed)),
+        Backend::Fused => Err(fused::not_built("attention")),
     }
-    composed_attention(q, k, v, scale, ATTENTION_CHUNK.load(Ordering::Relaxed))
-}
-
-/// candle's composition, `chunk` query rows at a time (0: all): every row's scores, softmax and weighted sum are
-/// the same operations either way, so chunking bounds memory without changing what a row computes.
-fn composed_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, chunk: usize) -> Result<Tensor> {
-    let (b, h, s, d) = q.dims4()?;
-    let (kt, v) = (k.t()?.contiguous()?, v.contiguous()?);
-    let rows = |q: &Tensor| -> Result<Tensor> {
-        let scores = (q.contiguous()?.matmul(&kt)? * scale)?;
-        let p = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
-        p.matmul(&v)
-    };
-    let out = if chunk == 0 || chunk >= s {
-        rows(q)?
-    } else {
-        let parts = (0..s).step_by(chunk).map(|r0| rows(&q.narrow(2, r0, chunk.min(s - r0))?));
-        Tensor::cat(&parts.collect::<Result<Vec<_>>>()?, 2)?
-    };
-    out.transpose(1, 2)?.reshape((b, s, h * d))
 }
 
 #[cfg(test)]

@@ -1,9 +1,19 @@
-//! Each kernel against the candle composition it replaces. Fed f64 tensors, the wrappers take the composed
-//! path (the kernels are f32-only), so the reference is computed in higher precision than the kernel.
-//! Tolerance: the worst relative error measured was ~1e-6 (f32 rounding over sums of up to 1152 terms);
-//! 1e-4 leaves margin while any indexing mistake gives O(1) errors.
+//! Every backend of every operation against a plain f64 reference ([`reference`]: the maths written out in candle
+//! ops, two-pass statistics, no fused op), with its measured error, its tolerance and a sensitivity check that a
+//! plausible mistake lands far outside it.
+//!
+//! Tolerances, relative to the reference's largest magnitude (`rel`):
+//! - f32, CPU kernels and composed: measured worst 4e-7 here (attention; earlier, larger shapes measured 1e-6);
+//!   bound 1e-4, where an indexing or convention mistake measures 1.6–1.8 (`plausible_mistakes_…`).
+//! - f16 and bf16, composed, from inputs rounded to the type: a few roundings of the type per value (f16 2⁻¹¹,
+//!   bf16 2⁻⁸ relative); bounds in [`HALF_TOLERANCE`], each about 2× the measured worst, noted beside it.
+//!
+//! Tests call the backends ([`cpu_ops`], [`composed`]) directly: the process-wide selection is left alone but in
+//! `selection_picks_the_backend`, and no other test reads it (half types take the composed path under every
+//! selection, and nothing else goes through the dispatcher).
 
 use super::*;
+use candle_core::{DType, Device, Tensor};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     // A small LCG: deterministic, no RNG crate needed, values in [-2, 2).
@@ -18,21 +28,173 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
-fn f64(t: &Tensor) -> Tensor {
-    t.to_dtype(DType::F64).unwrap()
+fn to(t: &Tensor, dtype: DType) -> Tensor {
+    t.to_dtype(dtype).unwrap()
 }
 
-fn assert_close(fast: &Tensor, reference: &Tensor, what: &str) {
-    assert_eq!(fast.dims(), reference.dims(), "{what}: shape");
-    let a: Vec<f32> = fast.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f64> = reference.flatten_all().unwrap().to_vec1().unwrap();
+fn f64(t: &Tensor) -> Tensor {
+    to(t, DType::F64)
+}
+
+/// Largest |a − b| over the reference's largest magnitude (at least 1e-3).
+fn rel(a: &Tensor, reference: &Tensor) -> f64 {
+    assert_eq!(a.dims(), reference.dims(), "shapes");
+    let a: Vec<f64> = f64(a).flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f64> = f64(reference).flatten_all().unwrap().to_vec1().unwrap();
     let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-    let worst = a.iter().zip(&b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max) / scale;
-    assert!(worst < 1e-4, "{what}: worst relative error {worst:e}");
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+}
+
+const F32_TOLERANCE: f64 = 1e-4;
+
+fn assert_close(got: &Tensor, reference: &Tensor, tol: f64, what: &str) {
+    let e = rel(got, reference);
+    assert!(e < tol, "{what}: worst relative error {e:e} ≥ {tol:e}");
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    to(t, DType::F32).abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// The maths of each operation in plain candle ops (any float dtype; the tests use f64).
+mod reference {
+    use candle_core::{Result, Tensor, D};
+
+    fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+        let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        centered.broadcast_div(&(var + eps)?.sqrt()?)
+    }
+
+    pub fn layer_norm_modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64) -> Result<Tensor> {
+        normalize(x, eps)?.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
+    }
+
+    pub fn group_norm(x: &Tensor, w: &Tensor, b: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
+        let (n, c, h, wd) = x.dims4()?;
+        let y = normalize(&x.reshape((n, groups, c / groups * h * wd))?, eps)?.reshape((n, c, h, wd))?;
+        let y = y.broadcast_mul(&w.reshape((1, c, 1, 1))?)?.broadcast_add(&b.reshape((1, c, 1, 1))?)?;
+        if silu {
+            y.silu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// RMSNorm, then the rotation of pairs (2i, 2i+1) by the angle of (cos, sin) [S, D/2].
+    pub fn qk_norm_rope(
+        x: &Tensor,
+        col: usize,
+        h: usize,
+        w: &Tensor,
+        eps: f64,
+        cs: (&Tensor, &Tensor),
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let d = w.dim(0)?;
+        let x = heads_first(x, col, h, d)?;
+        let n = x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?.broadcast_mul(w)?;
+        let n = n.reshape((b, h, s, d / 2, 2))?;
+        let (a, bb) = (n.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?, n.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?);
+        let ra = (a.broadcast_mul(cs.0)? - bb.broadcast_mul(cs.1)?)?;
+        let rb = (bb.broadcast_mul(cs.0)? + a.broadcast_mul(cs.1)?)?;
+        Tensor::stack(&[ra, rb], D::Minus1)?.reshape((b, h, s, d))
+    }
+
+    pub fn heads_first(x: &Tensor, col: usize, h: usize, d: usize) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.narrow(2, col, h * d)?.reshape((b, s, h, d))?.transpose(1, 2)?.contiguous()
+    }
+
+    pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+        let a = x.narrow(2, col, width)?;
+        (&a / (a.neg()?.exp()? + 1.0)?)? * x.narrow(2, col + width, width)?
+    }
+
+    pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        x + y.broadcast_mul(&gate.unsqueeze(1)?)?
+    }
+
+    /// torch's `gelu(approximate="tanh")`.
+    pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+        let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+        (x * 0.5)? * (inner.tanh()? + 1.0)?
+    }
+
+    /// Softmax with the exponentials and their sum in the tensor's own (f64) precision.
+    pub fn softmax(x: &Tensor) -> Result<Tensor> {
+        let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    }
+
+    /// Scores scaled as SDPA does (on the scores), softmax, weighted sum → [B, S, H·D].
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+        let (b, h, s, d) = q.dims4()?;
+        let p = softmax(&(q.matmul(&k.t()?)? * scale)?)?;
+        p.matmul(v)?.transpose(1, 2)?.reshape((b, s, h * d))
+    }
+}
+
+/// Inputs of the transformer-side operations: a fused projection [B, S, 3·H·D + 5] (q | k | v | extra columns),
+/// an RMSNorm weight, angles, modulation rows.
+struct Block {
+    x: Tensor,
+    w: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    scale: Tensor,
+    shift: Tensor,
+    gate: Tensor,
+    y: Tensor,
+    h: usize,
+    d: usize,
+}
+
+fn block() -> Block {
+    let (b, s, h, d) = (2, 70, 3, 8);
+    // Real angles, as the models' rope() makes them: cos² + sin² = 1.
+    let theta = (rand(&[s, d / 2], 13) * 3.0).unwrap();
+    Block {
+        x: rand(&[b, s, 3 * h * d + 5], 11),
+        w: rand(&[d], 12),
+        cos: theta.cos().unwrap(),
+        sin: theta.sin().unwrap(),
+        scale: rand(&[b, 3 * h * d + 5], 7),
+        shift: rand(&[b, 3 * h * d + 5], 8),
+        gate: rand(&[b, 3 * h * d + 5], 9),
+        y: rand(&[b, s, 3 * h * d + 5], 10),
+        h,
+        d,
+    }
 }
 
 #[test]
-fn conv2d_matches_candle_for_3x3_strided_and_pointwise() {
+fn cpu_kernels_match_the_reference() {
+    let k = block();
+    let (h, d) = (k.h, k.d);
+    let rope = (&f64(&k.cos), &f64(&k.sin));
+    let r = reference::qk_norm_rope(&f64(&k.x), h * d, h, &f64(&k.w), 1e-6, rope).unwrap();
+    let got = cpu_ops::qk_norm_rope(&k.x, h * d, h, &k.w, 1e-6, (&k.cos, &k.sin)).unwrap();
+    assert_close(&got, &r, F32_TOLERANCE, "qk_norm_rope");
+    let lnm = cpu_ops::layer_norm_modulate(&k.x, &k.scale, &k.shift, 1e-6).unwrap();
+    let r = reference::layer_norm_modulate(&f64(&k.x), &f64(&k.scale), &f64(&k.shift), 1e-6).unwrap();
+    assert_close(&lnm, &r, F32_TOLERANCE, "layer_norm_modulate");
+    let r = reference::gated_residual(&f64(&k.x), &f64(&k.y), &f64(&k.gate)).unwrap();
+    assert_close(&cpu_ops::gated_residual(&k.x, &k.y, &k.gate).unwrap(), &r, F32_TOLERANCE, "gated_residual");
+    let r = reference::heads_first(&f64(&k.x), 2 * h * d, h, d).unwrap();
+    assert_close(&cpu_ops::heads_first(&k.x, 2 * h * d, h, d).unwrap(), &r, F32_TOLERANCE, "heads_first");
+    let r = reference::gelu_tanh(&f64(&k.x).narrow(2, 3 * h * d, 5).unwrap()).unwrap();
+    assert_close(&cpu_ops::gelu_tanh_cols(&k.x, 3 * h * d, 5).unwrap(), &r, F32_TOLERANCE, "gelu_tanh_cols");
+    let big = rand(&[3, 40000], 5);
+    let r = reference::gelu_tanh(&f64(&big)).unwrap();
+    assert_close(&cpu_ops::gelu_tanh(&big).unwrap(), &r, F32_TOLERANCE, "gelu_tanh");
+    let (q, kk, v) = (rand(&[2, 3, 70, 8], 1), rand(&[2, 3, 70, 8], 2), rand(&[2, 3, 70, 8], 3));
+    let r = reference::attention(&f64(&q), &f64(&kk), &f64(&v), 0.3).unwrap();
+    assert_close(&cpu_ops::attention(&q, &kk, &v, 0.3).unwrap(), &r, F32_TOLERANCE, "attention");
+}
+
+#[test]
+fn cpu_vae_kernels_match_candle() {
     for (i, (c_in, c_out, h, w, k, stride, pad)) in
         [(5, 7, 13, 9, 3, 1, 1), (4, 6, 12, 10, 3, 2, 0), (6, 3, 7, 11, 1, 1, 0), (3, 4, 300, 40, 3, 1, 1)]
             .into_iter()
@@ -41,69 +203,159 @@ fn conv2d_matches_candle_for_3x3_strided_and_pointwise() {
         let x = rand(&[2, c_in, h, w], i as u64);
         let weight = rand(&[c_out, c_in, k, k], 10 + i as u64);
         let bias = rand(&[c_out], 20 + i as u64);
-        let fast_conv = Conv2d { weight: weight.clone(), bias: Some(bias.clone()), stride, pad };
-        let ref_conv = Conv2d { weight: f64(&weight), bias: Some(f64(&bias)), stride, pad };
-        assert_close(&fast_conv.forward(&x).unwrap(), &ref_conv.forward(&f64(&x)).unwrap(), "conv2d");
+        let r = f64(&x).conv2d(&f64(&weight), pad, stride, 1, 1).unwrap();
+        let r = r.broadcast_add(&f64(&bias).reshape((1, c_out, 1, 1)).unwrap()).unwrap();
+        assert_close(&cpu_ops::conv2d(&x, &weight, Some(&bias), stride, pad).unwrap(), &r, F32_TOLERANCE, "conv2d");
     }
-}
-
-#[test]
-fn group_norm_with_and_without_silu() {
     let x = rand(&[2, 8, 5, 3], 1);
     let (g, b) = (rand(&[8], 2), rand(&[8], 3));
-    let fast_gn = GroupNorm { weight: g.clone(), bias: b.clone(), groups: 4, eps: 1e-6 };
-    let ref_gn = GroupNorm { weight: f64(&g), bias: f64(&b), groups: 4, eps: 1e-6 };
     for silu in [false, true] {
-        assert_close(&fast_gn.forward(&x, silu).unwrap(), &ref_gn.forward(&f64(&x), silu).unwrap(), "group_norm");
+        let r = reference::group_norm(&f64(&x), &f64(&g), &f64(&b), 4, 1e-6, silu).unwrap();
+        assert_close(&cpu_ops::group_norm(&x, &g, &b, 4, 1e-6, silu).unwrap(), &r, F32_TOLERANCE, "group_norm");
+    }
+    let x = rand(&[2, 3, 5, 7], 4);
+    assert_close(&cpu_ops::upsample2x(&x).unwrap(), &f64(&x).upsample_nearest2d(10, 14).unwrap(), 1e-12, "upsample");
+}
+
+/// Every composed operation at `dtype` (inputs rounded to it) against the f64 reference of the rounded inputs:
+/// the worst relative error of each, by name.
+fn composed_errors(dtype: DType) -> Vec<(&'static str, f64)> {
+    let k = block();
+    let (h, d) = (k.h, k.d);
+    let t = |x: &Tensor| to(x, dtype);
+    let r = |x: &Tensor| f64(&t(x));
+    let mut out = vec![];
+    let got = composed::qk_norm_rope(&t(&k.x), h * d, h, &t(&k.w), 1e-6, (&t(&k.cos), &t(&k.sin))).unwrap();
+    let want = reference::qk_norm_rope(&r(&k.x), h * d, h, &r(&k.w), 1e-6, (&r(&k.cos), &r(&k.sin))).unwrap();
+    out.push(("qk_norm_rope", rel(&got, &want)));
+    let got = composed::layer_norm_modulate(&t(&k.x), &t(&k.scale), &t(&k.shift), 1e-6).unwrap();
+    // diffusers (and the composed path) round 1 + scale to the dtype; the reference starts from that value.
+    let one_plus = (r(&(t(&k.scale) + 1.0).unwrap()) - 1.0).unwrap();
+    let want = reference::layer_norm_modulate(&r(&k.x), &one_plus, &r(&k.shift), 1e-6).unwrap();
+    out.push(("layer_norm_modulate", rel(&got, &want)));
+    let got = composed::gated_residual(&t(&k.x), &t(&k.y), &t(&k.gate)).unwrap();
+    out.push(("gated_residual", rel(&got, &reference::gated_residual(&r(&k.x), &r(&k.y), &r(&k.gate)).unwrap())));
+    out.push(("gelu_tanh", rel(&t(&k.x).gelu().unwrap(), &reference::gelu_tanh(&r(&k.x)).unwrap())));
+    let got = composed::swiglu(&t(&k.x), h * d, h * d).unwrap();
+    out.push(("swiglu", rel(&got, &reference::swiglu(&r(&k.x), h * d, h * d).unwrap())));
+    let got = composed::heads_first(&t(&k.x), 2 * h * d, h, d).unwrap();
+    out.push(("heads_first", rel(&got, &reference::heads_first(&r(&k.x), 2 * h * d, h, d).unwrap())));
+    let x = t(&rand(&[2, 20, 6, 5], 9));
+    let (g, b) = (t(&rand(&[20], 10)), t(&rand(&[20], 11)));
+    let got = composed::group_norm(&x, (&g, &b), 10, (0, 10), 1e-6, true).unwrap();
+    out.push(("group_norm", rel(&got, &reference::group_norm(&f64(&x), &f64(&g), &f64(&b), 10, 1e-6, true).unwrap())));
+    let scores = (t(&rand(&[4, 3000], 21)) * 4.0).unwrap();
+    let got = composed::softmax_last_dim(&scores).unwrap();
+    out.push(("softmax", rel(&got, &reference::softmax(&f64(&scores)).unwrap())));
+    if dtype == DType::F16 || dtype == DType::F32 {
+        // candle has no bf16 matmul on the CPU.
+        let (q, kk, v) = (t(&rand(&[2, 3, 70, 8], 1)), t(&rand(&[2, 3, 70, 8], 2)), t(&rand(&[2, 3, 70, 8], 3)));
+        let got = composed::attention(&q, &kk, &v, 0.3, 0).unwrap();
+        out.push(("attention", rel(&got, &reference::attention(&f64(&q), &f64(&kk), &f64(&v), 0.3).unwrap())));
+    }
+    out
+}
+
+#[test]
+fn composed_matches_the_reference_in_f32() {
+    for (op, e) in composed_errors(DType::F32) {
+        assert!(e < F32_TOLERANCE, "{op}: f32 worst relative error {e:e}");
+    }
+}
+
+/// Bounds for the composed path in half types, per operation: (name, f16, bf16), relative to the largest reference
+/// value. f16 rounds at 2⁻¹¹ ≈ 4.9e-4, bf16 at 2⁻⁸ ≈ 3.9e-3: the measured worst (in the comments) is one to two
+/// roundings of the type; the bounds are about 2× that. Mistakes measure 1.6–1.8 (the sensitivity test).
+const HALF_TOLERANCE: [(&str, f64, f64); 9] = [
+    ("qk_norm_rope", 1.8e-3, 1.6e-2),    // measured f16 8.6e-4, bf16 8.2e-3
+    ("layer_norm_modulate", 6e-4, 5e-3), // measured f16 2.8e-4, bf16 2.2e-3
+    ("gated_residual", 1e-3, 8e-3),      // measured f16 4.9e-4, bf16 4.1e-3
+    ("gelu_tanh", 1.2e-3, 9e-3),         // measured f16 5.8e-4, bf16 4.4e-3
+    ("swiglu", 1.4e-3, 1.1e-2),          // measured f16 7.1e-4, bf16 5.7e-3
+    ("heads_first", 1e-12, 1e-12),       // a copy: exact
+    ("group_norm", 1.5e-3, 1.1e-2),      // measured f16 7.2e-4, bf16 5.3e-3
+    ("softmax", 1.1e-3, 8e-3),           // measured f16 5.2e-4, bf16 4.0e-3
+    ("attention", 1.6e-3, 0.0),          // measured f16 8.0e-4; bf16 not runnable on the CPU
+];
+
+#[test]
+fn composed_in_half_types_matches_the_reference() {
+    for (dtype, col) in [(DType::F16, 1), (DType::BF16, 2)] {
+        for (op, e) in composed_errors(dtype) {
+            let row = HALF_TOLERANCE.iter().find(|r| r.0 == op).expect("a bound for every op");
+            let tol = if col == 1 { row.1 } else { row.2 };
+            eprintln!("{op} {dtype:?}: {e:.2e} (bound {tol:.1e})");
+            assert!(e < tol, "{op} {dtype:?}: worst relative error {e:e} ≥ {tol:e}");
+        }
     }
 }
 
 #[test]
-fn elementwise_kernels() {
-    let x = rand(&[2, 3, 5, 7], 4);
-    assert_close(&upsample2x(&x).unwrap(), &upsample2x(&f64(&x)).unwrap(), "upsample2x");
-    let y = rand(&[3, 40000], 5);
-    assert_close(&gelu_tanh(&y).unwrap(), &gelu_tanh(&f64(&y)).unwrap(), "gelu_tanh");
+fn plausible_mistakes_land_far_outside_the_tolerances() {
+    let k = block();
+    let (h, d) = (k.h, k.d);
+    // Measured: halves 1.6, backwards 1.7, unscaled attention 1.8 (bounds: 1e-4 in f32, ≤ 1.6e-2 in bf16).
+    let want = reference::qk_norm_rope(&f64(&k.x), 0, h, &f64(&k.w), 1e-6, (&f64(&k.cos), &f64(&k.sin))).unwrap();
+    let normed = candle_nn::ops::rms_norm(&composed::heads_first(&k.x, 0, h, d).unwrap(), &k.w, 1e-6).unwrap();
+    // RoPE on halves (candle's `rope`, GPT-NeoX style) instead of FLUX's interleaved pairs.
+    let halves = candle_nn::rotary_emb::rope(&normed, &k.cos, &k.sin).unwrap();
+    // The rotation the other way (sin negated).
+    let backwards = candle_nn::rotary_emb::rope_i(&normed, &k.cos, &k.sin.neg().unwrap()).unwrap();
+    for (what, got) in [("rope on halves", &halves), ("rope backwards", &backwards)] {
+        let e = rel(got, &want);
+        assert!(e > 0.1, "{what}: {e:e} is not far outside the bounds");
+    }
+    // Dropping the scale (fold it nowhere): far outside the attention bound.
+    let (q, kk, v) = (rand(&[2, 3, 70, 8], 1), rand(&[2, 3, 70, 8], 2), rand(&[2, 3, 70, 8], 3));
+    let want = reference::attention(&f64(&q), &f64(&kk), &f64(&v), 0.3).unwrap();
+    let e = rel(&composed::attention(&q, &kk, &v, 1.0, 0).unwrap(), &want);
+    assert!(e > 0.1, "unscaled attention: {e:e}");
+    // candle's own CPU softmax sums f16 rows in f16: over a long row (4096 keys, as at 1024² with chunks) it misses
+    // by far more than the f16 bound, which is why the CPU runs CUDA's steps (f32 sum) instead.
+    let scores = to(&(rand(&[2, 4096], 22) * 0.5).unwrap(), DType::F16);
+    let want = reference::softmax(&f64(&scores)).unwrap();
+    let (ours, candles) =
+        (composed::softmax_last_dim(&scores).unwrap(), candle_nn::ops::softmax_last_dim(&scores).unwrap());
+    let (e_ours, e_candle) = (rel(&ours, &want), rel(&candles, &want));
+    // Measured: ours 3.5e-4, candle's 5.9e-2.
+    assert!(e_ours < 1.1e-3 && e_candle > 10.0 * e_ours, "ours {e_ours:e}, candle's CPU f16 {e_candle:e}");
 }
 
 #[test]
-fn modulation_and_residual() {
-    let x = rand(&[2, 6, 16], 6);
-    let (scale, shift, gate) = (rand(&[2, 16], 7), rand(&[2, 16], 8), rand(&[2, 16], 9));
-    let y = rand(&[2, 6, 16], 10);
-    assert_close(
-        &layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap(),
-        &layer_norm_modulate(&f64(&x), &f64(&scale), &f64(&shift), 1e-6).unwrap(),
-        "layer_norm_modulate",
+fn selection_picks_the_backend() {
+    let (x, scale, shift) = (rand(&[1, 5, 16], 1), rand(&[1, 16], 2), rand(&[1, 16], 3));
+    let half = to(&x, DType::F16);
+    assert_eq!(
+        (backend(&[&x]), backend(&[&half]), backend(&[&x, &half])),
+        (Backend::Cpu, Backend::Composed, Backend::Composed)
     );
-    assert_close(
-        &gated_residual(&x, &y, &gate).unwrap(),
-        &gated_residual(&f64(&x), &f64(&y), &f64(&gate)).unwrap(),
-        "gated_residual",
-    );
-}
-
-#[test]
-fn attention_path() {
-    let (b, s, h, d) = (2, 70, 3, 8);
-    // A fused projection [q | k | v | extra]: each part is read at its column offset.
-    let x = rand(&[b, s, 3 * h * d + 5], 11);
-    let w = rand(&[d], 12);
-    let (cos, sin) = (rand(&[s, d / 2], 13), rand(&[s, d / 2], 14));
-    let q = qk_norm_rope(&x, h * d, h, &w, 1e-6, &cos, &sin).unwrap();
-    let q_ref = qk_norm_rope(&f64(&x), h * d, h, &f64(&w), 1e-6, &f64(&cos), &f64(&sin)).unwrap();
-    assert_close(&q, &q_ref, "qk_norm_rope");
-    let k = rand(&[b, h, s, d], 15);
-    let v = heads_first(&x, 2 * h * d, h, d).unwrap();
-    assert_close(&v, &heads_first(&f64(&x), 2 * h * d, h, d).unwrap(), "heads_first");
-    assert_close(
-        &gelu_tanh_cols(&x, 3 * h * d, 5).unwrap(),
-        &gelu_tanh_cols(&f64(&x), 3 * h * d, 5).unwrap(),
-        "gelu_tanh_cols",
-    );
-    let o = attention(&q, &k, &v, 0.3).unwrap();
-    let o_ref = attention(&q_ref, &f64(&k), &f64(&v), 0.3).unwrap();
-    assert_close(&o, &o_ref, "attention");
+    set_kernels(Kernels::Composed);
+    let (sel, forced) = (backend(&[&x]), layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap());
+    set_kernels(Kernels::Auto);
+    assert_eq!(sel, Backend::Composed);
+    // The angles reach each backend in the dtype it reads: f32 for the CPU kernel, the activations' for rope_i.
+    let k = block();
+    let angles = Angles::new(k.cos.clone(), k.sin.clone(), DType::F16).unwrap().narrow(0, 70).unwrap();
+    let half = to(&k.x, DType::F16);
+    let via = qk_norm_rope(&half, 0, k.h, &to(&k.w, DType::F16), 1e-6, &angles).unwrap();
+    let direct = composed::qk_norm_rope(&half, 0, k.h, &to(&k.w, DType::F16), 1e-6, (&k.cos, &k.sin)).unwrap();
+    assert_eq!(max_abs(&(to(&via, DType::F32) - to(&direct, DType::F32)).unwrap()), 0.0);
+    let via = qk_norm_rope(&k.x, 0, k.h, &k.w, 1e-6, &angles).unwrap();
+    let direct = cpu_ops::qk_norm_rope(&k.x, 0, k.h, &k.w, 1e-6, (&k.cos, &k.sin)).unwrap();
+    assert_eq!(max_abs(&(&via - &direct).unwrap()), 0.0);
+    let composed = composed::layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap();
+    assert_eq!(max_abs(&(&forced - &composed).unwrap()), 0.0, "--kernels composed runs the composition");
+    let cpu = cpu_ops::layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap();
+    assert!(max_abs(&(&forced - &cpu).unwrap()) > 0.0, "and not the CPU kernel");
+    // The CPU has no fused kernels; the selection is refused there with one line naming the fix.
+    let err = Kernels::Fused.check(&Device::Cpu).unwrap_err();
+    assert!(err.starts_with("--kernels fused needs a CUDA device") && !err.contains('\n'), "{err}");
+    assert_eq!(Kernels::Composed.check(&Device::Cpu), Ok(Kernels::Composed));
+    assert_eq!(Kernels::Auto.check(&Device::Cpu), Ok(Kernels::Auto));
+    assert!(Kernels::Composed.composed_on(false, DType::F32) && !Kernels::Auto.composed_on(false, DType::F32));
+    assert!(Kernels::Auto.composed_on(true, DType::F32) && Kernels::Auto.composed_on(false, DType::F16));
+    assert_eq!("Composed".parse::<Kernels>(), Ok(Kernels::Composed));
+    assert!("gpu".parse::<Kernels>().unwrap_err().contains("auto, composed, fused"));
 }
 
 #[test]
@@ -127,25 +379,23 @@ fn fast_exp_and_tanh_are_accurate() {
 
 #[test]
 fn chunked_attention_computes_every_row_as_the_whole() {
-    // The composed path (f32 tensors called directly, f16 through the public wrapper) in chunks of query rows,
-    // including a ragged last chunk and chunks larger than the sequence, against all rows at once.
+    // The composed path (f32, and f16 through the public wrapper) in chunks of query rows, including a ragged last
+    // chunk and chunks larger than the sequence, against all rows at once.
     let (q, k, v) = (rand(&[2, 3, 37, 16], 1), rand(&[2, 3, 37, 16], 2), rand(&[2, 3, 37, 16], 3));
-    let whole = composed_attention(&q, &k, &v, 0.25, 0).unwrap();
+    let whole = composed::attention(&q, &k, &v, 0.25, 0).unwrap();
     for chunk in [1, 8, 36, 37, 100] {
-        let part = composed_attention(&q, &k, &v, 0.25, chunk).unwrap();
-        let diff = (&part - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert_eq!(diff, 0.0, "chunk {chunk}: the same operations per row give the same values");
+        let part = composed::attention(&q, &k, &v, 0.25, chunk).unwrap();
+        assert_eq!(max_abs(&(&part - &whole).unwrap()), 0.0, "chunk {chunk}: the same operations per row");
     }
     // Sensitivity: a chunk that dropped or repeated rows would differ by O(1).
-    let shifted = composed_attention(&q.roll(1, 2).unwrap(), &k, &v, 0.25, 8).unwrap();
-    assert!((&shifted - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
-    let h = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+    let shifted = composed::attention(&q.roll(1, 2).unwrap(), &k, &v, 0.25, 8).unwrap();
+    assert!(max_abs(&(&shifted - &whole).unwrap()) > 0.1);
+    let h = |t: &Tensor| to(t, DType::F16);
     set_attention_chunk(5);
     let chunked = attention(&h(&q), &h(&k), &h(&v), 0.25).unwrap();
     set_attention_chunk(0);
     let all = attention(&h(&q), &h(&k), &h(&v), 0.25).unwrap();
-    let diff = (chunked.to_dtype(DType::F32).unwrap() - all.to_dtype(DType::F32).unwrap()).unwrap();
-    assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(max_abs(&(to(&chunked, DType::F32) - to(&all, DType::F32)).unwrap()), 0.0);
 }
 
 #[test]
@@ -159,37 +409,40 @@ fn banded_convolution_computes_the_whole_image() {
         for band in [1, 4, 7, 100] {
             let part = composed_conv(&x, &w, stride, pad, band).unwrap();
             assert_eq!(part.dims(), whole.dims());
-            let diff = (&part - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert_eq!(diff, 0.0, "stride {stride} pad {pad} band {band}");
+            assert_eq!(max_abs(&(&part - &whole).unwrap()), 0.0, "stride {stride} pad {pad} band {band}");
         }
         // Sensitivity: bands that were off by a row would differ by O(1).
         let off = composed_conv(&x.roll(1, 2).unwrap(), &w, stride, pad, 4).unwrap();
-        assert!((&off - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+        assert!(max_abs(&(&off - &whole).unwrap()) > 0.1);
     }
 }
 
 #[test]
 fn group_norm_in_chunks_of_groups_is_the_whole() {
-    // The composed path (f16, so the CPU kernel stays out) with VAE banding on (chunks of GN_CHUNK groups,
-    // a ragged last chunk: 10 groups) against all groups at once, with and without the SiLU.
-    let x = rand(&[2, 20, 6, 5], 9).to_dtype(DType::F16).unwrap();
-    let gn = GroupNorm {
-        weight: rand(&[20], 10).to_dtype(DType::F16).unwrap(),
-        bias: rand(&[20], 11).to_dtype(DType::F16).unwrap(),
-        groups: 10,
-        eps: 1e-6,
-    };
+    // The composed path (f16, so the CPU kernel stays out under any selection) with VAE banding on (chunks of
+    // GN_CHUNK groups, a ragged last chunk: 10 groups) against all groups at once, with and without the SiLU.
+    let x = to(&rand(&[2, 20, 6, 5], 9), DType::F16);
+    let (weight, bias) = (to(&rand(&[20], 10), DType::F16), to(&rand(&[20], 11), DType::F16));
+    let gn = GroupNorm { weight: weight.clone(), bias: bias.clone(), groups: 10, eps: 1e-6 };
+    let whole = |x: &Tensor, silu| composed::group_norm(x, (&weight, &bias), 10, (0, 10), 1e-6, silu).unwrap();
     for silu in [false, true] {
-        let whole = gn.composed(&x, 0, 10, silu).unwrap();
         set_conv_band(8);
         let chunked = gn.forward(&x, silu).unwrap();
         set_conv_band(0);
-        let diff = (chunked.to_dtype(DType::F32).unwrap() - whole.to_dtype(DType::F32).unwrap()).unwrap();
-        assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "silu {silu}");
+        assert_eq!(max_abs(&(to(&chunked, DType::F32) - to(&whole(&x, silu), DType::F32)).unwrap()), 0.0, "{silu}");
     }
     // Sensitivity: statistics over the wrong channels would move the output by O(1).
-    let wrong = gn.composed(&x.roll(2, 1).unwrap(), 0, 10, false).unwrap().roll(-2, 1).unwrap();
-    let whole = gn.composed(&x, 0, 10, false).unwrap();
-    let diff = (wrong.to_dtype(DType::F32).unwrap() - whole.to_dtype(DType::F32).unwrap()).unwrap();
-    assert!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+    let wrong = whole(&x.roll(2, 1).unwrap(), false).roll(-2, 1).unwrap();
+    assert!(max_abs(&(to(&wrong, DType::F32) - to(&whole(&x, false), DType::F32)).unwrap()) > 0.1);
+}
+
+#[test]
+fn heads_first_takes_the_one_copy_route_and_the_general_one() {
+    // W a multiple of d (one strided copy) and not (narrow, then copies): the same values.
+    for w in [3 * 3 * 8 + 8, 3 * 3 * 8 + 5] {
+        let x = rand(&[2, 7, w], 30);
+        let got = composed::heads_first(&x, 8 * 3, 3, 8).unwrap();
+        let want = reference::heads_first(&f64(&x), 8 * 3, 3, 8).unwrap();
+        assert_eq!(rel(&got, &want), 0.0, "W = {w}");
+    }
 }

@@ -9,15 +9,10 @@
 //! [`crate::weights::flux_keys`].
 
 use super::linear::{LinearLayer, Weights};
-use super::transformer::{chunks, rope, scaled_scalars, sinusoidal, Embedder, Inputs, Modulation, QkNorm, Rope, EPS};
+use super::transformer::{chunks, rope, scaled_scalars, sinusoidal, Embedder, Inputs, Modulation, QkNorm, EPS};
 use crate::config::TransformerConfig;
-use crate::kernels;
-use candle_core::{DType, Result, Tensor, D};
-
-/// `silu(a)·b` for the two halves [a | b] of the last `2·width` columns from `start`.
-fn swiglu(x: &Tensor, start: usize, width: usize) -> Result<Tensor> {
-    x.narrow(D::Minus1, start, width)?.silu()? * x.narrow(D::Minus1, start + width, width)?
-}
+use crate::kernels::{self, Angles};
+use candle_core::{DType, Result, Tensor};
 
 /// One stream of a double block: fused qkv, q/k norms, output projection, SwiGLU MLP (`img_*` / `txt_*`).
 struct Stream {
@@ -45,7 +40,7 @@ impl Stream {
     fn finish(&self, x: &Tensor, att: &Tensor, attn: &Modulation, mlp: &Modulation) -> Result<Tensor> {
         let x = kernels::gated_residual(x, &att.apply(&self.proj)?, &attn.gate)?;
         let h = mlp.apply(&x)?.apply(&self.mlp_in)?;
-        let h = swiglu(&h, 0, self.mlp)?.apply(&self.mlp_out)?;
+        let h = kernels::swiglu(&h, 0, self.mlp)?.apply(&self.mlp_out)?;
         kernels::gated_residual(&x, &h, &mlp.gate)
     }
 }
@@ -75,7 +70,7 @@ impl DoubleBlock {
         ctx: &Tensor,
         m: &StepModulation,
         heads: usize,
-        rope: &Rope,
+        rope: &Angles,
     ) -> Result<(Tensor, Tensor)> {
         let st = ctx.dim(1)?;
         let qkv_i = m.img[0].apply(x)?.apply(&self.img.qkv)?;
@@ -113,10 +108,10 @@ impl SingleBlock {
         })
     }
 
-    fn forward(&self, h: &Tensor, m: &Modulation, heads: usize, rope: &Rope) -> Result<Tensor> {
+    fn forward(&self, h: &Tensor, m: &Modulation, heads: usize, rope: &Angles) -> Result<Tensor> {
         let fused = m.apply(h)?.apply(&self.linear1)?;
         let dim = fused.dim(2)? - 2 * self.mlp;
-        let mlp = swiglu(&fused, dim, self.mlp)?;
+        let mlp = kernels::swiglu(&fused, dim, self.mlp)?;
         let (q, k, v) = self.norm.split(&fused, heads, rope, 0)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let att = kernels::attention(&q, &k, &v, scale)?;
@@ -241,8 +236,7 @@ impl Flux2Transformer {
             single: Modulation::split(&temb.apply(&self.mod_single)?, 1)?.remove(0),
         };
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
-        let (cos, sin) = rope(&ids, &self.axes, self.theta, tokens.device())?;
-        let rope = Rope { cos: &cos, sin: &sin };
+        let rope = rope(&ids, &self.axes, self.theta, self.dtype, tokens.device())?;
 
         let mut x = tokens.apply(&self.img_in)?;
         let mut ctx = inp.txt.apply(&self.txt_in)?;

@@ -10,7 +10,7 @@
 
 use super::linear::{LinearLayer, Weights};
 use crate::config::TransformerConfig;
-use crate::kernels;
+use crate::kernels::{self, Angles};
 use candle_core::{DType, Device, Result, Tensor, D};
 
 pub(crate) const EPS: f64 = 1e-6;
@@ -50,8 +50,9 @@ pub(crate) fn scaled_scalars(t: &Tensor, dtype: DType) -> Result<Vec<f32>> {
 
 /// RoPE angles for every token (text first, then image): cos and sin [S, head_dim/2], each axis `a` of the ids
 /// rotating `axes[a]` dimensions with base `theta` (10000 in FLUX.1). Frequencies and angles in f64, then cast to
-/// f32, as `FluxPosEmbed` does on CPU and CUDA.
-pub(crate) fn rope(ids: &Tensor, axes: &[usize], theta: f64, dev: &Device) -> Result<(Tensor, Tensor)> {
+/// f32, as `FluxPosEmbed` does on CPU and CUDA; kept with a copy in `dtype` (the model's) for the composed path,
+/// cast here once per forward (see [`Angles`]).
+pub(crate) fn rope(ids: &Tensor, axes: &[usize], theta: f64, dtype: DType, dev: &Device) -> Result<Angles> {
     let ids: Vec<Vec<f32>> = ids.to_dtype(DType::F32)?.to_vec2()?;
     let half: usize = axes.iter().sum::<usize>() / 2;
     let (mut cos, mut sin) = (Vec::with_capacity(ids.len() * half), Vec::with_capacity(ids.len() * half));
@@ -66,7 +67,7 @@ pub(crate) fn rope(ids: &Tensor, axes: &[usize], theta: f64, dev: &Device) -> Re
         }
     }
     let n = ids.len();
-    Ok((Tensor::from_vec(cos, (n, half), dev)?, Tensor::from_vec(sin, (n, half), dev)?))
+    Angles::new(Tensor::from_vec(cos, (n, half), dev)?, Tensor::from_vec(sin, (n, half), dev)?, dtype)
 }
 
 /// Splits a modulation output [B, n·D] into its n chunks [B, D].
@@ -97,18 +98,6 @@ impl Modulation {
     }
 }
 
-/// The angles for a slice of the sequence.
-pub(crate) struct Rope<'a> {
-    pub cos: &'a Tensor,
-    pub sin: &'a Tensor,
-}
-
-impl Rope<'_> {
-    fn range(&self, start: usize, len: usize) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.narrow(0, start, len)?, self.sin.narrow(0, start, len)?))
-    }
-}
-
 /// RMSNorm weights for queries and keys (`norm.query_norm.scale`, `norm.key_norm.scale`).
 pub(crate) struct QkNorm {
     q: Tensor,
@@ -126,14 +115,14 @@ impl QkNorm {
         &self,
         qkv: &Tensor,
         heads: usize,
-        rope: &Rope,
+        rope: &Angles,
         start: usize,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let hd = self.q.dim(0)?;
         let dim = heads * hd;
-        let (cos, sin) = rope.range(start, qkv.dim(1)?)?;
-        let q = kernels::qk_norm_rope(qkv, 0, heads, &self.q, EPS, &cos, &sin)?;
-        let k = kernels::qk_norm_rope(qkv, dim, heads, &self.k, EPS, &cos, &sin)?;
+        let angles = rope.narrow(start, qkv.dim(1)?)?;
+        let q = kernels::qk_norm_rope(qkv, 0, heads, &self.q, EPS, &angles)?;
+        let k = kernels::qk_norm_rope(qkv, dim, heads, &self.k, EPS, &angles)?;
         let v = kernels::heads_first(qkv, 2 * dim, heads, hd)?;
         Ok((q, k, v))
     }
@@ -190,7 +179,14 @@ impl DoubleBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, ctx: &Tensor, temb: &Tensor, heads: usize, rope: &Rope) -> Result<(Tensor, Tensor)> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        temb: &Tensor,
+        heads: usize,
+        rope: &Angles,
+    ) -> Result<(Tensor, Tensor)> {
         let (img_attn, img_mlp) = self.img.modulations(temb)?;
         let (txt_attn, txt_mlp) = self.txt.modulations(temb)?;
         let st = ctx.dim(1)?;
@@ -230,7 +226,7 @@ impl SingleBlock {
         })
     }
 
-    fn forward(&self, h: &Tensor, temb: &Tensor, heads: usize, rope: &Rope) -> Result<Tensor> {
+    fn forward(&self, h: &Tensor, temb: &Tensor, heads: usize, rope: &Angles) -> Result<Tensor> {
         let m = Modulation::split(&temb.apply(&self.modulation)?, 1)?.remove(0);
         let fused = m.apply(h)?.apply(&self.linear1)?;
         let dim = fused.dim(2)? - self.mlp;
@@ -356,8 +352,7 @@ impl FluxTransformer {
         let temb = temb.silu()?;
 
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
-        let (cos, sin) = rope(&ids, &self.axes, 10000.0, dev)?;
-        let rope = Rope { cos: &cos, sin: &sin };
+        let rope = rope(&ids, &self.axes, 10000.0, dtype, dev)?;
 
         let mut x = latents.apply(&self.img_in)?;
         let mut ctx = inp.txt.apply(&self.txt_in)?;

@@ -91,6 +91,18 @@ fn out_of_range_flags() {
     c.fails(&dev(), &img(), &["--dtype", "bf16"], "not available on the CPU");
 }
 
+/// `--kernels fused` on the CPU, also in a dry run and from a batch of several inputs: one usage error up front,
+/// before any item is planned. (On CUDA in a build without compiled Triton kernels it is the same kind of line;
+/// no test here can reach a CUDA device.)
+#[test]
+fn fused_kernels_are_refused_on_the_cpu() {
+    let c = Case::new();
+    let needle = "--kernels fused needs a CUDA device";
+    c.fails(&dev(), &img(), &["--kernels", "fused"], needle);
+    c.fails(&dev(), &img(), &["--kernels", "fused", "--dry-run"], needle);
+    c.fails(&dev(), &fixtures().join("images"), &["--kernels", "fused"], needle);
+}
+
 #[test]
 fn strength_too_low_names_the_smallest_that_runs() {
     let c = Case::new();

@@ -100,6 +100,25 @@ fn modes_match_diffusers() {
     check_cases("cases-modes.json");
 }
 
+/// `args` for a case, with candle's composition (what CUDA runs) forced on the CPU's f32 tensors.
+pub fn composed(
+    args: impl Fn(&Value, &std::path::Path) -> Vec<String>,
+) -> impl Fn(&Value, &std::path::Path) -> Vec<String> {
+    move |case, out| {
+        let mut a = args(case, out);
+        a.extend(["--kernels".into(), "composed".into()]);
+        a
+    }
+}
+
+/// Every mode with `--kernels composed`: the same bar and caps. Measured 62.2–∞ dB (the CPU kernels: 62.2–∞;
+/// kontext-dev-auto 66.5 dB composed, 80.0 with the CPU kernels).
+#[test]
+fn modes_match_diffusers_with_composed_kernels() {
+    let cap = |what: &str| if what == "reference_image" { MAX_REFERENCE_SWAP_DB } else { MAX_SENSITIVITY_DB };
+    run_cases("cases-modes.json", composed(case_args), cap);
+}
+
 fn pixels(p: &std::path::Path) -> image::RgbImage {
     image::open(p).unwrap().to_rgb8()
 }

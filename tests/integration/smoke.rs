@@ -35,4 +35,16 @@ fn smoke_that_cannot_run_exits_2_with_one_line() {
     assert_eq!((v["passed"].as_bool(), v["cannot_run"].as_bool()), (Some(false), Some(true)));
     let o = run(&["smoke", "--dtype", "bf16"]);
     assert_eq!(o.status.code(), Some(2), "bf16 needs CUDA");
+    let o = run(&["smoke", "--kernels", "fused", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "fused kernels need CUDA");
+    assert!(stderr(&o).contains("--kernels fused needs a CUDA device"), "{}", stderr(&o));
+}
+
+#[test]
+fn smoke_runs_the_composed_path_on_the_cpu() {
+    // Measured: bit-identical to diffusers' float32 image, as the CPU kernels are.
+    let o = run(&["smoke", "--kernels", "composed", "--json", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!((v["passed"].as_bool(), v["kernels"].as_str()), (Some(true), Some("composed")), "{v}");
 }

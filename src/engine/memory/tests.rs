@@ -115,6 +115,7 @@ fn img2img_1024() -> Workload {
         batch: 1,
         attention_chunk: None,
         vae_band: None,
+        kernels: Kernels::Auto,
     }
 }
 

@@ -192,6 +192,8 @@ impl Session {
     /// The plan for `req` given its input's size (None for modes without an input; a random seed is drawn when
     /// the request has none).
     pub fn plan(&self, req: &Request, input_size: Option<(u32, u32)>) -> Result<Plan> {
+        // The CLI refuses this for the whole batch already; a library caller learns it here, before any load.
+        req.kernels.check(&req.device).map_err(crate::Error::Usage)?;
         let seed = req.seed.unwrap_or_else(super::random_seed);
         let references = self.reference_sizes(req, input_size)?;
         plan::plan(req, &self.configs, input_size, &references, seed, super::gpu_geometry(&self.device))
@@ -338,6 +340,7 @@ impl Session {
         let start = Instant::now();
         self.progress.event(Event::Plan { request: req, plan: &plan });
         let mut timings = Timings::default();
+        crate::kernels::set_kernels(req.kernels);
         crate::kernels::set_attention_chunk(req.attention_chunk.unwrap_or(0));
         crate::kernels::set_conv_band(req.vae_band.unwrap_or(0));
         let image = self.render(req, input, &plan, &mut timings)?;
