@@ -12,9 +12,10 @@ pub enum Error {
     /// A flag value that can never work (out of range, not a multiple of the latent grid, ...).
     #[error("{0}")]
     Usage(String),
-    /// The input image is missing, unreadable or not an image.
-    #[error("input image {}: {msg}", path.display())]
+    /// An image file (the input, a mask, a reference or control image) is missing, unreadable or not an image.
+    #[error("{role} {}: {msg}", path.display())]
     Image {
+        role: crate::image_io::Role,
         path: PathBuf,
         msg: String,
         #[source]
@@ -37,8 +38,8 @@ pub enum Error {
         source: Option<Source>,
     },
     /// Tensors the config requires are absent from, or shaped differently in, the weight files.
-    #[error("{component} weights do not fit its config.json: {detail}")]
-    Tensors { component: String, detail: String },
+    #[error("{component} weights do not fit its config.json{}: {detail}", file.as_ref().map(|f| format!(" ({})", f.display())).unwrap_or_default())]
+    Tensors { component: String, detail: String, file: Option<PathBuf> },
     /// The output cannot be written where asked.
     #[error("output {}: {msg}", path.display())]
     Output {
@@ -54,6 +55,9 @@ pub enum Error {
         #[source]
         source: Option<Source>,
     },
+    /// A stage produced NaN or infinite values: the image would be black or noise, so nothing is written.
+    #[error("{stage} produced NaN or infinite values; {cause}. No image was written")]
+    NonFinite { stage: String, cause: String },
     /// A tensor operation failed (out of memory, a CUDA driver error, ...).
     #[error("{}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
@@ -87,11 +91,24 @@ impl Error {
     }
 
     pub(crate) fn image(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Image { path: path.into(), msg: msg.into(), source: None }
+        Self::image_as(crate::image_io::Role::Input, path, msg)
     }
 
     pub(crate) fn image_from(path: impl Into<PathBuf>, msg: impl Into<String>, e: impl Into<Source>) -> Self {
-        Error::Image { path: path.into(), msg: msg.into(), source: Some(e.into()) }
+        Self::image_from_as(crate::image_io::Role::Input, path, msg, e)
+    }
+
+    pub(crate) fn image_as(role: crate::image_io::Role, path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Image { role, path: path.into(), msg: msg.into(), source: None }
+    }
+
+    pub(crate) fn image_from_as(
+        role: crate::image_io::Role,
+        path: impl Into<PathBuf>,
+        msg: impl Into<String>,
+        e: impl Into<Source>,
+    ) -> Self {
+        Error::Image { role, path: path.into(), msg: msg.into(), source: Some(e.into()) }
     }
 
     pub(crate) fn output(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -12,6 +12,7 @@ mod enum_names;
 pub(crate) use enum_names::named_enum;
 
 pub mod batch;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -28,6 +28,25 @@ pub fn check_output(output: &Path, input: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Whether `output`'s folder takes new files: a temporary file is made there and removed (permissions, read-only
+/// mounts and full disks all show, which a look at the mode bits would not).
+pub fn check_writable(output: &Path) -> Result<()> {
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match tempfile::Builder::new().prefix(".flux-img2img-probe-").tempfile_in(dir) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Error::output_from(output, format!("cannot write in {}", dir.display()), e)),
+    }
+}
+
+/// Whether `path` is a whole PNG: the signature first and the IEND chunk last (a file cut short by a crash or a
+/// full disk has no IEND).
+pub fn is_complete_png(path: &Path) -> bool {
+    const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+    const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    bytes.len() >= 20 && bytes.starts_with(&SIGNATURE) && bytes.ends_with(&IEND)
+}
+
 /// Writes `img` as PNG with `text` chunks (keyword, value), replacing `path` only once the file is complete.
 pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
     let err = |msg: String| Error::output(path, msg);
@@ -41,6 +60,7 @@ pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result
     let mut tmp = builder
         .tempfile_in(dir)
         .map_err(|e| Error::output_from(path, format!("cannot create a file in {}", dir.display()), e))?;
+    let _live = crate::cleanup::register(tmp.path());
     {
         let mut enc = png::Encoder::new(std::io::BufWriter::new(tmp.as_file_mut()), img.width(), img.height());
         enc.set_color(png::ColorType::Rgb);

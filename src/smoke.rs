@@ -231,7 +231,9 @@ pub fn command(args: &crate::cli::SmokeArgs, ui: &crate::ui::Ui) -> u8 {
     });
     match result {
         Ok(r) => {
-            println!("{}", if args.json { serde_json::to_string(&r).expect("a report serializes") } else { r.text() });
+            crate::ui::stdout::line(
+                &(if args.json { serde_json::to_string(&r).expect("a report serializes") } else { r.text() }),
+            );
             if r.passed {
                 0
             } else {
@@ -241,7 +243,9 @@ pub fn command(args: &crate::cli::SmokeArgs, ui: &crate::ui::Ui) -> u8 {
         Err(e) => {
             ui.error(&e);
             if args.json {
-                println!("{}", serde_json::json!({"passed": false, "cannot_run": true, "error": e.one_line()}));
+                crate::ui::stdout::line(
+                    &serde_json::json!({"passed": false, "cannot_run": true, "error": e.one_line()}).to_string(),
+                );
             }
             2
         }

@@ -124,14 +124,32 @@ fn has_image_extension(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Seconds a URL input may take to connect, and then between received bytes, unless `--download-timeout` says.
+pub const DEFAULT_TIMEOUT: u64 = 30;
+
 /// Remote inputs fetched into a temporary folder, once each, for the length of a run.
 #[derive(Default)]
 pub struct Downloads {
     dir: Option<tempfile::TempDir>,
     fetched: HashMap<Input, std::result::Result<PathBuf, String>>,
+    /// Connect and read timeout in seconds (0: the default).
+    timeout: u64,
+    /// The temporary folder stays registered for removal if the process is stopped.
+    live: Option<crate::cleanup::Guard>,
 }
 
 impl Downloads {
+    /// Downloads that give up on a server silent for `secs` seconds (None: [`DEFAULT_TIMEOUT`]).
+    pub fn with_timeout(secs: Option<u64>) -> Self {
+        Self { timeout: secs.unwrap_or(DEFAULT_TIMEOUT), ..Self::default() }
+    }
+
+    /// A server that accepts and never answers must not hold the batch forever.
+    fn agent(&self) -> ureq::Agent {
+        let t = std::time::Duration::from_secs(if self.timeout == 0 { DEFAULT_TIMEOUT } else { self.timeout });
+        ureq::AgentBuilder::new().timeout_connect(t).timeout_read(t).build()
+    }
+
     /// The temporary folder (created on first use).
     fn dir(&mut self) -> Result<PathBuf> {
         if self.dir.is_none() {
@@ -139,6 +157,7 @@ impl Downloads {
                 .prefix("flux-img2img-inputs-")
                 .tempdir()
                 .map_err(|e| Error::Usage(format!("cannot create a temporary folder for downloaded inputs: {e}")))?;
+            self.live = Some(crate::cleanup::register(d.path()));
             self.dir = Some(d);
         }
         Ok(self.dir.as_ref().expect("created above").path().to_path_buf())
@@ -176,7 +195,7 @@ impl Downloads {
                 read_all(std::io::stdin()).map_err(|e| Error::image_from(&src, "cannot read standard input", e))?
             }
             Input::Url(url) => {
-                let resp = ureq::get(url).call().map_err(|e| Error::image_from(&src, "cannot download", e))?;
+                let resp = self.agent().get(url).call().map_err(|e| Error::image_from(&src, "cannot download", e))?;
                 read_all(std::io::Read::take(resp.into_reader(), MAX_DOWNLOAD))
                     .map_err(|e| Error::image_from(&src, "cannot download", e))?
             }

@@ -13,6 +13,8 @@ pub mod grid;
 pub mod inputs;
 mod results;
 mod runner;
+pub mod safety;
+mod signals;
 
 pub use inputs::Input;
 pub use runner::run;
@@ -53,6 +55,10 @@ pub struct Options {
     pub strength_given: bool,
     /// `--memory-budget`: items expected to need more are refused before anything loads.
     pub memory_budget: Option<crate::engine::memory::Budget>,
+    /// `--strict-images`: damaged images (a JPEG cut short) fail their item instead of a warning.
+    pub strict_images: bool,
+    /// `--download-timeout`: seconds for URL inputs to connect and between received bytes.
+    pub download_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,15 +83,18 @@ pub struct Summary {
     pub skipped: usize,
     /// (item index, message)
     pub failed: Vec<(usize, String)>,
-    /// Stopped by Ctrl-C before every item ran.
+    /// Stopped by Ctrl-C or SIGTERM before every item ran.
     pub interrupted: bool,
+    /// The signal that stopped it (2 SIGINT, 15 SIGTERM).
+    pub signal: Option<i32>,
 }
 
 impl Summary {
-    /// The process exit code: 0 all written, 1 some failed, 2 a one-item batch failed, 130 interrupted.
+    /// The process exit code: 0 all written, 1 some failed, 2 a one-item batch failed, 130 interrupted (143 by
+    /// SIGTERM).
     pub fn exit_code(&self, total: usize) -> u8 {
         if self.interrupted {
-            130
+            128 + self.signal.unwrap_or(2) as u8
         } else if self.failed.is_empty() {
             0
         } else if total == 1 {
@@ -93,5 +102,18 @@ impl Summary {
         } else {
             1
         }
+    }
+}
+
+impl Summary {
+    /// The end-of-batch line: `in_run` items in this process, `total` in the whole batch.
+    pub fn line(&self, dry_run: bool, in_run: usize, total: usize) -> String {
+        format!(
+            "summary: {}{} skipped, {} failed{} ({in_run} items in this run, {total} in the batch)",
+            if dry_run { format!("{} planned, ", self.planned) } else { format!("{} written, ", self.written) },
+            self.skipped,
+            self.failed.len(),
+            if self.interrupted { ", interrupted" } else { "" },
+        )
     }
 }

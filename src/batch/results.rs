@@ -1,9 +1,11 @@
 //! What a batch prints on stdout, item by item: the written path, or with `--json` one object per item (the
-//! edit's record plus index, output, status and, when written, timings and peak memory).
+//! edit's record plus index, output, status and, when written, timings and peak memory). Lines go through
+//! `ui::stdout`, so a closed stdout never stops the batch.
 
 use super::{Item, Options};
 use crate::engine::memory::Estimate;
 use crate::engine::{EditRecord, Plan, Report};
+use crate::ui::stdout::line;
 use serde_json::{json, Value};
 
 fn record(item: &Item, plan: &Plan, status: &str) -> Value {
@@ -32,9 +34,9 @@ pub fn written(opts: &Options, item: &Item, rep: &Report, memory: Option<&Estima
         v["timings"] = json!(rep.timings);
         v["peak_rss_mib"] = json!(rep.peak_rss_mib);
         v["memory_estimate"] = estimate(memory);
-        println!("{v}");
+        line(&v.to_string());
     } else {
-        println!("{}", rep.output.display());
+        line(&rep.output.display().to_string());
     }
 }
 
@@ -43,11 +45,11 @@ pub fn planned(opts: &Options, item: &Item, plan: &Plan, memory: Option<&Estimat
     if opts.json {
         let mut v = record(item, plan, "planned");
         v["memory_estimate"] = estimate(memory);
-        println!("{v}");
+        line(&v.to_string());
     } else {
         let r = &item.request;
         let input = r.image().map(|p| p.display().to_string()).unwrap_or_default();
-        println!("{input} -> {}: {}", r.output.display(), crate::ui::lines::plan(r, plan));
+        line(&format!("{input} -> {}: {}", r.output.display(), crate::ui::lines::plan(r, plan)));
     }
 }
 
@@ -63,7 +65,7 @@ fn estimate(memory: Option<&Estimate>) -> Value {
 
 pub fn skipped(opts: &Options, item: &Item) {
     if opts.json {
-        println!("{}", bare(item, "skipped"));
+        line(&bare(item, "skipped").to_string());
     }
 }
 
@@ -71,15 +73,12 @@ pub fn failed(opts: &Options, item: &Item, msg: &str) {
     if opts.json {
         let mut v = bare(item, "failed");
         v["error"] = json!(msg);
-        println!("{v}");
+        line(&v.to_string());
     }
 }
 
 /// Copies the single written PNG to stdout (`-o -`).
 pub fn png_to_stdout(png: &std::path::Path) -> std::io::Result<()> {
-    use std::io::Write;
     let bytes = std::fs::read(png)?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(&bytes)?;
-    out.flush()
+    crate::ui::stdout::bytes(&bytes).map_err(std::io::Error::other)
 }

@@ -15,7 +15,6 @@ use crate::ui::Ui;
 use crate::{image_io, output, source};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// An item that passed the checks: local input and output paths, its plan and expected memory.
@@ -36,6 +35,10 @@ struct Run<'a> {
     warned: HashSet<String>,
     /// The memory limit items are checked against and whether exceeding it refuses them, read once per batch.
     memory_limit: Option<(Option<u64>, bool)>,
+    /// Output folders already found writable.
+    writable: HashSet<std::path::PathBuf>,
+    /// Set by Ctrl-C / SIGTERM: no new item starts.
+    stop: Arc<super::signals::Stop>,
 }
 
 /// Runs (or, with `--dry-run`, plans) every item. Err only for fatal problems: a bad model folder or weights.
@@ -49,18 +52,21 @@ pub fn run(batch: &Batch, ui: &Arc<Ui>) -> Result<Summary> {
         opts: &batch.options,
         ui,
         summary: Summary::default(),
-        downloads: Downloads::default(),
+        downloads: Downloads::with_timeout(batch.options.download_timeout),
         warned: HashSet::new(),
         memory_limit: None,
+        writable: HashSet::new(),
+        stop: super::signals::watch(ui),
     };
     let mut session = run.open_session(first)?;
-    if let (Some(g), false) = (&run.opts.grid, run.opts.dry_run) {
-        output::check_output(g, first.request.image())?;
-    }
     // LoRAs are merged into the weights unless the batch changes their scale between images.
     let scales: Vec<f64> = batch.items.iter().map(|i| i.request.lora_scale).collect();
     session.allow_lora_merge(scales.windows(2).all(|w| w[0] == w[1]));
     let ready = run.precheck(&mut session)?;
+    if let (Some(g), false) = (&run.opts.grid, run.opts.dry_run) {
+        // After the items' checks: the grid may go into an --output-dir they just created.
+        run.prepare_output(g, None)?;
+    }
     if run.opts.dry_run {
         run.dry_run(&ready);
         return Ok(run.summary);
@@ -95,7 +101,7 @@ impl Run<'_> {
     fn precheck(&mut self, session: &mut Session) -> Result<Vec<Ready>> {
         let mut ready = Vec::new();
         for item in &self.batch.items {
-            if self.opts.skip_existing && item.request.output.exists() {
+            if self.opts.skip_existing && self.already_written(&item.request.output) {
                 self.ui.info(&format!("skip: {} exists", item.request.output.display()));
                 results::skipped(self.opts, item);
                 self.summary.skipped += 1;
@@ -108,6 +114,40 @@ impl Run<'_> {
             }
         }
         Ok(ready)
+    }
+
+    /// `--skip-existing`: only a complete PNG counts as done; an empty or cut-short file (a crash, a full disk) is
+    /// made again.
+    fn already_written(&self, out: &Path) -> bool {
+        if !out.exists() {
+            return false;
+        }
+        if output::is_complete_png(out) {
+            return true;
+        }
+        self.ui.warn(&format!("{} exists but is not a complete PNG; making it again", out.display()));
+        false
+    }
+
+    /// Damaged image files of an item (a JPEG cut short): a warning once per file, or with `--strict-images` the
+    /// item's error.
+    fn check_damage(&mut self, r: &Request) -> Result<()> {
+        let mask = r.mask().and_then(|m| match &m.source {
+            crate::engine::request::MaskSource::File(p) => Some((p.as_path(), image_io::Role::Mask)),
+            _ => None,
+        });
+        let files = r.image().map(|p| (p, image_io::Role::Input)).into_iter().chain(mask);
+        let files = files.chain(r.references.iter().map(|p| (p.as_path(), image_io::Role::Reference)));
+        for (path, role) in files {
+            let Some(msg) = image_io::damage(path) else { continue };
+            if self.opts.strict_images {
+                return Err(Error::image_as(role, path, format!("{msg}; refused (--strict-images)")));
+            }
+            if self.warned.insert(format!("damage:{}", path.display())) {
+                self.ui.warn(&format!("{role} {}: {msg}; editing it anyway (--strict-images refuses)", path.display()));
+            }
+        }
+        Ok(())
     }
 
     /// One item's input fetched and read, its output checked (folders under `--output-dir` created), its plan.
@@ -142,6 +182,9 @@ impl Run<'_> {
             Some(input) => Some(image_io::load_rgb(input)?.dimensions()),
             None => None,
         };
+        if !self.opts.dry_run {
+            self.check_damage(r)?;
+        }
         let plan = session.plan(r, dims)?;
         for w in &plan.warnings {
             if self.warned.insert(w.clone()) {
@@ -160,30 +203,25 @@ impl Run<'_> {
         Ok(Ready { item, plan, memory })
     }
 
-    /// Over `--memory-budget`: an error naming a flag that fits; over the free memory without a budget: a warning.
+    /// Over `--memory-budget` (or, without one, over what the host has available): an error naming a flag that
+    /// fits, before anything loads. The CPU default refuses too: an edit the machine cannot hold only ends in the
+    /// OOM killer or an allocation abort after minutes of loading.
     fn check_memory(&mut self, session: &mut Session, r: &Request, plan: &Plan, est: &Estimate) -> Result<()> {
-        let (limit, refuse) = self.memory_limit(&r.device);
+        let (limit, explicit) = self.memory_limit(&r.device);
         let Some(limit) = limit.filter(|l| est.peak() > *l) else { return Ok(()) };
-        // A warning is shown once; the advice is worked out only for a line that will be printed.
-        if !refuse && self.warned.contains("memory") {
-            return Ok(());
-        }
         let fix = super::fit::suggestion(session, r, plan, limit)?;
         let need = format!("{}x{} needs {}", plan.width, plan.height, est.describe());
         let limit = memory::gb(limit);
-        if refuse {
+        if explicit {
             return Err(Error::Usage(format!("{need}, over the {limit} --memory-budget; {fix}")));
         }
-        if self.warned.insert("memory".into()) {
-            self.ui.warn(&format!(
-                "{need}, and {limit} is free; {fix} (--memory-budget auto refuses such edits before loading)"
-            ));
-        }
-        Ok(())
+        Err(Error::Usage(format!(
+            "{need}, and this machine has {limit} available; {fix}, or give --memory-budget GB to run it anyway"
+        )))
     }
 
-    /// `--memory-budget` in bytes (refusing), else the host's available memory (warning); the free memory is read
-    /// once, when the first item is checked.
+    /// The limit items are checked against: `--memory-budget` in bytes, else what the device has free (`auto`;
+    /// without a budget only on the CPU, where it is known); and whether the user set it. Read once per batch.
     fn memory_limit(&mut self, device: &candle_core::Device) -> (Option<u64>, bool) {
         *self.memory_limit.get_or_insert_with(|| match self.opts.memory_budget {
             Some(memory::Budget::Bytes(b)) => (Some(b), true),
@@ -194,13 +232,19 @@ impl Run<'_> {
         })
     }
 
-    /// Folders under `--output-dir` are ours to create; a missing folder in an explicit `--output` is an error.
-    fn prepare_output(&self, out: &Path, input: Option<&Path>) -> Result<()> {
+    /// Folders are probed for writing once each, so a read-only one fails here, before any model loads.
+    fn prepare_output(&mut self, out: &Path, input: Option<&Path>) -> Result<()> {
         let ours = self.opts.output_dir.as_ref().is_some_and(|d| out.starts_with(d));
         if let Some(dir) = out.parent().filter(|d| ours && !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::output_from(out, "cannot create its folder", e))?;
         }
-        output::check_output(out, input)
+        output::check_output(out, input)?;
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        if !self.writable.contains(&dir) {
+            output::check_writable(out)?;
+            self.writable.insert(dir);
+        }
+        Ok(())
     }
 
     /// Lists each item's plan; strengths that land on the same first step give identical images: say so.
@@ -239,12 +283,11 @@ impl Run<'_> {
 
     /// The edits, one after another, until done or interrupted.
     fn edit_all(&mut self, session: &mut Session, ready: &[Ready]) -> Result<Vec<Cell>> {
-        let stop = ctrl_c_flag(self.ui);
         let n = ready.len();
         let mut cells = Vec::new();
         self.ui.batch_started(n);
         for (k, Ready { item, plan, memory }) in ready.iter().enumerate() {
-            if stop.load(Ordering::SeqCst) {
+            if self.stop.signal().is_some() {
                 break;
             }
             let r = &item.request;
@@ -263,7 +306,8 @@ impl Run<'_> {
             }
         }
         self.ui.batch_finished();
-        self.summary.interrupted = stop.load(Ordering::SeqCst);
+        self.summary.signal = self.stop.signal();
+        self.summary.interrupted = self.summary.signal.is_some();
         Ok(cells)
     }
 
@@ -295,18 +339,4 @@ fn cell(r: &Request, output: std::path::PathBuf, seed: u64) -> Cell {
     }
     let input = r.image().map(Path::to_path_buf).unwrap_or_else(|| r.prompt.clone().into());
     Cell { input, output, label }
-}
-
-/// A flag Ctrl-C sets: the current image finishes, then the batch stops. A second Ctrl-C exits at once (the
-/// image being written is then never renamed into place).
-fn ctrl_c_flag(ui: &Arc<Ui>) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (flag, ui) = (stop.clone(), ui.clone());
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        ui.alert("\ninterrupted: finishing the current image, then stopping (Ctrl-C again to abandon it)");
-    });
-    stop
 }

@@ -211,9 +211,23 @@ pub struct Args {
     /// Also write a contact sheet of this run's images: a row per input, a column per strength/seed, labelled.
     #[arg(long, value_name = "PNG")]
     pub grid: Option<PathBuf>,
-    /// Skip items whose output file already exists (resume an interrupted batch).
+    /// Skip items whose output file already exists as a complete PNG (resume an interrupted batch); empty or
+    /// truncated files are made again.
     #[arg(long)]
     pub skip_existing: bool,
+    /// Let a manifest's output column write outside --output-dir (or the manifest's folder).
+    #[arg(long)]
+    pub allow_outside: bool,
+    /// With --from-metadata: use the absolute input, mask, reference and LoRA paths the PNG's record names (by
+    /// default only paths relative to the PNG's folder are taken from it).
+    #[arg(long)]
+    pub allow_metadata_paths: bool,
+    /// Refuse damaged input images (a JPEG cut short, ...) instead of editing them with a warning.
+    #[arg(long)]
+    pub strict_images: bool,
+    /// Seconds to wait for a URL input to connect, and then between received bytes. [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub download_timeout: Option<u64>,
     /// Run only shard I of N (0-based, items k with k mod N = I). `auto` reads I (and N) from
     /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_MIN/SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX.
     #[arg(long, value_name = "I/N")]
@@ -251,9 +265,13 @@ pub enum Command {
     Smoke(SmokeArgs),
     /// The quantization cache (--quantize results kept for the next run): lists it, or `cache clear` empties it.
     Cache {
-        /// `clear` removes every cached file.
+        /// `clear` removes the cache's own files (entries it wrote, and leftovers of interrupted writes); other
+        /// files in the folder are never touched.
         #[arg(value_parser = ["list", "clear"], default_value = "list")]
         action: String,
+        /// With `clear`: list what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

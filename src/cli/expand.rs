@@ -6,7 +6,7 @@
 //! here downloads or reads standard input: remote inputs are fetched when the batch runs.
 
 use super::{manifest, Args, DTypeArg};
-use crate::batch::{inputs, Batch, Input, Item, Options};
+use crate::batch::{inputs, safety, Batch, Input, Item, Options};
 use crate::engine::request::{Mask, MaskSource, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
@@ -14,11 +14,18 @@ use crate::rng::RngSettings;
 use crate::source::Overrides;
 use crate::weights::lora::LoraSpec;
 use candle_core::{DType, Device};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const DEFAULT_STRENGTH: f64 = 0.6;
 const DEFAULT_MAX_SEQUENCE_LENGTH: usize = 512;
+/// Scheduler steps a run may ask for: diffusers' schedulers have 1000 training timesteps, and no useful edit
+/// runs more (a typo's 10⁹ would allocate the schedule and never finish).
+pub const MAX_STEPS: usize = 1000;
+/// Images per input, and items per batch: beyond these no run finishes; split the work (`--shard`, manifests).
+pub const MAX_IMAGES_PER_INPUT: usize = 10_000;
+pub const MAX_ITEMS: usize = 1_000_000;
+/// Guidance, true-CFG and LoRA scales beyond this are typos (FLUX uses 1–10): they only produce inf/NaN.
+pub const MAX_SCALE: f64 = 1000.0;
 
 /// One row of the batch before sweeps: an input (none for text-to-image) and what a manifest line sets for it.
 struct Row {
@@ -35,6 +42,8 @@ struct Row {
     loras: Option<Vec<LoraSpec>>,
     /// A manifest row's FLUX.2 references (replacing --reference).
     references: Option<Vec<PathBuf>>,
+    /// The manifest line the row comes from, for messages.
+    line: Option<usize>,
 }
 
 /// Seeds of a row: one base (item k gets base + k) or an explicit list rendered for every row.
@@ -46,8 +55,9 @@ enum Seeds {
 impl Args {
     /// Checks the flags that need no model file and builds the batch.
     pub fn into_batch(mut self) -> Result<Batch> {
+        let mut record_input = false;
         if let Some(png) = self.from_metadata.clone() {
-            self.apply_record(&read_record(&png)?);
+            record_input = self.apply_record(&read_record(&png)?, &png)?;
         }
         self.check_scalars()?;
         let (seeds, random_seed) = self.seeds()?;
@@ -60,14 +70,24 @@ impl Args {
             None => vec![DEFAULT_STRENGTH],
         };
         let lora_scales = match &self.lora_scale {
-            Some(s) => {
-                parse_list("--lora-scale", s, |v: &f64| (!v.is_finite()).then(|| "is not a number".to_string()))?
-            }
+            Some(s) => parse_list("--lora-scale", s, check_scale)?,
             None => vec![1.0],
         };
         let template = Template::new(&self, strengths.len(), per_row, lora_scales.len());
         let base = self.base_request()?;
         let rows = self.rows()?;
+        let planned =
+            [rows.len(), strengths.len(), per_row, lora_scales.len()].iter().try_fold(1usize, |a, n| a.checked_mul(*n));
+        if planned.is_none_or(|n| n > MAX_ITEMS) {
+            return Err(Error::Usage(format!(
+                "this batch has {} items ({} rows × {} strengths × {per_row} seeds × {} LoRA scales), over {MAX_ITEMS}; \
+                 split it into several runs",
+                planned.map_or("too many".into(), |n| n.to_string()),
+                rows.len(),
+                strengths.len(),
+                lora_scales.len()
+            )));
+        }
         let mut items = Vec::new();
         for row in &rows {
             let ctx = RowCtx {
@@ -77,10 +97,12 @@ impl Args {
                 seeds: &seeds,
                 per_row,
                 rows: rows.len(),
+                record_input,
             };
             self.row_items(row, &strengths, &ctx, &mut items)?;
         }
-        check_distinct(&items)?;
+        // Every shard checks the whole batch: one shard's output must not be another shard's input.
+        safety::check_outputs(&items, &self.safety_extra())?;
         let warnings = self.mode_warnings(&items)?;
         let total = items.len();
         if let Some(spec) = &self.shard {
@@ -90,13 +112,19 @@ impl Args {
         Ok(Batch { items, total, options: self.options(), random_seed, warnings })
     }
 
-    /// Fills every flag not given on the command line from a stored record.
-    fn apply_record(&mut self, r: &EditRecord) {
+    /// Fills every flag not given on the command line from a stored record (its paths through
+    /// [`Self::record_path`]); gives whether the input came from the record.
+    fn apply_record(&mut self, r: &EditRecord, png: &Path) -> Result<bool> {
+        let paths = RecordPaths { png, allow: self.allow_metadata_paths };
         if self.prompt.is_none() && !r.prompt.is_empty() {
             self.prompt = Some(r.prompt.clone());
         }
+        let mut record_input = false;
         if let (true, None, Some(input)) = (self.image.is_empty(), &self.manifest, &r.input) {
+            let spec = input.to_string_lossy();
+            let input = if inputs::is_url(&spec) { input.clone() } else { paths.resolve(input, "input")? };
             self.image.push(input.to_string_lossy().into_owned());
+            record_input = true;
         }
         if r.input.is_none() {
             // A generated image: the size makes it text-to-image again.
@@ -119,7 +147,11 @@ impl Args {
         self.rng = self.rng.or(Some(r.rng));
         self.kernels = self.kernels.or(Some(r.kernels));
         if self.mask.is_none() && self.manifest.is_none() {
-            self.mask = r.mask.clone();
+            self.mask = match r.mask.as_deref() {
+                Some(m @ ("alpha" | "auto")) => Some(m.to_string()),
+                Some(m) => Some(paths.resolve(Path::new(m), "mask")?.to_string_lossy().into_owned()),
+                None => None,
+            };
             self.invert_mask |= r.invert_mask;
             self.mask_blur = self.mask_blur.or(r.mask_blur);
             self.mask_crop = self.mask_crop.or(r.mask_crop);
@@ -130,10 +162,13 @@ impl Args {
             self.reference_size = self.reference_size.or(r.reference_size);
         }
         if self.reference.is_empty() && self.manifest.is_none() {
-            self.reference = r.references.clone();
+            self.reference = r.references.iter().map(|p| paths.resolve(p, "reference")).collect::<Result<_>>()?;
         }
         if self.lora.is_empty() && !r.loras.is_empty() {
-            self.lora = r.loras.iter().map(|l| format!("{}:{}", l.path.display(), l.weight)).collect();
+            let lora = |l: &crate::engine::record::LoraRecord| -> Result<String> {
+                Ok(format!("{}:{}", paths.lora(&l.path)?.display(), l.weight))
+            };
+            self.lora = r.loras.iter().map(lora).collect::<Result<_>>()?;
             self.lora_scale = self.lora_scale.take().or(r.lora_scale.map(|s| s.to_string()));
         }
         if self.negative_prompt.is_none() && self.true_cfg.is_none() {
@@ -141,12 +176,36 @@ impl Args {
         }
         self.rng_gpu = self.rng_gpu.or(r.rng_gpu.as_deref().and_then(|g| g.parse().ok()));
         self.torch_noise = self.torch_noise.or(r.torch_noise);
+        Ok(record_input)
+    }
+
+    /// What the run reads besides the items' own files, and what it writes besides their outputs.
+    fn safety_extra(&self) -> safety::Extra {
+        let reads = [(&self.manifest, "the --manifest"), (&self.from_metadata, "the --from-metadata PNG")]
+            .into_iter()
+            .filter_map(|(p, what)| p.as_ref().map(|p| (p.clone(), what.to_string())))
+            .collect();
+        safety::Extra { reads, grid: self.grid.clone(), stdout: self.output.as_deref() == Some(Path::new("-")) }
     }
 
     /// Range checks of single values.
     fn check_scalars(&self) -> Result<()> {
         if self.steps == Some(0) {
             return Err(Error::Usage("--steps 0: at least one step is needed".into()));
+        }
+        if let Some(n) = self.steps.filter(|n| *n > MAX_STEPS) {
+            return Err(Error::Usage(format!("--steps {n}: at most {MAX_STEPS} (FLUX runs 4–50)")));
+        }
+        if let Some(n) = self.num_images.filter(|n| *n > MAX_IMAGES_PER_INPUT) {
+            return Err(Error::Usage(format!(
+                "--num-images {n}: at most {MAX_IMAGES_PER_INPUT} per input; split larger runs with --seed lists or \
+                 several commands"
+            )));
+        }
+        for (flag, v) in [("--guidance", self.guidance), ("--true-cfg", self.true_cfg)] {
+            if let Some(v) = v.filter(|v| v.is_finite() && v.abs() > MAX_SCALE) {
+                return Err(Error::Usage(format!("{flag} {v}: outside ±{MAX_SCALE}; FLUX uses values of about 1–10")));
+            }
         }
         let msl = self.max_sequence_length.unwrap_or(DEFAULT_MAX_SEQUENCE_LENGTH);
         if msl == 0 || msl > DEFAULT_MAX_SEQUENCE_LENGTH {
@@ -342,23 +401,38 @@ impl Args {
                 p
             }
         };
+        // Outputs stay inside this folder unless --allow-outside.
+        let root = self.output_dir.clone().unwrap_or_else(|| base.clone());
+        let output = |o: String, line: usize| -> Result<PathBuf> {
+            let path = match &self.output_dir {
+                Some(d) if Path::new(&o).is_relative() => d.join(o),
+                _ => near(&o),
+            };
+            if !self.allow_outside {
+                safety::check_inside(&path, &root, line)?;
+            }
+            Ok(path)
+        };
         manifest::read(m)?
             .into_iter()
             .map(|r| {
+                let at = |e: Error| match e {
+                    Error::Usage(msg) => Error::Usage(format!("manifest line {}: {msg}", r.line)),
+                    other => other,
+                };
                 Ok(Row {
                     input: r.image.as_deref().filter(|i| !i.trim().is_empty()).map(|i| match Input::parse(i) {
                         Input::File(p) => Input::File(near(&p.to_string_lossy())),
                         remote => remote,
                     }),
-                    output: r.output.map(|o| match &self.output_dir {
-                        Some(d) if Path::new(&o).is_relative() => d.join(o),
-                        _ => near(&o),
-                    }),
-                    mask: r.mask.filter(|m| !m.trim().is_empty()).map(|m| near(&m)),
+                    output: r.output.clone().map(|o| output(o, r.line)).transpose()?,
+                    mask: r.mask.as_deref().filter(|m| !m.trim().is_empty()).map(near),
                     loras: match r.lora.as_deref().map(str::trim) {
-                        Some(l) if !l.is_empty() => {
-                            Some(l.split(';').map(|s| parse_lora(s.trim(), &base)).collect::<Result<Vec<_>>>()?)
-                        }
+                        Some(l) if !l.is_empty() => Some(
+                            l.split(';')
+                                .map(|s| parse_lora(s.trim(), &base).map_err(at))
+                                .collect::<Result<Vec<_>>>()?,
+                        ),
                         _ => None,
                     },
                     references: r
@@ -372,6 +446,7 @@ impl Args {
                     seed: r.seed,
                     steps: r.steps,
                     guidance: r.guidance,
+                    line: Some(r.line),
                 })
             })
             .collect()
@@ -379,6 +454,19 @@ impl Args {
 
     /// The items of one row: its LoRA scales × strengths × seeds (no strengths without an input).
     fn row_items(&self, row: &Row, strengths: &[f64], ctx: &RowCtx, items: &mut Vec<Item>) -> Result<()> {
+        self.row_items_unlabelled(row, strengths, ctx, items).map_err(|e| match (e, row.line) {
+            (Error::Usage(msg), Some(line)) => Error::Usage(format!("manifest line {line}: {msg}")),
+            (e, _) => e,
+        })
+    }
+
+    fn row_items_unlabelled(&self, row: &Row, strengths: &[f64], ctx: &RowCtx, items: &mut Vec<Item>) -> Result<()> {
+        if let Some(n) = row.steps.filter(|n| *n == 0 || *n > MAX_STEPS) {
+            return Err(Error::Usage(format!("steps {n}: give 1 to {MAX_STEPS}")));
+        }
+        if let Some(g) = row.guidance.filter(|g| !g.is_finite() || g.abs() > MAX_SCALE) {
+            return Err(Error::Usage(format!("guidance {g}: give a number within ±{MAX_SCALE}")));
+        }
         let shown = row.input.as_ref().map(Input::display_path).unwrap_or_else(|| "text-to-image".into());
         let prompt = row.prompt.clone().or_else(|| self.prompt.clone()).ok_or_else(|| {
             Error::Usage(format!(
@@ -430,7 +518,7 @@ impl Args {
                 ("lora", lora_scale.to_string()),
                 ("index", format!("{index:05}")),
             ];
-            request.output = self.output_for(row, single, ctx.template, &vars)?;
+            request.output = self.output_for(row, single, ctx, &vars)?;
             let strength_given = row.strength.is_some() || self.strength.is_some();
             items.push(Item { index, input: row.input.clone(), request, strength_given });
         }
@@ -439,9 +527,12 @@ impl Args {
 
     /// Where one item is written: the manifest's output, `--output` for a single item, else the name template
     /// in `--output-dir` (or beside the input; downloads and stdin into the current folder).
-    fn output_for(&self, row: &Row, single: bool, template: &Template, vars: &[(&str, String)]) -> Result<PathBuf> {
+    fn output_for(&self, row: &Row, single: bool, ctx: &RowCtx, vars: &[(&str, String)]) -> Result<PathBuf> {
         if let Some(o) = &row.output {
             return Ok(o.clone());
+        }
+        if ctx.record_input && self.output.is_none() && self.output_dir.is_none() {
+            return record_output(ctx.template.render(vars, true)?);
         }
         if let (Some(o), true, None) = (&self.output, single, &self.output_dir) {
             return Ok(o.clone());
@@ -456,7 +547,7 @@ impl Args {
             (None, Some(Input::File(p))) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
             (None, _) => PathBuf::new(),
         };
-        Ok(dir.join(template.render(vars, row.input.is_some())?))
+        Ok(dir.join(ctx.template.render(vars, row.input.is_some())?))
     }
 
     fn options(&self) -> Options {
@@ -470,6 +561,8 @@ impl Args {
             reference_size: self.reference_size.unwrap_or_default(),
             strength_given: self.strength.is_some(),
             memory_budget: self.memory_budget,
+            strict_images: self.strict_images,
+            download_timeout: self.download_timeout,
         }
     }
 }
@@ -489,6 +582,9 @@ fn parse_lora(spec: &str, base: &Path) -> Result<LoraSpec> {
     };
     if path.trim().is_empty() || !weight.is_finite() {
         return Err(Error::Usage(format!("--lora {spec}: expected FILE[:WEIGHT], e.g. style.safetensors:0.8")));
+    }
+    if let Some(msg) = check_scale(&weight) {
+        return Err(Error::Usage(format!("--lora {spec}: the weight {weight} {msg}")));
     }
     let p = PathBuf::from(path);
     let p = if p.is_relative() && !base.as_os_str().is_empty() && base.join(&p).exists() { base.join(p) } else { p };
@@ -528,6 +624,7 @@ impl Row {
             mask: None,
             loras: None,
             references: None,
+            line: None,
         }
     }
 }
@@ -541,6 +638,8 @@ struct RowCtx<'a> {
     seeds: &'a Seeds,
     per_row: usize,
     rows: usize,
+    /// The input came from a `--from-metadata` record: it does not choose where the output goes.
+    record_input: bool,
 }
 
 /// The output-name template: `--name`, or `{stem}` plus what varies, so a sweep never writes two items to one file.
@@ -590,19 +689,51 @@ fn render(template: &str, vars: &[(&str, String)]) -> Result<String> {
     Ok(if out.to_ascii_lowercase().ends_with(".png") { out } else { format!("{out}.png") })
 }
 
-/// Two items writing one file would silently lose one of them.
-fn check_distinct(items: &[Item]) -> Result<()> {
-    let mut seen: HashMap<&Path, usize> = HashMap::new();
-    for it in items {
-        if let Some(prev) = seen.insert(it.request.output.as_path(), it.index) {
-            return Err(Error::Usage(format!(
-                "items {prev} and {} would both write {}; add {{index}} or {{seed}} to --name",
-                it.index,
-                it.request.output.display()
-            )));
-        }
+/// A re-run from a record without `-o`: the current folder, never the record's folder, and never over a file.
+fn record_output(name: String) -> Result<PathBuf> {
+    let out = PathBuf::from(name);
+    if out.exists() {
+        return Err(Error::Usage(format!(
+            "--from-metadata: {} exists in the current folder; give -o PATH to choose where the re-run goes",
+            out.display()
+        )));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// How paths stored in a record are taken: relative ones against the PNG's folder; absolute ones only when the
+/// user confirms them (`--allow-metadata-paths`), since a received PNG's record is not the user's own choice.
+struct RecordPaths<'a> {
+    png: &'a Path,
+    allow: bool,
+}
+
+impl RecordPaths<'_> {
+    fn resolve(&self, p: &Path, what: &str) -> Result<PathBuf> {
+        if p.is_relative() {
+            return Ok(self.png.parent().unwrap_or(Path::new("")).join(p));
+        }
+        if self.allow {
+            return Ok(p.to_path_buf());
+        }
+        Err(Error::Usage(format!(
+            "--from-metadata {}: its record names the absolute {what} path {}; give the file yourself (--image, \
+             --mask, --reference, --lora) or confirm the record's paths with --allow-metadata-paths",
+            self.png.display(),
+            p.display()
+        )))
+    }
+
+    /// A LoRA: a file (as [`Self::resolve`]) or a Hub id, which is no path to resolve.
+    fn lora(&self, p: &Path) -> Result<PathBuf> {
+        let near = self.png.parent().unwrap_or(Path::new("")).join(p);
+        let text = p.to_string_lossy();
+        let repo = text.split('/').take(2).collect::<Vec<_>>().join("/");
+        if p.is_relative() && !near.exists() && crate::source::hub::repo_id(&repo).is_some() {
+            return Ok(p.to_path_buf());
+        }
+        self.resolve(p, "LoRA")
+    }
 }
 
 /// The record a PNG written by this tool carries.
@@ -626,6 +757,17 @@ fn parse_list<T: std::str::FromStr>(flag: &str, s: &str, check: impl Fn(&T) -> O
             }
         })
         .collect()
+}
+
+/// A multiplier of LoRA weights: finite and within ±[`MAX_SCALE`].
+fn check_scale(v: &f64) -> Option<String> {
+    if !v.is_finite() {
+        Some("is not a number".into())
+    } else if v.abs() > MAX_SCALE {
+        Some(format!("is outside ±{MAX_SCALE}; LoRA weights are about 0–2"))
+    } else {
+        None
+    }
 }
 
 fn check_strength(v: &f64) -> Option<String> {

@@ -8,7 +8,6 @@
 pub mod qwen3;
 
 use crate::error::{Error, Result};
-use crate::source::ModelFiles;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::path::Path;
@@ -61,20 +60,28 @@ struct PipelineIndex {
     is_distilled: bool,
 }
 
+/// Where a pipeline's configs are (what `source` resolved), and the family its folder says it is.
+pub struct ConfigFiles<'a> {
+    pub family: Family,
+    pub transformer: &'a Path,
+    pub vae: &'a Path,
+    pub scheduler: &'a Path,
+    pub model_index: Option<&'a Path>,
+}
+
 impl ModelConfigs {
-    pub fn read(files: &ModelFiles) -> Result<Self> {
-        let index: PipelineIndex = files.model_index.as_ref().map(|p| read_json(p)).transpose()?.unwrap_or_default();
+    pub fn read(files: &ConfigFiles) -> Result<Self> {
+        let index: PipelineIndex = files.model_index.map(read_json).transpose()?.unwrap_or_default();
         let c = Self {
             family: files.family,
-            transformer: read_json(&files.transformer.config)?,
-            vae: read_json(&files.vae.config)?,
-            scheduler: read_json(&files.scheduler_config)?,
+            transformer: read_json(files.transformer)?,
+            vae: read_json(files.vae)?,
+            scheduler: read_json(files.scheduler)?,
             distilled: index.is_distilled,
         };
-        for (class, file, what) in [
-            (&c.transformer.class_name, &files.transformer.config, "transformer"),
-            (&c.vae.class_name, &files.vae.config, "vae"),
-        ] {
+        for (class, file, what) in
+            [(&c.transformer.class_name, files.transformer, "transformer"), (&c.vae.class_name, files.vae, "vae")]
+        {
             if let Some(other) = class.as_deref().map(Family::of_class).filter(|f| *f != c.family) {
                 return Err(Error::model(
                     file,
@@ -82,12 +89,12 @@ impl ModelConfigs {
                 ));
             }
         }
-        c.transformer.validate(&files.transformer.config, c.family)?;
-        c.vae.validate(&files.vae.config)?;
-        c.scheduler.validate(&files.scheduler_config)?;
+        c.transformer.validate(files.transformer, c.family)?;
+        c.vae.validate(files.vae)?;
+        c.scheduler.validate(files.scheduler)?;
         if c.transformer.in_channels != 4 * c.vae.latent_channels {
             return Err(Error::model(
-                &files.transformer.config,
+                files.transformer,
                 format!(
                     "transformer in_channels {} does not match 4 × vae latent_channels {}",
                     c.transformer.in_channels, c.vae.latent_channels

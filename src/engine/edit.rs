@@ -195,15 +195,34 @@ pub fn noise_to(z: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
     (noise * sigma as f64)? + (z * (1.0 - sigma as f64))?
 }
 
+/// Whether every value of `t` is finite: one sum, in f32 (NaN and ±inf survive a sum; a finite sum of finite
+/// latents cannot overflow f32 at any size this tool runs). One reduction and one scalar copy per call.
+pub fn all_finite(t: &Tensor) -> Result<bool> {
+    Ok(t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?.is_finite())
+}
+
+/// An error unless `t` is all finite: `stage` names where, `cause` the likely reason.
+pub fn ensure_finite(t: &Tensor, stage: &str, cause: &str) -> crate::Result<()> {
+    if all_finite(t)? {
+        return Ok(());
+    }
+    Err(crate::Error::NonFinite { stage: stage.to_string(), cause: cause.to_string() })
+}
+
+/// Why a denoising step goes non-finite.
+pub const DENOISE_CAUSE: &str = "the transformer weights may hold NaN/inf values, or --guidance, --true-cfg or a \
+                                 LoRA weight is far too large";
+
 /// Runs the Euler loop from `schedule.t_start` with `velocity(x, t)`; after each step `after(x, next_sigma)` may
-/// change the latents (`next_sigma` is None after the last step); `on_step(i, n)` reports progress.
+/// change the latents (`next_sigma` is None after the last step); `on_step(i, n)` reports progress. The latents
+/// are checked after every step: the first NaN or inf stops the loop with the step named.
 pub fn denoise(
     latents: Tensor,
     schedule: &Schedule,
     velocity: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
     after: impl Fn(Tensor, Option<f32>) -> Result<Tensor>,
     mut on_step: impl FnMut(usize, usize),
-) -> Result<Tensor> {
+) -> crate::Result<Tensor> {
     let n = schedule.steps_to_run();
     let last = schedule.timesteps.len();
     let dev = latents.device().clone();
@@ -218,6 +237,7 @@ pub fn denoise(
         // The step is taken in f32 and cast back, as the scheduler does.
         x = (x.to_dtype(DType::F32)? + (v * dt as f64)?.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
         x = after(x, (i + 1 < last).then(|| schedule.sigmas[i + 1]))?;
+        ensure_finite(&x, &format!("denoising step {}/{n}", k + 1), DENOISE_CAUSE)?;
         on_step(k + 1, n);
     }
     Ok(x)

@@ -39,12 +39,19 @@ pub fn prepare(
     if spec.invert {
         mask::invert(&mut m);
     }
+    // Emptiness is the user's mask's, before any blur: a wide blur can thin it below the threshold everywhere,
+    // which is a different problem with a different fix.
+    if !mask::any(&mask::binarize(&mask::luma(&m))) {
+        return Err(empty(path));
+    }
     if spec.blur > 0.0 {
         m = mask::gaussian_blur(&m, spec.blur);
     }
     let original = mask::luma(&m);
     let region = match spec.crop_padding {
-        Some(pad) => Some(mask::crop_region(&original, plan.width, plan.height, pad).ok_or_else(|| empty(path))?),
+        Some(pad) => {
+            Some(mask::crop_region(&original, plan.width, plan.height, pad).ok_or_else(|| blurred_away(path, spec))?)
+        }
         None => None,
     };
     let working = match region {
@@ -52,16 +59,29 @@ pub fn prepare(
         None => mask::binarize(&mask::luma(&edit::fit_to_plan(m, plan))),
     };
     if !mask::any(&working) {
-        return Err(empty(path));
+        return Err(if spec.blur > 0.0 { blurred_away(path, spec) } else { empty(path) });
     }
     Ok(PreparedMask { working, original, region })
 }
 
 fn empty(path: &Path) -> Error {
-    Error::image(
+    Error::image_as(
+        crate::image_io::Role::Mask,
         path,
         "the mask is empty (black everywhere at the working size): nothing would change; white marks what to repaint \
          (--invert-mask swaps)",
+    )
+}
+
+fn blurred_away(path: &Path, spec: &Mask) -> Error {
+    Error::image_as(
+        crate::image_io::Role::Mask,
+        path,
+        format!(
+            "--mask-blur {} spreads the mask so thin that no pixel stays white (≥ 128) at the working size: nothing \
+             would be repainted; use a smaller --mask-blur",
+            spec.blur
+        ),
     )
 }
 
@@ -72,7 +92,8 @@ fn fit_mask_size(m: RgbImage, size: (u32, u32), path: &Path, warnings: &mut Vec<
         return Ok(m);
     }
     if mw as u64 * size.1 as u64 != mh as u64 * size.0 as u64 {
-        return Err(Error::image(
+        return Err(Error::image_as(
+            crate::image_io::Role::Mask,
             path,
             format!(
                 "the mask is {mw}x{mh} but the input is {}x{} (another aspect ratio); give a mask of the input's size",

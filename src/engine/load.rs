@@ -13,9 +13,10 @@ use crate::models::Denoiser;
 use crate::source::ModelFiles;
 use crate::weights::flux_keys::{self, Layout, Source};
 use crate::weights::gguf_cache::{self, Sink};
+use crate::weights::layers;
 use crate::weights::{vae_keys, CheckedWeights, NameMap};
 use candle_core::{DType, Device};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -36,13 +37,14 @@ pub fn gguf_file(files: &ModelFiles) -> Option<PathBuf> {
 
 /// Reads the transformer's tensor names: its layout, and dev or schnell (a guidance embedder or none), which
 /// may differ from the folder's config when `--transformer` swaps the weights.
-pub fn inspect_transformer(files: &ModelFiles) -> Result<TransformerKind> {
+pub fn inspect_transformer(files: &ModelFiles, cfg: &TransformerConfig) -> Result<TransformerKind> {
     let names = match gguf_file(files) {
         Some(path) => gguf_names(&path)?,
         None => CheckedWeights::open("transformer", &files.transformer.weights)?.names(),
     };
     let layout = flux_keys::transformer_layout(&names).ok_or_else(|| Error::Tensors {
         component: "transformer".into(),
+        file: None,
         detail: format!(
             "{} has neither diffusers (transformer_blocks.0.attn.to_q) nor Black Forest Labs \
              (double_blocks.0.img_attn.qkv) FLUX tensor names",
@@ -58,6 +60,15 @@ pub fn inspect_transformer(files: &ModelFiles) -> Result<TransformerKind> {
                 files.family, files.family
             ),
         ));
+    }
+    let config = files.transformer.config.as_path();
+    for (field, claimed, containers) in [
+        ("num_layers", cfg.num_layers, &["transformer_blocks", "double_blocks"]),
+        ("num_single_layers", cfg.num_single_layers, &["single_transformer_blocks", "single_blocks"]),
+    ] {
+        let weights = files.transformer.weights.first().map_or(Path::new(""), |p| p.as_path());
+        let claim = layers::Claim { component: "transformer", config, field, claimed, containers, weights };
+        layers::check(&claim, &names, false)?;
     }
     let embedder = if family == Family::Flux2 { "time_guidance_embed" } else { "time_text_embed" };
     let probe = match &layout {
@@ -86,8 +97,17 @@ fn vae_map(w: &CheckedWeights, cfg: &VaeConfig) -> Option<NameMap> {
 
 /// The VAE and text encoder files belong to the model's family (read from their tensor names, before anything
 /// loads): a `--vae` or `--text-encoder` of the other family is one clear error.
-pub fn check_components(files: &ModelFiles) -> Result<()> {
-    check_vae_family(&CheckedWeights::open("vae", &files.vae.weights)?, files)?;
+pub fn check_components(files: &ModelFiles, vae: &VaeConfig) -> Result<()> {
+    let vw = CheckedWeights::open("vae", &files.vae.weights)?;
+    check_vae_family(&vw, files)?;
+    let config = files.vae.config.as_path();
+    let claimed = vae.block_out_channels.len();
+    let weights = vw.first_file();
+    let containers = &["down_blocks", "down"];
+    let claim =
+        layers::Claim { component: "vae", config, field: "block_out_channels", claimed, containers, weights: &weights };
+    layers::check(&claim, &vw.names(), false)?;
+    check_t5_layers(files)?;
     let te = CheckedWeights::open("text_encoder", &files.text_encoder.weights)?;
     let names = te.names();
     let qwen = names.iter().any(|n| n.ends_with("embed_tokens.weight"));
@@ -99,10 +119,47 @@ pub fn check_components(files: &ModelFiles) -> Result<()> {
         }
         _ => None,
     };
-    match wrong {
-        Some(msg) => Err(Error::model(te.first_file(), format!("is {msg}"))),
-        None => Ok(()),
+    if let Some(msg) = wrong {
+        return Err(Error::model(te.first_file(), format!("is {msg}")));
     }
+    if files.family == Family::Flux1 {
+        let clip: crate::config::ClipConfig = crate::config::read_json(&files.text_encoder.config)?;
+        let config = files.text_encoder.config.as_path();
+        let claimed = clip.num_hidden_layers;
+        let weights = te.first_file();
+        let claim = layers::Claim {
+            component: "text_encoder (CLIP)",
+            config,
+            field: "num_hidden_layers",
+            claimed,
+            containers: &["layers"],
+            weights: &weights,
+        };
+        layers::check(&claim, &names, false)?;
+    }
+    Ok(())
+}
+
+/// T5's `num_layers` against the blocks of its weights (safetensors or GGUF, transformers or llama.cpp names).
+fn check_t5_layers(files: &ModelFiles) -> Result<()> {
+    let Some(t5) = &files.text_encoder_2 else { return Ok(()) };
+    let cfg: serde_json::Value = crate::config::read_json(&t5.config)?;
+    let Some(claimed) = cfg.get("num_layers").and_then(|v| v.as_u64()) else { return Ok(()) };
+    let names = match t5.weights.as_slice() {
+        [one] if one.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) => {
+            crate::weights::gguf::header(one)?.tensors.into_iter().map(|t| t.name).collect()
+        }
+        _ => CheckedWeights::open("text_encoder_2", &t5.weights)?.names(),
+    };
+    let claim = layers::Claim {
+        component: "text_encoder_2 (T5)",
+        config: &t5.config,
+        field: "num_layers",
+        claimed: claimed as usize,
+        containers: &["block", "blk"],
+        weights: t5.weights.first().map_or(Path::new(""), |p| p.as_path()),
+    };
+    layers::check(&claim, &names, false)
 }
 
 /// A FLUX.2 VAE has batch-norm statistics, a FLUX.1 VAE none: a `--vae` of the other family is named as such.
@@ -178,6 +235,7 @@ fn gguf_transformer(
     let Layout::Bfl { prefix } = layout else {
         return Err(Error::model(path, "GGUF transformers must use Black Forest Labs tensor names"));
     };
+    crate::weights::gguf::header(path)?;
     let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, &o.device)
         .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
     let vb = if prefix.is_empty() { vb } else { vb.pp(prefix.trim_end_matches('.')) };
@@ -203,20 +261,25 @@ fn dense_transformer(
     layout: &Layout,
     o: &TransformerOptions,
 ) -> Result<LoadedTransformer> {
-    let cache = o.quantize.map(|q| gguf_cache::path_for("transformer", &files.transformer.weights, q.as_str()));
-    if let (Some(q), Some(path)) = (o.quantize, cache.as_ref().filter(|p| p.is_file())) {
-        let mut loaded = gguf_transformer(path, cfg, &Layout::Bfl { prefix: String::new() }, o)?;
-        loaded.note = Some(format!(
-            "{q} transformer from the quantization cache {} (`flux-img2img cache clear` removes it)",
-            path.display()
-        ));
-        return Ok(loaded);
+    let cache = o.quantize.and_then(|q| gguf_cache::path_for("transformer", &files.transformer.weights, q.as_str()));
+    let mut damaged = None;
+    match (o.quantize, gguf_cache::lookup(cache.as_deref())) {
+        (Some(q), gguf_cache::Lookup::Hit(path)) => {
+            let mut loaded = gguf_transformer(&path, cfg, &Layout::Bfl { prefix: String::new() }, o)?;
+            loaded.note = Some(format!(
+                "{q} transformer from the quantization cache {} (`flux-img2img cache clear` removes it)",
+                path.display()
+            ));
+            return Ok(loaded);
+        }
+        (_, gguf_cache::Lookup::Damaged(note)) => damaged = Some(note),
+        _ => {}
     }
     let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
     // The model reads BFL names; a diffusers checkpoint is translated (and its q/k/v concatenated).
     let map: NameMap = Arc::new(flux_keys::transformer_map(layout, o.family));
     let stats = Arc::new(QuantStats::default());
-    let sink: Option<Sink> = cache.as_ref().map(|p| Arc::new(Mutex::new(gguf_cache::Writer::create(p).ok())));
+    let (sink, why) = cache_sink(o.quantize.is_some(), cache.as_deref());
     let w = Weights::Dense(DenseWeights {
         vb: tw.var_builder(o.dtype, &o.device, Some(map.clone())),
         cpu: tw.var_builder(DType::F32, &Device::Cpu, Some(map.clone())),
@@ -228,7 +291,11 @@ fn dense_transformer(
     });
     let model = build(cfg, mlp_width(stored_mlp_rows(&tw, &map), cfg), w, o.family)?;
     tw.finish()?;
-    let note = o.quantize.map(|q| quantize_note("transformer", q, &stats, sink));
+    let note = o.quantize.map(|q| quantize_note("transformer", q, &stats, sink, why));
+    let note = match (damaged, note) {
+        (Some(d), Some(n)) => Some(format!("{d}; {n}")),
+        (d, n) => n.or(d),
+    };
     Ok(LoadedTransformer { model, note })
 }
 
@@ -243,9 +310,7 @@ fn stored_mlp_rows(tw: &CheckedWeights, map: &NameMap) -> Option<usize> {
 /// The feed-forward width of the FLUX.1 transformer in `files` (the LoRA shape check needs it before loading).
 pub fn mlp_rows(files: &ModelFiles, cfg: &TransformerConfig, layout: &Layout) -> Result<usize> {
     if let Some(path) = gguf_file(files) {
-        let mut f = std::fs::File::open(&path).map_err(|e| Error::model_from(&path, "cannot open", e))?;
-        let c = candle_core::quantized::gguf_file::Content::read(&mut f)
-            .map_err(|e| Error::model_from(&path, "unreadable GGUF", e))?;
+        let (_, c) = crate::weights::gguf::read(&path)?;
         let prefix = match layout {
             Layout::Bfl { prefix } => prefix.as_str(),
             Layout::Diffusers => "",
@@ -258,15 +323,36 @@ pub fn mlp_rows(files: &ModelFiles, cfg: &TransformerConfig, layout: &Layout) ->
     Ok(mlp_width(stored_mlp_rows(&tw, &map), cfg))
 }
 
-/// What quantizing `what` did, and where its result was cached.
-pub(crate) fn quantize_note(what: &str, q: Quant, stats: &QuantStats, sink: Option<Sink>) -> String {
+/// Where quantized tensors are streamed while a model is built (`quantize`): the cache file at `path`, or none —
+/// the model is then quantized in memory only — with the reason.
+pub(crate) fn cache_sink(quantize: bool, path: Option<&Path>) -> (Option<Sink>, Option<String>) {
+    if !quantize {
+        return (None, None);
+    }
+    let (writer, why) = match path.map(gguf_cache::Writer::create) {
+        Some(Ok(w)) => (Some(w), None),
+        Some(Err(e)) => (None, Some(e.one_line())),
+        None => (None, Some(format!("no cache folder {}", gguf_cache::dir_shown()))),
+    };
+    (Some(Arc::new(Mutex::new(writer))), why)
+}
+
+/// What quantizing `what` did, and where its result was cached (or why it was not).
+pub(crate) fn quantize_note(
+    what: &str,
+    q: Quant,
+    stats: &QuantStats,
+    sink: Option<Sink>,
+    why: Option<String>,
+) -> String {
     let (n, f) = (stats.requested.load(Ordering::Relaxed), stats.fallback.load(Ordering::Relaxed));
     let fallback =
         if f > 0 { format!(" ({f} narrower than 256 columns to the nearest 32-block format)") } else { String::new() };
     let writer = sink.and_then(|s| s.lock().expect("cache lock").take());
     let cached = match writer.map(gguf_cache::Writer::finish) {
         Some(Ok(path)) => format!("; cached in {} for the next run", path.display()),
-        _ => format!("; could not write the quantization cache in {}", gguf_cache::dir().display()),
+        Some(Err(e)) => format!("; kept in memory only: {}", e.one_line()),
+        None => format!("; kept in memory only ({})", why.unwrap_or_else(|| "not cached".into())),
     };
     format!("quantized {n} {what} matrices to {q}{fallback}{cached}")
 }

@@ -2,7 +2,7 @@
 //! diffusers' `mask_processor` prepares it: the same crop as the image, a Lanczos resize in the mask's own colour,
 //! PIL's luma conversion, then white (≥ 128) = repaint, black = keep. Also PIL's `GaussianBlur` for `--mask-blur`.
 
-use super::{load_rgb, resize_lanczos};
+use super::{load_rgb_as, load_upright, resize_lanczos, Role};
 use crate::error::{Error, Result};
 use image::{GrayImage, RgbImage};
 use std::path::Path;
@@ -29,9 +29,9 @@ pub fn grey_to_rgb(img: &GrayImage) -> RgbImage {
 /// (transparent = repaint, as an eraser leaves it).
 pub fn load(path: &Path, alpha: bool) -> Result<RgbImage> {
     if !alpha {
-        return load_rgb(path);
+        return load_rgb_as(path, Role::Mask);
     }
-    let img = image::open(path).map_err(|e| Error::image_from(path, "cannot decode", e))?;
+    let img = load_upright(path, Role::Input)?;
     if !img.color().has_alpha() {
         return Err(Error::image(path, "has no alpha channel for --mask alpha; give a mask file with --mask MASK.png"));
     }
@@ -69,6 +69,8 @@ pub fn gaussian_blur(img: &RgbImage, radius: f32) -> RgbImage {
     if radius <= 0.0 {
         return img.clone();
     }
+    // Beyond a few image sizes every box is the whole line; the cap only keeps the integer arithmetic in range.
+    let radius = radius.min(MAX_BLUR);
     let r = box_radius(radius, 3);
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut planes: Vec<Vec<u8>> = (0..3).map(|c| img.pixels().map(|p| p.0[c]).collect()).collect();
@@ -94,6 +96,9 @@ pub fn gaussian_blur(img: &RgbImage, radius: f32) -> RgbImage {
     })
 }
 
+/// The largest blur radius computed as asked (pixels); larger ones blur as this one.
+pub const MAX_BLUR: f32 = 1.0e6;
+
 /// The fractional box radius whose `passes` box blurs have the variance of a Gaussian of `radius` (Gwosdek et
 /// al., "Theoretical foundations of Gaussian convolution by extended box filtering", as PIL computes it).
 fn box_radius(radius: f32, passes: u32) -> f32 {
@@ -112,8 +117,10 @@ fn box_line(src: &[u8], out: &mut [u8], r: f32) {
     let whole = ((1u64 << 24) as f32 / (r * 2.0 + 1.0)) as u64;
     let frac = ((1u64 << 24) - (ri as u64 * 2 + 1) * whole) / 2;
     let at = |i: i64| src[i.clamp(0, n - 1) as usize] as u64;
-    // Window sum of the 2·ri + 1 pixels centred on x, edges repeated.
-    let mut acc: u64 = (-ri - 1..ri).map(at).sum();
+    // Window sum of the pixels -ri-1 .. ri-1, edges repeated; counted rather than walked, so a radius far beyond
+    // the line costs no more than one inside it.
+    let inside: u64 = src[..(ri.min(n)) as usize].iter().map(|&v| v as u64).sum();
+    let mut acc = (ri as u64 + 1) * at(0) + inside + (ri - n).max(0) as u64 * at(n - 1);
     for x in 0..n {
         acc = acc + at(x + ri) - at(x - ri - 1);
         let bulk = acc * whole + (at(x - ri - 1) + at(x + ri + 1)) * frac;
@@ -265,9 +272,9 @@ mod tests {
     #[test]
     fn gaussian_blur_matches_pil() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/masks");
-        let src = load_rgb(&dir.join("blob-rgb-100x60.png")).unwrap();
+        let src = super::super::load_rgb(&dir.join("blob-rgb-100x60.png")).unwrap();
         for r in [2.0f32, 5.0] {
-            let want = load_rgb(&dir.join(format!("blob-rgb-blur{r}.png"))).unwrap();
+            let want = super::super::load_rgb(&dir.join(format!("blob-rgb-blur{r}.png"))).unwrap();
             let got = gaussian_blur(&src, r);
             let diff = got.as_raw().iter().zip(want.as_raw()).filter(|(a, b)| a != b).count();
             assert_eq!(diff, 0, "radius {r}: {diff} of {} values differ from PIL", got.as_raw().len());

@@ -12,32 +12,109 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use std::path::Path;
 
-fn open(path: &Path) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
-    if !path.exists() {
-        return Err(Error::image(path, "no such file"));
+/// What an image file is to the edit, for messages ("mask m.png: …", not "input image m.png: …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Input,
+    Mask,
+    Reference,
+    Control,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Input => "input image",
+            Role::Mask => "mask",
+            Role::Reference => "reference image",
+            Role::Control => "control image",
+        })
     }
-    if path.is_dir() {
-        return Err(Error::image(path, "is a folder, not an image file"));
+}
+
+/// A reader for a regular image file. Pipes, devices and sockets are refused: reading one can block forever or
+/// never end (`/dev/zero`), and standard input has its own spelling (`-`).
+fn open(path: &Path, role: Role) -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+    let err = |msg: &str| Error::image_as(role, path, msg);
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(err("no such file")),
+        Err(e) => return Err(Error::image_from_as(role, path, "cannot read", e)),
+    };
+    if meta.is_dir() {
+        return Err(err("is a folder, not an image file"));
+    }
+    if !meta.is_file() {
+        return Err(err("is not a regular file (a pipe, device or socket); save the image to a file, or pipe it to -"));
     }
     let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::image_from(path, "cannot read", e))?
+        .map_err(|e| Error::image_from_as(role, path, "cannot read", e))?
         .with_guessed_format()
-        .map_err(|e| Error::image_from(path, "cannot read", e))?;
+        .map_err(|e| Error::image_from_as(role, path, "cannot read", e))?;
     if reader.format().is_none() {
-        return Err(Error::image(path, "not an image (unrecognised format; use PNG, JPEG, WebP, BMP, TIFF or GIF)"));
+        return Err(err("not an image (unrecognised format; use PNG, JPEG, WebP, BMP, TIFF or GIF)"));
     }
     Ok(reader)
 }
 
-/// Width and height from the file's header, without decoding the pixels (dry runs, batch planning).
+/// Width and height as the picture is shown — after its EXIF orientation, as Pillow's `exif_transpose` that
+/// diffusers' `load_image` applies — from the header, without decoding the pixels (dry runs, batch planning).
 pub fn dimensions(path: &Path) -> Result<(u32, u32)> {
-    open(path)?.into_dimensions().map_err(|e| Error::image_from(path, "cannot read the header", e))
+    dimensions_as(path, Role::Input)
 }
 
-/// Decodes any supported image file to 8-bit RGB (alpha dropped, grey expanded).
+pub fn dimensions_as(path: &Path, role: Role) -> Result<(u32, u32)> {
+    let header = |e| Error::image_from_as(role, path, "cannot read the header", e);
+    let mut decoder = open(path, role)?.into_decoder().map_err(header)?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    let turned = matches!(
+        image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms),
+        image::metadata::Orientation::Rotate90
+            | image::metadata::Orientation::Rotate270
+            | image::metadata::Orientation::Rotate90FlipH
+            | image::metadata::Orientation::Rotate270FlipH
+    );
+    Ok(if turned { (h, w) } else { (w, h) })
+}
+
+/// Decodes an input image to 8-bit RGB (alpha dropped, grey expanded), upright by its EXIF orientation.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = open(path)?.decode().map_err(|e| Error::image_from(path, "cannot decode", e))?;
-    Ok(img.to_rgb8())
+    load_rgb_as(path, Role::Input)
+}
+
+pub fn load_rgb_as(path: &Path, role: Role) -> Result<RgbImage> {
+    Ok(load_upright(path, role)?.to_rgb8())
+}
+
+/// The decoded picture, turned and flipped as its EXIF orientation says (every mode reads images through this).
+pub fn load_upright(path: &Path, role: Role) -> Result<image::DynamicImage> {
+    let decode = |e| Error::image_from_as(role, path, "cannot decode", e);
+    let mut decoder = open(path, role)?.into_decoder().map_err(decode)?;
+    let orientation =
+        image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(decode)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Whether a decodable file is damaged in a way the decoder fills in silently: a JPEG whose last scan never
+/// reaches its end-of-image marker (cut short in transfer; the missing rows decode as grey). None: looks whole.
+pub fn damage(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    // Inside entropy-coded data every 0xFF byte is followed by 0x00 or a restart marker, so FF DA (start of scan)
+    // and FF D9 (end of image) are real markers; an EXIF thumbnail's own pair ends before the main scan starts.
+    let last = |m: u8| bytes.windows(2).rposition(|w| w == [0xFF, m]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) if eoi > sos => None,
+        _ => Some(
+            "the JPEG is cut short (its last scan has no end-of-image marker); the missing part decodes as \
+                   flat grey"
+                .into(),
+        ),
+    }
 }
 
 /// The output size: given width and height as they are; one given → the other from the input's aspect ratio;

@@ -345,10 +345,7 @@ impl DenseWeights {
 
 /// The tensor names of a GGUF file (to detect the layout and dev/schnell like a safetensors file).
 pub fn gguf_names(path: &std::path::Path) -> crate::Result<Vec<String>> {
-    let mut f = std::fs::File::open(path).map_err(|e| crate::Error::model_from(path, "cannot open", e))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| crate::Error::model_from(path, "unreadable GGUF", e))?;
-    Ok(content.tensor_infos.keys().cloned().collect())
+    Ok(crate::weights::gguf::header(path)?.tensors.into_iter().map(|t| t.name).collect())
 }
 
 /// `--quantize` formats.

@@ -39,25 +39,26 @@ fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-pub fn hf_home() -> PathBuf {
-    env_dir("HF_HOME").unwrap_or_else(|| {
-        env_dir("XDG_CACHE_HOME")
-            .or_else(|| env_dir("HOME").map(|h| h.join(".cache")))
-            .unwrap_or_else(|| PathBuf::from(".cache"))
-            .join("huggingface")
+/// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`; None when none of those is set
+/// (never a folder relative to wherever the program happens to run).
+pub fn hf_home() -> Option<PathBuf> {
+    env_dir("HF_HOME").or_else(|| {
+        env_dir("XDG_CACHE_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".cache"))).map(|c| c.join("huggingface"))
     })
 }
 
-/// The hub cache folder, as huggingface_hub resolves it.
+/// The hub cache folder, as huggingface_hub resolves it; with no HOME at all, the system's temporary folder
+/// rather than the current one.
 pub fn cache_dir() -> PathBuf {
-    env_dir("HF_HUB_CACHE").unwrap_or_else(|| hf_home().join("hub"))
+    env_dir("HF_HUB_CACHE")
+        .unwrap_or_else(|| hf_home().unwrap_or_else(|| std::env::temp_dir().join("huggingface")).join("hub"))
 }
 
 fn token() -> Option<String> {
     std::env::var("HF_TOKEN")
         .ok()
         .filter(|t| !t.trim().is_empty())
-        .or_else(|| std::fs::read_to_string(hf_home().join("token")).ok())
+        .or_else(|| hf_home().and_then(|h| std::fs::read_to_string(h.join("token")).ok()))
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
 }

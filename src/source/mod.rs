@@ -126,6 +126,17 @@ impl Overrides {
 }
 
 impl ModelFiles {
+    /// The config files, for [`crate::config::ModelConfigs::read`].
+    pub fn config_files(&self) -> crate::config::ConfigFiles<'_> {
+        crate::config::ConfigFiles {
+            family: self.family,
+            transformer: &self.transformer.config,
+            vae: &self.vae.config,
+            scheduler: &self.scheduler_config,
+            model_index: self.model_index.as_deref(),
+        }
+    }
+
     /// FLUX.1 Kontext: `model_index.json` names `FluxKontextPipeline`, or the transformer file's name says so.
     pub fn is_kontext(&self) -> bool {
         let by_index =
@@ -189,6 +200,14 @@ impl ModelFiles {
     }
 
     fn resolve(root: &Path, weights: bool) -> Result<Self> {
+        if root.is_file() {
+            return Err(Error::model(
+                root,
+                "is a file, not a model folder: give a single-file transformer with --transformer FILE, and --model \
+                 the pipeline it belongs to (a diffusers folder, a Hub repo id, or an alias such as dev or schnell) \
+                 for the other components",
+            ));
+        }
         if !root.is_dir() {
             return Err(Error::model(
                 root,

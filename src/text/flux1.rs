@@ -15,7 +15,7 @@ use crate::weights::CheckedWeights;
 use crate::weights::{gguf_cache, t5_keys};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormSeq, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -128,9 +128,7 @@ fn gguf_t5(
     cfg: &serde_json::Value,
     device: &Device,
 ) -> Result<(candle_transformers::models::quantized_t5::T5EncoderModel, String)> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::model_from(path, "cannot open", e))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
+    let (mut f, content) = crate::weights::gguf::read(path)?;
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     if !t5_keys::is_llama_t5(&names) && !names.iter().any(|n| n.starts_with("encoder.block.0.")) {
         let mut few: Vec<&String> = names.iter().take(3).collect();
@@ -141,31 +139,68 @@ fn gguf_t5(
         ));
     }
     if !t5_keys::is_llama_t5(&names) {
-        return Ok((load_quantized_t5(path, cfg, path, device)?, format!("T5 from GGUF {}", path.display())));
+        let gguf = Gguf::File(path.to_path_buf());
+        return Ok((load_quantized_t5(&gguf, cfg, path, device)?, format!("T5 from GGUF {}", path.display())));
     }
     let cached = gguf_cache::path_for("t5-gguf", &[path.to_path_buf()], "transformers-names");
-    let note = if cached.is_file() {
-        format!("T5 from the quantization cache {} (renamed from {})", cached.display(), path.display())
-    } else {
-        let gated = names.iter().any(|n| n.contains(".ffn_gate."));
-        let mut out = gguf_cache::Writer::create(&cached)?;
-        for name in &names {
-            let hf = t5_keys::llama_to_hf(name, gated)
-                .ok_or_else(|| Error::model(path, format!("{name} is not a T5 encoder tensor (llama.cpp names)")))?;
-            let t = content
-                .tensor(&mut f, name, &Device::Cpu)
-                .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
-            out.add(&hf, &t)?;
+    let (gguf, note) = match gguf_cache::lookup(cached.as_deref()) {
+        gguf_cache::Lookup::Hit(c) => {
+            let note = format!("T5 from the quantization cache {} (renamed from {})", c.display(), path.display());
+            (Gguf::File(c), note)
         }
-        out.finish()?;
-        format!("T5 GGUF {} renamed for candle into the quantization cache {}", path.display(), cached.display())
+        found => {
+            let gated = names.iter().any(|n| n.contains(".ffn_gate."));
+            let (mut out, why) = gguf_cache::Writer::create_or_memory(cached.as_deref());
+            for name in &names {
+                let hf = t5_keys::llama_to_hf(name, gated).ok_or_else(|| {
+                    Error::model(path, format!("{name} is not a T5 encoder tensor (llama.cpp names)"))
+                })?;
+                let t = content
+                    .tensor(&mut f, name, &Device::Cpu)
+                    .map_err(|e| Error::model_from(path, "unreadable GGUF", e))?;
+                out.add(&hf, &t)?;
+            }
+            let what = format!("T5 GGUF {} renamed for candle", path.display());
+            finish_cached(out, why, what, found)?
+        }
     };
-    Ok((load_quantized_t5(&cached, cfg, path, device)?, note))
+    Ok((load_quantized_t5(&gguf, cfg, path, device)?, note))
+}
+
+/// A GGUF for candle's quantized T5: a checked file, or one built in memory.
+enum Gguf {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// A finished cache writer as the GGUF to load, and the note: cached in its file, or (no cache folder, an
+/// unwritable or full one) kept in memory with the reason.
+fn finish_cached(
+    out: gguf_cache::Writer,
+    why: Option<String>,
+    what: String,
+    found: gguf_cache::Lookup,
+) -> Result<(Gguf, String)> {
+    let damaged = match found {
+        gguf_cache::Lookup::Damaged(d) => format!("{d}; "),
+        _ => String::new(),
+    };
+    if why.is_some() {
+        let why = why.unwrap_or_default();
+        return Ok((Gguf::Bytes(out.finish_bytes()?), format!("{damaged}{what}, kept in memory only ({why})")));
+    }
+    match out.finish() {
+        Ok(p) => {
+            let note = format!("{damaged}{what}; cached in {} for the next run", p.display());
+            Ok((Gguf::File(p), note))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// T5 with its 2-D matrices quantized (vectors and the embedding stay f32), from the quantization cache when it
 /// holds this checkpoint in this format; otherwise each tensor is read from the mmap, quantized on the CPU and
-/// streamed into the cache file (a temporary one if the cache cannot be written), which candle's quantized T5
+/// streamed into the cache file (or into memory if there is no writable cache), which candle's quantized T5
 /// then loads.
 fn quantized_t5(
     w: &CheckedWeights,
@@ -174,52 +209,53 @@ fn quantized_t5(
     device: &Device,
 ) -> Result<(candle_transformers::models::quantized_t5::T5EncoderModel, String)> {
     let cached = gguf_cache::path_for("t5", w.paths(), q.as_str());
-    let note = if cached.is_file() {
-        format!("{q} T5 from the quantization cache {}", cached.display())
-    } else {
-        match write_quantized_t5(w, q.ggml(), &cached) {
-            Ok(()) => format!("quantized T5 to {q}; cached in {} for the next run", cached.display()),
-            Err(_) => {
-                let tmp = std::env::temp_dir().join(format!("flux-img2img-t5-{}.gguf", std::process::id()));
-                write_quantized_t5(w, q.ggml(), &tmp)?;
-                let model = load_quantized_t5(&tmp, cfg, &w.first_file(), device);
-                let _ = std::fs::remove_file(&tmp);
-                return Ok((
-                    model?,
-                    format!("quantized T5 to {q} (the cache in {} is not writable)", gguf_cache::dir().display()),
-                ));
-            }
+    let (gguf, note) = match gguf_cache::lookup(cached.as_deref()) {
+        gguf_cache::Lookup::Hit(c) => {
+            let note = format!("{q} T5 from the quantization cache {}", c.display());
+            (Gguf::File(c), note)
+        }
+        found => {
+            let (mut out, why) = gguf_cache::Writer::create_or_memory(cached.as_deref());
+            write_quantized_t5(w, q.ggml(), &mut out)?;
+            finish_cached(out, why, format!("quantized T5 to {q}"), found)?
         }
     };
-    Ok((load_quantized_t5(&cached, cfg, &w.first_file(), device)?, note))
+    Ok((load_quantized_t5(&gguf, cfg, &w.first_file(), device)?, note))
 }
 
-fn write_quantized_t5(w: &CheckedWeights, q: GgmlDType, path: &Path) -> Result<()> {
-    let mut out = gguf_cache::Writer::create(path)?;
+fn write_quantized_t5(w: &CheckedWeights, q: GgmlDType, out: &mut gguf_cache::Writer) -> Result<()> {
     for name in w.names() {
         let t = w.load_f32_cpu(&name)?;
         let matrix = t.rank() == 2 && name != "shared.weight" && t.dim(1)? % q.block_size() == 0;
         out.add(&name, &QTensor::quantize(&t, if matrix { q } else { GgmlDType::F32 })?)?;
     }
-    out.finish().map(|_| ())
+    Ok(())
 }
 
-/// candle's quantized T5 from the GGUF at `path`; `source` is the file the user named (for errors).
+/// candle's quantized T5 from `gguf`; `source` is the file the user named (for errors).
 fn load_quantized_t5(
-    path: &Path,
+    gguf: &Gguf,
     cfg: &serde_json::Value,
     source: &Path,
     device: &Device,
 ) -> Result<candle_transformers::models::quantized_t5::T5EncoderModel> {
-    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)
-        .map_err(|e| Error::model_from(path, "unreadable T5 GGUF", e))?;
+    use candle_transformers::quantized_var_builder::VarBuilder;
+    let vb = match gguf {
+        Gguf::File(p) => {
+            crate::weights::gguf::header(p)?;
+            VarBuilder::from_gguf(p, device).map_err(|e| Error::model_from(p, "unreadable T5 GGUF", e))?
+        }
+        Gguf::Bytes(b) => {
+            VarBuilder::from_gguf_buffer(b, device).map_err(|e| Error::model_from(source, "unreadable T5 GGUF", e))?
+        }
+    };
     candle_transformers::models::quantized_t5::T5EncoderModel::load(vb, &t5_config(cfg, source)?)
         .map_err(|e| Error::model_from(source, "does not fit text_encoder_2/config.json", e))
 }
 
 /// T5's config in the form one of candle's T5 implementations reads (dense and quantized have their own type).
-fn t5_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, source: &Path) -> Result<T> {
-    serde_json::from_value(raw.clone()).map_err(|e| Error::model_from(source, "invalid T5 config", e))
+fn t5_config<T: serde::de::DeserializeOwned>(raw: &serde_json::Value, config: &Path) -> Result<T> {
+    serde_json::from_value(raw.clone()).map_err(|e| Error::model_from(config, "invalid T5 config", e))
 }
 
 impl TextEncoders {
@@ -236,7 +272,8 @@ impl TextEncoders {
         let clip_cfg: ClipConfig = read_json(&files.text_encoder.config)?;
         clip_cfg.validate(&files.text_encoder.config)?;
         let clip_max = clip_model_max_length(&files.tokenizer).unwrap_or(clip_cfg.max_position_embeddings);
-        let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?;
+        let clip_tok = FixedTokenizer::load(&files.tokenizer, clip_max, "<|endoftext|>", true)?
+            .with_embedding_rows(clip_cfg.vocab_size);
         let act = Act::parse(&clip_cfg.hidden_act, &files.text_encoder.config)?;
         let w = CheckedWeights::open("text_encoder (CLIP)", &files.text_encoder.weights)?;
         let clip = ClipText::new(&clip_cfg, act, w.var_builder(dtype, device, None), clip_lora.as_ref())?;
@@ -244,7 +281,11 @@ impl TextEncoders {
         let mut notes = Vec::new();
         let (t5_files, t5_tokenizer) = files.t5()?;
         let t5_raw: serde_json::Value = read_json(&t5_files.config)?;
-        let t5_tok = FixedTokenizer::load(t5_tokenizer, max_sequence_length, "<pad>", false)?;
+        // Both of candle's T5 config types parse here, so a bad field names the config, not the weights.
+        let dense: candle_transformers::models::t5::Config = t5_config(&t5_raw, &t5_files.config)?;
+        let _: candle_transformers::models::quantized_t5::Config = t5_config(&t5_raw, &t5_files.config)?;
+        let t5_tok = FixedTokenizer::load(t5_tokenizer, max_sequence_length, "<pad>", false)?
+            .with_embedding_rows(dense.vocab_size);
         let t5 = match gguf_file(&t5_files.weights) {
             // A GGUF T5 (`--text-encoder-2 t5-v1_1-xxl-encoder-Q8_0.gguf`) is already quantized: used as it is.
             Some(path) => {

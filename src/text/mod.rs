@@ -50,6 +50,8 @@ pub struct FixedTokenizer {
     tok: Tokenizer,
     max_len: usize,
     dir: std::path::PathBuf,
+    /// Rows of the text encoder's embedding: ids at or past it would fail deep in the model.
+    rows: Option<usize>,
 }
 
 impl FixedTokenizer {
@@ -80,7 +82,13 @@ impl FixedTokenizer {
             direction: TruncationDirection::Right,
         }))
         .map_err(|e| tok_fail(dir, "truncation settings", e))?;
-        Ok(Self { tok, max_len, dir: dir.to_path_buf() })
+        Ok(Self { tok, max_len, dir: dir.to_path_buf(), rows: None })
+    }
+
+    /// Ids must stay below `rows`, the embedding size of the encoder this tokenizer feeds.
+    pub fn with_embedding_rows(mut self, rows: usize) -> Self {
+        self.rows = Some(rows);
+        self
     }
 
     /// Ids padded/truncated to the fixed length, and the text that truncation cut off (empty if none).
@@ -98,6 +106,17 @@ impl FixedTokenizer {
         let over: Vec<u32> = enc.get_overflowing().iter().flat_map(|o| o.get_ids().iter().copied()).collect();
         let dropped = if over.is_empty() { String::new() } else { self.tok.decode(&over, true).unwrap_or_default() };
         debug_assert_eq!(ids.len(), self.max_len);
+        if let (Some(rows), Some(&max)) = (self.rows, ids.iter().max()) {
+            if max as usize >= rows {
+                return Err(tok_err(
+                    &self.dir,
+                    format!(
+                        "gives token id {max} but the text encoder's embedding has {rows} rows: this tokenizer does \
+                         not belong to the model (use the model's own tokenizer folder)"
+                    ),
+                ));
+            }
+        }
         Ok((ids, mask, dropped))
     }
 }

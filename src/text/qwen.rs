@@ -13,10 +13,10 @@ use crate::error::{Error, Result};
 use crate::models::linear::{gguf_names, DenseWeights, Quant, QuantStats, Weights};
 use crate::models::qwen3::Qwen3Encoder;
 use crate::source::ModelFiles;
-use crate::weights::gguf_cache::{self, Sink};
+use crate::weights::gguf_cache;
 use crate::weights::CheckedWeights;
 use candle_core::{DType, Device, Tensor};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The hidden states FLUX.2 stacks (the pipeline's `text_encoder_out_layers` default).
 pub const OUT_LAYERS: [usize; 3] = [9, 18, 27];
@@ -55,12 +55,15 @@ impl QwenText {
                  from the model's tokenizer/ folder)",
             ));
         }
-        let tok = FixedTokenizer::load(&files.tokenizer, max_sequence_length, "<|endoftext|>", false)?;
+        let tok = FixedTokenizer::load(&files.tokenizer, max_sequence_length, "<|endoftext|>", false)?
+            .with_embedding_rows(cfg.vocab_size);
         let depth = OUT_LAYERS.iter().copied().max().unwrap_or(0);
         let sources = &files.text_encoder.weights;
-        let cache = quantize.map(|q| gguf_cache::path_for("qwen3", sources, q.as_str()));
-        let (model, note) = match (quantize, cache) {
-            (Some(q), Some(path)) if path.is_file() => {
+        let cache = quantize.and_then(|q| gguf_cache::path_for("qwen3", sources, q.as_str()));
+        let found = gguf_cache::lookup(cache.as_deref());
+        let (model, note) = match (quantize, found) {
+            (Some(q), gguf_cache::Lookup::Hit(path)) => {
+                crate::weights::gguf::header(&path)?;
                 let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(&path, device)
                     .map_err(|e| Error::model_from(&path, "unreadable Qwen3 GGUF", e))?;
                 let w = Weights::Gguf { vb, dtype, prefix: String::new(), lora: None, bias: false };
@@ -69,7 +72,13 @@ impl QwenText {
                     .map_err(|e| Error::model_from(&path, "does not fit text_encoder/config.json", e))?;
                 (model, Some(format!("{q} Qwen3 from the quantization cache {}", path.display())))
             }
-            (q, cache) => dense(&cfg, depth, sources, dtype, device, q.zip(cache))?,
+            (q, found) => {
+                let (model, note) = dense(&cfg, depth, sources, dtype, device, q.map(|q| (q, cache)))?;
+                match found {
+                    gguf_cache::Lookup::Damaged(d) => (model, Some(format!("{d}; {}", note.unwrap_or_default()))),
+                    _ => (model, note),
+                }
+            }
         };
         Ok((Self { tok, model, max_sequence_length, device: device.clone(), dtype }, note))
     }
@@ -103,7 +112,7 @@ fn dense(
     sources: &[std::path::PathBuf],
     dtype: DType,
     device: &Device,
-    quantize: Option<(Quant, std::path::PathBuf)>,
+    quantize: Option<(Quant, Option<std::path::PathBuf>)>,
 ) -> Result<(Qwen3Encoder, Option<String>)> {
     let w = CheckedWeights::open("text_encoder (Qwen3)", sources)?;
     let names = w.names();
@@ -115,7 +124,8 @@ fn dense(
         ));
     }
     let stats = Arc::new(QuantStats::default());
-    let sink: Option<Sink> = quantize.as_ref().map(|(_, p)| Arc::new(Mutex::new(gguf_cache::Writer::create(p).ok())));
+    let cache = quantize.as_ref().and_then(|(_, p)| p.as_deref());
+    let (sink, why) = crate::engine::load::cache_sink(quantize.is_some(), cache);
     let weights = Weights::Dense(DenseWeights {
         vb: w.var_builder(dtype, device, None),
         cpu: w.var_builder(DType::F32, &Device::Cpu, None),
@@ -128,6 +138,6 @@ fn dense(
     let weights = if model_prefixed(&names) { weights.pp("model") } else { weights };
     let model = Qwen3Encoder::new(cfg, depth, weights)?;
     w.finish()?;
-    let note = quantize.map(|(q, _)| crate::engine::load::quantize_note("Qwen3", q, &stats, sink));
+    let note = quantize.map(|(q, _)| crate::engine::load::quantize_note("Qwen3", q, &stats, sink, why));
     Ok((model, note))
 }

@@ -21,7 +21,7 @@ impl Bars {
             Some(mp) => {
                 let _ = mp.println(line);
             }
-            None => eprintln!("{line}"),
+            None => super::stdout::err_line(line),
         }
     }
 

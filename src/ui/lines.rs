@@ -1,6 +1,5 @@
 //! The text of the lines the program prints about an edit: what it will do and what it took.
 
-use crate::batch::Summary;
 use crate::config::Family;
 use crate::engine::{Mode, Plan, Request, Timings};
 
@@ -70,16 +69,5 @@ pub fn done(t: &Timings) -> String {
     format!(
         "done in {:.2}s (text {:.2}s, vae encode {:.2}s, transformer load {:.2}s, denoise {:.2}s, decode {:.2}s)",
         t.total, t.text_encoding, t.vae_encode, t.load_transformer, t.denoise, t.vae_decode
-    )
-}
-
-/// The end-of-batch summary line.
-pub fn summary(s: &Summary, dry_run: bool, in_run: usize, total: usize) -> String {
-    format!(
-        "summary: {}{} skipped, {} failed{} ({in_run} items in this run, {total} in the batch)",
-        if dry_run { format!("{} planned, ", s.planned) } else { format!("{} written, ", s.written) },
-        s.skipped,
-        s.failed.len(),
-        if s.interrupted { ", interrupted" } else { "" },
     )
 }

@@ -3,10 +3,12 @@
 //! engine reports events and never prints.
 //!
 //! - `lines`: the text of each line (one plan formatter for the stderr plan and the dry-run listing);
-//! - `bars`: indicatif bars (batch above the current image's denoising steps).
+//! - `bars`: indicatif bars (batch above the current image's denoising steps);
+//! - `stdout`: result lines and bytes on stdout, which a closed or full stdout never turns into a crash.
 
 mod bars;
 pub mod lines;
+pub mod stdout;
 
 use crate::engine::{Event, Progress};
 use crate::error::Error;

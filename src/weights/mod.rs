@@ -6,7 +6,9 @@
 //! Name translation between checkpoint layouts lives in [`flux_keys`] as a table.
 
 pub mod flux_keys;
+pub mod gguf;
 pub mod gguf_cache;
+pub mod layers;
 pub mod lora;
 pub mod sizes;
 pub mod t5_keys;
@@ -218,12 +220,17 @@ impl CheckedWeights {
         if !shapes.is_empty() {
             parts.push(format!("{} mis-shaped: {}", shapes.len(), abbreviate(&shapes)));
         }
-        Err(Error::Tensors { component: self.component.clone(), detail: parts.join("; ") })
+        let file = match self.paths.as_slice() {
+            [one] => one.clone(),
+            many => PathBuf::from(format!("{} and {} more shards", self.first_file().display(), many.len() - 1)),
+        };
+        Err(Error::Tensors { component: self.component.clone(), detail: parts.join("; "), file: Some(file) })
     }
 }
 
 fn abbreviate(items: &[String]) -> String {
-    const SHOWN: usize = 12;
+    // A wrong file misses hundreds of tensors: the count and the first few say enough on one line.
+    const SHOWN: usize = 3;
     let mut s = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if items.len() > SHOWN {
         s.push_str(&format!(", … and {} more", items.len() - SHOWN));

@@ -2,7 +2,7 @@
 //! or as a GGUF file stores them. Reads only the headers (for the memory estimate before a run).
 
 use crate::error::{Error, Result};
-use candle_core::quantized::{gguf_file, GgmlDType};
+use candle_core::quantized::GgmlDType;
 use candle_core::DType;
 use std::io::Read;
 use std::path::Path;
@@ -119,12 +119,10 @@ fn quantized_format(q: GgmlDType, i: usize) -> Option<GgmlDType> {
 }
 
 fn gguf_entries(p: &Path) -> Result<Vec<Entry>> {
-    let mut f = std::fs::File::open(p).map_err(|e| Error::model_from(p, "cannot open", e))?;
-    let content = gguf_file::Content::read(&mut f).map_err(|e| Error::model_from(p, "unreadable GGUF", e))?;
-    Ok(content
-        .tensor_infos
+    Ok(super::gguf::header(p)?
+        .tensors
         .into_iter()
-        .map(|(name, t)| Entry { name, shape: t.shape.dims().to_vec(), stored: Some(t.ggml_dtype) })
+        .map(|t| Entry { name: t.name, shape: t.dims.iter().map(|d| *d as usize).collect(), stored: Some(t.dtype) })
         .collect())
 }
 

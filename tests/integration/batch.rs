@@ -310,12 +310,17 @@ fn metadata_round_trip() {
     );
     assert_eq!(bin().args(&args).output().unwrap().status.code(), Some(0));
     let again = t.path().join("again.png");
-    let o = bin().args(["--from-metadata", &s(&first), "-o", &s(&again), "-q"]).output().unwrap();
+    // The record names the fixture by its absolute path: a re-run confirms it with --allow-metadata-paths.
+    let o =
+        bin().args(["--from-metadata", &s(&first), "-o", &s(&again), "-q", "--allow-metadata-paths"]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(pixels(&first), pixels(&again), "same parameters from the PNG, same image");
     // An explicit flag wins over the stored value.
     let other = t.path().join("other.png");
-    let o = bin().args(["--from-metadata", &s(&first), "--seed", "78", "-o", &s(&other), "-q"]).output().unwrap();
+    let o = bin()
+        .args(["--from-metadata", &s(&first), "--seed", "78", "-o", &s(&other), "-q", "--allow-metadata-paths"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0));
     assert_ne!(pixels(&first), pixels(&other));
     // A PNG without our parameters.

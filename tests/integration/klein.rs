@@ -304,6 +304,7 @@ fn manifest_references_and_metadata() {
         .args([
             "--from-metadata",
             &direct.to_string_lossy(),
+            "--allow-metadata-paths",
             "--rng",
             "torch-cpu",
             "-q",

@@ -270,7 +270,14 @@ fn metadata_records_and_restores_loras() {
     }
     let again = t.path().join("again.png");
     let o = bin()
-        .args(["--from-metadata", &first.to_string_lossy(), "-q", "-o", &again.to_string_lossy()])
+        .args([
+            "--from-metadata",
+            &first.to_string_lossy(),
+            "-q",
+            "-o",
+            &again.to_string_lossy(),
+            "--allow-metadata-paths",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

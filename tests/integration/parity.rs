@@ -223,7 +223,13 @@ fn kernel_selection_is_recorded_and_restored() {
     composed.extend(["--kernels".into(), "composed".into()]);
     assert_eq!(json(composed)["kernels"], "composed");
     assert_eq!(json(args_for(case, &path("auto.png")))["kernels"], "auto");
-    let restored = json(vec!["--from-metadata".into(), path("composed.png"), "-o".into(), path("again.png")]);
+    let restored = json(vec![
+        "--from-metadata".into(),
+        path("composed.png"),
+        "-o".into(),
+        path("again.png"),
+        "--allow-metadata-paths".into(),
+    ]);
     assert_eq!(restored["kernels"], "composed");
     let p = |n: &str| dir.path().join(n);
     assert_eq!(psnr(&p("composed.png"), &p("again.png")), f64::INFINITY, "--from-metadata restores --kernels");
@@ -254,7 +260,14 @@ fn torch_cuda_generator_matches_diffusers_with_gpu_noise() {
         // The record carries the generator and its geometry, and --from-metadata restores them.
         let again = dir.path().join(format!("{name}-again.png"));
         let o = bin()
-            .args(["--from-metadata", out.to_str().unwrap(), "-o", again.to_str().unwrap(), "-q"])
+            .args([
+                "--from-metadata",
+                out.to_str().unwrap(),
+                "-o",
+                again.to_str().unwrap(),
+                "-q",
+                "--allow-metadata-paths",
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", stderr(&o));

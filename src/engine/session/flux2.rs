@@ -7,18 +7,27 @@ use crate::engine::flux2::{self as f2, BnStats};
 use crate::engine::request::{Mode, Request};
 use crate::engine::{edit, inpaint, Event, Plan};
 use crate::error::{Error, Result};
-use crate::{image_io, rng};
+use crate::image_io::{self, Role};
+use crate::rng;
 use candle_core::Tensor;
 use image::RgbImage;
 use std::path::Path;
 
 /// diffusers' `check_image_input`: conditioning images need a shortest side of 64 and an aspect ratio within 8:1.
-fn check_conditioning_size(path: &Path, (w, h): (u32, u32)) -> Result<()> {
+fn check_conditioning_size(path: &Path, (w, h): (u32, u32), role: Role) -> Result<()> {
     if w.min(h) < 64 {
-        return Err(Error::image(path, format!("is {w}x{h}; FLUX.2 reference images need both sides ≥ 64 pixels")));
+        return Err(Error::image_as(
+            role,
+            path,
+            format!("is {w}x{h}; FLUX.2 reference images need both sides ≥ 64 pixels"),
+        ));
     }
     if w.max(h) as f64 / w.min(h) as f64 > 8.0 {
-        return Err(Error::image(path, format!("is {w}x{h}; FLUX.2 reference images need an aspect ratio within 8:1")));
+        return Err(Error::image_as(
+            role,
+            path,
+            format!("is {w}x{h}; FLUX.2 reference images need an aspect ratio within 8:1"),
+        ));
     }
     Ok(())
 }
@@ -31,13 +40,13 @@ impl Session {
             return Ok(Vec::new());
         }
         if let (Some(path), Some(size)) = (req.image(), input) {
-            check_conditioning_size(path, size)?;
+            check_conditioning_size(path, size, Role::Input)?;
         }
         req.references
             .iter()
             .map(|p| {
-                let size = image_io::dimensions(p)?;
-                check_conditioning_size(p, size)?;
+                let size = image_io::dimensions_as(p, Role::Reference)?;
+                check_conditioning_size(p, size, Role::Reference)?;
                 Ok(size)
             })
             .collect()
@@ -97,7 +106,7 @@ impl Session {
             (mode, _) => return Err(Error::Usage(format!("{} needs an input image", mode.name()))),
         };
         for path in &req.references {
-            let img = f2::prepare_reference(image_io::load_rgb(path)?, multiple);
+            let img = f2::prepare_reference(image_io::load_rgb_as(path, Role::Reference)?, multiple);
             conditioning.push(self.latents(&img)?);
         }
         let reference = if conditioning.is_empty() {
@@ -131,6 +140,7 @@ impl Session {
         let z = f2::unpack(latents, start.height, start.width)?;
         let z = f2::unpatchify(&self.bn()?.denormalise(&z)?)?;
         let decoded = self.vae()?.decode(&z)?;
+        edit::ensure_finite(&decoded, "VAE decoding", super::VAE_CAUSE)?;
         image_io::from_tensor(&decoded)
     }
 }

@@ -121,7 +121,7 @@ impl Session {
         files.apply(o)?;
         let mut s = Self::with_files(files, device, dtype, progress)?;
         s.inspect()?;
-        load::check_components(&s.files)?;
+        load::check_components(&s.files, &s.configs.vae)?;
         Ok(s)
     }
 
@@ -146,7 +146,7 @@ impl Session {
             lora_scale: ScaleCell::new(1.0),
             lora_merge: true,
             merged_at: None,
-            configs: ModelConfigs::read(&files)?,
+            configs: ModelConfigs::read(&files.config_files())?,
             files,
             kind: None,
             device: device.clone(),
@@ -163,7 +163,7 @@ impl Session {
 
     /// The weights decide dev or schnell, whatever config.json says.
     fn inspect(&mut self) -> Result<()> {
-        let kind = load::inspect_transformer(&self.files)?;
+        let kind = load::inspect_transformer(&self.files, &self.configs.transformer)?;
         if kind.guidance_embeds != self.configs.transformer.guidance_embeds && kind.family == Family::Flux1 {
             let (what, like) = if kind.guidance_embeds {
                 ("embed guidance", "dev")
@@ -250,6 +250,11 @@ impl Session {
             let t0 = Instant::now();
             self.lora_scale.set(scale);
             let (cond, warnings) = enc.encode(p)?;
+            let cause = "the text encoder weights may hold NaN/inf values (check --text-encoder files)";
+            edit::ensure_finite(&cond.txt, "text encoding", cause)?;
+            if let Some(pooled) = &cond.pooled {
+                edit::ensure_finite(pooled, "text encoding (CLIP)", cause)?;
+            }
             for w in &warnings {
                 self.progress.event(Event::Warning(w));
             }
@@ -471,6 +476,7 @@ impl Session {
         }
         let pixels = image_io::to_tensor(img, &self.device)?.to_dtype(self.dtype)?;
         let (mean, logvar) = self.vae()?.encode(&pixels)?;
+        edit::ensure_finite(&mean, "VAE encoding", VAE_CAUSE)?;
         self.posterior = Some(Posterior { key, mean: mean.clone(), logvar: logvar.clone() });
         Ok((mean, logvar))
     }
@@ -586,6 +592,10 @@ impl Session {
         }
         let z = edit::unpack_for_decode(latents, start, &edit::LatentSpace::of(&self.configs.vae))?;
         let decoded = self.vae()?.decode(&z)?;
+        edit::ensure_finite(&decoded, "VAE decoding", VAE_CAUSE)?;
         image_io::from_tensor(&decoded)
     }
 }
+
+/// Why the VAE's output goes non-finite.
+const VAE_CAUSE: &str = "the VAE weights may hold NaN/inf values (check --vae), or f16 overflowed (try --dtype f32)";
