@@ -7,8 +7,9 @@
 #   (c) bench    fused vs composed time per kernel at FLUX.1-dev 1024² shapes (B=1, S=4608, H=24, D=128, 3072 wide);
 #   (d) full     full-size FLUX.1-dev with random weights (make_full.py) at 1024²: ours composed, ours fused and
 #                diffusers bf16: per-step time, whole-process time, peak GPU memory.
-# Prints one table, exits 1 on any failure (2 when it cannot start). Keeps summary.txt, log.txt, kernels.json,
-# full.json and the full-size images in $OUT (the device tool's folder) or /tmp/gpu-check.
+# Prints one table, exits 1 on any failure (2 when it cannot start). Keeps summary.txt (the table), summary.tsv
+# (its rows as they come, for a run cut short), log.txt, kernels.json, full.json and the full-size images in $OUT
+# (the device tool's folder) or /tmp/gpu-check.
 #
 # On the device (after scripts/gpu-prepare.sh here):  bash scripts/gpu-check.sh    with carry [".gpu"]
 # Dry run here: GPU_CHECK_DRY=1 bash scripts/gpu-check.sh — the same flow on the CPU with the CPU build (cargo
@@ -42,6 +43,14 @@ add() {
   say "[$1] $2: $3 -> $4"
 }
 left() { echo $((DEADLINE - SECONDS)); }
+# A command's timeout: N seconds, but never past the deadline plus the margin the device call keeps (60 s), so a
+# late phase is cut short rather than the whole call, and the table still prints.
+budget() {
+  local b=$(($(left) + 40))
+  [ "$b" -lt "$1" ] || b=$1
+  [ "$b" -gt 10 ] || b=10
+  echo "$b"
+}
 now() { date +%s.%N; }
 # PSNR of two PNGs through the helper binary ("inf" when identical).
 psnr() { "$GC" psnr "$1" "$2" 2>>"$LOG" || echo 0; }
@@ -79,6 +88,7 @@ setup() {
 phase_kernels() {
   local bench=full rc
   [ -n "$DRY" ] && bench=small
+  rm -f "$O/kernels.json"
   timeout 300 "$GC" kernels --device "$DEV" --bench "$bench" --json "$O/kernels.json" > "$W/kernels.txt" 2>&1
   rc=$?
   cat "$W/kernels.txt" >> "$LOG"
@@ -198,7 +208,7 @@ full_ours() {
   local k=$1 t0 t1 rc peak
   start_mem "$W/mem-$k"
   t0=$(now)
-  timeout 300 "$FI" --model "$M" --image "$IN" --prompt "$PROMPT" --strength "$STRENGTH" --steps "$STEPS" \
+  timeout "$(budget 300)" "$FI" --model "$M" --image "$IN" --prompt "$PROMPT" --strength "$STRENGTH" --steps "$STEPS" \
     --guidance 3.5 --seed 100 --rng torch-cpu --width "$SIZE" --height "$SIZE" --device "$DEV" --dtype "$DT" \
     --kernels "$k" --json -o "$W/ours-$k.png" > "$W/ours-$k.json" 2> "$W/ours-$k.err"
   rc=$?
@@ -235,7 +245,7 @@ full_diffusers() {
   fi
   start_mem "$W/mem-diff"
   t0=$(now)
-  timeout 300 "$py" "$TOOLS/run_diffusers.py" "$M" "$IN" "$W/diffusers.png" "$PROMPT" "$STRENGTH" "$STEPS" 3.5 100 \
+  timeout "$(budget 300)" "$py" "$TOOLS/run_diffusers.py" "$M" "$IN" "$W/diffusers.png" "$PROMPT" "$STRENGTH" "$STEPS" 3.5 100 \
     "$SIZE" "$SIZE" > "$W/diffusers.out" 2>> "$LOG"
   t1=$(now)
   peak=$(stop_mem "$W/mem-diff")
@@ -261,7 +271,7 @@ phase_full() {
   else
     M=/tmp/full SIZE=1024 DT=bf16 IN=$W/in.png
     if [ ! -f $M/transformer/config.json ]; then
-      timeout 300 python3 "$TOOLS/make_full.py" $M "$ROOT/tests/fixtures/tiny-dev" >> "$LOG" 2>&1 || {
+      timeout "$(budget 300)" python3 "$TOOLS/make_full.py" $M "$ROOT/tests/fixtures/tiny-dev" >> "$LOG" 2>&1 || {
         add full "make_full.py" "failed (see log)" FAIL
         return
       }
@@ -310,6 +320,5 @@ fi
   printf '\ngpu-check: %s in %d s%s\n' "$([ $FAILED -eq 0 ] && echo 'all passed' || echo 'FAILURES')" "$SECONDS" \
     "${DRY:+ (dry run on the CPU)}"
 } | tee "$O/summary.txt"
-rm -f "$O/summary.tsv"
 rm -rf "$W"
 exit $FAILED

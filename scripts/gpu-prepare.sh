@@ -52,6 +52,6 @@ cat << 'EOT'
 
 Ready. Make ONE device call (about 6-9 minutes on an H200; it prints one table and exits 1 on any failure):
   run  command="bash scripts/gpu-check.sh"  carry=[".gpu"]  timeout_s=600
-then give_back unless rerunning at once. Its files come back under files_at: summary.txt, log.txt,
+then give_back unless rerunning at once. Its files come back under files_at: summary.txt, summary.tsv, log.txt,
 kernels.json, full.json, ours-composed.png, ours-fused.png, diffusers.png.
 EOT
