@@ -33,6 +33,7 @@ pub fn written(opts: &Options, item: &Item, rep: &Report, memory: Option<&Estima
         let mut v = with_status(item, rep.record.clone(), "written");
         v["timings"] = json!(rep.timings);
         v["peak_rss_mib"] = json!(rep.peak_rss_mib);
+        v["peak_gpu_mib"] = json!(rep.peak_gpu_mib);
         v["memory_estimate"] = estimate(memory);
         line(&v.to_string());
     } else {

@@ -90,8 +90,8 @@ pub struct Args {
     pub vae_band: Option<u32>,
     /// Implementation of the hot operations (norms, RoPE, attention, GELU, residuals, the VAE's convolutions): auto
     /// (the CPU's own f32 kernels on the CPU, candle's cast-free composition on CUDA and for f16), composed (the
-    /// composition everywhere, to check what CUDA runs on the CPU) or fused (Triton kernels on CUDA; not in this
-    /// build yet). [default: auto]
+    /// composition everywhere, to check what CUDA runs on the CPU) or fused (the compiled Triton kernels on CUDA,
+    /// the composition where none fits; refused on the CPU; not yet verified on a GPU). [default: auto]
     #[arg(long, value_parser = values::named(Kernels::NAMES))]
     pub kernels: Option<Kernels>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").

@@ -71,6 +71,39 @@ pub fn available_memory(device: &candle_core::Device) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// GPU memory in use on `device` now (total − free, as the driver reports it: this process's tensors, its
+/// allocator's cached blocks and context, and anything else on the GPU), in MiB; None on the CPU.
+pub fn gpu_used_mib(device: &candle_core::Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = device {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some(total.saturating_sub(free) as f64 / 1048576.0);
+    }
+    let _ = device;
+    None
+}
+
+/// The most GPU memory in use seen by [`GpuPeak::sample`]: the session samples it with the text encoders loaded,
+/// at the end of each stage of an edit and after each denoising step. A lower bound on the true peak (memory taken
+/// and released within a step is not seen), without polling or a second process.
+#[derive(Debug, Default)]
+pub struct GpuPeak(std::sync::atomic::AtomicU64);
+
+impl GpuPeak {
+    /// Takes one sample on `device` (nothing on the CPU).
+    pub fn sample(&self, device: &candle_core::Device) {
+        if let Some(mib) = gpu_used_mib(device) {
+            self.0.fetch_max(mib.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The largest sample in MiB; None when nothing was sampled (the CPU).
+    pub fn get(&self) -> Option<f64> {
+        let bits = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (bits != 0).then(|| f64::from_bits(bits))
+    }
+}
+
 /// A seed below 2^32: torch keeps only the low 32 bits, so larger ones would only confuse.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};

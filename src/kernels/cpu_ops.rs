@@ -1,7 +1,10 @@
-//! The CPU backend at the tensor level: contiguous CPU f32 tensors in (the dispatcher in [`super`] sends nothing
-//! else), their data handed to the slice kernels of [`super::cpu`], a fresh CPU f32 tensor out.
+//! The CPU backend at the tensor level: CPU f32 tensors in (the dispatcher in [`super`] sends nothing else), made
+//! contiguous, their data handed to the slice kernels of [`super::cpu`], a fresh CPU f32 tensor out. The operations
+//! that also have a fused kernel go through their `CustomOp` ([`super::ops`]), whose `cpu_fwd` is that kernel; the
+//! convolution and the upsampling, which have none, call the kernels directly.
 
 use super::cpu;
+use super::ops::{self, ColsAct};
 use candle_core::{CpuStorage, Device, Result, Storage, StorageRef, Tensor};
 
 /// A contiguous CPU f32 tensor's data, borrowed.
@@ -58,10 +61,8 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
 }
 
 pub fn group_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let (x, g, bb) = (Owned::new(x)?, Owned::new(weight)?, Owned::new(bias)?);
-    let y = cpu::group_norm(x.view()?.s(), c, h * w, groups, g.view()?.s(), bb.view()?.s(), eps, silu);
-    out(y, (b, c, h, w))
+    let op = ops::GroupNormOp { groups, eps, silu, kernels: vec![] };
+    x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
 }
 
 pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
@@ -71,55 +72,45 @@ pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
 }
 
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    let y = cpu::gelu_tanh(Owned::new(x)?.view()?.s());
-    out(y, x.shape())
+    x.contiguous()?.apply_op1_no_bwd(&ops::GeluTanh { kernels: vec![] })
 }
 
 pub fn gelu_tanh_cols(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
-    let (b, s, w) = x.dims3()?;
-    let y = cpu::gelu_tanh_cols(Owned::new(x)?.view()?.s(), w, col, width);
-    out(y, (b, s, width))
+    x.contiguous()?.apply_op1_no_bwd(&ops::Cols { act: ColsAct::Gelu, col, width, kernels: vec![] })
+}
+
+/// SwiGLU through its custom op's CPU reference loop (the CPU backend itself runs the composition).
+pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&ops::Cols { act: ColsAct::Swiglu, col, width, kernels: vec![] })
 }
 
 pub fn layer_norm_modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64) -> Result<Tensor> {
-    let (b, s, d) = x.dims3()?;
-    let (x, sc, sh) = (Owned::new(x)?, Owned::new(scale)?, Owned::new(shift)?);
-    let y = cpu::layer_norm_modulate(x.view()?.s(), d, s, sc.view()?.s(), sh.view()?.s(), eps);
-    out(y, (b, s, d))
+    let op = ops::LayerNormModulate { eps, kernels: vec![] };
+    x.contiguous()?.apply_op3_no_bwd(&scale.contiguous()?, &shift.contiguous()?, &op)
 }
 
 pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    let (b, s, d) = x.dims3()?;
-    let (x, y, g) = (Owned::new(x)?, Owned::new(y)?, Owned::new(gate)?);
-    let r = cpu::gated_residual(x.view()?.s(), y.view()?.s(), g.view()?.s(), d, s);
-    out(r, (b, s, d))
+    x.contiguous()?.apply_op3_no_bwd(&y.contiguous()?, &gate.contiguous()?, &ops::GatedResidual { kernels: vec![] })
 }
 
+/// `angles`: f32 [2, S, D/2], cos then sin (see [`super::Angles`]).
 pub fn qk_norm_rope(
     x: &Tensor,
     col: usize,
     heads: usize,
     weight: &Tensor,
     eps: f64,
-    (cos, sin): (&Tensor, &Tensor),
+    angles: &Tensor,
 ) -> Result<Tensor> {
-    let (b, s, w) = x.dims3()?;
-    let d = weight.dim(0)?;
-    let (x, wt, c, sn) = (Owned::new(x)?, Owned::new(weight)?, Owned::new(cos)?, Owned::new(sin)?);
-    let (c, sn) = (c.view()?, sn.view()?);
-    let y = cpu::qk_norm_rope(x.view()?.s(), w, col, b, s, heads, d, wt.view()?.s(), eps, c.s(), sn.s());
-    out(y, (b, heads, s, d))
+    let op = ops::QkNormRope { col, heads, eps, kernels: vec![] };
+    x.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, angles, &op)
 }
 
 pub fn heads_first(x: &Tensor, col: usize, heads: usize, d: usize) -> Result<Tensor> {
-    let (b, s, w) = x.dims3()?;
-    let y = cpu::heads_first(Owned::new(x)?.view()?.s(), w, col, b, s, heads, d);
-    out(y, (b, heads, s, d))
+    x.contiguous()?.apply_op1_no_bwd(&ops::HeadsFirst { col, heads, d, kernels: vec![] })
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (b, h, s, d) = q.dims4()?;
-    let (q, k, v) = (Owned::new(q)?, Owned::new(k)?, Owned::new(v)?);
-    let y = cpu::attention(q.view()?.s(), k.view()?.s(), v.view()?.s(), b, h, s, d, scale as f32);
-    out(y, (b, s, h * d))
+    let op = ops::Attention { scale, kernels: vec![] };
+    q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
 }

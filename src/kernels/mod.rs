@@ -1,21 +1,32 @@
 //! The models' hot operations, one function (or layer) each, tensors in, tensors out, with up to three backends:
 //!
-//! - `cpu`: hand-written parallel f32 kernels ([`cpu`], wrapped by [`cpu_ops`]). candle alone on CPU does these as
+//! - `cpu`: hand-written parallel f32 kernels ([`cpu`]); the operations that also have a fused kernel reach them as
+//!   the `cpu_fwd` of their candle `CustomOp` ([`ops`], applied by [`cpu_ops`]). candle alone on CPU does these as
 //!   chains of single-threaded passes with a fresh buffer each, and builds a whole-image im2col for convolutions:
 //!   on the CPU benchmark that made the run 1.9× slower than torch.
-//! - `composed`: a cast-free composition of candle ops ([`composed`]); CUDA and f16 run it.
-//! - `fused`: one CustomOp per operation launching a compiled Triton kernel on CUDA ([`fused`]; none in this build).
-//!   Under `fused`, operations that will keep no fused kernel of their own run the composition.
+//! - `composed`: a cast-free composition of candle ops ([`composed`]); CUDA and f16 run it, and it is what every
+//!   fused operation falls back to.
+//! - `fused`: the same `CustomOp`s' `cuda_fwd`, launching a compiled Triton kernel ([`fused`] chooses the variant
+//!   from the [`manifest`] and loads it, [`launch`] works out the launch, [`gpu`] makes it). Under `fused`, an
+//!   operation with no kernel of its own, or none that fits its tensors, runs the composition.
 //!
-//! The CPU kernels and the composition are each tested against a plain f64 reference (tests.rs).
+//! The CPU kernels and the composition are each tested against a plain f64 reference ([`reference`], tests.rs); the
+//! manifest, the artifacts and every launch against the kernel sources and contracts (manifest_tests.rs); the
+//! fused kernels against the composition on a GPU by [`check`] (`examples/gpu_check.rs`).
 //!
 //! Which one runs is the [`Kernels`] selection (`--kernels`), set once per edit before any model runs, and the
 //! tensors' device and dtype: see [`backend`].
 
+pub mod check;
 pub mod composed;
 pub mod cpu;
 pub mod cpu_ops;
 pub mod fused;
+pub mod gpu;
+pub mod launch;
+pub mod manifest;
+pub mod ops;
+pub mod reference;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -30,7 +41,7 @@ pub enum Kernels {
     Auto,
     /// The composed path everywhere, the CPU's f32 tensors included (what CUDA runs, checkable on the CPU).
     Composed,
-    /// The fused CUDA kernels; refused where they cannot run (on the CPU; on CUDA without compiled kernels).
+    /// The fused CUDA kernels where a compiled variant fits, the composed path elsewhere; refused on the CPU.
     Fused,
 }
 
@@ -73,6 +84,14 @@ pub fn kernels() -> Kernels {
         1 => Kernels::Composed,
         2 => Kernels::Fused,
         _ => Kernels::Auto,
+    }
+}
+
+/// A fused result, or the composition when no kernel fitted (see [`fused`]).
+fn or_composed(fused: Result<Option<Tensor>>, composed: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    match fused? {
+        Some(y) => Ok(y),
+        None => composed(),
     }
 }
 
@@ -175,7 +194,11 @@ impl GroupNorm {
         match backend(&[x, &self.weight, &self.bias]) {
             Backend::Cpu => cpu_ops::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu),
             Backend::Composed => self.composed(x, silu),
-            Backend::Fused => Err(fused::not_built("group norm")),
+            Backend::Fused => {
+                or_composed(fused::group_norm(x, (&self.weight, &self.bias), self.groups, self.eps, silu), || {
+                    self.composed(x, silu)
+                })
+            }
         }
     }
 
@@ -210,7 +233,7 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     match backend(&[x]) {
         Backend::Cpu => cpu_ops::gelu_tanh(x),
         Backend::Composed => x.gelu(),
-        Backend::Fused => Err(fused::not_built("GELU")),
+        Backend::Fused => or_composed(fused::gelu_tanh(x), || x.gelu()),
     }
 }
 
@@ -219,7 +242,9 @@ pub fn layer_norm_modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64)
     match backend(&[x, scale, shift]) {
         Backend::Cpu => cpu_ops::layer_norm_modulate(x, scale, shift, eps),
         Backend::Composed => composed::layer_norm_modulate(x, scale, shift, eps),
-        Backend::Fused => Err(fused::not_built("modulated layer norm")),
+        Backend::Fused => or_composed(fused::layer_norm_modulate(x, scale, shift, eps), || {
+            composed::layer_norm_modulate(x, scale, shift, eps)
+        }),
     }
 }
 
@@ -228,7 +253,7 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     match backend(&[x, y, gate]) {
         Backend::Cpu => cpu_ops::gated_residual(x, y, gate),
         Backend::Composed => composed::gated_residual(x, y, gate),
-        Backend::Fused => Err(fused::not_built("gated residual")),
+        Backend::Fused => or_composed(fused::gated_residual(x, y, gate), || composed::gated_residual(x, y, gate)),
     }
 }
 
@@ -237,17 +262,19 @@ pub fn gelu_tanh_cols(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
     match backend(&[x]) {
         Backend::Cpu => cpu_ops::gelu_tanh_cols(x, col, width),
         Backend::Composed => x.narrow(2, col, width)?.gelu(),
-        Backend::Fused => Err(fused::not_built("GELU")),
+        Backend::Fused => {
+            or_composed(fused::cols(x, ops::ColsAct::Gelu, col, width), || x.narrow(2, col, width)?.gelu())
+        }
     }
 }
 
 /// RoPE angles of a run of positions, cos and sin [S, D/2] (one angle per pair (2i, 2i+1)), kept twice: in f32 as
-/// the models make them (what the CPU kernel reads, and the fused kernel's contract in kernels/triton/README.md) and
-/// in the activations' dtype (what candle's `rope_i` reads), cast once per forward rather than in every block.
+/// the models make them, packed as one tensor [2, S, D/2] (cos, then sin: what the CPU kernel reads, and the fused
+/// kernel's two f32 pointers in kernels/triton/README.md, one custom-op input), and in the activations' dtype (what
+/// candle's `rope_i` reads), cast once per forward rather than in every block.
 #[derive(Debug, Clone)]
 pub struct Angles {
-    cos: Tensor,
-    sin: Tensor,
+    rot: Tensor,
     cos_dt: Tensor,
     sin_dt: Tensor,
 }
@@ -256,13 +283,18 @@ impl Angles {
     /// From f32 angles; `dtype` is the activations'.
     pub fn new(cos: Tensor, sin: Tensor, dtype: DType) -> Result<Self> {
         let (cos_dt, sin_dt) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-        Ok(Self { cos, sin, cos_dt, sin_dt })
+        Ok(Self { rot: Tensor::stack(&[&cos, &sin], 0)?, cos_dt, sin_dt })
     }
 
-    /// Positions `start..start+len` (views, no copy).
+    /// Positions `start..start+len` (views, no copy: each half of the packed angles stays contiguous).
     pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
         let n = |t: &Tensor| t.narrow(0, start, len);
-        Ok(Self { cos: n(&self.cos)?, sin: n(&self.sin)?, cos_dt: n(&self.cos_dt)?, sin_dt: n(&self.sin_dt)? })
+        Ok(Self { rot: self.rot.narrow(1, start, len)?, cos_dt: n(&self.cos_dt)?, sin_dt: n(&self.sin_dt)? })
+    }
+
+    /// The f32 angles [2, S, D/2].
+    pub fn packed(&self) -> &Tensor {
+        &self.rot
     }
 }
 
@@ -277,9 +309,11 @@ pub fn qk_norm_rope(
     angles: &Angles,
 ) -> Result<Tensor> {
     match backend(&[x, weight]) {
-        Backend::Cpu => cpu_ops::qk_norm_rope(x, col, heads, weight, eps, (&angles.cos, &angles.sin)),
+        Backend::Cpu => cpu_ops::qk_norm_rope(x, col, heads, weight, eps, &angles.rot),
         Backend::Composed => composed::qk_norm_rope(x, col, heads, weight, eps, (&angles.cos_dt, &angles.sin_dt)),
-        Backend::Fused => Err(fused::not_built("RMSNorm + RoPE")),
+        Backend::Fused => or_composed(fused::qk_norm_rope(x, (col, heads), weight, eps, angles), || {
+            composed::qk_norm_rope(x, col, heads, weight, eps, (&angles.cos_dt, &angles.sin_dt))
+        }),
     }
 }
 
@@ -288,16 +322,19 @@ pub fn heads_first(x: &Tensor, col: usize, heads: usize, d: usize) -> Result<Ten
     match backend(&[x]) {
         Backend::Cpu => cpu_ops::heads_first(x, col, heads, d),
         Backend::Composed => composed::heads_first(x, col, heads, d),
-        Backend::Fused => Err(fused::not_built("heads-first copy")),
+        Backend::Fused => or_composed(fused::heads_first(x, col, heads, d), || composed::heads_first(x, col, heads, d)),
     }
 }
 
 /// FLUX.2's SwiGLU feed-forward activation: `silu(a)·b` for a = columns `col..col+width` of x [B, S, W] and b the
-/// `width` columns after them → [B, S, width]. No CPU kernel: candle's two ops on every CPU backend.
+/// `width` columns after them → [B, S, width]. The CPU backend runs candle's two ops (the custom op's CPU side is a
+/// reference loop, kept out of the CPU backend so FLUX.2's measured CPU figures stand).
 pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
     match backend(&[x]) {
         Backend::Cpu | Backend::Composed => composed::swiglu(x, col, width),
-        Backend::Fused => Err(fused::not_built("SwiGLU")),
+        Backend::Fused => {
+            or_composed(fused::cols(x, ops::ColsAct::Swiglu, col, width), || composed::swiglu(x, col, width))
+        }
     }
 }
 
@@ -315,9 +352,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     match backend(&[q, k, v]) {
         Backend::Cpu => cpu_ops::attention(q, k, v, scale),
         Backend::Composed => composed::attention(q, k, v, scale, ATTENTION_CHUNK.load(Ordering::Relaxed)),
-        Backend::Fused => Err(fused::not_built("attention")),
+        // The flash kernel has no S×S buffer, so --attention-chunk only shapes the fallback.
+        Backend::Fused => or_composed(fused::attention(q, k, v, scale), || {
+            composed::attention(q, k, v, scale, ATTENTION_CHUNK.load(Ordering::Relaxed))
+        }),
     }
 }
 
+#[cfg(test)]
+mod manifest_tests;
 #[cfg(test)]
 mod tests;

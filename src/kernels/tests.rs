@@ -6,7 +6,7 @@
 //! - f32, CPU kernels and composed: measured worst 4e-7 here (attention; earlier, larger shapes measured 1e-6);
 //!   bound 1e-4, where an indexing or convention mistake measures 1.6–1.8 (`plausible_mistakes_…`).
 //! - f16 and bf16, composed, from inputs rounded to the type: a few roundings of the type per value (f16 2⁻¹¹,
-//!   bf16 2⁻⁸ relative); bounds in [`HALF_TOLERANCE`], each about 2× the measured worst, noted beside it.
+//!   bf16 2⁻⁸ relative); bounds in [`reference::HALF_TOLERANCE`], each about 2× the measured worst, noted beside it.
 //!
 //! Tests call the backends ([`cpu_ops`], [`composed`]) directly: the process-wide selection is left alone but in
 //! `selection_picks_the_backend`, and no other test reads it (half types take the composed path under every
@@ -16,16 +16,7 @@ use super::*;
 use candle_core::{DType, Device, Tensor};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
-    // A small LCG: deterministic, no RNG crate needed, values in [-2, 2).
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    reference::rand(shape, seed).unwrap()
 }
 
 fn to(t: &Tensor, dtype: DType) -> Tensor {
@@ -36,16 +27,11 @@ fn f64(t: &Tensor) -> Tensor {
     to(t, DType::F64)
 }
 
-/// Largest |a − b| over the reference's largest magnitude (at least 1e-3).
 fn rel(a: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(a.dims(), reference.dims(), "shapes");
-    let a: Vec<f64> = f64(a).flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f64> = f64(reference).flatten_all().unwrap().to_vec1().unwrap();
-    let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+    reference::rel(a, reference).unwrap()
 }
 
-const F32_TOLERANCE: f64 = 1e-4;
+use reference::{F32_TOLERANCE, HALF_TOLERANCE};
 
 fn assert_close(got: &Tensor, reference: &Tensor, tol: f64, what: &str) {
     let e = rel(got, reference);
@@ -54,85 +40,6 @@ fn assert_close(got: &Tensor, reference: &Tensor, tol: f64, what: &str) {
 
 fn max_abs(t: &Tensor) -> f32 {
     to(t, DType::F32).abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-}
-
-/// The maths of each operation in plain candle ops (any float dtype; the tests use f64).
-mod reference {
-    use candle_core::{Result, Tensor, D};
-
-    fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-        let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        centered.broadcast_div(&(var + eps)?.sqrt()?)
-    }
-
-    pub fn layer_norm_modulate(x: &Tensor, scale: &Tensor, shift: &Tensor, eps: f64) -> Result<Tensor> {
-        normalize(x, eps)?.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
-    }
-
-    pub fn group_norm(x: &Tensor, w: &Tensor, b: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
-        let (n, c, h, wd) = x.dims4()?;
-        let y = normalize(&x.reshape((n, groups, c / groups * h * wd))?, eps)?.reshape((n, c, h, wd))?;
-        let y = y.broadcast_mul(&w.reshape((1, c, 1, 1))?)?.broadcast_add(&b.reshape((1, c, 1, 1))?)?;
-        if silu {
-            y.silu()
-        } else {
-            Ok(y)
-        }
-    }
-
-    /// RMSNorm, then the rotation of pairs (2i, 2i+1) by the angle of (cos, sin) [S, D/2].
-    pub fn qk_norm_rope(
-        x: &Tensor,
-        col: usize,
-        h: usize,
-        w: &Tensor,
-        eps: f64,
-        cs: (&Tensor, &Tensor),
-    ) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let d = w.dim(0)?;
-        let x = heads_first(x, col, h, d)?;
-        let n = x.broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?)?.broadcast_mul(w)?;
-        let n = n.reshape((b, h, s, d / 2, 2))?;
-        let (a, bb) = (n.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?, n.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?);
-        let ra = (a.broadcast_mul(cs.0)? - bb.broadcast_mul(cs.1)?)?;
-        let rb = (bb.broadcast_mul(cs.0)? + a.broadcast_mul(cs.1)?)?;
-        Tensor::stack(&[ra, rb], D::Minus1)?.reshape((b, h, s, d))
-    }
-
-    pub fn heads_first(x: &Tensor, col: usize, h: usize, d: usize) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.narrow(2, col, h * d)?.reshape((b, s, h, d))?.transpose(1, 2)?.contiguous()
-    }
-
-    pub fn swiglu(x: &Tensor, col: usize, width: usize) -> Result<Tensor> {
-        let a = x.narrow(2, col, width)?;
-        (&a / (a.neg()?.exp()? + 1.0)?)? * x.narrow(2, col + width, width)?
-    }
-
-    pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-        x + y.broadcast_mul(&gate.unsqueeze(1)?)?
-    }
-
-    /// torch's `gelu(approximate="tanh")`.
-    pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-        let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
-        (x * 0.5)? * (inner.tanh()? + 1.0)?
-    }
-
-    /// Softmax with the exponentials and their sum in the tensor's own (f64) precision.
-    pub fn softmax(x: &Tensor) -> Result<Tensor> {
-        let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-    }
-
-    /// Scores scaled as SDPA does (on the scores), softmax, weighted sum → [B, S, H·D].
-    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-        let (b, h, s, d) = q.dims4()?;
-        let p = softmax(&(q.matmul(&k.t()?)? * scale)?)?;
-        p.matmul(v)?.transpose(1, 2)?.reshape((b, s, h * d))
-    }
 }
 
 /// Inputs of the transformer-side operations: a fused projection [B, S, 3·H·D + 5] (q | k | v | extra columns),
@@ -148,6 +55,13 @@ struct Block {
     y: Tensor,
     h: usize,
     d: usize,
+}
+
+impl Block {
+    /// The angles as the CPU and fused kernels take them: [2, S, D/2], cos then sin.
+    fn packed(&self) -> Tensor {
+        Tensor::stack(&[&self.cos, &self.sin], 0).unwrap()
+    }
 }
 
 fn block() -> Block {
@@ -174,7 +88,7 @@ fn cpu_kernels_match_the_reference() {
     let (h, d) = (k.h, k.d);
     let rope = (&f64(&k.cos), &f64(&k.sin));
     let r = reference::qk_norm_rope(&f64(&k.x), h * d, h, &f64(&k.w), 1e-6, rope).unwrap();
-    let got = cpu_ops::qk_norm_rope(&k.x, h * d, h, &k.w, 1e-6, (&k.cos, &k.sin)).unwrap();
+    let got = cpu_ops::qk_norm_rope(&k.x, h * d, h, &k.w, 1e-6, &k.packed()).unwrap();
     assert_close(&got, &r, F32_TOLERANCE, "qk_norm_rope");
     let lnm = cpu_ops::layer_norm_modulate(&k.x, &k.scale, &k.shift, 1e-6).unwrap();
     let r = reference::layer_norm_modulate(&f64(&k.x), &f64(&k.scale), &f64(&k.shift), 1e-6).unwrap();
@@ -263,21 +177,6 @@ fn composed_matches_the_reference_in_f32() {
     }
 }
 
-/// Bounds for the composed path in half types, per operation: (name, f16, bf16), relative to the largest reference
-/// value. f16 rounds at 2⁻¹¹ ≈ 4.9e-4, bf16 at 2⁻⁸ ≈ 3.9e-3: the measured worst (in the comments) is one to two
-/// roundings of the type; the bounds are about 2× that. Mistakes measure 1.6–1.8 (the sensitivity test).
-const HALF_TOLERANCE: [(&str, f64, f64); 9] = [
-    ("qk_norm_rope", 1.8e-3, 1.6e-2),    // measured f16 8.6e-4, bf16 8.2e-3
-    ("layer_norm_modulate", 6e-4, 5e-3), // measured f16 2.8e-4, bf16 2.2e-3
-    ("gated_residual", 1e-3, 8e-3),      // measured f16 4.9e-4, bf16 4.1e-3
-    ("gelu_tanh", 1.2e-3, 9e-3),         // measured f16 5.8e-4, bf16 4.4e-3
-    ("swiglu", 1.4e-3, 1.1e-2),          // measured f16 7.1e-4, bf16 5.7e-3
-    ("heads_first", 1e-12, 1e-12),       // a copy: exact
-    ("group_norm", 1.5e-3, 1.1e-2),      // measured f16 7.2e-4, bf16 5.3e-3
-    ("softmax", 1.1e-3, 8e-3),           // measured f16 5.2e-4, bf16 4.0e-3
-    ("attention", 1.6e-3, 0.0),          // measured f16 8.0e-4; bf16 not runnable on the CPU
-];
-
 #[test]
 fn composed_in_half_types_matches_the_reference() {
     for (dtype, col) in [(DType::F16, 1), (DType::BF16, 2)] {
@@ -341,7 +240,7 @@ fn selection_picks_the_backend() {
     let direct = composed::qk_norm_rope(&half, 0, k.h, &to(&k.w, DType::F16), 1e-6, (&k.cos, &k.sin)).unwrap();
     assert_eq!(max_abs(&(to(&via, DType::F32) - to(&direct, DType::F32)).unwrap()), 0.0);
     let via = qk_norm_rope(&k.x, 0, k.h, &k.w, 1e-6, &angles).unwrap();
-    let direct = cpu_ops::qk_norm_rope(&k.x, 0, k.h, &k.w, 1e-6, (&k.cos, &k.sin)).unwrap();
+    let direct = cpu_ops::qk_norm_rope(&k.x, 0, k.h, &k.w, 1e-6, &k.packed()).unwrap();
     assert_eq!(max_abs(&(&via - &direct).unwrap()), 0.0);
     let composed = composed::layer_norm_modulate(&x, &scale, &shift, 1e-6).unwrap();
     assert_eq!(max_abs(&(&forced - &composed).unwrap()), 0.0, "--kernels composed runs the composition");
@@ -445,4 +344,18 @@ fn heads_first_takes_the_one_copy_route_and_the_general_one() {
         let want = reference::heads_first(&f64(&x), 8 * 3, 3, 8).unwrap();
         assert_eq!(rel(&got, &want), 0.0, "W = {w}");
     }
+}
+
+#[test]
+fn gpu_check_runs_on_the_cpu() {
+    // The flow `examples/kernels_check.rs` runs on a GPU, dry-run here: the ops' CPU kernels stand in for the fused
+    // ones in f32 and must pass every case; half-type rows only measure the composition.
+    let rows = check::check(&Device::Cpu);
+    assert_eq!(rows.len(), 45);
+    let failed: Vec<_> = rows.iter().filter(|r| !r.passed).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(rows.iter().filter(|r| r.dtype == "f32").all(|r| r.fused_err.is_some()));
+    let bench = check::bench(&Device::Cpu, DType::F32, false).unwrap();
+    assert_eq!(bench.len(), 9);
+    assert!(bench.iter().all(|b| b.fused_ms.is_some() && b.composed_ms > 0.0));
 }

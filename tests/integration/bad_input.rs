@@ -92,8 +92,8 @@ fn out_of_range_flags() {
 }
 
 /// `--kernels fused` on the CPU, also in a dry run and from a batch of several inputs: one usage error up front,
-/// before any item is planned. (On CUDA in a build without compiled Triton kernels it is the same kind of line;
-/// no test here can reach a CUDA device.)
+/// before any item is planned. (On CUDA it runs the compiled kernels, the composition where none fits; no test
+/// here can reach a CUDA device: scripts/gpu-check.sh does.)
 #[test]
 fn fused_kernels_are_refused_on_the_cpu() {
     let c = Case::new();

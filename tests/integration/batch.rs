@@ -271,6 +271,8 @@ fn sweep_writes_every_combination_and_json_has_the_schema() {
         assert!(v["timings"][key].as_f64().unwrap() >= 0.0, "timings.{key}");
     }
     assert!(v["peak_rss_mib"].as_f64().unwrap() > 1.0);
+    // Present in every written item; a number on CUDA, null on the CPU.
+    assert!(v.as_object().unwrap().contains_key("peak_gpu_mib") && v["peak_gpu_mib"].is_null(), "{v}");
     assert_eq!(v["steps_run"], 2, "schnell 4 steps at strength 0.5");
     assert_eq!(lines[2]["steps_run"], 4);
     assert!(lines[1]["timings"]["vae_encode"].as_f64().unwrap() < v["timings"]["vae_encode"].as_f64().unwrap());

@@ -54,6 +54,10 @@ pub struct Report {
     pub timings: Timings,
     /// Host peak RSS of the process when this image was written (Linux), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// CUDA: the most GPU memory in use seen so far by this session, MiB: a running peak like `peak_rss_mib`,
+    /// sampled with the text encoders loaded, at the end of each stage and after each denoising step
+    /// ([`super::GpuPeak`]); None on the CPU.
+    pub peak_gpu_mib: Option<f64>,
 }
 
 /// A prompt's conditioning and what encoding it cost (charged to the first edit that uses it).
@@ -105,6 +109,8 @@ pub struct Session {
     posterior: Option<Posterior>,
     /// Loaded weight bytes by dtype and quantization (read from the headers once).
     weight_sizes: HashMap<(&'static str, Option<crate::models::linear::Quant>), crate::engine::memory::WeightSizes>,
+    /// GPU memory in use, sampled through every edit (a running peak).
+    gpu_peak: super::GpuPeak,
 }
 
 impl Session {
@@ -158,6 +164,7 @@ impl Session {
             transformer: None,
             posterior: None,
             weight_sizes: HashMap::new(),
+            gpu_peak: Default::default(),
         })
     }
 
@@ -261,6 +268,8 @@ impl Session {
             self.prompts.insert(key, Encoded { cond, secs: t0.elapsed().as_secs_f64() + load });
             load = 0.0;
         }
+        // The encoders are dropped on return: their footprint is only visible now.
+        self.gpu_peak.sample(&self.device);
         Ok(())
     }
 
@@ -348,32 +357,44 @@ impl Session {
         crate::kernels::set_kernels(req.kernels);
         crate::kernels::set_attention_chunk(req.attention_chunk.unwrap_or(0));
         crate::kernels::set_conv_band(req.vae_band.unwrap_or(0));
+        crate::kernels::fused::reset_stats();
         let image = self.render(req, input, &plan, &mut timings)?;
+        if req.kernels == crate::kernels::Kernels::Fused {
+            // Which operations launched a fused kernel and which ran the composition (and why): the only sign,
+            // short of a profiler, that --kernels fused did what it says.
+            self.progress.event(Event::Note(&crate::kernels::fused::summary()));
+        }
         let mut record = EditRecord::new(req, &plan);
         if let Some(set) = &self.lora {
             record.loras.iter_mut().zip(set.hashes()).for_each(|(r, h)| r.hash = Some(h));
         }
         output::write_png(&req.output, &image, &record.png_chunks())?;
         timings.total = start.elapsed().as_secs_f64() + timings.text_encoding;
-        let report = Report { output: req.output.clone(), plan, record, timings, peak_rss_mib: super::peak_rss_mib() };
+        let (peak_rss_mib, peak_gpu_mib) = (super::peak_rss_mib(), self.gpu_peak.get());
+        let report = Report { output: req.output.clone(), plan, record, timings, peak_rss_mib, peak_gpu_mib };
         self.progress.event(Event::Done(&report));
         Ok(report)
     }
 
-    /// Conditioning, start latents, the Euler loop and decoding, each stage timed.
+    /// Conditioning, start latents, the Euler loop and decoding, each stage timed and followed by a GPU memory
+    /// sample.
     fn render(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan, t: &mut Timings) -> Result<RgbImage> {
         let cond = self.conditioning(req, t)?;
+        self.gpu_peak.sample(&self.device);
         let t0 = Instant::now();
         let staged = self.stage(req, input, plan)?;
         t.vae_encode = t0.elapsed().as_secs_f64();
+        self.gpu_peak.sample(&self.device);
         let t0 = Instant::now();
         self.load_transformer(req)?;
         t.load_transformer = t0.elapsed().as_secs_f64();
+        self.gpu_peak.sample(&self.device);
         let t0 = Instant::now();
         let latents = self.denoise(&cond, &staged, plan)?;
         t.denoise = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let rgb = self.decode(&latents, &staged.start)?;
+        self.gpu_peak.sample(&self.device);
         let rgb = self.finish(rgb, req, plan, staged)?;
         t.vae_decode = t0.elapsed().as_secs_f64();
         Ok(rgb)
@@ -567,7 +588,10 @@ impl Session {
                 Some(b) => b.apply(&x, next),
                 None => Ok(x),
             },
-            |done, total| self.progress.event(Event::Step { done, total, elapsed: t0.elapsed() }),
+            |done, total| {
+                self.gpu_peak.sample(dev);
+                self.progress.event(Event::Step { done, total, elapsed: t0.elapsed() })
+            },
         )?;
         Ok(latents)
     }

@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# Issue 19 on a GPU machine, in one command (NVIDIA H100/H200, driver 580 = CUDA 13, no network there):
+#   (a) kernels  every fused Triton kernel against the f64 reference and candle's composition at odd sizes, in f32,
+#                bf16 and f16, and the cases that must fall back to the composition (gpu_check kernels);
+#   (b) parity   the tiny fixtures of tests/fixtures/cases.json (45 dB bar, f32) with --kernels composed and fused
+#                on CUDA, and `smoke` in bf16 (30 dB bar against diffusers' bf16 image) with both;
+#   (c) bench    fused vs composed time per kernel at FLUX.1-dev 1024² shapes (B=1, S=4608, H=24, D=128, 3072 wide);
+#   (d) full     full-size FLUX.1-dev with random weights (make_full.py) at 1024²: ours composed, ours fused and
+#                diffusers bf16: per-step time, whole-process time, peak GPU memory.
+# Prints one table, exits 1 on any failure (2 when it cannot start). Keeps summary.txt (the table), summary.tsv
+# (its rows as they come, for a run cut short), log.txt, kernels.json, full.json and the full-size images in $OUT
+# (the device tool's folder) or /tmp/gpu-check.
+#
+# On the device (after scripts/gpu-prepare.sh here):  bash scripts/gpu-check.sh    with carry [".gpu"]
+# Dry run here: GPU_CHECK_DRY=1 bash scripts/gpu-check.sh — the same flow on the CPU with the CPU build (cargo
+#   build --release --bins --example gpu_check): --device cpu; --kernels auto in place of fused (the CPU backend
+#   runs the same custom ops, their cpu_fwd), plus a check that fused is refused there; the tiny model in place of
+#   the full-size one; diffusers only if DIFFUSERS_PYTHON names a python with diffusers and torch.
+# env: STEPS (28) and STRENGTH (0.9) for (d); DEADLINE (540): seconds after the start past which a phase that
+#   would not fit is skipped (reported as skip, not failure); OUT; GPU_DIR (.gpu).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 2
+export PYTHONUNBUFFERED=1
+DRY=${GPU_CHECK_DRY:-}
+G=${GPU_DIR:-$ROOT/.gpu}
+O=${OUT:-/tmp/gpu-check}
+W=$(mktemp -d /tmp/gpu-check-work.XXXX)
+mkdir -p "$O"
+: > "$O/summary.tsv"
+LOG=$O/log.txt
+: > "$LOG"
+DEADLINE=${DEADLINE:-540}
+STEPS=${STEPS:-28}
+STRENGTH=${STRENGTH:-0.9}
+FAILED=0
+
+say() { echo "$*" | tee -a "$LOG" >&2; }
+# add PHASE ITEM VALUE VERDICT (pass | FAIL | info | skip)
+add() {
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "${3//$'\n'/ \/ }" "$4" >> "$O/summary.tsv"
+  [ "$4" = FAIL ] && FAILED=1
+  say "[$1] $2: $3 -> $4"
+}
+left() { echo $((DEADLINE - SECONDS)); }
+# A command's timeout: N seconds, but never past the deadline plus the margin the device call keeps (60 s), so a
+# late phase is cut short rather than the whole call, and the table still prints.
+budget() {
+  local b=$(($(left) + 40))
+  [ "$b" -lt "$1" ] || b=$1
+  [ "$b" -gt 10 ] || b=10
+  echo "$b"
+}
+now() { date +%s.%N; }
+# PSNR of two PNGs through the helper binary ("inf" when identical).
+psnr() { "$GC" psnr "$1" "$2" 2>>"$LOG" || echo 0; }
+at_least() { awk -v v="$1" -v bar="$2" 'BEGIN { exit !(v == "inf" || v + 0 >= bar) }'; }
+
+setup() {
+  if [ -n "$DRY" ]; then
+    DEV=cpu KF=auto SMOKE_DT=f32
+    local t=${CARGO_TARGET_DIR:-$ROOT/target}/release
+    FI=${FI:-$t/flux-img2img} GC=${GC:-$t/examples/gpu_check}
+    [ -x "$FI" ] && [ -x "$GC" ] || { say "dry run: build first: cargo build --release --bins --example gpu_check"; exit 2; }
+    say "dry run on the CPU: $FI"
+    return
+  fi
+  DEV=cuda KF=fused SMOKE_DT=bf16
+  [ -f "$G/flux-img2img.xz" ] && [ -f "$G/gpu_check.xz" ] || { say "missing $G: run scripts/gpu-prepare.sh here first"; exit 2; }
+  mkdir -p /tmp/gpu-bin
+  xz -dc "$G/flux-img2img.xz" > /tmp/gpu-bin/flux-img2img && xz -dc "$G/gpu_check.xz" > /tmp/gpu-bin/gpu_check || exit 2
+  chmod +x /tmp/gpu-bin/*
+  FI=/tmp/gpu-bin/flux-img2img GC=/tmp/gpu-bin/gpu_check
+  if ls "$G"/whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$G"/whl/*.whl >> "$LOG" 2>&1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  # cuBLAS / cuRAND / cudart 13 from the image's Python wheels; the driver brings libcuda.so.1.
+  local lib
+  lib=$(python3 -c 'import nvidia,os;print(os.path.join(list(nvidia.__path__)[0],"cu13","lib"))' 2>/dev/null)
+  export LD_LIBRARY_PATH=${lib}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  # candle's own kernels ship as PTX the driver compiles on first load: cache it for the later processes.
+  export CUDA_CACHE_PATH=/tmp/cuda-cache CUDA_CACHE_MAXSIZE=1073741824
+  add setup gpu "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)" info
+}
+
+# (a) and (c): the helper's rows and benchmark, from its JSON.
+phase_kernels() {
+  local bench=full rc
+  [ -n "$DRY" ] && bench=small
+  rm -f "$O/kernels.json"
+  timeout 300 "$GC" kernels --device "$DEV" --bench "$bench" --json "$O/kernels.json" > "$W/kernels.txt" 2>&1
+  rc=$?
+  cat "$W/kernels.txt" >> "$LOG"
+  if [ ! -s "$O/kernels.json" ]; then
+    add kernels "gpu_check kernels" "exit $rc: $(tail -1 "$W/kernels.txt")" FAIL
+    return
+  fi
+  python3 - "$O/kernels.json" > "$W/kernels.tsv" << 'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+e = lambda v: "-" if v is None else f"{v:.1e}"
+bad = [c for c in r["checks"] if not c["passed"]]
+for c in bad:
+    print(f"kernels\t{c['op']} {c['dtype']} {c['case']}\tfused {e(c['fused_err'])}, composed {e(c['composed_err'])}, bound {c['bound']:.1e}: {c['note']}\tFAIL")
+fused = sum(1 for c in r["checks"] if c["note"] == "fused")
+print(f"kernels\t{len(r['checks'])} cases (f32, bf16, f16)\t{fused} launched fused, {len(bad)} failed\t{'FAIL' if bad else 'pass'}")
+for b in r["bench"]:
+    f = b["fused_ms"]
+    v = f"fused {f:.3f} ms, composed {b['composed_ms']:.3f} ms ({b['composed_ms'] / f:.2f}x)" if f else f"composed {b['composed_ms']:.3f} ms; {b['note']}"
+    print(f"bench\t{b['op']} {b['shape']}\t{v}\t{'info' if f else 'FAIL'}")
+EOF
+  while IFS=$'\t' read -r p i v d; do add "$p" "$i" "$v" "$d"; done < "$W/kernels.tsv"
+  [ "$rc" -eq 0 ] || add kernels "gpu_check kernels" "exit $rc" FAIL
+}
+
+# One fixture case through the CLI with --kernels $1; $2.. the case's fields.
+parity_case() {
+  local k=$1 name=$2 model=$3 image=$4 prompt=$5 w=$6 h=$7 strength=$8 steps=$9 seed=${10} msl=${11} guidance=${12} expected=${13}
+  local out=$W/parity-$name-$k.png rc db note
+  local args=(--model "$model" --image "$image" --prompt "$prompt" --width "$w" --height "$h" --strength "$strength"
+    --steps "$steps" --seed "$seed" --max-sequence-length "$msl" --rng torch-cpu --device "$DEV" --dtype f32
+    --kernels "$k" -o "$out")
+  [ -n "$guidance" ] && args+=(--guidance "$guidance")
+  timeout 180 "$FI" "${args[@]}" > /dev/null 2> "$W/err"
+  rc=$?
+  cat "$W/err" >> "$LOG"
+  if [ "$rc" -ne 0 ]; then
+    add parity "$name --kernels $k" "exit $rc: $(grep -m1 error "$W/err")" FAIL
+    return
+  fi
+  db=$(psnr "$out" "$expected")
+  note=$(grep -o 'fused kernels:.*' "$W/err")
+  if ! at_least "$db" 45; then
+    add parity "$name --kernels $k" "$db dB < 45" FAIL
+  elif [ "$k" = fused ] && ! grep -q ' launched' <<< "$note"; then
+    add parity "$name --kernels $k" "$db dB but no kernel launched: $note" FAIL
+  elif [ "$k" = fused ] && grep -q ' composed (' <<< "$note"; then
+    # Every operation of the tiny pipelines has a variant (f32 heads of 16, the VAE's one head of 32).
+    add parity "$name --kernels $k" "$db dB; unexpected fallbacks: ${note#fused kernels: }" FAIL
+  else
+    add parity "$name --kernels $k" "$db dB${note:+; ${note#fused kernels: }}" pass
+  fi
+}
+
+# (b): every fixture case with both selections, then smoke with both, then (dry run) the CPU's refusal.
+phase_parity() {
+  local fx=$ROOT/tests/fixtures k
+  python3 - "$fx" > "$W/cases.tsv" << 'EOF'
+import json, sys
+f = sys.argv[1]
+for c in json.load(open(f + "/cases.json"))["cases"]:
+    g = "" if c.get("guidance") is None else str(c["guidance"])
+    print("\x1f".join([c["name"], f"{f}/{c['model']}", f"{f}/images/{c['image']}", c["prompt"], str(c["width"]),
+                     str(c["height"]), str(c["strength"]), str(c["steps"]), str(c["seed"]),
+                     str(c["max_sequence_length"]), g, f"{f}/{c['expected']}"]))
+EOF
+  # Fields split on \x1f, not tabs: read collapses runs of whitespace separators, and guidance may be empty.
+  while IFS=$'\x1f' read -r name model image prompt w h strength steps seed msl guidance expected; do
+    for k in composed "$KF"; do
+      parity_case "$k" "$name" "$model" "$image" "$prompt" "$w" "$h" "$strength" "$steps" "$seed" "$msl" "$guidance" "$expected" < /dev/null
+    done
+  done < "$W/cases.tsv"
+  for k in composed "$KF"; do
+    timeout 180 "$FI" smoke --device "$DEV" --dtype "$SMOKE_DT" --kernels "$k" --json > "$W/smoke.json" 2>> "$LOG"
+    local v
+    v=$(python3 - "$W/smoke.json" 2> /dev/null << 'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+verdict = "pass" if r["passed"] else "FAIL"
+db = "inf" if r["psnr_db"] is None else f"{r['psnr_db']:.1f}"  # identical images: serde writes inf as null
+print(f"{db} dB (bar {r['threshold_db']}), runs {r['first_run_s']:.1f} s / {r['second_run_s']:.1f} s\t{verdict}")
+EOF
+    )
+    [ -n "$v" ] || v="no report (see log)	FAIL"
+    add parity "smoke --dtype $SMOKE_DT --kernels $k" "${v%%$'\t'*}" "${v##*$'\t'}"
+  done
+  if [ -n "$DRY" ]; then
+    local msg rc
+    msg=$("$FI" --model "$fx/tiny-dev" --image "$fx/images/$(ls "$fx/images" | head -1)" --prompt x --device cpu \
+      --kernels fused --dry-run 2>&1 > /dev/null)
+    rc=$?
+    if [ "$rc" -eq 2 ] && [ "$(wc -l <<< "$msg")" -eq 1 ]; then
+      add parity "--kernels fused on the CPU" "exit 2: $msg" pass
+    else
+      add parity "--kernels fused on the CPU" "exit $rc: $msg" FAIL
+    fi
+  fi
+}
+
+# Samples nvidia-smi's memory.used every 100 ms into $1 until stop_mem.
+start_mem() {
+  MP=
+  [ -z "$DRY" ] || return 0
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$1" 2>/dev/null &
+  MP=$!
+}
+stop_mem() {
+  [ -n "${MP:-}" ] && kill "$MP" 2> /dev/null && wait "$MP" 2> /dev/null
+  [ -s "$1" ] && sort -n "$1" | tail -1 || echo "-"
+}
+
+# A row of (d), kept in order with the rows its helpers compute; added to the table at the end of the phase.
+row() { printf 'full\t%s\t%s\t%s\n' "$1" "${2//$'\n'/ \/ }" "$3" >> "$W/full.tsv"; }
+
+# One full-size run of ours with --kernels $1: rows for time per step, whole process and memory.
+full_ours() {
+  local k=$1 t0 t1 rc peak
+  start_mem "$W/mem-$k"
+  t0=$(now)
+  timeout "$(budget 300)" "$FI" --model "$M" --image "$IN" --prompt "$PROMPT" --strength "$STRENGTH" --steps "$STEPS" \
+    --guidance 3.5 --seed 100 --rng torch-cpu --width "$SIZE" --height "$SIZE" --device "$DEV" --dtype "$DT" \
+    --kernels "$k" --json -o "$W/ours-$k.png" > "$W/ours-$k.json" 2> "$W/ours-$k.err"
+  rc=$?
+  t1=$(now)
+  peak=$(stop_mem "$W/mem-$k")
+  cat "$W/ours-$k.err" >> "$LOG"
+  if [ "$rc" -ne 0 ]; then
+    row "ours --kernels $k" "exit $rc: $(grep -m1 error "$W/ours-$k.err")" FAIL
+    return
+  fi
+  python3 - "$W/ours-$k.json" "$W/ours-$k.err" "$t0" "$t1" "$peak" "$k" >> "$W/full.tsv" << 'EOF'
+import json, re, sys
+r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+err, t0, t1, smi, k = open(sys.argv[2]).read(), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+t, n = r["timings"], r["steps_run"]
+steps = [(int(a), float(b)) for a, _, b in re.findall(r"denoise: step (\d+)/(\d+) \(([\d.]+)s/step\)", err)]
+steady = (steps[-1][0] * steps[-1][1] - steps[0][1]) / (steps[-1][0] - 1) if len(steps) > 1 else t["denoise"] / n
+gpu = r.get("peak_gpu_mib")
+print(f"full\tours --kernels {k}: per step\t{steady:.3f} s after the first ({t['denoise'] / n:.3f} s with it, {n} steps)\tinfo")
+print(f"full\tours --kernels {k}: whole process\t{t1 - t0:.1f} s (load {t['load_transformer']:.1f} s, text {t['text_encoding']:.1f} s, decode {t['vae_decode']:.1f} s)\tinfo")
+print(f"full\tours --kernels {k}: peak GPU memory\tnvidia-smi {smi} MiB, stage samples {gpu if gpu is None else round(gpu)} MiB, host RSS {r['peak_rss_mib']:.0f} MiB\tinfo")
+m = re.search(r"fused kernels: .*", err)
+if m:
+    print(f"full\tours --kernels {k}: kernels\t{m.group(0)[15:]}\t{'info' if ' launched' in m.group(0) and not ' 0 launched' in m.group(0) else 'FAIL'}")
+EOF
+  cp "$W/ours-$k.png" "$O/ours-$k.png" 2> /dev/null
+}
+
+full_diffusers() {
+  local py=${DIFFUSERS_PYTHON:-python3} t0 t1 peak
+  if [ -n "$DRY" ] && [ -z "${DIFFUSERS_PYTHON:-}" ]; then
+    row diffusers "dry run without DIFFUSERS_PYTHON" skip
+    return
+  fi
+  start_mem "$W/mem-diff"
+  t0=$(now)
+  timeout "$(budget 300)" "$py" "$TOOLS/run_diffusers.py" "$M" "$IN" "$W/diffusers.png" "$PROMPT" "$STRENGTH" "$STEPS" 3.5 100 \
+    "$SIZE" "$SIZE" > "$W/diffusers.out" 2>> "$LOG"
+  t1=$(now)
+  peak=$(stop_mem "$W/mem-diff")
+  python3 - "$W/diffusers.out" "$t0" "$t1" "$peak" >> "$W/full.tsv" << 'EOF' || row diffusers "no result (see log)" FAIL
+import json, sys
+r = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+t0, t1, smi = float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+print(f"full\tdiffusers bf16: per step\t{r['step_median_s']:.3f} s median ({r['steps']} steps)\tinfo")
+print(f"full\tdiffusers bf16: whole process\t{t1 - t0:.1f} s (import {r['import_s']} s, load {r['load_s']} s, run {r['run_s']} s)\tinfo")
+print(f"full\tdiffusers bf16: peak GPU memory\tnvidia-smi {smi} MiB, torch max allocated {r['peak_alloc_gib'] * 1024:.0f} MiB\tinfo")
+EOF
+  cp "$W/diffusers.png" "$O/diffusers.png" 2> /dev/null
+}
+
+# (d): the model (made on the GPU, or the tiny one in a dry run), the input, both of ours, diffusers.
+phase_full() {
+  TOOLS=${GPU_TOOLS:-$G}
+  [ -f "$TOOLS/make_full.py" ] || TOOLS=$ROOT/../shared/tools/gpu
+  PROMPT="a photograph of a red fox standing in fresh snow, golden hour light, highly detailed fur, 85mm lens"
+  : > "$W/full.tsv"
+  if [ -n "$DRY" ]; then
+    M=$ROOT/tests/fixtures/tiny-dev SIZE=64 DT=f32 IN=$ROOT/tests/fixtures/images/$(ls "$ROOT/tests/fixtures/images" | head -1)
+  else
+    M=/tmp/full SIZE=1024 DT=bf16 IN=$W/in.png
+    if [ ! -f $M/transformer/config.json ]; then
+      timeout "$(budget 300)" python3 "$TOOLS/make_full.py" $M "$ROOT/tests/fixtures/tiny-dev" >> "$LOG" 2>&1 || {
+        add full "make_full.py" "failed (see log)" FAIL
+        return
+      }
+    fi
+    python3 -c "
+import numpy as np; from PIL import Image; y,x=np.mgrid[0:$SIZE,0:$SIZE]
+Image.fromarray(np.stack([x*255//$SIZE,y*255//$SIZE,((x//64+y//64)%2)*200],-1).astype(np.uint8)).save('$IN')" || return
+  fi
+  for k in composed "$KF"; do
+    if [ "$(left)" -lt 150 ]; then
+      row "ours --kernels $k" "not enough time left ($(left) s)" skip
+      continue
+    fi
+    full_ours "$k"
+  done
+  if [ "$(left)" -lt 120 ]; then
+    row diffusers "not enough time left ($(left) s)" skip
+  else
+    full_diffusers
+  fi
+  if [ -f "$W/ours-composed.png" ] && [ -f "$W/ours-$KF.png" ] && [ "$KF" != composed ]; then
+    row "ours $KF vs composed image" "$(psnr "$W/ours-composed.png" "$W/ours-$KF.png") dB (random weights: informative)" info
+  fi
+  if [ -f "$W/ours-composed.png" ] && [ -f "$W/diffusers.png" ]; then
+    row "ours composed vs diffusers image" "$(psnr "$W/ours-composed.png" "$W/diffusers.png") dB (informative)" info
+  fi
+  while IFS=$'\t' read -r p i v d; do add "$p" "$i" "$v" "$d"; done < "$W/full.tsv"
+  python3 -c "
+import json, sys
+rows = [l.rstrip('\n').split('\t') for l in open('$W/full.tsv')]
+json.dump([dict(zip(['phase', 'item', 'value', 'verdict'], r)) for r in rows], open('$O/full.json', 'w'), indent=1)"
+}
+
+setup
+phase_kernels
+phase_parity
+if [ "$(left)" -lt 200 ]; then
+  add full "full-size benchmark" "not enough time left ($(left) s)" skip
+else
+  phase_full
+fi
+
+{
+  printf '\n%-8s %-52s %-7s %s\n' phase item result value
+  while IFS=$'\t' read -r p i v d; do printf '%-8s %-52s %-7s %s\n' "$p" "$i" "$d" "$v"; done < "$O/summary.tsv"
+  printf '\ngpu-check: %s in %d s%s\n' "$([ $FAILED -eq 0 ] && echo 'all passed' || echo 'FAILURES')" "$SECONDS" \
+    "${DRY:+ (dry run on the CPU)}"
+} | tee "$O/summary.txt"
+rm -rf "$W"
+exit $FAILED
