@@ -478,7 +478,7 @@ impl Args {
             // Text-to-image has no strength to sweep: one pass over the seeds.
             (_, None) => vec![f64::NAN],
             (Some(s), _) => match check_strength(&s) {
-                Some(msg) => return Err(Error::Usage(format!("manifest strength {s} for {}: {msg}", shown.display()))),
+                Some(msg) => return Err(Error::Usage(format!("strength {s} for {}: {msg}", shown.display()))),
                 None => vec![s],
             },
             (None, _) => strengths.to_vec(),

@@ -180,7 +180,9 @@ pub fn resize_and_fill(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     let wider = (width as f64 / height as f64) < cw as f64 / ch as f64;
     let (sw, sh) =
         if wider { (width, (ch * width as u64 / cw) as u32) } else { ((cw * height as u64 / ch) as u32, height) };
-    let inner = resize_lanczos(img, sw.max(1), sh.max(1));
+    // A sliver of a box (a one-pixel-high region on a wide image) still scales to at least one row or column.
+    let (sw, sh) = (sw.max(1), sh.max(1));
+    let inner = resize_lanczos(img, sw, sh);
     let mut out = RgbImage::new(width, height);
     let (ox, oy) = (width / 2 - sw / 2, height / 2 - sh / 2);
     image::imageops::replace(&mut out, &inner, ox as i64, oy as i64);

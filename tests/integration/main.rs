@@ -11,4 +11,5 @@ mod lora;
 mod memory;
 mod modes;
 mod parity;
+mod safety;
 mod smoke;
