@@ -31,7 +31,8 @@ progress go to stderr. Exit codes: 0 all items written, 1 some items failed (the
 Example:
   flux-img2img --model ./FLUX.1-schnell --image cat.jpg --prompt \"a cat, oil painting\" --strength 0.8 -o cat-oil.png";
 
-/// Edit images with FLUX.1 (dev or schnell) by SDEdit, matching diffusers' FluxImg2ImgPipeline.
+/// Edit images with FLUX.1 (dev, schnell, Kontext) and FLUX.2 [klein]: SDEdit, inpainting, instruction and
+/// reference editing, text-to-image, true CFG and LoRAs, matching diffusers' pipelines.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "flux-img2img",
@@ -44,8 +45,9 @@ Example:
 pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// FLUX.1 pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or dev / schnell
-    /// (black-forest-labs/FLUX.1-dev / -schnell). Also read from FLUX_MODEL or MODEL_PATH.
+    /// The pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or an alias: dev, schnell,
+    /// kontext (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2). Also read from FLUX_MODEL or
+    /// MODEL_PATH.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
     pub model: Option<PathBuf>,
     /// Hub revision (branch, tag or commit) for a repo --model.
@@ -297,4 +299,21 @@ pub struct SmokeArgs {
 /// `--memory-budget` through the library's parser.
 fn parse_budget(s: &str) -> Result<crate::engine::memory::Budget, String> {
     crate::engine::memory::Budget::parse(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `--help` stays current as aliases are added: `--model`'s text names every one.
+    #[test]
+    fn model_help_names_every_alias() {
+        let cmd = Args::command();
+        let model = cmd.get_arguments().find(|a| a.get_id() == "model").expect("--model exists");
+        let help = model.get_help().map(|h| h.to_string()).unwrap_or_default();
+        for (alias, _) in crate::source::hub::ALIASES {
+            assert!(help.contains(alias), "--model help lacks the alias {alias}: {help}");
+        }
+    }
 }

@@ -377,10 +377,11 @@ impl Args {
     fn rows(&self) -> Result<Vec<Row>> {
         let Some(m) = &self.manifest else {
             if self.image.is_empty() {
-                if self.width.is_none() && self.height.is_none() {
+                // FLUX.2: without --image the first --reference leads (it sets the size).
+                if self.width.is_none() && self.height.is_none() && self.reference.is_empty() {
                     return Err(Error::Usage(
                         "no input: give --image PATH (files, folders, globs, URLs or -) or --manifest FILE to edit, \
-                         or --width and --height to make an image from the prompt alone"
+                         --width and --height to make an image from the prompt alone, or (FLUX.2) --reference FILE"
                             .into(),
                     ));
                 }

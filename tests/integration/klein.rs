@@ -93,6 +93,20 @@ fn references_without_an_input() {
     let o = bin().args(&args).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     pixels_equal(&a, &t.path().join("b.png"), "--reference only");
+    // One --reference and no size: it leads, as --image would (the README's promise).
+    let model = fixtures().join("tiny-klein");
+    let reference = fixtures().join("images/ref-100x70.png");
+    let one = |flag: &str, out: &Path| {
+        let m = model.to_string_lossy().into_owned();
+        let r = reference.to_string_lossy().into_owned();
+        let o = out.to_string_lossy().into_owned();
+        bin().args(["--model", &m, flag, &r, "--prompt", "a cat", "--seed", "3", "-o", &o]).output().unwrap()
+    };
+    let (c, d) = (t.path().join("c.png"), t.path().join("d.png"));
+    assert!(one("--image", &c).status.success());
+    let o = one("--reference", &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    pixels_equal(&c, &d, "one --reference, no --image and no size");
 }
 
 /// Black Forest Labs / ComfyUI / GGUF single files for the transformer, BFL's flux2_ae.safetensors and a one-file
