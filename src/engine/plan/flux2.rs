@@ -78,7 +78,19 @@ pub fn plan(
     }
     let latent_elems = seq * cfg.transformer.in_channels;
     let rng_gpu = super::cuda_noise_gpu(req, gpu, latent_elems, &mut warnings);
+    let cfg_scale = cfg_scale(req, cfg);
+    let guide = match cfg_scale {
+        Some(g) => format!("CFG {g} (2 transformer passes per step, batched)"),
+        None => "no CFG (step-distilled)".into(),
+    };
+    let size_rule = match req.mode {
+        Mode::Inpaint { .. } | Mode::Img2Img { .. } => super::SizeRule::Fixed,
+        _ => super::SizeRule::Given,
+    };
     Ok(Plan {
+        sampler: super::shift_words(&schedule),
+        guide,
+        size_rule,
         family: crate::config::Family::Flux2,
         width,
         height,
@@ -89,7 +101,7 @@ pub fn plan(
         resize: ResizeMode::Stretch,
         steps,
         guidance: None,
-        cfg_scale: cfg_scale(req, cfg),
+        cfg_scale,
         seed,
         rng_gpu,
         schedule,

@@ -38,8 +38,31 @@ pub struct Plan {
     /// The GPU whose CUDA generator is reproduced (torch-cuda only).
     pub rng_gpu: Option<CudaGeometry>,
     pub schedule: Schedule,
+    /// How the sampler runs, in words for the plan line ("shift mu 0.4594 (dynamic)", "DPM++ 2M Karras").
+    pub sampler: String,
+    /// How guidance runs, in words for the plan line ("guidance 3.5", "CFG 7.5 (2 UNet passes per step,
+    /// batched)").
+    pub guide: String,
+    /// How a smaller edit of this mode is asked for (what memory advice may suggest).
+    pub size_rule: SizeRule,
     /// Remarks for the user (large size, ignored flags); the plan is still valid.
     pub warnings: Vec<String>,
+}
+
+/// What sets an edit's size, and so which flag makes it smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeRule {
+    /// `--width` / `--height` (modes without an input, reference editing).
+    Given,
+    /// The input's size, capped by `--max-megapixels`.
+    Input,
+    /// The input's size, which no flag changes (FLUX.2 inpainting and `--strength`).
+    Fixed,
+}
+
+/// The flow-matching schedule's shift, in words.
+pub fn shift_words(s: &Schedule) -> String {
+    s.mu.map(|m| format!("shift mu {m:.4} (dynamic)")).unwrap_or_else(|| "static shift".into())
 }
 
 /// Default steps and guidance for a transformer: dev-like models embed guidance.
@@ -93,7 +116,16 @@ pub fn plan(
     }
     let latent_elems = cfg.vae.latent_channels * (height as usize / vae_scale) * (width as usize / vae_scale);
     let rng_gpu = cuda_noise_gpu(req, gpu, latent_elems, &mut warnings);
+    let g = guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into());
+    let guide = match req.cfg() {
+        Some(c) => format!("guidance {g}, true CFG {} (2 transformer passes per step, batched)", c.scale),
+        None => format!("guidance {g}"),
+    };
+    let size_rule = if input.is_none() { SizeRule::Given } else { SizeRule::Input };
     Ok(Plan {
+        sampler: shift_words(&schedule),
+        guide,
+        size_rule,
         family: Family::Flux1,
         width,
         height,
