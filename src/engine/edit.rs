@@ -11,7 +11,7 @@ use crate::image_io::{self, ResizeMode};
 use crate::models::transformer::Inputs;
 use crate::models::Denoiser;
 use crate::rng::{NoiseSource, Precision};
-use crate::schedule::Schedule;
+use crate::schedulers::flow_match::Schedule;
 use candle_core::{DType, Device, Result, Tensor};
 use image::RgbImage;
 

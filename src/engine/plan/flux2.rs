@@ -16,7 +16,7 @@ use crate::engine::request::{Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::ResizeMode;
 use crate::rng::CudaGeometry;
-use crate::schedule::{self, MuRule};
+use crate::schedulers::flow_match::{self, MuRule};
 
 /// Steps of step-distilled klein models, and of base models (diffusers' default).
 pub const STEPS_DISTILLED: usize = 4;
@@ -70,7 +70,7 @@ pub fn plan(
     }
     let strength = req.strength().unwrap_or(1.0);
     let seq = (height / multiple) as usize * (width / multiple) as usize;
-    let schedule = schedule::schedule_with(&cfg.scheduler, steps, strength, seq, MuRule::Empirical)?;
+    let schedule = flow_match::schedule_with(&cfg.scheduler, steps, strength, seq, MuRule::Empirical)?;
     if schedule.steps_to_run() == 0 {
         return Err(Error::Usage(format!(
             "--strength {strength} leaves no denoising step out of {steps}; use a larger strength or more --steps"

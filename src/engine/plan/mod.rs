@@ -9,7 +9,7 @@ use crate::config::{Family, ModelConfigs};
 use crate::error::{Error, Result};
 use crate::image_io::{self, floor_to_multiple, ResizeMode};
 use crate::rng::{CudaGeometry, RngKind};
-use crate::schedule::{self, Schedule};
+use crate::schedulers::flow_match::{self, Schedule};
 
 /// Above this many pixels the size is worth a warning (FLUX.1 is trained up to about 2 MP).
 const LARGE_AREA: f64 = 4.2e6;
@@ -106,7 +106,7 @@ pub fn plan(
     let vae_scale = cfg.vae.scale_factor();
     let image_seq_len = (height as usize / vae_scale / 2) * (width as usize / vae_scale / 2);
     let strength = req.strength().unwrap_or(1.0);
-    let schedule = schedule::schedule(&cfg.scheduler, steps, strength, image_seq_len)?;
+    let schedule = flow_match::schedule(&cfg.scheduler, steps, strength, image_seq_len)?;
     if schedule.steps_to_run() == 0 {
         return Err(Error::Usage(format!(
             "--strength {strength} leaves no denoising step out of {steps}; the smallest strength that runs one is \

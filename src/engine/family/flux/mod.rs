@@ -23,7 +23,7 @@ use crate::models::transformer::{self, Inputs};
 use crate::models::vae::AutoencoderKl;
 use crate::models::Denoiser;
 use crate::rng::{self, CudaGeometry};
-use crate::schedule::Schedule;
+use crate::schedulers::flow_match::Schedule;
 use crate::source::{ModelFiles, Overrides};
 use crate::text::{Conditioning, EncodeAs, TextEncoder};
 use crate::weights::flux_keys::Layout;
