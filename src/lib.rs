@@ -22,7 +22,7 @@ pub mod kernels;
 pub mod models;
 pub mod output;
 pub mod rng;
-pub mod schedule;
+pub mod schedulers;
 pub mod smoke;
 pub mod source;
 pub mod text;

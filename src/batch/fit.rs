@@ -3,9 +3,9 @@
 //! format). Each candidate is planned
 //! again and estimated like the edit itself, so the advice is never refused in turn.
 
-use crate::config::Family;
 use crate::engine::memory::gb;
-use crate::engine::{Mode, Plan, Request, Session};
+use crate::engine::plan::SizeRule;
+use crate::engine::{Plan, Request, Session};
 use crate::error::Result;
 use crate::image_io::floor_to_multiple;
 use crate::models::linear::Quant;
@@ -33,7 +33,7 @@ pub fn suggestion(session: &mut Session, req: &Request, plan: &Plan, limit: u64)
             return Ok(format!("--quantize {q} would need {need}"));
         }
     }
-    let multiple = session.configs().vae.size_multiple();
+    let multiple = session.size_multiple();
     for f in AREAS {
         let Some((r, flag)) = smaller_size(req, plan, f, multiple) else { continue };
         let Ok(p) = session.plan(&r, plan.input_size) else { continue };
@@ -92,15 +92,15 @@ fn smaller_size(req: &Request, plan: &Plan, f: f64, multiple: u32) -> Option<(Re
     let s = f.sqrt();
     let (w, h) =
         (floor_to_multiple(plan.width as f64 * s, multiple), floor_to_multiple(plan.height as f64 * s, multiple));
-    match (&req.mode, plan.family) {
-        (Mode::Txt2Img, _) | (Mode::Reference { .. }, Family::Flux2) => {
+    match plan.size_rule {
+        SizeRule::Given => {
             Some((Request { width: Some(w), height: Some(h), ..req.clone() }, format!("--width {w} --height {h}")))
         }
-        (_, Family::Flux1) => {
+        SizeRule::Input => {
             let mp = (w as f64 * h as f64 / 1e6 * 100.0).floor() / 100.0;
             (mp >= 0.01)
                 .then(|| (Request { max_megapixels: Some(mp), ..req.clone() }, format!("--max-megapixels {mp}")))
         }
-        _ => None,
+        SizeRule::Fixed => None,
     }
 }

@@ -7,9 +7,9 @@
 use super::grid::{self, Cell};
 use super::inputs::Downloads;
 use super::{results, Batch, Item, Options, Summary};
-use crate::config::Family;
+use crate::engine::family::Adapt;
 use crate::engine::memory::{self, Estimate};
-use crate::engine::{Mode, Plan, Progress, Request, Session};
+use crate::engine::{Plan, Progress, Request, Session};
 use crate::error::{Error, Result};
 use crate::ui::Ui;
 use crate::{image_io, output, source};
@@ -160,18 +160,11 @@ impl Run<'_> {
         if self.opts.stdout {
             item.request.output = self.downloads.temp_path("stdout.png")?;
         }
-        if let (Family::Flux2, Mode::Img2Img { image, .. }, false) =
-            (session.family(), &item.request.mode, item.strength_given)
-        {
-            // FLUX.2 edits by reference; --strength asks for the noised-input edit instead.
-            item.request.mode = Mode::Reference { image: image.clone() };
-        }
-        if let (true, Mode::Img2Img { image, .. }) = (session.is_kontext(), &item.request.mode) {
-            // A Kontext checkpoint edits by instruction: the input becomes its reference.
-            let reference = self.opts.reference_size;
-            item.request.mode = Mode::Kontext { image: image.clone(), reference };
-            if self.opts.strength_given && self.warned.insert("kontext-strength".into()) {
-                self.ui.warn("this is a FLUX.1 Kontext model: the input is a reference and --strength is ignored");
+        // The model may edit another way than the flags say (Kontext by instruction, FLUX.2 by reference).
+        let how = Adapt { strength_given: item.strength_given, reference_size: self.opts.reference_size };
+        if let Some(w) = session.adapt(&mut item.request, &how) {
+            if self.warned.insert(w.clone()) {
+                self.ui.warn(&w);
             }
         }
         let r = &item.request;

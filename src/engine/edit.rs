@@ -11,7 +11,7 @@ use crate::image_io::{self, ResizeMode};
 use crate::models::transformer::Inputs;
 use crate::models::Denoiser;
 use crate::rng::{NoiseSource, Precision};
-use crate::schedule::Schedule;
+use crate::schedulers::flow_match::Schedule;
 use candle_core::{DType, Device, Result, Tensor};
 use image::RgbImage;
 
@@ -153,9 +153,11 @@ pub fn start_latents(
     })
 }
 
-/// Denoised packed latents → the VAE's latent space `z/scale + shift`, unpacked to [B, C, h, w].
-pub fn unpack_for_decode(latents: &Tensor, start: &Start, space: &LatentSpace) -> Result<Tensor> {
-    (unpack(latents, start.channels, start.height, start.width)? / space.scale)? + space.shift
+/// Denoised packed latents of a (channels, height, width) latent grid → the VAE's latent space `z/scale + shift`,
+/// unpacked to [B, C, h, w].
+pub fn unpack_for_decode(latents: &Tensor, grid: (usize, usize, usize), space: &LatentSpace) -> Result<Tensor> {
+    let (c, h, w) = grid;
+    (unpack(latents, c, h, w)? / space.scale)? + space.shift
 }
 
 /// `_pack_latents`: [B,C,h,w] → [B,(h/2)(w/2),4C], each token one 2×2 patch (channel index c·4 + dy·2 + dx).
@@ -213,35 +215,22 @@ pub fn ensure_finite(t: &Tensor, stage: &str, cause: &str) -> crate::Result<()> 
 pub const DENOISE_CAUSE: &str = "the transformer weights may hold NaN/inf values, or --guidance, --true-cfg or a \
                                  LoRA weight is far too large";
 
-/// Runs the Euler loop from `schedule.t_start` with `velocity(x, t)`; after each step `after(x, next_sigma)` may
-/// change the latents (`next_sigma` is None after the last step); `on_step(i, n)` reports progress. The latents
-/// are checked after every step: the first NaN or inf stops the loop with the step named.
-pub fn denoise(
-    latents: Tensor,
+/// Euler step `i` of the schedule with `velocity(x, t)`: `x + (σ_{i+1} − σ_i)·v`, taken in f32 and cast back, as
+/// the scheduler does.
+pub fn euler_step(
+    x: Tensor,
     schedule: &Schedule,
+    i: usize,
     velocity: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
-    after: impl Fn(Tensor, Option<f32>) -> Result<Tensor>,
-    mut on_step: impl FnMut(usize, usize),
-) -> crate::Result<Tensor> {
-    let n = schedule.steps_to_run();
-    let last = schedule.timesteps.len();
-    let dev = latents.device().clone();
-    let dtype = latents.dtype();
-    let b = latents.dim(0)?;
-    let mut x = latents;
-    for (k, i) in (schedule.t_start..last).enumerate() {
-        // diffusers passes t/1000 in the latents' dtype; the model multiplies by 1000 again.
-        let t = (Tensor::full(schedule.timesteps[i], b, &dev)?.to_dtype(dtype)? / 1000.0)?;
-        let v = velocity(&x, &t)?;
-        let dt = schedule.sigmas[i + 1] - schedule.sigmas[i];
-        // The step is taken in f32 and cast back, as the scheduler does.
-        x = (x.to_dtype(DType::F32)? + (v * dt as f64)?.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        x = after(x, (i + 1 < last).then(|| schedule.sigmas[i + 1]))?;
-        ensure_finite(&x, &format!("denoising step {}/{n}", k + 1), DENOISE_CAUSE)?;
-        on_step(k + 1, n);
-    }
-    Ok(x)
+) -> Result<Tensor> {
+    let (dev, dtype, b) = (x.device().clone(), x.dtype(), x.dim(0)?);
+    // diffusers passes t/1000 in the latents' dtype; the model multiplies by 1000 again.
+    let t = (Tensor::full(schedule.timesteps[i], b, &dev)?.to_dtype(dtype)? / 1000.0)?;
+    let v = velocity(&x, &t)?;
+    let dt = schedule.sigmas[i + 1] - schedule.sigmas[i];
+    (x.to_dtype(DType::F32)? + (v * dt as f64)?.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

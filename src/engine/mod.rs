@@ -2,7 +2,8 @@
 //!
 //! - [`request`]: what is asked (the [`Mode`] of the edit and its parameters);
 //! - [`plan`]: request + configs + input size → [`Plan`] (pure, before any weight is read);
-//! - [`session`]: model loading and caches; runs planned edits;
+//! - [`session`]: prompt and LoRA caches and the denoising loop; runs planned edits through the model's
+//!   [`family`] (FLUX.1/FLUX.2, Stable Diffusion: each family's staging behind one interface);
 //! - [`load`]: model files → loaded models;
 //! - [`memory`]: plan + configs + weight sizes → the expected peak memory (before any weight is read);
 //! - [`edit`]: the numerics (latents, noise, Euler loop), pure functions; [`flux2`] FLUX.2's latent numerics;
@@ -11,6 +12,7 @@
 //! - [`progress`]: events the engine reports through the [`Progress`] trait; it never writes to stderr.
 
 pub mod edit;
+pub mod family;
 pub mod flux2;
 pub mod inpaint;
 pub mod load;

@@ -297,9 +297,16 @@ impl TextEncoders {
         };
         Ok(Self { clip_tok, clip, clip_max, t5_tok, t5, max_sequence_length, device: device.clone(), dtype, notes })
     }
+}
 
-    /// CLIP pooled + T5 sequence for `prompt`, and a warning for any text CLIP or T5 cut off.
-    pub fn encode(&mut self, prompt: &str) -> Result<(Conditioning, Vec<String>)> {
+impl super::TextEncoder for TextEncoders {
+    fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// CLIP pooled + T5 sequence for `prompt`, and a warning for any text CLIP or T5 cut off (negative prompts
+    /// encode alike).
+    fn encode(&mut self, prompt: &str, _: super::EncodeAs) -> Result<(Conditioning, Vec<String>)> {
         let mut warnings = Vec::new();
         let (clip_ids, clip_dropped) = self.clip_tok.encode(prompt)?;
         if !clip_dropped.trim().is_empty() {

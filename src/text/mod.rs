@@ -121,53 +121,19 @@ impl FixedTokenizer {
     }
 }
 
-/// The text encoders of the model's family, loaded once for any number of prompts.
-pub enum PromptEncoder {
-    Flux1(Box<TextEncoders>),
-    /// Qwen3 and what loading it did (quantized, or taken from the cache).
-    Flux2(Box<qwen::QwenText>, Vec<String>),
+/// How one prompt is encoded: as the negative (unconditional) text, which some pipelines encode differently, and
+/// with the CLIP layer to stop at (`--clip-skip`, Stable Diffusion).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct EncodeAs {
+    pub negative: bool,
+    pub clip_skip: Option<usize>,
 }
 
-impl PromptEncoder {
-    /// FLUX.1: CLIP and T5 (`quantize` also quantizes T5; `clip_lora` patches CLIP). FLUX.2: Qwen3 (`quantize`
-    /// quantizes its matrices).
-    pub fn load(
-        files: &crate::source::ModelFiles,
-        max_sequence_length: usize,
-        dtype: candle_core::DType,
-        device: &candle_core::Device,
-        quantize: Option<crate::models::linear::Quant>,
-        clip_lora: Option<crate::models::clip::ClipLora>,
-    ) -> Result<Self> {
-        Ok(match files.family {
-            crate::config::Family::Flux1 => Self::Flux1(Box::new(TextEncoders::load(
-                files,
-                max_sequence_length,
-                dtype,
-                device,
-                quantize,
-                clip_lora,
-            )?)),
-            crate::config::Family::Flux2 => {
-                let (qwen, note) = qwen::QwenText::load(files, max_sequence_length, dtype, device, quantize)?;
-                Self::Flux2(Box::new(qwen), note.into_iter().collect())
-            }
-        })
-    }
-
-    /// What loading did that the user should know (T5 quantized or taken from the cache).
-    pub fn notes(&self) -> &[String] {
-        match self {
-            Self::Flux1(t) => &t.notes,
-            Self::Flux2(_, notes) => notes,
-        }
-    }
-
+/// A family's text encoders, loaded once for any number of prompts (a batch encodes all its prompts, then drops
+/// them to free the memory before the denoiser runs).
+pub trait TextEncoder {
+    /// What loading did that the user should know (an encoder quantized, or taken from the cache).
+    fn notes(&self) -> &[String];
     /// The prompt's conditioning and warnings about truncated text.
-    pub fn encode(&mut self, prompt: &str) -> Result<(Conditioning, Vec<String>)> {
-        match self {
-            Self::Flux1(t) => t.encode(prompt),
-            Self::Flux2(q, _) => q.encode(prompt),
-        }
-    }
+    fn encode(&mut self, prompt: &str, how: EncodeAs) -> Result<(Conditioning, Vec<String>)>;
 }

@@ -33,6 +33,8 @@ pub struct QwenText {
     max_sequence_length: usize,
     device: Device,
     dtype: DType,
+    /// What loading did (quantized, or taken from the cache).
+    notes: Vec<String>,
 }
 
 impl QwenText {
@@ -44,7 +46,7 @@ impl QwenText {
         dtype: DType,
         device: &Device,
         quantize: Option<Quant>,
-    ) -> Result<(Self, Option<String>)> {
+    ) -> Result<Self> {
         let cfg_path = &files.text_encoder.config;
         let cfg: Qwen3Config = read_json(cfg_path)?;
         cfg.validate(cfg_path, &OUT_LAYERS)?;
@@ -80,11 +82,18 @@ impl QwenText {
                 }
             }
         };
-        Ok((Self { tok, model, max_sequence_length, device: device.clone(), dtype }, note))
+        let notes = note.into_iter().collect();
+        Ok(Self { tok, model, max_sequence_length, device: device.clone(), dtype, notes })
+    }
+}
+
+impl super::TextEncoder for QwenText {
+    fn notes(&self) -> &[String] {
+        &self.notes
     }
 
-    /// The prompt's embeddings, and a warning if truncation cut text off.
-    pub fn encode(&mut self, prompt: &str) -> Result<(Conditioning, Vec<String>)> {
+    /// The prompt's embeddings, and a warning if truncation cut text off (negative prompts encode alike).
+    fn encode(&mut self, prompt: &str, _: super::EncodeAs) -> Result<(Conditioning, Vec<String>)> {
         let (ids, mask, dropped) = self.tok.encode_masked(&chat_text(prompt))?;
         let mut warnings = Vec::new();
         if !dropped.trim().is_empty() {

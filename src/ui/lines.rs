@@ -1,6 +1,5 @@
 //! The text of the lines the program prints about an edit: what it will do and what it took.
 
-use crate::config::Family;
 use crate::engine::{Mode, Plan, Request, Timings};
 
 /// What an edit will do, on one line: size, steps, sigma, shift, guidance, seed and generator. Used after
@@ -29,17 +28,6 @@ pub fn plan(req: &Request, plan: &Plan) -> String {
             .collect();
         format!(", LoRA {} at {}", names.join(" + "), req.lora_scale)
     };
-    let guide = match (plan.family, req.cfg(), plan.cfg_scale) {
-        (Family::Flux1, cfg, _) => {
-            let g = plan.guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into());
-            match cfg {
-                Some(c) => format!("guidance {g}, true CFG {} (2 transformer passes per step, batched)", c.scale),
-                None => format!("guidance {g}"),
-            }
-        }
-        (Family::Flux2, _, Some(g)) => format!("CFG {g} (2 transformer passes per step, batched)"),
-        (Family::Flux2, _, None) => "no CFG (step-distilled)".into(),
-    };
     let refs = match plan.references.len() {
         0 => String::new(),
         n => {
@@ -48,14 +36,15 @@ pub fn plan(req: &Request, plan: &Plan) -> String {
         }
     };
     format!(
-        "{}x{} {source}{refs}, {} of {} steps (t_start {}), start sigma {:.6}, {}, {guide}{lora}, seed {} ({})",
+        "{}x{} {source}{refs}, {} of {} steps (t_start {}), start sigma {:.6}, {}, {}{lora}, seed {} ({})",
         plan.width,
         plan.height,
         s.steps_to_run(),
         plan.steps,
         s.t_start,
         s.start_sigma(),
-        s.mu.map(|m| format!("shift mu {m:.4} (dynamic)")).unwrap_or_else(|| "static shift".into()),
+        plan.sampler,
+        plan.guide,
         plan.seed,
         match plan.rng_gpu {
             Some(g) => format!("{} as on a {g} GPU", req.rng.kind),

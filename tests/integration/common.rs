@@ -28,7 +28,14 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// PSNR in dB between two 8-bit RGB images of the same size (∞ when identical).
+/// With `FLUX_TEST_KEEP=DIR`, every image compared is also copied there as `<test>__<file>`, so that a refactor
+/// can be checked bit for bit against the outputs of the commit before it.
 pub fn psnr(a: &Path, b: &Path) -> f64 {
+    if let Some(dir) = std::env::var_os("FLUX_TEST_KEEP") {
+        let test = std::thread::current().name().unwrap_or("main").replace("::", "-");
+        let name = format!("{test}__{}", a.file_name().unwrap().to_string_lossy());
+        std::fs::copy(a, Path::new(&dir).join(name)).expect("FLUX_TEST_KEEP is a writable folder");
+    }
     let a = image::open(a).expect("output decodes").to_rgb8();
     let b = image::open(b).expect("reference decodes").to_rgb8();
     assert_eq!(a.dimensions(), b.dimensions(), "image sizes differ");

@@ -16,7 +16,7 @@ use crate::engine::request::{Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::ResizeMode;
 use crate::rng::CudaGeometry;
-use crate::schedule::{self, MuRule};
+use crate::schedulers::flow_match::{self, MuRule};
 
 /// Steps of step-distilled klein models, and of base models (diffusers' default).
 pub const STEPS_DISTILLED: usize = 4;
@@ -70,7 +70,7 @@ pub fn plan(
     }
     let strength = req.strength().unwrap_or(1.0);
     let seq = (height / multiple) as usize * (width / multiple) as usize;
-    let schedule = schedule::schedule_with(&cfg.scheduler, steps, strength, seq, MuRule::Empirical)?;
+    let schedule = flow_match::schedule_with(&cfg.scheduler, steps, strength, seq, MuRule::Empirical)?;
     if schedule.steps_to_run() == 0 {
         return Err(Error::Usage(format!(
             "--strength {strength} leaves no denoising step out of {steps}; use a larger strength or more --steps"
@@ -78,7 +78,19 @@ pub fn plan(
     }
     let latent_elems = seq * cfg.transformer.in_channels;
     let rng_gpu = super::cuda_noise_gpu(req, gpu, latent_elems, &mut warnings);
+    let cfg_scale = cfg_scale(req, cfg);
+    let guide = match cfg_scale {
+        Some(g) => format!("CFG {g} (2 transformer passes per step, batched)"),
+        None => "no CFG (step-distilled)".into(),
+    };
+    let size_rule = match req.mode {
+        Mode::Inpaint { .. } | Mode::Img2Img { .. } => super::SizeRule::Fixed,
+        _ => super::SizeRule::Given,
+    };
     Ok(Plan {
+        sampler: super::shift_words(&schedule),
+        guide,
+        size_rule,
         family: crate::config::Family::Flux2,
         width,
         height,
@@ -89,7 +101,7 @@ pub fn plan(
         resize: ResizeMode::Stretch,
         steps,
         guidance: None,
-        cfg_scale: cfg_scale(req, cfg),
+        cfg_scale,
         seed,
         rng_gpu,
         schedule,

@@ -9,7 +9,7 @@ use crate::config::{Family, ModelConfigs};
 use crate::error::{Error, Result};
 use crate::image_io::{self, floor_to_multiple, ResizeMode};
 use crate::rng::{CudaGeometry, RngKind};
-use crate::schedule::{self, Schedule};
+use crate::schedulers::flow_match::{self, Schedule};
 
 /// Above this many pixels the size is worth a warning (FLUX.1 is trained up to about 2 MP).
 const LARGE_AREA: f64 = 4.2e6;
@@ -38,8 +38,31 @@ pub struct Plan {
     /// The GPU whose CUDA generator is reproduced (torch-cuda only).
     pub rng_gpu: Option<CudaGeometry>,
     pub schedule: Schedule,
+    /// How the sampler runs, in words for the plan line ("shift mu 0.4594 (dynamic)", "DPM++ 2M Karras").
+    pub sampler: String,
+    /// How guidance runs, in words for the plan line ("guidance 3.5", "CFG 7.5 (2 UNet passes per step,
+    /// batched)").
+    pub guide: String,
+    /// How a smaller edit of this mode is asked for (what memory advice may suggest).
+    pub size_rule: SizeRule,
     /// Remarks for the user (large size, ignored flags); the plan is still valid.
     pub warnings: Vec<String>,
+}
+
+/// What sets an edit's size, and so which flag makes it smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeRule {
+    /// `--width` / `--height` (modes without an input, reference editing).
+    Given,
+    /// The input's size, capped by `--max-megapixels`.
+    Input,
+    /// The input's size, which no flag changes (FLUX.2 inpainting and `--strength`).
+    Fixed,
+}
+
+/// The flow-matching schedule's shift, in words.
+pub fn shift_words(s: &Schedule) -> String {
+    s.mu.map(|m| format!("shift mu {m:.4} (dynamic)")).unwrap_or_else(|| "static shift".into())
 }
 
 /// Default steps and guidance for a transformer: dev-like models embed guidance.
@@ -83,7 +106,7 @@ pub fn plan(
     let vae_scale = cfg.vae.scale_factor();
     let image_seq_len = (height as usize / vae_scale / 2) * (width as usize / vae_scale / 2);
     let strength = req.strength().unwrap_or(1.0);
-    let schedule = schedule::schedule(&cfg.scheduler, steps, strength, image_seq_len)?;
+    let schedule = flow_match::schedule(&cfg.scheduler, steps, strength, image_seq_len)?;
     if schedule.steps_to_run() == 0 {
         return Err(Error::Usage(format!(
             "--strength {strength} leaves no denoising step out of {steps}; the smallest strength that runs one is \
@@ -93,7 +116,16 @@ pub fn plan(
     }
     let latent_elems = cfg.vae.latent_channels * (height as usize / vae_scale) * (width as usize / vae_scale);
     let rng_gpu = cuda_noise_gpu(req, gpu, latent_elems, &mut warnings);
+    let g = guidance.map(|g| g.to_string()).unwrap_or_else(|| "none".into());
+    let guide = match req.cfg() {
+        Some(c) => format!("guidance {g}, true CFG {} (2 transformer passes per step, batched)", c.scale),
+        None => format!("guidance {g}"),
+    };
+    let size_rule = if input.is_none() { SizeRule::Given } else { SizeRule::Input };
     Ok(Plan {
+        sampler: shift_words(&schedule),
+        guide,
+        size_rule,
         family: Family::Flux1,
         width,
         height,

@@ -1,10 +1,10 @@
-//! The session's side of the memory estimate: which files each component loads, and how (dtype, `--quantize`,
-//! GGUF as stored, Qwen3's unread layers skipped), summed from their headers.
+//! FLUX's side of the memory estimate: which files each component loads, and how (dtype, `--quantize`, GGUF as
+//! stored, Qwen3's unread layers skipped), summed from their headers.
 
-use super::Session;
+use super::Flux;
 use crate::config::Family;
 use crate::engine::memory::{self, Backend, Estimate, WeightSizes, Workload};
-use crate::engine::{Plan, Request};
+use crate::engine::Request;
 use crate::error::Result;
 use crate::models::linear::Quant;
 use crate::source::{self, Component};
@@ -12,22 +12,17 @@ use crate::weights::sizes::{loaded_bytes, LoadAs, Rule};
 use candle_core::DType;
 use std::path::PathBuf;
 
-impl Session {
-    /// The expected memory of `req` run as `plan` says; None when a weight file is not on disk (a dry run of a
-    /// Hub model not downloaded yet).
-    pub fn memory(&mut self, req: &Request, plan: &Plan) -> Result<Option<Estimate>> {
-        self.memory_for(req, &Workload::of(req, plan), req.quantize)
-    }
-
-    /// The estimate for another workload or quantization (what a suggested flag would need).
-    pub fn memory_for(&mut self, req: &Request, work: &Workload, quant: Option<Quant>) -> Result<Option<Estimate>> {
+impl Flux {
+    /// The estimate of `work` at `quant`; None when a weight file is not on disk (a dry run of a Hub model not
+    /// downloaded yet).
+    pub(super) fn estimate(
+        &mut self,
+        req: &Request,
+        work: &Workload,
+        quant: Option<Quant>,
+    ) -> Result<Option<Estimate>> {
         let Some(weights) = self.weight_sizes(req.dtype, quant)? else { return Ok(None) };
         Ok(Some(memory::estimate(&self.configs, weights, work, req.dtype, Backend::of(&req.device))))
-    }
-
-    /// Whether the transformer is quantized as stored (GGUF), so that `--quantize` would not change it.
-    pub fn transformer_prequantized(&self) -> bool {
-        super::load::gguf_file(&self.files).is_some()
     }
 
     fn weight_sizes(&mut self, dtype: DType, quant: Option<Quant>) -> Result<Option<WeightSizes>> {

@@ -1,0 +1,473 @@
+//! FLUX.1 (dev, schnell, Kontext) and FLUX.2 [klein] behind [`ModelFamily`]: configs read at once, the VAE and
+//! transformer loaded on first use and kept, the last input's VAE posterior cached. Takes requests and plans,
+//! gives start latents (noise, the noised input, Kontext's or klein's reference tokens), flow-matching Euler
+//! steps under true CFG and the inpainting blend, and decoded pictures. FLUX.1's staging is here; FLUX.2's in
+//! [`flux2`]; the weight sizes of the memory estimate in [`memory`].
+
+mod flux2;
+mod memory;
+
+use super::{Env, Loras, ModelFamily, Prepared, PromptUse};
+use crate::config::{ClipConfig, Family, ModelConfigs};
+use crate::engine::flux2::BnStats;
+use crate::engine::load::{self, TransformerKind};
+use crate::engine::memory::{Estimate, Workload};
+use crate::engine::plan::{self, Plan};
+use crate::engine::request::{Mode, Request};
+use crate::engine::{edit, inpaint};
+use crate::error::{Error, Result};
+use crate::image_io;
+use crate::models::clip::ClipLora;
+use crate::models::linear::{LoraApply, Quant};
+use crate::models::transformer::{self, Inputs};
+use crate::models::vae::AutoencoderKl;
+use crate::models::Denoiser;
+use crate::rng::{self, CudaGeometry};
+use crate::schedulers::flow_match::Schedule;
+use crate::source::{ModelFiles, Overrides};
+use crate::text::{Conditioning, EncodeAs, TextEncoder};
+use crate::weights::flux_keys::Layout;
+use crate::weights::lora::ModelShapes;
+use candle_core::Tensor;
+use image::RgbImage;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The VAE posterior (mean, logvar) of the last preprocessed input, keyed by a hash of its pixels.
+pub(crate) struct Posterior {
+    key: u64,
+    mean: Tensor,
+    logvar: Tensor,
+}
+
+/// The edit in progress: what `prepare` made and `begin` added, for the steps and the decoder.
+struct Edit {
+    /// The latent grid of the start (channels, height, width) and its noise and clean latents (modes that start
+    /// from an input).
+    channels: usize,
+    height: usize,
+    width: usize,
+    noise: Option<Tensor>,
+    clean: Option<Tensor>,
+    /// Kontext's or klein's reference tokens and their ids.
+    reference: Option<edit::Reference>,
+    /// Set by `begin`.
+    run: Option<Run>,
+}
+
+/// The transformer's conditioning for every step of one edit.
+struct Run {
+    txt: Tensor,
+    pooled: Option<Tensor>,
+    img_ids: Tensor,
+    txt_ids: Tensor,
+    guidance: Option<Tensor>,
+    cfg_scale: Option<f64>,
+    blend: Option<inpaint::Blend>,
+    schedule: Schedule,
+}
+
+pub struct Flux {
+    files: ModelFiles,
+    configs: ModelConfigs,
+    kontext: bool,
+    kind: Option<TransformerKind>,
+    vae: Option<AutoencoderKl>,
+    /// FLUX.2: the VAE's batch-norm statistics (loaded with the VAE).
+    bn: Option<BnStats>,
+    transformer: Option<Denoiser>,
+    /// The LoRA scale merged into the loaded transformer, if one was.
+    merged_at: Option<f64>,
+    posterior: Option<Posterior>,
+    /// Loaded weight bytes by dtype and quantization (read from the headers once).
+    weight_sizes: HashMap<(&'static str, Option<Quant>), crate::engine::memory::WeightSizes>,
+    edit: Option<Edit>,
+}
+
+impl Flux {
+    /// Reads the folder's layout and configs and applies component overrides; with `weights`, checks the weight
+    /// files and reads the transformer's tensor names (a configs-only session reads them only for a swapped
+    /// transformer, which decides dev or schnell even for a plan).
+    pub fn open(model: &Path, o: &Overrides, weights: bool, progress: &dyn crate::engine::Progress) -> Result<Self> {
+        let mut files = if weights { ModelFiles::from_dir(model)? } else { ModelFiles::configs_only(model)? };
+        files.apply(o)?;
+        let mut f = Self {
+            kontext: files.is_kontext(),
+            configs: ModelConfigs::read(&files.config_files())?,
+            files,
+            kind: None,
+            vae: None,
+            bn: None,
+            transformer: None,
+            merged_at: None,
+            posterior: None,
+            weight_sizes: HashMap::new(),
+            edit: None,
+        };
+        if weights || o.transformer.is_some() {
+            f.inspect(progress)?;
+        }
+        if weights {
+            load::check_components(&f.files, &f.configs.vae)?;
+        }
+        Ok(f)
+    }
+
+    /// The weights decide dev or schnell, whatever config.json says.
+    fn inspect(&mut self, progress: &dyn crate::engine::Progress) -> Result<()> {
+        let kind = load::inspect_transformer(&self.files, &self.configs.transformer)?;
+        if kind.guidance_embeds != self.configs.transformer.guidance_embeds && kind.family == Family::Flux1 {
+            let (what, like) = if kind.guidance_embeds {
+                ("embed guidance", "dev")
+            } else {
+                ("have no guidance embedding", "schnell")
+            };
+            let note =
+                format!("the transformer weights {what} ({like}-like); using that, not config.json's guidance_embeds");
+            progress.event(crate::engine::Event::Note(&note));
+            self.configs.transformer.guidance_embeds = kind.guidance_embeds;
+        }
+        self.kind = Some(kind);
+        Ok(())
+    }
+
+    fn layout(&self) -> Layout {
+        self.kind.as_ref().map(|k| k.layout.clone()).unwrap_or(Layout::Diffusers)
+    }
+
+    fn vae(&mut self, env: &Env) -> Result<&AutoencoderKl> {
+        if self.vae.is_none() {
+            if self.configs.family == Family::Flux2 {
+                self.bn = Some(load::vae_bn(&self.files, &self.configs.vae, env.dtype, env.device)?);
+            }
+            self.vae = Some(load::vae(&self.files, &self.configs.vae, env.dtype, env.device)?);
+        }
+        Ok(self.vae.as_ref().expect("loaded above"))
+    }
+
+    /// The VAE posterior (mean, logvar) of `img`, reused when the same pixels come again (sweeps).
+    fn posterior(&mut self, env: &Env, img: &RgbImage) -> Result<(Tensor, Tensor)> {
+        let key = edit::pixel_key(img);
+        if let Some(p) = self.posterior.as_ref().filter(|p| p.key == key) {
+            return Ok((p.mean.clone(), p.logvar.clone()));
+        }
+        let pixels = image_io::to_tensor(img, env.device)?.to_dtype(env.dtype)?;
+        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
+        edit::ensure_finite(&mean, "VAE encoding", VAE_CAUSE)?;
+        self.posterior = Some(Posterior { key, mean: mean.clone(), logvar: logvar.clone() });
+        Ok((mean, logvar))
+    }
+
+    /// Kontext's reference: the input stretched to the planned reference size, encoded (posterior mean), packed.
+    fn reference(&mut self, env: &Env, input: &RgbImage, plan: &Plan) -> Result<edit::Reference> {
+        let (w, h) = plan.reference_size.expect("planned for Kontext");
+        let img = if input.dimensions() == (w, h) { input.clone() } else { image_io::resize_lanczos(input, w, h) };
+        let (mean, _) = self.posterior(env, &img)?;
+        Ok(edit::Reference::from_latents(&mean, &edit::LatentSpace::of(&self.configs.vae))?)
+    }
+
+    /// Preprocessed input → posterior → noised, packed start latents. The posterior noise is the generator's first
+    /// draw and the initial noise its second, as in diffusers.
+    fn noised_input(
+        &mut self,
+        env: &Env,
+        img: RgbImage,
+        gen: &mut dyn rng::NoiseSource,
+        plan: &Plan,
+    ) -> Result<edit::Start> {
+        let (mean, logvar) = self.posterior(env, &img)?;
+        let latent = edit::LatentSpace::of(&self.configs.vae);
+        Ok(edit::start_latents(&mean, &logvar, gen, &latent, plan.schedule.start_sigma())?)
+    }
+
+    /// FLUX.1: start latents, and the mask (inpainting) or reference tokens (Kontext), as each mode's pipeline
+    /// prepares them.
+    fn stage(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Staged> {
+        let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(CudaGeometry::H100));
+        let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
+        let grid = (c, plan.height as usize / f, plan.width as usize / f);
+        let input = match (&req.mode, input) {
+            (Mode::Txt2Img, _) => {
+                let start = edit::pure_noise(gen.as_mut(), grid, env.dtype, env.device)?;
+                return Ok(Staged { start, mask: None, reference: None, input: None });
+            }
+            (_, Some(input)) => input,
+            (mode, None) => return Err(Error::Usage(format!("{} needs an input image", mode.name()))),
+        };
+        match &req.mode {
+            Mode::Kontext { .. } => {
+                let reference = self.reference(env, &input, plan)?;
+                let start = edit::pure_noise(gen.as_mut(), grid, env.dtype, env.device)?;
+                Ok(Staged { start, mask: None, reference: Some(reference), input: None })
+            }
+            Mode::Inpaint { mask: spec, image, .. } => {
+                let mut warnings = Vec::new();
+                let m = inpaint::prepare(spec, image, &input, plan, &mut warnings)?;
+                warnings.iter().for_each(|w| env.warn(w));
+                let model_input = inpaint::model_input(input.clone(), plan, &m);
+                let start = self.noised_input(env, model_input, gen.as_mut(), plan)?;
+                Ok(Staged { start, mask: Some(m), reference: None, input: Some(input) })
+            }
+            _ => {
+                let start = self.noised_input(env, edit::fit_to_plan(input, plan), gen.as_mut(), plan)?;
+                Ok(Staged { start, mask: None, reference: None, input: None })
+            }
+        }
+    }
+
+    /// Inpainting's per-step blend, from the prepared mask and the start's noise and clean latents.
+    fn blend(&self, env: &Env, edit: &Edit, mask: Option<&inpaint::PreparedMask>) -> Result<Option<inpaint::Blend>> {
+        let (Some(m), Some(noise), Some(clean)) = (mask, &edit.noise, &edit.clean) else {
+            return Ok(None);
+        };
+        let f = self.configs.vae.scale_factor() as u32;
+        let (c, dtype, dev) = (edit.channels, env.dtype, env.device);
+        let mask = match self.configs.family {
+            Family::Flux1 => inpaint::latent_mask(&m.working, f, c, dtype, dev)?,
+            _ => crate::engine::flux2::mask_tokens(&m.working, 2 * f, c, dtype, dev)?,
+        };
+        Ok(Some(inpaint::Blend { mask, noise: noise.clone(), clean: clean.clone() }))
+    }
+
+    /// The negative prompt's text when CFG runs: FLUX.1's true CFG, or a FLUX.2 base model's CFG.
+    fn negative_text<'r>(&self, req: &'r Request) -> Option<&'r str> {
+        match self.configs.family {
+            Family::Flux1 => req.cfg().map(|c| c.negative_prompt.as_str()),
+            _ => plan::flux2::cfg_scale(req, &self.configs).map(|_| plan::flux2::negative_prompt(req)),
+        }
+    }
+}
+
+/// What FLUX.1's and FLUX.2's staging gives: the start, its mask and kept input, and any reference tokens.
+pub(crate) struct Staged {
+    start: edit::Start,
+    mask: Option<inpaint::PreparedMask>,
+    input: Option<RgbImage>,
+    reference: Option<edit::Reference>,
+}
+
+impl ModelFamily for Flux {
+    fn family(&self) -> Family {
+        self.configs.family
+    }
+
+    fn size_multiple(&self) -> u32 {
+        self.configs.vae.size_multiple()
+    }
+
+    fn adapt(&self, req: &mut Request, how: &super::Adapt) -> Option<String> {
+        match (&req.mode, self.configs.family, self.kontext) {
+            // FLUX.2 edits by reference; --strength asks for the noised-input edit instead.
+            (Mode::Img2Img { image, .. }, Family::Flux2, _) if !how.strength_given => {
+                req.mode = Mode::Reference { image: image.clone() };
+                None
+            }
+            // A Kontext checkpoint edits by instruction: the input becomes its reference.
+            (Mode::Img2Img { image, .. }, _, true) => {
+                req.mode = Mode::Kontext { image: image.clone(), reference: how.reference_size };
+                how.strength_given.then(|| {
+                    "this is a FLUX.1 Kontext model: the input is a reference and --strength is ignored".into()
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn plan(&self, req: &Request, input: Option<(u32, u32)>, seed: u64, gpu: CudaGeometry) -> Result<Plan> {
+        let references = self.reference_sizes(req, input)?;
+        plan::plan(req, &self.configs, input, &references, seed, gpu)
+    }
+
+    fn memory(&mut self, req: &Request, work: &Workload, quant: Option<Quant>) -> Result<Option<Estimate>> {
+        self.estimate(req, work, quant)
+    }
+
+    fn prequantized(&self) -> bool {
+        load::gguf_file(&self.files).is_some()
+    }
+
+    /// The linear layers LoRAs may target, from the configs (and the stored feed-forward width).
+    fn lora_shapes(&self) -> Result<ModelShapes> {
+        let t = &self.configs.transformer;
+        let (transformer, clip) = match self.configs.family {
+            Family::Flux1 => {
+                let mlp = load::mlp_rows(&self.files, t, &self.layout())?;
+                let clip: ClipConfig = crate::config::read_json(&self.files.text_encoder.config)?;
+                (transformer::linear_shapes(t, mlp), crate::models::clip::linear_shapes(&clip))
+            }
+            // FLUX.2's text encoder is Qwen3: LoRA parts for it are left out (counted as unmatched).
+            _ => (crate::models::flux2::linear_shapes(t), Vec::new()),
+        };
+        Ok(ModelShapes {
+            transformer: transformer.into_iter().collect(),
+            clip: clip.into_iter().collect(),
+            double: t.num_layers,
+            single: t.num_single_layers,
+            family: self.configs.family,
+        })
+    }
+
+    fn prompts<'r>(&self, req: &'r Request) -> Vec<PromptUse<'r>> {
+        let plain = |text| PromptUse { text, how: EncodeAs::default() };
+        std::iter::once(plain(req.prompt.as_str())).chain(self.negative_text(req).map(plain)).collect()
+    }
+
+    fn negative<'r>(&self, req: &'r Request) -> Option<PromptUse<'r>> {
+        self.negative_text(req).map(|text| PromptUse { text, how: EncodeAs::default() })
+    }
+
+    fn text_encoder(&self, env: &Env, first: &Request, loras: &Loras) -> Result<Box<dyn TextEncoder>> {
+        let (msl, q) = (first.max_sequence_length, first.quantize);
+        Ok(match self.configs.family {
+            Family::Flux1 => {
+                let clip_lora = loras
+                    .set
+                    .as_deref()
+                    .filter(|l| l.touches_clip)
+                    .map(|set| ClipLora { set, scale: loras.scale.clone() });
+                Box::new(crate::text::TextEncoders::load(&self.files, msl, env.dtype, env.device, q, clip_lora)?)
+            }
+            _ => Box::new(crate::text::qwen::QwenText::load(&self.files, msl, env.dtype, env.device, q)?),
+        })
+    }
+
+    fn prepare(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Prepared> {
+        let staged = match self.configs.family {
+            Family::Flux1 => self.stage(env, req, input, plan)?,
+            _ => self.stage_flux2(env, req, input, plan)?,
+        };
+        let Staged { start, mask, input, reference } = staged;
+        self.edit = Some(Edit {
+            channels: start.channels,
+            height: start.height,
+            width: start.width,
+            noise: start.noise,
+            clean: start.clean,
+            reference,
+            run: None,
+        });
+        Ok(Prepared { latents: start.packed, mask, input })
+    }
+
+    /// The transformer for `req`: loaded once; rebuilt when a merged LoRA must run at another scale.
+    fn load_denoiser(&mut self, env: &Env, req: &Request, loras: &Loras) -> Result<()> {
+        if self.merged_at.is_some_and(|s| s != req.lora_scale) {
+            self.transformer = None;
+        }
+        if self.transformer.is_some() {
+            return Ok(());
+        }
+        let merge = loras.merge && req.quantize.is_none() && load::gguf_file(&self.files).is_none();
+        let lora = loras.set.clone().map(|set| Arc::new(LoraApply { set, merge, scale: loras.scale.clone() }));
+        let opts = load::TransformerOptions {
+            family: self.configs.family,
+            quantize: req.quantize,
+            lora,
+            dtype: env.dtype,
+            device: env.device.clone(),
+        };
+        let loaded = load::transformer(&self.files, &self.configs.transformer, &self.layout(), &opts)?;
+        if let Some(note) = &loaded.note {
+            env.note(note);
+        }
+        if let Some(l) = &loras.set {
+            let how = if merge { "merged into the weights (no cost per step)" } else { "run as side paths each step" };
+            env.note(&format!("{} LoRA adapter(s) {how}", l.specs().len()));
+        }
+        self.merged_at = (merge && loras.set.is_some()).then_some(req.lora_scale);
+        self.transformer = Some(loaded.model);
+        Ok(())
+    }
+
+    fn unload_denoiser(&mut self) {
+        self.transformer = None;
+    }
+
+    /// The transformer's inputs for the whole loop: with CFG the prompt and the negative prompt go through it as
+    /// one batch; Kontext's and klein's reference tokens ride along; inpainting puts the kept latents back after
+    /// every step.
+    fn begin(
+        &mut self,
+        env: &Env,
+        cond: &Conditioning,
+        negative: Option<&Conditioning>,
+        prepared: &Prepared,
+        plan: &Plan,
+    ) -> Result<usize> {
+        let (dev, dtype) = (env.device, env.dtype);
+        let edit = self.edit.as_ref().expect("prepared before begin");
+        let txt = match negative {
+            Some(neg) => Tensor::cat(&[&cond.txt, &neg.txt], 0)?,
+            None => cond.txt.clone(),
+        };
+        let pooled = match (&cond.pooled, negative.and_then(|n| n.pooled.as_ref())) {
+            (Some(p), Some(n)) => Some(Tensor::cat(&[p, n], 0)?),
+            (p, _) => p.clone(),
+        };
+        let (img_ids, txt_ids) = match self.configs.family {
+            Family::Flux1 => {
+                let mut img_ids = edit::image_ids(edit.height / 2, edit.width / 2, dtype, dev)?;
+                if let Some(r) = &edit.reference {
+                    img_ids = Tensor::cat(&[&img_ids, &r.ids], 1)?;
+                }
+                (img_ids, Tensor::zeros((1, txt.dim(1)?, 3), dtype, dev)?)
+            }
+            _ => flux2::ids(edit, txt.dim(1)?, dtype, dev)?,
+        };
+        let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
+        let blend = self.blend(env, edit, prepared.mask.as_ref())?;
+        let run = Run {
+            txt,
+            pooled,
+            img_ids,
+            txt_ids,
+            guidance,
+            cfg_scale: plan.cfg_scale,
+            blend,
+            schedule: plan.schedule.clone(),
+        };
+        let steps = run.schedule.steps_to_run();
+        self.edit.as_mut().expect("prepared before begin").run = Some(run);
+        Ok(steps)
+    }
+
+    /// One Euler step of the flow at the schedule's `t_start + k`, then the inpainting blend.
+    fn step(&mut self, x: Tensor, k: usize) -> Result<Tensor> {
+        let edit = self.edit.as_ref().expect("prepared before stepping");
+        let run = edit.run.as_ref().expect("begun before stepping");
+        let model = self.transformer.as_ref().expect("loaded before denoising");
+        let inputs = Inputs {
+            img_ids: &run.img_ids,
+            txt: &run.txt,
+            txt_ids: &run.txt_ids,
+            pooled: run.pooled.as_ref(),
+            guidance: run.guidance.as_ref(),
+        };
+        let reference = edit.reference.as_ref().map(|r| &r.tokens);
+        let guided = edit::Guided { model, inputs, cfg_scale: run.cfg_scale, reference };
+        let i = run.schedule.t_start + k;
+        let x = edit::euler_step(x, &run.schedule, i, |x, t| guided.velocity(x, t))?;
+        let next = (i + 1 < run.schedule.timesteps.len()).then(|| run.schedule.sigmas[i + 1]);
+        Ok(match &run.blend {
+            Some(b) => b.apply(&x, next)?,
+            None => x,
+        })
+    }
+
+    fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage> {
+        let edit = self.edit.take().expect("prepared before decoding");
+        if self.configs.family != Family::Flux1 {
+            return self.decode_flux2(env, latents, edit.height, edit.width);
+        }
+        let grid = (edit.channels, edit.height, edit.width);
+        let z = edit::unpack_for_decode(latents, grid, &edit::LatentSpace::of(&self.configs.vae))?;
+        let decoded = self.vae(env)?.decode(&z)?;
+        edit::ensure_finite(&decoded, "VAE decoding", VAE_CAUSE)?;
+        image_io::from_tensor(&decoded)
+    }
+}
+
+/// Why the VAE's output goes non-finite.
+pub(crate) const VAE_CAUSE: &str =
+    "the VAE weights may hold NaN/inf values (check --vae), or f16 overflowed (try --dtype f32)";
