@@ -242,7 +242,8 @@ mod tests {
         let inner = Layer(dns.into(), None);
         let mid = Layer(format!("https://hf.co/api: Dns Failed: {dns}"), Some(Box::new(inner)));
         let top = Layer(format!("request error: https://hf.co/api: Dns Failed: {dns}"), Some(Box::new(mid)));
-        let e = Error::Model { path: "schnell".into(), msg: "cannot reach the Hub".into(), source: Some(Box::new(top)) };
+        let e =
+            Error::Model { path: "schnell".into(), msg: "cannot reach the Hub".into(), source: Some(Box::new(top)) };
         let report = e.report();
         assert_eq!(report.matches(dns).count(), 1, "{report}");
         assert_eq!(report.lines().count(), 2, "{report}");

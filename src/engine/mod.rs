@@ -13,6 +13,7 @@
 
 pub mod edit;
 pub mod family;
+pub mod fill;
 pub mod flux2;
 pub mod inpaint;
 pub mod load;

@@ -109,6 +109,7 @@ impl EditRecord {
             mask: req.mask().map(|m| match &m.source {
                 MaskSource::File(p) => p.to_string_lossy().into_owned(),
                 MaskSource::Alpha => "alpha".into(),
+                MaskSource::Outpaint(o) => o.to_string(),
             }),
             invert_mask: req.mask().is_some_and(|m| m.invert),
             mask_blur: req.mask().map(|m| m.blur).filter(|b| *b > 0.0),

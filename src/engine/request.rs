@@ -44,11 +44,13 @@ pub struct Mask {
     pub paste_back: bool,
 }
 
-/// A mask image file, or the input's transparency (transparent = repaint).
+/// A mask image file, the input's transparency (transparent = repaint), or outpainting's own mask over the grown
+/// canvas (the input is then that canvas).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MaskSource {
     File(PathBuf),
     Alpha,
+    Outpaint(crate::image_io::outpaint::Outpaint),
 }
 
 /// The size Kontext's reference image is brought to.
@@ -136,6 +138,8 @@ pub struct Request {
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).
 pub const DEFAULT_GUIDANCE: f64 = 3.5;
+/// FLUX.1 Fill's embedded guidance when none is asked for (`FluxFillPipeline`'s `guidance_scale` default).
+pub const DEFAULT_GUIDANCE_FILL: f64 = 30.0;
 /// Steps of guidance-distilled (dev-like) models and of timestep-distilled (schnell-like) ones.
 pub const DEFAULT_STEPS_DEV: usize = 28;
 pub const DEFAULT_STEPS_SCHNELL: usize = 4;
@@ -153,6 +157,14 @@ impl Request {
     }
 
     /// The inpainting mask, for that mode.
+    /// Outpainting's geometry, when the request outpaints.
+    pub fn outpaint(&self) -> Option<&crate::image_io::outpaint::Outpaint> {
+        match self.mask().map(|m| &m.source) {
+            Some(MaskSource::Outpaint(o)) => Some(o),
+            _ => None,
+        }
+    }
+
     pub fn mask(&self) -> Option<&Mask> {
         match &self.mode {
             Mode::Inpaint { mask, .. } => Some(mask),

@@ -6,6 +6,7 @@
 //! filtered. That is what diffusers' `VaeImageProcessor` runs, so inputs match to the last bit.
 
 pub mod mask;
+pub mod outpaint;
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
