@@ -128,6 +128,18 @@ pub struct Args {
     /// input's exactly (the output has the input's size).
     #[arg(long)]
     pub paste_back: bool,
+    /// FLUX.1 Control (Canny-dev, Depth-dev): the control image (edges, a depth map); of the input's aspect, or of
+    /// --width x --height for text-to-image.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "control_from")]
+    pub control: Option<PathBuf>,
+    /// FLUX.1 Control: derive the control image from the input: canny (OpenCV's Canny, --canny-low/--canny-high).
+    #[arg(long, value_name = "canny")]
+    pub control_from: Option<String>,
+    /// --control-from canny: the hysteresis thresholds on the L1 Sobel magnitude [default: 100 and 200].
+    #[arg(long, value_name = "T")]
+    pub canny_low: Option<f32>,
+    #[arg(long, value_name = "T")]
+    pub canny_high: Option<f32>,
     /// Outpaint: grow the canvas by L,T,R,B pixels (or one value for every side) and paint the new area; FLUX.1
     /// Fill (--model fill) is made for it, other models inpaint. The canvas grows right/bottom to the model's size
     /// multiple; the input's pixels come back unchanged beyond the feathered seam.

@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{Mask, MaskSource, TrueCfg};
+use crate::engine::request::{ControlSource, Mask, MaskSource, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::outpaint::{self, Grow, Outpaint};
@@ -180,6 +180,16 @@ impl Args {
             self.kontext = true;
             self.reference_size = self.reference_size.or(r.reference_size);
         }
+        if let (None, None, Some(c)) = (&self.control, &self.control_from, &r.control) {
+            match c.strip_prefix("canny:").and_then(|t| t.split_once(',')) {
+                Some((low, high)) => {
+                    self.control_from = Some("canny".into());
+                    self.canny_low = self.canny_low.or(low.parse().ok());
+                    self.canny_high = self.canny_high.or(high.parse().ok());
+                }
+                None => self.control = Some(paths.resolve(Path::new(c), "control image")?),
+            }
+        }
         if self.reference.is_empty() && self.manifest.is_none() {
             self.reference = r.references.iter().map(|p| paths.resolve(p, "reference")).collect::<Result<_>>()?;
         }
@@ -303,6 +313,7 @@ impl Args {
             loras: self.lora_specs()?,
             lora_scale: 1.0,
             references: self.reference.clone(),
+            control: self.control_source()?,
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
             kernels,
@@ -366,6 +377,32 @@ impl Args {
             warnings.push("--reference-size applies to Kontext edits only".into());
         }
         Ok(warnings)
+    }
+
+    /// `--control` or `--control-from` with its thresholds.
+    fn control_source(&self) -> Result<Option<ControlSource>> {
+        let thresholds = self.canny_low.is_some() || self.canny_high.is_some();
+        match (&self.control, self.control_from.as_deref()) {
+            (Some(path), None) if !thresholds => Ok(Some(ControlSource::File(path.clone()))),
+            (None, Some("canny")) => {
+                let (low, high) = (self.canny_low.unwrap_or(100.0), self.canny_high.unwrap_or(200.0));
+                if !(low.is_finite() && high.is_finite() && low >= 0.0 && high >= 0.0) {
+                    return Err(Error::Usage(format!(
+                        "--canny-low {low} / --canny-high {high}: give thresholds of 0 or more"
+                    )));
+                }
+                Ok(Some(ControlSource::Canny { low, high }))
+            }
+            (None, Some("depth")) => Err(Error::Usage(
+                "--control-from depth is not available in this version; make a depth map with Depth Anything and give \
+                 it as --control IMAGE"
+                    .into(),
+            )),
+            (None, Some(other)) => Err(Error::Usage(format!("--control-from {other:?}: the choice is canny"))),
+            (None, None) if !thresholds => Ok(None),
+            _ if thresholds => Err(Error::Usage("--canny-low/--canny-high apply to --control-from canny".into())),
+            _ => Err(Error::Usage("give --control or --control-from, not both".into())),
+        }
     }
 
     /// `--outpaint`/`--outpaint-to` with `--align` and `--outpaint-feather`, checked together.

@@ -44,6 +44,25 @@ pub struct Mask {
     pub paste_back: bool,
 }
 
+/// Where a control image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlSource {
+    /// A ready control image (edges, a depth map).
+    File(PathBuf),
+    /// Canny edges of the input, with these hysteresis thresholds (`--control-from canny`).
+    Canny { low: f32, high: f32 },
+}
+
+impl ControlSource {
+    /// The record's words: a path, or `canny:LOW,HIGH`.
+    pub fn words(&self) -> String {
+        match self {
+            ControlSource::File(p) => p.to_string_lossy().into_owned(),
+            ControlSource::Canny { low, high } => format!("canny:{low},{high}"),
+        }
+    }
+}
+
 /// A mask image file, the input's transparency (transparent = repaint), or outpainting's own mask over the grown
 /// canvas (the input is then that canvas).
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +153,8 @@ pub struct Request {
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,
+    /// FLUX.1 Control transformers (Canny/Depth-dev): the control image, or how it is derived from the input.
+    pub control: Option<ControlSource>,
 }
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).

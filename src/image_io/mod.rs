@@ -5,6 +5,7 @@
 //! first into a uint8 intermediate, 22-bit fixed-point coefficients, a dimension that keeps its size is not
 //! filtered. That is what diffusers' `VaeImageProcessor` runs, so inputs match to the last bit.
 
+pub mod canny;
 pub mod mask;
 pub mod outpaint;
 

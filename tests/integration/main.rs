@@ -4,6 +4,7 @@
 mod bad_input;
 mod batch;
 mod common;
+mod control;
 mod fill;
 mod formats;
 mod hub;

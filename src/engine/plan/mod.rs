@@ -80,18 +80,34 @@ pub fn defaults(guidance_embeds: bool) -> (usize, Option<f64>) {
 /// image (Control, not available yet).
 fn check_transformer_inputs(req: &Request, cfg: &ModelConfigs) -> Result<TransformerInputs> {
     let inputs = cfg.inputs().map_err(Error::Usage)?;
+    if req.control.is_some() && inputs != TransformerInputs::Control {
+        return Err(Error::Usage(
+            "--control/--control-from need a FLUX.1 Control model (Canny-dev or Depth-dev, or a folder whose \
+             transformer takes 2 × the latent channels); this model takes no control image"
+                .into(),
+        ));
+    }
     match (inputs, &req.mode) {
         (TransformerInputs::Fill, Mode::Inpaint { .. }) | (TransformerInputs::Latents, _) => Ok(inputs),
+        (TransformerInputs::Control, Mode::Txt2Img | Mode::Img2Img { .. } | Mode::Inpaint { .. }) => {
+            match &req.control {
+                Some(_) => Ok(inputs),
+                None => Err(Error::Usage(
+                    "this is a FLUX.1 Control model: give --control IMAGE (edges or a depth map) or --control-from \
+                     canny"
+                        .into(),
+                )),
+            }
+        }
         (TransformerInputs::Fill, mode) => Err(Error::Usage(format!(
             "this is a FLUX.1 Fill model: it repaints a masked area, not {}; give --mask MASK (or --outpaint \
              L,T,R,B), or use a dev/schnell model",
             mode.name()
         ))),
-        (TransformerInputs::Control, _) => Err(Error::Usage(
-            "this is a FLUX.1 Control (Canny/Depth) transformer, which needs a control image; this version does \
-             not run Control models yet: use a dev, schnell, Kontext or Fill model"
-                .into(),
-        )),
+        (TransformerInputs::Control, mode) => Err(Error::Usage(format!(
+            "FLUX.1 Control models run text-to-image, img2img and inpainting, not {}",
+            mode.name()
+        ))),
     }
 }
 
@@ -106,6 +122,9 @@ pub fn plan(
     seed: u64,
     gpu: CudaGeometry,
 ) -> Result<Plan> {
+    if cfg.family == Family::Flux2 && req.control.is_some() {
+        return Err(Error::Usage("--control/--control-from need a FLUX.1 Control model; FLUX.2 takes none".into()));
+    }
     if cfg.family == Family::Flux2 {
         return flux2::plan(req, cfg, input, references, seed, gpu);
     }
@@ -119,6 +138,9 @@ pub fn plan(
         _ => None,
     };
     let inputs = check_transformer_inputs(req, cfg)?;
+    if let Some(source) = &req.control {
+        super::control::check(source, input, (width, height))?;
+    }
     let (default_steps, mut default_guidance) = defaults(cfg.transformer.guidance_embeds);
     if inputs == TransformerInputs::Fill {
         default_guidance = default_guidance.map(|_| DEFAULT_GUIDANCE_FILL);

@@ -14,7 +14,7 @@ use crate::engine::load::{self, TransformerKind};
 use crate::engine::memory::{Estimate, Workload};
 use crate::engine::plan::{self, Plan};
 use crate::engine::request::{Mode, Request};
-use crate::engine::{edit, fill, inpaint};
+use crate::engine::{control, edit, fill, inpaint};
 use crate::error::{Error, Result};
 use crate::image_io;
 use crate::models::clip::ClipLora;
@@ -52,8 +52,8 @@ struct Edit {
     clean: Option<Tensor>,
     /// Kontext's or klein's reference tokens and their ids.
     reference: Option<edit::Reference>,
-    /// Fill: the channels appended to every token.
-    fill: Option<Tensor>,
+    /// Fill and Control: the channels appended to every token.
+    extra: Option<Tensor>,
     /// Set by `begin`.
     run: Option<Run>,
 }
@@ -198,16 +198,22 @@ impl Flux {
         Ok(edit::start_latents(&mean, &logvar, gen, &latent, plan.schedule.start_sigma())?)
     }
 
-    /// FLUX.1: start latents, and the mask (inpainting) or reference tokens (Kontext), as each mode's pipeline
-    /// prepares them.
+    /// FLUX.1: start latents, the mask (inpainting), reference tokens (Kontext) and the extra channels of Fill and
+    /// Control transformers, as each mode's pipeline prepares them, drawing from the generator in its order.
     fn stage(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Staged> {
         let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(CudaGeometry::H100));
         let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
         let grid = (c, plan.height as usize / f, plan.width as usize / f);
+        let control = match self.inputs() {
+            TransformerInputs::Control => Some(control::image(req, input.as_ref(), plan, env)?),
+            _ => None,
+        };
         let input = match (&req.mode, input) {
             (Mode::Txt2Img, _) => {
+                // FluxControlPipeline encodes the control image before drawing the noise.
+                let channels = control.map(|c| self.encoded(env, &c, gen.as_mut())).transpose()?;
                 let start = edit::pure_noise(gen.as_mut(), grid, env.dtype, env.device)?;
-                return Ok(Staged { start, mask: None, reference: None, input: None, channels: None });
+                return Ok(Staged { start, mask: None, reference: None, input: None, channels });
             }
             (_, Some(input)) => input,
             (mode, None) => return Err(Error::Usage(format!("{} needs an input image", mode.name()))),
@@ -223,18 +229,51 @@ impl Flux {
                 let m = inpaint::prepare(spec, image, &input, plan, &mut warnings)?;
                 warnings.iter().for_each(|w| env.warn(w));
                 let model_input = inpaint::model_input(input.clone(), plan, &m);
+                let control = match control {
+                    // FluxControlInpaintPipeline encodes the masked input first (a draw it does not use further).
+                    Some(c) => {
+                        self.masked_sample(env, &model_input, &m, gen.as_mut())?;
+                        Some(self.encoded(env, &c, gen.as_mut())?)
+                    }
+                    None => None,
+                };
                 let start = self.noised_input(env, model_input.clone(), gen.as_mut(), plan)?;
                 let channels = match self.inputs() {
                     TransformerInputs::Fill => Some(self.fill_channels(env, &model_input, &m, gen.as_mut())?),
-                    _ => None,
+                    _ => control,
                 };
                 Ok(Staged { start, mask: Some(m), reference: None, input: Some(input), channels })
             }
             _ => {
+                let channels = control.map(|c| self.encoded(env, &c, gen.as_mut())).transpose()?;
                 let start = self.noised_input(env, edit::fit_to_plan(input, plan), gen.as_mut(), plan)?;
-                Ok(Staged { start, mask: None, reference: None, input: None, channels: None })
+                Ok(Staged { start, mask: None, reference: None, input: None, channels })
             }
         }
+    }
+
+    /// A picture at the working size encoded, its posterior sampled with the generator's next draw, in latent
+    /// space and packed (Control's control image).
+    fn encoded(&mut self, env: &Env, img: &RgbImage, gen: &mut dyn rng::NoiseSource) -> Result<Tensor> {
+        let pixels = image_io::to_tensor(img, env.device)?.to_dtype(env.dtype)?;
+        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
+        edit::ensure_finite(&mean, "VAE encoding", VAE_CAUSE)?;
+        let z = edit::sample_with(&mean, &logvar, gen, &edit::LatentSpace::of(&self.configs.vae))?;
+        Ok(edit::pack(&z)?)
+    }
+
+    /// The masked input's posterior sample, taken only to keep the generator where diffusers has it.
+    fn masked_sample(
+        &mut self,
+        env: &Env,
+        img: &RgbImage,
+        m: &inpaint::PreparedMask,
+        gen: &mut dyn rng::NoiseSource,
+    ) -> Result<()> {
+        let pixels = fill::masked_pixels(img, &m.working, env.device)?.to_dtype(env.dtype)?;
+        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
+        edit::sample_with(&mean, &logvar, gen, &edit::LatentSpace::of(&self.configs.vae))?;
+        Ok(())
     }
 
     /// Fill's extra channels: the masked input encoded (its posterior sampled with the generator's third draw,
@@ -259,7 +298,7 @@ impl Flux {
             return Ok(None);
         };
         // Fill sees the mask as input and keeps the rest itself: diffusers puts nothing back between steps.
-        if edit.fill.is_some() {
+        if self.inputs() == TransformerInputs::Fill {
             return Ok(None);
         }
         let f = self.configs.vae.scale_factor() as u32;
@@ -399,7 +438,7 @@ impl ModelFamily for Flux {
             noise: start.noise,
             clean: start.clean,
             reference,
-            fill: channels,
+            extra: channels,
             run: None,
         });
         Ok(Prepared { latents: start.packed, mask, input })
@@ -500,7 +539,7 @@ impl ModelFamily for Flux {
             guidance: run.guidance.as_ref(),
         };
         let reference = edit.reference.as_ref().map(|r| &r.tokens);
-        let channels = edit.fill.as_ref();
+        let channels = edit.extra.as_ref();
         let guided = edit::Guided { model, inputs, cfg_scale: run.cfg_scale, reference, channels };
         let i = run.schedule.t_start + k;
         let x = edit::euler_step(x, &run.schedule, i, |x, t| guided.velocity(x, t))?;
