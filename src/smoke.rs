@@ -97,6 +97,8 @@ fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, K
     Request {
         references: Vec::new(),
         control: None,
+        redux: Vec::new(),
+        redux_model: None,
         attention_chunk: None,
         vae_band: None,
         kernels,

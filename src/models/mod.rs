@@ -13,6 +13,7 @@ pub mod clip;
 pub mod flux2;
 pub mod linear;
 pub mod qwen3;
+pub mod redux;
 pub mod transformer;
 pub mod vae;
 

@@ -13,5 +13,6 @@ mod lora;
 mod memory;
 mod modes;
 mod parity;
+mod redux;
 mod safety;
 mod smoke;
