@@ -111,6 +111,24 @@ fn check_transformer_inputs(req: &Request, cfg: &ModelConfigs) -> Result<Transfo
     }
 }
 
+/// What conditions the edit beyond the prompt, for the plan line: Fill, Control's image, Redux, outpainting.
+fn conditioning_words(req: &Request, inputs: TransformerInputs) -> String {
+    let mut words = Vec::new();
+    if inputs == TransformerInputs::Fill {
+        words.push("FLUX.1 Fill".to_string());
+    }
+    if let Some(c) = &req.control {
+        words.push(format!("control {}", c.words()));
+    }
+    if !req.redux.is_empty() {
+        words.push(format!("Redux x{}", req.redux.len()));
+    }
+    if let Some(o) = req.outpaint() {
+        words.push(format!("outpaint ({o})"));
+    }
+    words.iter().map(|w| format!(", {w}")).collect()
+}
+
 /// Redux joins FLUX.1's T5 tokens in the modes diffusers' prior feeds (not Kontext, nor true CFG, whose negative
 /// prompt would have fewer tokens than the batch it shares).
 fn check_redux(req: &Request, cfg: &ModelConfigs) -> Result<()> {
@@ -188,6 +206,7 @@ pub fn plan(
         Some(c) => format!("guidance {g}, true CFG {} (2 transformer passes per step, batched)", c.scale),
         None => format!("guidance {g}"),
     };
+    let guide = guide + &conditioning_words(req, inputs);
     let size_rule = if input.is_none() { SizeRule::Given } else { SizeRule::Input };
     Ok(Plan {
         sampler: shift_words(&schedule),
