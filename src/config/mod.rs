@@ -6,6 +6,7 @@
 //! configs name; FLUX.2's Qwen3 text encoder config is in [`qwen3`].
 
 pub mod qwen3;
+pub mod unet;
 
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -383,6 +384,9 @@ pub struct ClipConfig {
     /// transformers keeps the legacy pooling (argmax of the ids) when this is 2, as in openai's CLIP configs.
     #[serde(default = "two")]
     pub eos_token_id: u32,
+    /// `CLIPTextModelWithProjection`'s `text_projection` width (SDXL's second encoder).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 impl ClipConfig {

@@ -12,4 +12,5 @@ mod memory;
 mod modes;
 mod parity;
 mod safety;
+mod sd;
 mod smoke;

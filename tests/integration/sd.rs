@@ -1,0 +1,100 @@
+//! Stable Diffusion against diffusers: the models on tests/fixtures/sd-vectors.safetensors (each UNet, text
+//! encoder and VAE of the tiny SD 1.x, SD 2.x, SDXL and 9-channel inpainting pipelines on fixed inputs), and the
+//! pipelines on tests/fixtures/cases-sd.json. Both are written by scripts/make_sd_fixtures.py.
+
+use crate::common::*;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use flux_img2img::config::unet::UNetConfig;
+use flux_img2img::config::{read_json, ClipConfig, VaeConfig};
+use flux_img2img::models::clip::ClipText;
+use flux_img2img::models::unet::{Added, UNet};
+use flux_img2img::models::vae::AutoencoderKl;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Worst |a − b| relative to the largest |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    diff / scale.max(1e-12)
+}
+
+fn weights(dir: &Path, file: &str) -> VarBuilder<'static> {
+    unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join(file)], DType::F32, &Device::Cpu).unwrap() }
+}
+
+fn vectors() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("sd-vectors.safetensors"), &Device::Cpu).unwrap()
+}
+
+const PIPES: [&str; 4] = ["tiny-sd15", "tiny-sd2", "tiny-sdxl", "tiny-sd15-inpaint"];
+/// f32 on both sides; what differs is the order of sums (GEMM blocking, softmax, group norm).
+const MODEL_TOL: f64 = 1e-4;
+
+#[test]
+fn unets_match_diffusers() {
+    let v = vectors();
+    let mut worst = vec![];
+    for name in PIPES {
+        let dir = fixtures().join(name).join("unet");
+        let cfg: UNetConfig = read_json(&dir.join("config.json")).unwrap();
+        cfg.validate(&dir.join("config.json")).unwrap();
+        let unet = UNet::new(&cfg, weights(&dir, "diffusion_pytorch_model.safetensors")).unwrap();
+        let t = |k: &str| v[&format!("{name}.unet.{k}")].clone();
+        let (text_embeds, time_ids);
+        let added = if cfg.text_time() {
+            (text_embeds, time_ids) = (t("text_embeds"), t("time_ids"));
+            Some(Added { text_embeds: &text_embeds, time_ids: &time_ids })
+        } else {
+            None
+        };
+        let out = unet.forward(&t("sample"), &t("timestep"), &t("context"), added.as_ref()).unwrap();
+        let e = rel_err(&out, &t("out"));
+        worst.push(format!("{name}: {e:.2e}"));
+        assert!(e < MODEL_TOL, "{name}: UNet output off by {e:.2e} (relative)");
+    }
+    eprintln!("UNet relative errors: {}", worst.join(", "));
+}
+
+#[test]
+fn text_encoders_match_transformers() {
+    let v = vectors();
+    for name in ["tiny-sd15", "tiny-sd2", "tiny-sdxl"] {
+        let ids = v[&format!("{name}.text.ids")].to_dtype(DType::U32).unwrap();
+        for enc in ["text_encoder", "text_encoder_2"] {
+            let dir = fixtures().join(name).join(enc);
+            if !dir.is_dir() {
+                continue;
+            }
+            let cfg: ClipConfig = read_json(&dir.join("config.json")).unwrap();
+            let act = flux_img2img::config::Act::from_name(&cfg.hidden_act).unwrap();
+            let clip = ClipText::new(&cfg, act, weights(&dir, "model.safetensors"), None).unwrap();
+            let t = |k: &str| v[&format!("{name}.{enc}.{k}")].clone();
+            let last = clip.final_norm(&clip.hidden(&ids, clip.depth()).unwrap()).unwrap();
+            let pen = clip.hidden(&ids, clip.depth() - 1).unwrap();
+            assert!(rel_err(&last, &t("last")) < MODEL_TOL, "{name}/{enc}: last hidden state");
+            assert!(rel_err(&pen, &t("penultimate")) < MODEL_TOL, "{name}/{enc}: penultimate hidden state");
+            if let Some(p) = clip.project(&clip.pool(&ids, &last).unwrap()).unwrap() {
+                assert!(rel_err(&p, &t("text_embeds")) < MODEL_TOL, "{name}/{enc}: text_embeds");
+            }
+        }
+    }
+}
+
+#[test]
+fn vaes_match_diffusers() {
+    let v = vectors();
+    for name in ["tiny-sd15", "tiny-sd2", "tiny-sdxl"] {
+        let dir = fixtures().join(name).join("vae");
+        let cfg: VaeConfig = read_json(&dir.join("config.json")).unwrap();
+        let vae =
+            AutoencoderKl::new(&cfg, cfg.activation(), weights(&dir, "diffusion_pytorch_model.safetensors")).unwrap();
+        let t = |k: &str| v[&format!("{name}.vae.{k}")].clone();
+        let (mean, logvar) = vae.encode(&t("image")).unwrap();
+        assert!(rel_err(&mean, &t("mean")) < MODEL_TOL, "{name}: posterior mean");
+        assert!(rel_err(&logvar, &t("logvar")) < MODEL_TOL, "{name}: posterior logvar");
+        let decoded = vae.decode(&t("mean")).unwrap();
+        assert!(rel_err(&decoded, &t("decoded")) < MODEL_TOL, "{name}: decoded");
+    }
+}
