@@ -7,6 +7,7 @@ use crate::image_io::ResizeMode;
 use crate::kernels::Kernels;
 use crate::models::linear::Quant;
 use crate::rng::{CpuNoise, CudaGeometry, RngKind};
+use crate::schedulers::SchedulerKind;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -150,6 +151,18 @@ pub struct Args {
     /// Guidance embedded in dev-like models [default: 3.5]; schnell ignores it.
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Stable Diffusion: the sampler: pndm, ddim, lms, euler, euler-a, dpmpp-2m, dpmpp-2m-karras [default: the
+    /// checkpoint's own].
+    #[arg(long, value_parser = values::named(SchedulerKind::NAMES))]
+    pub scheduler: Option<SchedulerKind>,
+    /// Stable Diffusion: take the prompt's text states N CLIP layers before the last (diffusers' clip_skip;
+    /// A1111's "Clip skip" is N + 1).
+    #[arg(long, value_name = "N")]
+    pub clip_skip: Option<usize>,
+    /// Stable Diffusion img2img/inpainting: start at step N of the --steps schedule (noising the input to that
+    /// step) instead of where --strength puts it; N < --steps.
+    #[arg(long, value_name = "N")]
+    pub start_step: Option<usize>,
     /// Seed, or a list (1,2,3) rendering each. One seed is a base: item k of the batch gets seed + k.
     /// [default: random, printed]
     #[arg(long, value_name = "N[,N...]")]

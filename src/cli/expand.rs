@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{Mask, MaskSource, TrueCfg};
+use crate::engine::request::{Mask, MaskSource, SdOptions, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::rng::RngSettings;
@@ -284,6 +284,7 @@ impl Args {
             loras: self.lora_specs()?,
             lora_scale: 1.0,
             references: self.reference.clone(),
+            sd: self.sd_options()?,
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
             kernels,
@@ -355,6 +356,16 @@ impl Args {
     /// `--lora FILE[:WEIGHT]` values.
     fn lora_specs(&self) -> Result<Vec<LoraSpec>> {
         self.lora.iter().map(|s| parse_lora(s, Path::new(""))).collect()
+    }
+
+    /// Stable Diffusion's flags; `--start-step` replaces `--strength`, so both together are refused.
+    fn sd_options(&self) -> Result<SdOptions> {
+        if let (Some(n), Some(s)) = (self.start_step, &self.strength) {
+            return Err(Error::Usage(format!(
+                "--start-step {n} and --strength {s} both say where img2img starts; give one of them"
+            )));
+        }
+        Ok(SdOptions { scheduler: self.scheduler, clip_skip: self.clip_skip, start_step: self.start_step })
     }
 
     /// `--negative-prompt` with `--true-cfg`: both or neither, the scale above 1.

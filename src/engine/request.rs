@@ -132,6 +132,20 @@ pub struct Request {
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,
+    /// Stable Diffusion: how the model is sampled (None: the checkpoint's own scheduler) and prompted.
+    pub sd: SdOptions,
+}
+
+/// Stable Diffusion's own settings (FLUX models refuse them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SdOptions {
+    /// `--scheduler`: None runs the checkpoint's own.
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
+    /// `--clip-skip N`: the prompt's text states N encoder layers before the last (diffusers' `clip_skip`).
+    pub clip_skip: Option<usize>,
+    /// `--start-step N`: img2img and inpainting start at step N of the schedule instead of where the strength
+    /// puts them.
+    pub start_step: Option<usize>,
 }
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).

@@ -98,3 +98,94 @@ fn vaes_match_diffusers() {
         assert!(rel_err(&decoded, &t("decoded")) < MODEL_TOL, "{name}: decoded");
     }
 }
+
+/// Parity bar for every case, and for DDIM cases (DDIM and Euler outputs are only 52–57 dB apart on such
+/// pipelines, so a DDIM case must be held closer than that to tell them apart).
+const MIN_PSNR_DB: f64 = 45.0;
+const MIN_PSNR_DDIM_DB: f64 = 60.0;
+/// Another prompt, negative prompt, seed, scheduler or mask must move diffusers' own output below this.
+const MAX_SENSITIVITY_DB: f64 = 30.0;
+
+fn sd_cases() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixtures().join("cases-sd.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+/// Whether a case runs DDIM (named, or the checkpoint's own).
+fn ddim(case: &serde_json::Value) -> bool {
+    let own = std::fs::read_to_string(
+        fixtures().join(case["model"].as_str().unwrap()).join("scheduler/scheduler_config.json"),
+    )
+    .unwrap()
+    .contains("\"DDIMScheduler\"");
+    case["scheduler"] == "ddim" || (case["scheduler"].is_null() && own)
+}
+
+/// The flags that reproduce one case.
+fn sd_args(case: &serde_json::Value, prompt: &str, out: &Path) -> Vec<String> {
+    let f = fixtures();
+    let s = |k: &str| case[k].to_string().trim_matches('"').to_string();
+    let mut a: Vec<String> =
+        vec!["--model".into(), f.join(s("model")).to_string_lossy().into(), "--prompt".into(), prompt.into()];
+    for (flag, key) in [
+        ("--width", "width"),
+        ("--height", "height"),
+        ("--steps", "steps"),
+        ("--seed", "seed"),
+        ("--guidance", "guidance"),
+        ("--strength", "strength"),
+        ("--start-step", "start_step"),
+        ("--negative-prompt", "negative_prompt"),
+        ("--scheduler", "scheduler"),
+        ("--clip-skip", "clip_skip"),
+    ] {
+        if !case[key].is_null() {
+            a.extend([flag.to_string(), s(key)]);
+        }
+    }
+    if let Some(image) = case["image"].as_str() {
+        a.extend(["--image".into(), f.join("images").join(image).to_string_lossy().into()]);
+    }
+    if let Some(mask) = case["mask"].as_str() {
+        a.extend(["--mask".into(), f.join("masks").join(mask).to_string_lossy().into()]);
+    }
+    a.extend(["--rng", "torch-cpu", "--dtype", "f32", "-q", "-o"].map(String::from));
+    a.push(out.to_string_lossy().into());
+    a
+}
+
+/// Every case of cases-sd.json against diffusers' output: SD 1.x with each scheduler, clip skip and a negative
+/// prompt, img2img by --strength and by --start-step, both kinds of inpainting, SD 2.x v-prediction and SDXL.
+#[test]
+fn sd_pipelines_match_diffusers() {
+    let prompt = {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases-sd.json")).unwrap()).unwrap();
+        v["prompt"].as_str().unwrap().to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut failures, mut report) = (vec![], vec![]);
+    for case in sd_cases() {
+        let name = case["name"].as_str().unwrap();
+        for (what, db) in case["sensitivity_psnr_db"].as_object().unwrap() {
+            if db.as_f64().unwrap() > MAX_SENSITIVITY_DB {
+                failures.push(format!("{name}: changing the {what} moves the reference only to {db} dB"));
+            }
+        }
+        let out = dir.path().join(format!("{name}.png"));
+        let o = bin().args(sd_args(&case, &prompt, &out)).output().unwrap();
+        if !o.status.success() {
+            failures.push(format!("{name}: exit {:?}: {}", o.status.code(), stderr(&o)));
+            continue;
+        }
+        let db = psnr(&out, &fixtures().join(case["expected"].as_str().unwrap()));
+        let bar = if ddim(&case) { MIN_PSNR_DDIM_DB } else { MIN_PSNR_DB };
+        report.push(format!("{name}: {db:.1} dB"));
+        if db < bar {
+            failures.push(format!("{name}: {db:.2} dB < {bar} dB"));
+        }
+    }
+    eprintln!("cases-sd.json: {}", report.join(", "));
+    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+}

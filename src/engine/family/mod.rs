@@ -9,6 +9,7 @@
 //! Adding a family is one more module implementing the trait and one line in [`open`].
 
 pub mod flux;
+pub mod sd;
 
 use super::inpaint::PreparedMask;
 use super::memory::{Estimate, Workload};
@@ -143,5 +144,9 @@ pub trait ModelFamily {
 /// Opens the family the folder holds; `weights`: check the weight files and read what the weights say (a
 /// configs-only session for dry runs passes false).
 pub fn open(model: &Path, o: &Overrides, weights: bool, progress: &dyn Progress) -> Result<Box<dyn ModelFamily>> {
+    let family = crate::source::family_of(model);
+    if family.is_sd() {
+        return Ok(Box::new(sd::Sd::open(model, family, o, weights)?));
+    }
     Ok(Box::new(flux::Flux::open(model, o, weights, progress)?))
 }

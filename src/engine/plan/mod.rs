@@ -3,6 +3,7 @@
 //! here, FLUX.2 in [`flux2`].
 
 pub mod flux2;
+pub mod sd;
 
 use super::request::{Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL};
 use crate::config::{Family, ModelConfigs};
