@@ -47,8 +47,8 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// The pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or an alias: dev, schnell,
-    /// kontext (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2). Also read from FLUX_MODEL or
-    /// MODEL_PATH.
+    /// kontext (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2), sd14, sd15, sd21 (Stable
+    /// Diffusion 1.x/2.x), sdxl (SDXL base). Also read from FLUX_MODEL or MODEL_PATH.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
     pub model: Option<PathBuf>,
     /// Hub revision (branch, tag or commit) for a repo --model.

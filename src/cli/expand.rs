@@ -133,7 +133,15 @@ impl Args {
         if self.model.is_none() && !r.model.as_os_str().is_empty() {
             self.model = Some(r.model.clone());
         }
-        self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        // A record's --start-step stands in for its strength, unless a flag says where to start.
+        if self.strength.is_none() && self.start_step.is_none() {
+            self.start_step = r.start_step;
+        }
+        if self.start_step.is_none() {
+            self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        }
+        self.scheduler = self.scheduler.or(r.scheduler);
+        self.clip_skip = self.clip_skip.or(r.clip_skip);
         self.seed = self.seed.take().or(Some(r.seed.to_string()));
         self.steps = self.steps.or(Some(r.steps).filter(|s| *s > 0));
         self.guidance = self.guidance.or(r.guidance);

@@ -189,3 +189,133 @@ fn sd_pipelines_match_diffusers() {
     eprintln!("cases-sd.json: {}", report.join(", "));
     assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
 }
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Runs the binary on an SD fixture with `extra` flags and checks the failure contract: exit 2, one `error:`
+/// line containing `needle`, no output file.
+fn sd_fails(model: &str, extra: &[&str], needle: &str) {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("out.png");
+    let f = fixtures();
+    let mut args =
+        vec!["--model".into(), s(&f.join(model)), "--prompt".into(), "a cat".into(), "--steps".into(), "4".into()];
+    args.extend(extra.iter().map(|a| a.replace("{img}", &s(&f.join("images/sd-photo-64x48.png")))));
+    args.extend(["-o".into(), s(&out)]);
+    let o = bin().args(&args).output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "exit code for {extra:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line: {err}");
+    assert!(!out.exists(), "no output after a failure");
+}
+
+#[test]
+fn sd_refuses_flux_flags_and_bad_steps() {
+    let size = ["--width", "64", "--height", "48"];
+    let with = |more: &[&'static str]| -> Vec<&'static str> { size.iter().chain(more).copied().collect() };
+    sd_fails("tiny-sd15", &with(&["--true-cfg", "4", "--negative-prompt", "x"]), "--true-cfg 4 is for FLUX models");
+    sd_fails("tiny-sd15", &["--image", "{img}", "--kontext"], "--kontext is for FLUX.1 Kontext models");
+    sd_fails("tiny-sdxl", &with(&["--reference", "{img}"]), "--reference is for FLUX.2 models");
+    sd_fails("tiny-sd15", &with(&["--scheduler", "heun"]), "invalid value 'heun' for '--scheduler");
+    sd_fails("tiny-sd15", &["--image", "{img}", "--start-step", "4"], "--start-step 4 must be below --steps 4");
+    sd_fails("tiny-sd15", &["--image", "{img}", "--start-step", "1", "--strength", "0.5"], "give one of them");
+    sd_fails("tiny-sd15", &with(&["--start-step", "1"]), "--start-step 1 needs an input image");
+    sd_fails("tiny-sd15-inpaint", &["--image", "{img}"], "inpainting UNet (9 input channels)");
+    sd_fails("tiny-sd2", &with(&["--clip-skip", "2"]), "--clip-skip 2 is more than");
+    // And the reverse: SD's flags on a FLUX model.
+    sd_fails(
+        "tiny-dev",
+        &["--image", "{img}", "--scheduler", "ddim"],
+        "--scheduler ddim is for Stable Diffusion models",
+    );
+}
+
+/// The PNG's `parameters` text chunk.
+fn parameters(png_file: &Path) -> String {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png_file).unwrap()));
+    let reader = dec.read_info().unwrap();
+    let chunk = reader.info().utf8_text.iter().find(|t| t.keyword == "parameters").expect("parameters chunk");
+    chunk.get_text().unwrap()
+}
+
+/// A1111's words in the PNG (sampler, CFG scale, clip skip counted from 1, the negative prompt on its own line),
+/// and `--from-metadata` reproducing the image from them.
+#[test]
+fn sd_metadata_round_trip() {
+    let t = tempfile::tempdir().unwrap();
+    let (first, again) = (t.path().join("first.png"), t.path().join("again.png"));
+    let f = fixtures();
+    let args = [
+        "--model",
+        &s(&f.join("tiny-sd15")),
+        "--image",
+        &s(&f.join("images/sd-photo-64x48.png")),
+        "--prompt",
+        "a cat",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "6",
+        "--start-step",
+        "2",
+        "--scheduler",
+        "dpmpp-2m-karras",
+        "--clip-skip",
+        "1",
+        "--seed",
+        "2",
+        "-q",
+        "-o",
+        &s(&first),
+    ];
+    let o = bin().args(args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let p = parameters(&first);
+    for words in
+        ["a cat\nNegative prompt: blurry\n", "Sampler: DPM++ 2M Karras", "CFG scale: 7.5", "Clip skip: 2", "Steps: 6"]
+    {
+        assert!(p.contains(words), "{words:?} missing from {p:?}");
+    }
+    let o =
+        bin().args(["--from-metadata", &s(&first), "-o", &s(&again), "-q", "--allow-metadata-paths"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (a, b) = (image::open(&first).unwrap().to_rgb8(), image::open(&again).unwrap().to_rgb8());
+    assert!(a == b, "the record's parameters give the same image");
+    // Without the record's clip skip (or scheduler) the image differs: they were read back, not defaulted.
+    let other = t.path().join("other.png");
+    let o = bin()
+        .args(["--from-metadata", &s(&first), "-o", &s(&other), "-q", "--allow-metadata-paths", "--scheduler", "ddim"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(psnr(&first, &other) < 40.0, "an explicit --scheduler wins over the record");
+}
+
+/// `--dry-run` plans an SD edit from the configs alone and gives a memory estimate.
+#[test]
+fn sd_dry_run_estimates_memory() {
+    let f = fixtures();
+    let o = bin()
+        .args([
+            "--model",
+            &s(&f.join("tiny-sdxl")),
+            "--prompt",
+            "a cat",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    let err = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("Euler (euler), CFG 5 (2 UNet passes per step, batched)"), "{err}");
+    assert!(err.contains("50 of 50 steps"), "{err}");
+    assert!(err.contains("memory: about"), "{err}");
+}

@@ -63,6 +63,11 @@ fn check_request(req: &Request) -> Result<()> {
             "--reference is for FLUX.2 models; Stable Diffusion takes no reference images".into(),
         ));
     }
+    if let Some(q) = req.quantize {
+        return Err(Error::Usage(format!(
+            "--quantize {q} is for FLUX transformers; Stable Diffusion UNets run at --dtype (e.g. f16 on CUDA)"
+        )));
+    }
     if matches!(req.mode, Mode::Kontext { .. }) {
         return Err(Error::Usage(
             "--kontext is for FLUX.1 Kontext models; with Stable Diffusion the input is edited by img2img (--strength)"
@@ -128,6 +133,7 @@ pub fn plan(req: &Request, cfg: &SdConfigs, input: Option<(u32, u32)>, seed: u64
         sampler: format!("{} ({kind}{v})", kind.a1111()),
         guide: if g > 1.0 { format!("CFG {g} (2 UNet passes per step, batched)") } else { format!("CFG {g}: off") },
         size_rule: if input.is_none() { SizeRule::Given } else { SizeRule::Input },
+        scheduler: Some(kind),
         warnings,
     })
 }

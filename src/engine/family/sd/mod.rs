@@ -5,6 +5,7 @@
 //! UNets or the 4-channel mask blend, and the VAE at its `scaling_factor`. Configs are read at open; the VAE and
 //! UNet load on first use and are kept. The start latents are in [`start`].
 
+mod memory;
 mod start;
 
 use super::{Adapt, Env, Loras, ModelFamily, Prepared, PromptUse};
@@ -153,8 +154,9 @@ impl ModelFamily for Sd {
         plan::sd::plan(req, &self.cfg, input, seed, gpu)
     }
 
-    fn memory(&mut self, _: &Request, _: &Workload, _: Option<Quant>) -> Result<Option<Estimate>> {
-        Ok(None)
+    /// `--quantize` does not apply to UNets: the estimate is at the run's dtype.
+    fn memory(&mut self, req: &Request, work: &Workload, _: Option<Quant>) -> Result<Option<Estimate>> {
+        self.estimate(req, work)
     }
 
     fn prequantized(&self) -> bool {
