@@ -4,6 +4,8 @@ inpainting UNet) with diffusers' own classes, and record diffusers' outputs for 
 
 Writes tests/fixtures/:
   tiny-sd15/, tiny-sd2/, tiny-sdxl/, tiny-sd15-inpaint/   exactly as <Pipeline>.save_pretrained writes them
+  tiny-sd15-original.safetensors   tiny-sd15 as one checkpoint in the original (CompVis) names, checked against
+                           diffusers' single-file conversion tables
   sd-vectors.safetensors   model-level vectors: each UNet on a fixed input (with SDXL's text_time conditioning),
                            each text encoder's hidden states / pooled projection, each VAE's encode and decode
   expected/sd-<case>.png   the pipeline's output for each case (CPU generator, float32)
@@ -14,7 +16,7 @@ Writes tests/fixtures/:
 Every size differs between the pipelines and from the real models' ratios: the VAEs have 3 blocks (a scale factor
 of 4, not 8), head counts and head widths differ per block, SDXL has 2 transformer layers in its last block.
 
-Usage: python scripts/make_sd_fixtures.py [--out tests/fixtures] [--only vectors|cases]
+Usage: python scripts/make_sd_fixtures.py [--out tests/fixtures] [--only vectors|single|cases]
 """
 import argparse
 import json
@@ -188,6 +190,90 @@ def vectors(pipes, out: Path):
               out / "sd-vectors.safetensors")
 
 
+RESNET_LDM = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+              ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
+
+
+def unet_ldm_name(k: str, cfg) -> str:
+    """A diffusers UNet tensor name in the original (CompVis LDM) layout: input_blocks/middle_block/output_blocks."""
+    per = cfg.layers_per_block
+    assert isinstance(per, int), "the LDM layout has one layers_per_block"
+    top = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+           "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+           "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    mod, leaf = k.rsplit(".", 1)
+    if mod in top:
+        return f"{top[mod]}.{leaf}"
+    parts = k.split(".")
+    resnet = lambda rest: next((rest.replace(a, b, 1) for a, b in RESNET_LDM if rest.startswith(a)), rest)
+    if parts[0] == "mid_block":
+        sub = {"resnets.0": "0", "attentions.0": "1", "resnets.1": "2"}[".".join(parts[1:3])]
+        rest = ".".join(parts[3:])
+        return f"middle_block.{sub}.{resnet(rest) if parts[1] == 'resnets' else rest}"
+    i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+    if parts[0] == "down_blocks":
+        if kind == "downsamplers":
+            return f"input_blocks.{(i + 1) * (per + 1)}.0.op.{rest.removeprefix('conv.')}"
+        n = 1 + i * (per + 1) + j
+        return f"input_blocks.{n}.0.{resnet(rest)}" if kind == "resnets" else f"input_blocks.{n}.1.{rest}"
+    n = i * (per + 1) + j
+    if kind == "upsamplers":
+        slot = 2 if cfg.up_block_types[i].startswith("CrossAttn") else 1
+        return f"output_blocks.{i * (per + 1) + per}.{slot}.{rest}"
+    return f"output_blocks.{n}.0.{resnet(rest)}" if kind == "resnets" else f"output_blocks.{n}.1.{rest}"
+
+
+def vae_ldm_name(k: str, blocks: int) -> str:
+    """A diffusers VAE tensor name in the original layout (decoder levels numbered from the lowest resolution)."""
+    parts = k.split(".")
+    if parts[0] in ("quant_conv", "post_quant_conv"):
+        return k
+    half, rest = parts[0], parts[1:]
+    short = lambda s: s.replace("conv_shortcut", "nin_shortcut")
+    if rest[0] == "conv_norm_out":
+        return ".".join([half, "norm_out"] + rest[1:])
+    if rest[0] in ("down_blocks", "up_blocks"):
+        lvl = int(rest[1]) if rest[0] == "down_blocks" else blocks - 1 - int(rest[1])
+        word = "down" if rest[0] == "down_blocks" else "up"
+        if rest[2] == "resnets":
+            return short(f"{half}.{word}.{lvl}.block.{rest[3]}." + ".".join(rest[4:]))
+        return f"{half}.{word}.{lvl}.{'downsample' if word == 'down' else 'upsample'}." + ".".join(rest[4:])
+    if rest[0] == "mid_block":
+        inner = ".".join(rest[1:])
+        for a, b in [("resnets.0", "block_1"), ("resnets.1", "block_2"), ("attentions.0.group_norm", "attn_1.norm"),
+                     ("attentions.0.to_q", "attn_1.q"), ("attentions.0.to_k", "attn_1.k"),
+                     ("attentions.0.to_v", "attn_1.v"), ("attentions.0.to_out.0", "attn_1.proj_out")]:
+            if inner.startswith(a):
+                return short(f"{half}.mid." + inner.replace(a, b, 1))
+    return k
+
+
+def single_file(pipe, path: Path):
+    """The pipeline as one original-layout checkpoint (as civitai serves SD 1.x), checked by converting it back
+    with diffusers' own single-file tables: every tensor must come back under its diffusers name, unchanged."""
+    from diffusers.loaders import single_file_utils as sfu
+    ckpt = {}
+    for k, v in pipe.unet.state_dict().items():
+        ckpt["model.diffusion_model." + unet_ldm_name(k, pipe.unet.config)] = v.contiguous()
+    blocks = len(pipe.vae.config.block_out_channels)
+    for k, v in pipe.vae.state_dict().items():
+        ldm = vae_ldm_name(k, blocks)
+        # The original mid-block attention is 1x1 convolutions.
+        ckpt["first_stage_model." + ldm] = v[:, :, None, None].contiguous() if ".attn_1." in ldm and v.ndim == 2 else v.contiguous()
+    for k, v in pipe.text_encoder.state_dict().items():
+        ckpt["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v.contiguous()
+    back = sfu.convert_ldm_unet_checkpoint(dict(ckpt), dict(pipe.unet.config))
+    want = pipe.unet.state_dict()
+    assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want), "UNet names"
+    back = sfu.convert_ldm_vae_checkpoint(dict(ckpt), dict(pipe.vae.config))
+    want = pipe.vae.state_dict()
+    assert back.keys() == want.keys() and all(torch.equal(back[k].reshape(want[k].shape), want[k]) for k in want), "VAE"
+    back = {k.removeprefix("text_model."): v for k, v in sfu.convert_ldm_clip_checkpoint(dict(ckpt)).items()}
+    want = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items()}
+    assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want), "CLIP names"
+    save_file(ckpt, path)
+
+
 def image(path: Path, w: int, h: int, seed: int):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -308,16 +394,21 @@ def main():
     a = ap.parse_args()
     out = Path(a.out)
     torch.set_num_threads(1)
-    pipes = {"tiny-sd15": sd15(), "tiny-sd2": sd2(), "tiny-sdxl": sdxl(), "tiny-sd15-inpaint": sd15(inpaint=True)}
-    for name, p in pipes.items():
-        save(p, out / name)
+    if a.only == "":
+        # The toy tokenizer's BPE training orders equal-count merges differently from run to run: the pipelines are
+        # written only by a full run, and every later step reads them back.
+        built = {"tiny-sd15": sd15(), "tiny-sd2": sd2(), "tiny-sdxl": sdxl(), "tiny-sd15-inpaint": sd15(inpaint=True)}
+        for name, p in built.items():
+            save(p, out / name)
     # The references come from the pipelines as diffusers loads the saved folders (configs as a user has them).
-    pipes = {name: CLASSES[name].from_pretrained(out / name) for name in pipes}
+    pipes = {name: cls.from_pretrained(out / name) for name, cls in CLASSES.items()}
     for p in pipes.values():
         text_model_alias(p.text_encoder)
     image(out / "images" / "sd-photo-64x48.png", 64, 48, 1)
     mask(out / "masks" / "sd-rect-64x48.png", 64, 48, (16, 8, 44, 36))
     mask(out / "masks" / "sd-rect-moved-64x48.png", 64, 48, (24, 12, 56, 40))
+    if a.only in ("", "vectors", "single"):
+        single_file(pipes["tiny-sd15"], out / "tiny-sd15-original.safetensors")
     if a.only in ("", "vectors"):
         vectors(pipes, out)
     if a.only in ("", "cases"):

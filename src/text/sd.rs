@@ -15,9 +15,11 @@ use crate::error::{Error, Result};
 use crate::models::clip::ClipText;
 use crate::source::sd::SdFiles;
 use crate::source::Component;
-use crate::weights::CheckedWeights;
+use crate::weights::flux_keys::Source;
+use crate::weights::{CheckedWeights, NameMap};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
+use std::sync::Arc;
 
 struct Encoder {
     tok: FixedTokenizer,
@@ -26,12 +28,21 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn load(cfg: &ClipConfig, c: &Component, tokenizer: &Path, name: &str, dtype: DType, dev: &Device) -> Result<Self> {
+    /// `prefix`: where an original single file keeps the encoder (transformers' names after it).
+    fn load(
+        cfg: &ClipConfig,
+        c: &Component,
+        tokenizer: &Path,
+        name: &str,
+        prefix: Option<String>,
+        (dtype, dev): (DType, &Device),
+    ) -> Result<Self> {
         let max_len = cfg.max_position_embeddings.min(77);
         let tok = FixedTokenizer::load(tokenizer, max_len, "<|endoftext|>", true)?.with_embedding_rows(cfg.vocab_size);
         let act = Act::parse(&cfg.hidden_act, &c.config)?;
         let w = CheckedWeights::open(name, &c.weights)?;
-        let clip = ClipText::new(cfg, act, w.var_builder(dtype, dev, None), None)?;
+        let map = prefix.map(|p| Arc::new(move |n: &str| Source::One(format!("{p}{n}"))) as NameMap);
+        let clip = ClipText::new(cfg, act, w.var_builder(dtype, dev, map), None)?;
         w.finish()?;
         Ok(Self { tok, clip, max_len })
     }
@@ -62,11 +73,11 @@ impl SdText {
             &files.text_encoder,
             &files.tokenizer,
             "text_encoder (CLIP)",
-            dtype,
-            device,
+            files.original.clip.clone(),
+            (dtype, device),
         )?];
         if let (Some(c2), Some(f2), Some(t2)) = (&cfg.clip_2, &files.text_encoder_2, &files.tokenizer_2) {
-            encoders.push(Encoder::load(c2, f2, t2, "text_encoder_2 (CLIP)", dtype, device)?);
+            encoders.push(Encoder::load(c2, f2, t2, "text_encoder_2 (CLIP)", None, (dtype, device))?);
         }
         Ok(Self { xl: encoders.len() == 2, encoders, device: device.clone(), notes: Vec::new() })
     }

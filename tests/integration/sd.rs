@@ -319,3 +319,41 @@ fn sd_dry_run_estimates_memory() {
     assert!(err.contains("50 of 50 steps"), "{err}");
     assert!(err.contains("memory: about"), "{err}");
 }
+
+/// tiny-sd15 as one checkpoint in the original layout (UNet, VAE and CLIP under model.diffusion_model.,
+/// first_stage_model. and cond_stage_model.transformer.; its names checked against diffusers' single-file
+/// tables by the fixture script): every tensor is read from it through the tables (the file has no diffusers
+/// names, so a missing row fails the load), and the image is diffusers' sd15-t2i-default.
+#[test]
+fn sd_single_file_checkpoint_loads_to_the_same_image() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("single.png");
+    let f = fixtures();
+    let case = sd_cases().into_iter().find(|c| c["name"] == "sd15-t2i-default").unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("cases-sd.json")).unwrap()).unwrap();
+    let mut args = sd_args(&case, v["prompt"].as_str().unwrap(), &out);
+    args.extend(["--transformer".into(), s(&f.join("tiny-sd15-original.safetensors"))]);
+    let o = bin().args(&args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let db = psnr(&out, &f.join(case["expected"].as_str().unwrap()));
+    assert!(db >= MIN_PSNR_DB, "single file: {db:.1} dB");
+}
+
+#[test]
+fn sd_pickles_and_bare_checkpoints_are_one_line_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let ckpt = t.path().join("model.ckpt");
+    std::fs::write(&ckpt, b"not read").unwrap();
+    let size = ["--width", "64", "--height", "48"];
+    let c = s(&ckpt);
+    sd_fails("tiny-sd15", &[&size[..], &["--transformer", &c]].concat(), ".ckpt files are Python pickles");
+    let single = s(&fixtures().join("tiny-sd15-original.safetensors"));
+    let o = bin()
+        .args([&["--model", &single, "--prompt", "x", "-o", &s(&t.path().join("o.png"))], &size[..]].concat())
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("single-file checkpoint: give --model the pipeline it belongs to"), "{err}");
+}

@@ -25,12 +25,23 @@ use crate::schedulers::Scheduler;
 use crate::source::sd::SdFiles;
 use crate::source::Overrides;
 use crate::text::{Conditioning, EncodeAs, TextEncoder};
+use crate::weights::flux_keys::Source;
 use crate::weights::lora::ModelShapes;
-use crate::weights::CheckedWeights;
+use crate::weights::{unet_keys, vae_keys, CheckedWeights, NameMap};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 use start::{Encoder, InpaintState};
 use std::path::Path;
+use std::sync::Arc;
+
+/// Where an original single file keeps a diffusers VAE tensor: its quant convs at the top, the rest as FLUX's
+/// `ae.safetensors` names them.
+fn original_vae_name(name: &str, blocks: usize, prefix: &str) -> Source {
+    if name.starts_with("quant_conv.") || name.starts_with("post_quant_conv.") {
+        return Source::One(format!("{prefix}{name}"));
+    }
+    vae_keys::diffusers_to_bfl(name, blocks, prefix)
+}
 
 /// The edit in progress: its generator (Euler a draws from it at every step), scheduler and conditioning.
 struct Edit {
@@ -73,12 +84,28 @@ impl Sd {
         if self.vae.is_none() {
             let dtype = if self.cfg.family == Family::Sdxl && env.dtype == DType::F16 { DType::F32 } else { env.dtype };
             let w = CheckedWeights::open("vae", &self.files.vae.weights)?;
-            let vae =
-                AutoencoderKl::new(&self.cfg.vae, self.cfg.vae.activation(), w.var_builder(dtype, env.device, None))?;
+            let map = self.files.original.vae.clone().map(|prefix| {
+                let blocks = self.cfg.vae.block_out_channels.len();
+                Arc::new(move |n: &str| original_vae_name(n, blocks, &prefix)) as NameMap
+            });
+            let vb = w.var_builder(dtype, env.device, map);
+            let vae = AutoencoderKl::new(&self.cfg.vae, self.cfg.vae.activation(), vb)?;
             w.finish()?;
             (self.vae, self.vae_dtype) = (Some(vae), dtype);
         }
         Ok(self.vae.as_ref().expect("loaded above"))
+    }
+
+    /// Names in an original single-file UNet (one `layers_per_block` for every level, as that layout has).
+    fn unet_map(&self) -> Result<NameMap> {
+        let u = &self.cfg.unet;
+        let layers = u.layers_per_block.expand(u.blocks());
+        if layers.iter().any(|&l| l != layers[0]) {
+            return Err(Error::Usage("a single-file UNet needs one layers_per_block for every block".into()));
+        }
+        let (per, up): (usize, Vec<bool>) =
+            (layers[0], u.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect());
+        Ok(Arc::new(move |n: &str| Source::One(unet_keys::diffusers_to_ldm(n, per, &up))))
     }
 
     /// The CFG scale when CFG runs.
@@ -198,7 +225,8 @@ impl ModelFamily for Sd {
     fn load_denoiser(&mut self, env: &Env, _: &Request, _: &Loras) -> Result<()> {
         if self.unet.is_none() {
             let w = CheckedWeights::open("unet", &self.files.unet.weights)?;
-            let unet = UNet::new(&self.cfg.unet, w.var_builder(env.dtype, env.device, None))?;
+            let map = self.files.original.unet.then(|| self.unet_map()).transpose()?;
+            let unet = UNet::new(&self.cfg.unet, w.var_builder(env.dtype, env.device, map))?;
             w.finish()?;
             self.unet = Some(unet);
         }
