@@ -146,7 +146,7 @@ impl Sd {
                 let pixels = image_io::to_tensor(&model_input, &dev)?.to_dtype(dtype)?;
                 let enc = Encoder { vae: self.vae(env)?, scale, channels: c };
                 let (latents, state) = start::inpaint(&enc, &pixels, &m, gen, sched, t_start, nine, f)?;
-                Ok((latents.to_dtype(env.dtype)?, Some(m), Some(state.to_dtype(env.dtype)?)))
+                Ok((latents.to_dtype(env.dtype)?, Some(m), Some(state.into_dtype(env.dtype)?)))
             }
             _ => {
                 let pixels = image_io::to_tensor(&edit::fit_to_plan(input.clone(), plan), &dev)?.to_dtype(dtype)?;

@@ -111,7 +111,7 @@ pub fn inpaint(
 
 impl InpaintState {
     /// The state in the edit's dtype.
-    pub fn to_dtype(self, dt: DType) -> Result<Self> {
+    pub fn into_dtype(self, dt: DType) -> Result<Self> {
         let cast = |t: Tensor| t.to_dtype(dt);
         Ok(Self {
             mask: cast(self.mask)?,
