@@ -34,7 +34,7 @@ import diffusers
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler, StableDiffusionImg2ImgPipeline,
                        StableDiffusionInpaintPipeline, StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline,
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
+                       StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -321,6 +321,8 @@ CASES = [
          height=64, seed=32, guidance=5.0, negative_prompt="a dog running on the beach"),
     dict(name="sdxl-i2i-dpm", model="tiny-sdxl", mode="img2img", scheduler="dpmpp-2m", steps=6, strength=0.7,
          image="sd-photo-64x48.png", seed=33, guidance=5.0),
+    dict(name="sdxl-inpaint-blend", model="tiny-sdxl", mode="inpaint", scheduler=None, steps=6, strength=0.8,
+         image="sd-photo-64x48.png", mask="sd-rect-64x48.png", seed=34, guidance=5.0),
 ]
 PROMPT = "a photo of a cat sitting on a red sofa"
 
@@ -331,7 +333,8 @@ def run_case(pipes, case, out: Path, **over):
     xl = c["model"] == "tiny-sdxl"
     cls = {("txt2img", False): StableDiffusionPipeline, ("img2img", False): StableDiffusionImg2ImgPipeline,
            ("inpaint", False): StableDiffusionInpaintPipeline, ("txt2img", True): StableDiffusionXLPipeline,
-           ("img2img", True): StableDiffusionXLImg2ImgPipeline}[(c["mode"], xl)]
+           ("img2img", True): StableDiffusionXLImg2ImgPipeline,
+           ("inpaint", True): StableDiffusionXLInpaintPipeline}[(c["mode"], xl)]
     comps = dict(base.components)
     comps["scheduler"] = scheduler_for(base, c.get("scheduler"))
     if not xl:
