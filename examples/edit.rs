@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         loras: Vec::new(),
         lora_scale: 1.0,
         references: Vec::new(),
+        control: None,
         sd: Default::default(),
         attention_chunk: None,
         vae_band: None,

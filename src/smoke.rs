@@ -97,6 +97,7 @@ fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, K
     Request {
         references: Vec::new(),
         sd: Default::default(),
+        control: None,
         attention_chunk: None,
         vae_band: None,
         kernels,

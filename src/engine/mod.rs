@@ -11,8 +11,10 @@
 //! - [`record`]: the typed [`EditRecord`] written into PNGs, printed by `--json`, read by `--from-metadata`;
 //! - [`progress`]: events the engine reports through the [`Progress`] trait; it never writes to stderr.
 
+pub mod control;
 pub mod edit;
 pub mod family;
+pub mod fill;
 pub mod flux2;
 pub mod inpaint;
 pub mod load;

@@ -4,6 +4,8 @@
 mod bad_input;
 mod batch;
 mod common;
+mod control;
+mod fill;
 mod formats;
 mod hub;
 mod klein;

@@ -63,6 +63,11 @@ fn check_request(req: &Request) -> Result<()> {
             "--reference is for FLUX.2 models; Stable Diffusion takes no reference images".into(),
         ));
     }
+    if req.control.is_some() {
+        return Err(Error::Usage(
+            "--control/--control-from need a FLUX.1 Control model (--model with a Canny or Depth transformer)".into(),
+        ));
+    }
     if let Some(q) = req.quantize {
         return Err(Error::Usage(format!(
             "--quantize {q} is for FLUX transformers; Stable Diffusion UNets run at --dtype (e.g. f16 on CUDA)"
