@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         control: None,
         redux: Vec::new(),
         redux_model: None,
+        sd: Default::default(),
         attention_chunk: None,
         vae_band: None,
         kernels: Default::default(),

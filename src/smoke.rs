@@ -96,6 +96,7 @@ fn extract(dir: &Path) -> Result<()> {
 fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, Kernels), output: &str) -> Request {
     Request {
         references: Vec::new(),
+        sd: Default::default(),
         control: None,
         redux: Vec::new(),
         redux_model: None,

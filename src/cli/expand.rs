@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{ControlSource, Mask, MaskSource, ReduxImage, TrueCfg};
+use crate::engine::request::{ControlSource, Mask, MaskSource, ReduxImage, SdOptions, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::outpaint::{self, Grow, Outpaint};
@@ -148,7 +148,15 @@ impl Args {
         if self.model.is_none() && !r.model.as_os_str().is_empty() {
             self.model = Some(r.model.clone());
         }
-        self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        // A record's --start-step stands in for its strength, unless a flag says where to start.
+        if self.strength.is_none() && self.start_step.is_none() {
+            self.start_step = r.start_step;
+        }
+        if self.start_step.is_none() {
+            self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        }
+        self.scheduler = self.scheduler.or(r.scheduler);
+        self.clip_skip = self.clip_skip.or(r.clip_skip);
         self.seed = self.seed.take().or(Some(r.seed.to_string()));
         self.steps = self.steps.or(Some(r.steps).filter(|s| *s > 0));
         self.guidance = self.guidance.or(r.guidance);
@@ -320,6 +328,7 @@ impl Args {
             loras: self.lora_specs()?,
             lora_scale: 1.0,
             references: self.reference.clone(),
+            sd: self.sd_options()?,
             control: self.control_source()?,
             redux: self.redux.iter().map(|s| parse_redux(s)).collect::<Result<_>>()?,
             redux_model: self.redux_model.clone(),
@@ -477,6 +486,16 @@ impl Args {
     /// `--lora FILE[:WEIGHT]` values.
     fn lora_specs(&self) -> Result<Vec<LoraSpec>> {
         self.lora.iter().map(|s| parse_lora(s, Path::new(""))).collect()
+    }
+
+    /// Stable Diffusion's flags; `--start-step` replaces `--strength`, so both together are refused.
+    fn sd_options(&self) -> Result<SdOptions> {
+        if let (Some(n), Some(s)) = (self.start_step, &self.strength) {
+            return Err(Error::Usage(format!(
+                "--start-step {n} and --strength {s} both say where img2img starts; give one of them"
+            )));
+        }
+        Ok(SdOptions { scheduler: self.scheduler, clip_skip: self.clip_skip, start_step: self.start_step })
     }
 
     /// `--negative-prompt` with `--true-cfg`: both or neither, the scale above 1.

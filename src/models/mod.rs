@@ -7,6 +7,7 @@
 //! - `transformer`: FLUX.1's MM-DiT (docs/spec-flux1-img2img.md §6) in Black Forest Labs' weight names, fused
 //!   projections; `flux2`: FLUX.2's, sharing its attention, norm and RoPE pieces.
 //! - `linear`: dense / quantised (`--quantize`, GGUF) linear layers for the transformers, with LoRA side paths.
+//! - `unet` (+ `unet_attention`): diffusers' `UNet2DConditionModel` for Stable Diffusion 1.x/2.x and SDXL.
 //! - T5 comes straight from `candle_transformers::models::t5`.
 
 pub mod clip;
@@ -15,6 +16,8 @@ pub mod linear;
 pub mod qwen3;
 pub mod redux;
 pub mod transformer;
+pub mod unet;
+pub mod unet_attention;
 pub mod vae;
 
 use candle_core::{Result, Tensor};

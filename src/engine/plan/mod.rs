@@ -3,6 +3,7 @@
 //! here, FLUX.2 in [`flux2`].
 
 pub mod flux2;
+pub mod sd;
 
 use super::request::{
     Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_FILL, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL,
@@ -47,6 +48,8 @@ pub struct Plan {
     pub guide: String,
     /// How a smaller edit of this mode is asked for (what memory advice may suggest).
     pub size_rule: SizeRule,
+    /// Stable Diffusion: the discrete scheduler that runs.
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
     /// Remarks for the user (large size, ignored flags); the plan is still valid.
     pub warnings: Vec<String>,
 }
@@ -159,6 +162,7 @@ pub fn plan(
     seed: u64,
     gpu: CudaGeometry,
 ) -> Result<Plan> {
+    check_no_sd_flags(req, cfg.family)?;
     if cfg.family == Family::Flux2 && req.control.is_some() {
         return Err(Error::Usage("--control/--control-from need a FLUX.1 Control model; FLUX.2 takes none".into()));
     }
@@ -226,8 +230,26 @@ pub fn plan(
         seed,
         rng_gpu,
         schedule,
+        scheduler: None,
         warnings,
     })
+}
+
+/// Stable Diffusion's flags on a FLUX model: one line naming the flag.
+fn check_no_sd_flags(req: &Request, family: Family) -> Result<()> {
+    let o = &req.sd;
+    let flag = [
+        o.scheduler.map(|s| format!("--scheduler {s}")),
+        o.clip_skip.map(|n| format!("--clip-skip {n}")),
+        o.start_step.map(|n| format!("--start-step {n}")),
+    ];
+    match flag.into_iter().flatten().next() {
+        Some(f) => Err(Error::Usage(format!(
+            "{f} is for Stable Diffusion models; this {family} model runs its flow-matching schedule (--strength sets \
+             where img2img starts)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Kontext's default area (diffusers' `max_area`, 1024²).
