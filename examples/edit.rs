@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         references: Vec::new(),
         attention_chunk: None,
         vae_band: None,
+        cache: None,
         kernels: Default::default(),
     };
     // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.

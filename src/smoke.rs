@@ -98,6 +98,7 @@ fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, K
         references: Vec::new(),
         attention_chunk: None,
         vae_band: None,
+        cache: None,
         kernels,
         model: dir.to_path_buf(),
         mode: Mode::Img2Img { image: dir.join("input.png"), strength: case.strength },

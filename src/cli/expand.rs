@@ -42,6 +42,8 @@ struct Row {
     loras: Option<Vec<LoraSpec>>,
     /// A manifest row's FLUX.2 references (replacing --reference).
     references: Option<Vec<PathBuf>>,
+    /// A manifest row's step cache (replacing --cache).
+    cache: Option<crate::engine::cache::CacheSpec>,
     /// The manifest line the row comes from, for messages.
     line: Option<usize>,
 }
@@ -146,6 +148,7 @@ impl Args {
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
         self.kernels = self.kernels.or(Some(r.kernels));
+        self.cache = self.cache.or(r.cache);
         if self.mask.is_none() && self.manifest.is_none() {
             self.mask = match r.mask.as_deref() {
                 Some(m @ ("alpha" | "auto")) => Some(m.to_string()),
@@ -286,6 +289,7 @@ impl Args {
             references: self.reference.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
+            cache: self.cache,
             kernels,
         })
     }
@@ -442,6 +446,10 @@ impl Args {
                         .map(str::trim)
                         .filter(|l| !l.is_empty())
                         .map(|l| l.split(';').map(|p| near(p.trim())).collect()),
+                    cache: match r.cache.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                        Some(c) => Some(c.parse().map_err(|e| at(Error::Usage(format!("cache {c}: {e}"))))?),
+                        None => None,
+                    },
                     prompt: r.prompt,
                     strength: r.strength,
                     seed: r.seed,
@@ -511,6 +519,7 @@ impl Args {
             if let Some(r) = &row.references {
                 request.references = r.clone();
             }
+            request.cache = row.cache.or(request.cache);
             let vars = [
                 ("stem", stem.clone()),
                 ("seed", seed.to_string()),
@@ -625,6 +634,7 @@ impl Row {
             mask: None,
             loras: None,
             references: None,
+            cache: None,
             line: None,
         }
     }
