@@ -76,7 +76,9 @@ PIPELINES = [
                           mlp_ratio=2.5, axes_dims_rope=(6, 2, 2, 2), rope_theta=3000)),
 ]
 
-IMAGES = {"ref-100x70.png": (100, 70, 31), "ref-64x80.png": (64, 80, 32)}
+IMAGES = {"ref-100x70.png": (100, 70, 31), "ref-64x80.png": (64, 80, 32),
+          # Under 64 pixels high: fine as an input to inpaint (only references must be >= 64), 80x48 out.
+          "small-88x60.png": (88, 60, 33)}
 # Other content of the same sizes (the pattern turned and its colours inverted): the reference-swap sensitivity.
 ALTERNATES = {"ref-alt-100x70.png": "ref-100x70.png", "ref-alt-64x80.png": "ref-64x80.png"}
 
@@ -148,6 +150,10 @@ def make_masks():
     moved = Image.new("L", (100, 70), 0)
     moved.paste(255, (50, 24, 96, 66))
     moved.save(FIX / "masks" / "klein-moved-100x70.png")
+    for name, box in (("klein-small-88x60.png", (10, 8, 50, 40)), ("klein-small-moved-88x60.png", (40, 20, 84, 56))):
+        small = Image.new("L", (88, 60), 0)
+        small.paste(255, box)
+        small.save(FIX / "masks" / name)
 
 
 K = dict(model="tiny-klein", prompt="a watercolor painting of a cat on a red sofa", steps=4, seed=42,
@@ -172,6 +178,8 @@ CASES = [
                                         prompt=dict(prompt="a photo of a dog"))),
     dict(K, name="klein-inpaint-noref", image="photo-96x64.png", mask="small-96x64.png", strength=0.9, seed=3,
          sensitivity=dict(mask=dict(mask="small-moved-96x64.png"), prompt=dict(prompt="a photo of a dog"))),
+    dict(K, name="klein-inpaint-small", image="small-88x60.png", mask="klein-small-88x60.png", strength=0.8, seed=9,
+         sensitivity=dict(mask=dict(mask="klein-small-moved-88x60.png"), prompt=dict(prompt="a photo of a dog"))),
     dict(K, name="klein-sdedit", image="ref-100x70.png", strength=0.7,
          sensitivity=dict(strength=dict(strength=1.0), prompt=dict(prompt="a photo of a dog"))),
     dict(B, name="klein-base-t2i-cfg", width=64, height=64, guidance=4.0,

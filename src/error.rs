@@ -146,12 +146,19 @@ impl Error {
         out
     }
 
-    /// Every cause on its own line, as each describes itself (backtraces included): for `-v`.
+    /// Every cause on its own line, as each describes itself (backtraces included): for `-v` and
+    /// RUST_BACKTRACE=1. A cause whose text the line above already holds (HTTP clients wrap the same DNS message
+    /// at every layer) is not repeated.
     pub fn report(&self) -> String {
         let mut out = self.to_string();
+        let mut shown = out.clone();
         let mut cause = std::error::Error::source(self);
         while let Some(c) = cause {
-            out.push_str(&format!("\n  caused by: {c}"));
+            let text = c.to_string();
+            if !shown.contains(text.trim()) {
+                out.push_str(&format!("\n  caused by: {text}"));
+                shown = text;
+            }
             cause = c.source();
         }
         if let Error::Candle(candle_core::Error::WithBacktrace { backtrace, .. }) = self {
@@ -211,6 +218,36 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
         let e = Error::image_from("cat.png", "cannot read", io);
         assert_eq!(e.one_line(), "input image cat.png: cannot read: No such file or directory (os error 2)");
+    }
+
+    /// A layer of an HTTP client's error chain: its message, then the layer below's.
+    #[derive(Debug)]
+    struct Layer(String, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn the_report_says_a_repeated_cause_once() {
+        let dns = "failed to lookup address information: Name or service not known";
+        let inner = Layer(dns.into(), None);
+        let mid = Layer(format!("https://hf.co/api: Dns Failed: {dns}"), Some(Box::new(inner)));
+        let top = Layer(format!("request error: https://hf.co/api: Dns Failed: {dns}"), Some(Box::new(mid)));
+        let e =
+            Error::Model { path: "schnell".into(), msg: "cannot reach the Hub".into(), source: Some(Box::new(top)) };
+        let report = e.report();
+        assert_eq!(report.matches(dns).count(), 1, "{report}");
+        assert_eq!(report.lines().count(), 2, "{report}");
+        assert_eq!(e.one_line().matches(dns).count(), 1);
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn extract(dir: &Path) -> Result<()> {
 fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, Kernels), output: &str) -> Request {
     Request {
         references: Vec::new(),
+        control: None,
         attention_chunk: None,
         vae_band: None,
         cache: None,

@@ -171,8 +171,8 @@ impl Run<'_> {
         // A real run decodes the whole file now, so a truncated image fails before any weight is loaded; a dry
         // run reads only the header.
         let dims = match r.image() {
-            Some(input) if self.opts.dry_run => Some(image_io::dimensions(input)?),
-            Some(input) => Some(image_io::load_rgb(input)?.dimensions()),
+            Some(_) if self.opts.dry_run => session.input_size(r)?,
+            Some(_) => session.load_input(r)?.map(|i| i.dimensions()),
             None => None,
         };
         if !self.opts.dry_run {
@@ -288,7 +288,7 @@ impl Run<'_> {
             let name = r.output.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             self.ui.batch_item(k, n, &shown, &r.output.display().to_string(), &name);
             // Decoded again rather than kept from the checks: a batch of large images would not fit in memory.
-            let input = r.image().map(image_io::load_rgb).transpose();
+            let input = session.load_input(r);
             match input.and_then(|img| session.run_planned(r, img, plan.clone())) {
                 Ok(rep) => {
                     self.written(item, &rep, memory.as_ref())?;

@@ -9,7 +9,7 @@
 //!   `--allow-outside` is given: a manifest is data, not a licence to write anywhere.
 
 use super::{Input, Item};
-use crate::engine::request::MaskSource;
+use crate::engine::request::{ControlSource, MaskSource};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -135,6 +135,9 @@ fn reads_of(items: &[Item], extra: &Extra) -> Vec<Read> {
         }
         for r in &it.request.references {
             add(r, format!("a reference image of item {k}"));
+        }
+        if let Some(ControlSource::File(c)) = &it.request.control {
+            add(c, format!("the control image of item {k}"));
         }
         for l in it.request.loras.iter().filter(|l| l.path.exists()) {
             add(&l.path, format!("a LoRA file of item {k}"));

@@ -31,7 +31,7 @@ progress go to stderr. Exit codes: 0 all items written, 1 some items failed (the
 Example:
   flux-img2img --model ./FLUX.1-schnell --image cat.jpg --prompt \"a cat, oil painting\" --strength 0.8 -o cat-oil.png";
 
-/// Edit images with FLUX.1 (dev, schnell, Kontext) and FLUX.2 [klein]: SDEdit, inpainting, instruction and
+/// Edit images with FLUX.1 (dev, schnell, Kontext, Fill) and FLUX.2 [klein]: SDEdit, inpainting, outpainting, instruction and
 /// reference editing, text-to-image, true CFG and LoRAs, matching diffusers' pipelines.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -46,8 +46,8 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// The pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or an alias: dev, schnell,
-    /// kontext (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2). Also read from FLUX_MODEL or
-    /// MODEL_PATH.
+    /// kontext, fill (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2). Also read from FLUX_MODEL
+    /// or MODEL_PATH.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
     pub model: Option<PathBuf>,
     /// Hub revision (branch, tag or commit) for a repo --model.
@@ -136,6 +136,34 @@ pub struct Args {
     /// input's exactly (the output has the input's size).
     #[arg(long)]
     pub paste_back: bool,
+    /// FLUX.1 Control (Canny-dev, Depth-dev): the control image (edges, a depth map); of the input's aspect, or of
+    /// --width x --height for text-to-image.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "control_from")]
+    pub control: Option<PathBuf>,
+    /// FLUX.1 Control: derive the control image from the input: canny (OpenCV's Canny, --canny-low/--canny-high).
+    #[arg(long, value_name = "canny")]
+    pub control_from: Option<String>,
+    /// --control-from canny: the hysteresis thresholds on the L1 Sobel magnitude [default: 100 and 200].
+    #[arg(long, value_name = "T")]
+    pub canny_low: Option<f32>,
+    #[arg(long, value_name = "T")]
+    pub canny_high: Option<f32>,
+    /// Outpaint: grow the canvas by L,T,R,B pixels (or one value for every side) and paint the new area; FLUX.1
+    /// Fill (--model fill) is made for it, other models inpaint. The canvas grows right/bottom to the model's size
+    /// multiple; the input's pixels come back unchanged beyond the feathered seam.
+    #[arg(long, value_name = "L,T,R,B", conflicts_with = "outpaint_to")]
+    pub outpaint: Option<String>,
+    /// Outpaint to a WIDTHxHEIGHT canvas, the input placed by --align.
+    #[arg(long, value_name = "WxH")]
+    pub outpaint_to: Option<String>,
+    /// Where the input sits on an --outpaint-to canvas: center, top, bottom, left, right, top-left, top-right,
+    /// bottom-left, bottom-right [default: center].
+    #[arg(long, value_name = "WHERE")]
+    pub align: Option<String>,
+    /// Outpaint: how far (px) the repainted seam reaches into the input, fading out; 0 keeps every input pixel
+    /// [default: 8].
+    #[arg(long, value_name = "PX")]
+    pub outpaint_feather: Option<u32>,
     /// Edit by instruction with FLUX.1 Kontext: the input is a reference, not a starting point (automatic for Kontext
     /// checkpoints, e.g. --model kontext); --strength does not apply.
     #[arg(long)]

@@ -7,9 +7,10 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{Mask, MaskSource, TrueCfg};
+use crate::engine::request::{ControlSource, Mask, MaskSource, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
+use crate::image_io::outpaint::{self, Grow, Outpaint};
 use crate::rng::RngSettings;
 use crate::source::Overrides;
 use crate::weights::lora::LoraSpec;
@@ -116,6 +117,20 @@ impl Args {
 
     /// Fills every flag not given on the command line from a stored record (its paths through
     /// [`Self::record_path`]); gives whether the input came from the record.
+    /// The outpainting flags a PNG record names (its mask field holds them).
+    fn restore_outpaint(&mut self, text: &str) -> Result<()> {
+        let o: Outpaint = text.parse().map_err(|e| Error::Usage(format!("the PNG's outpaint record: {e}")))?;
+        match o.grow {
+            Grow::Margins([l, t, r, b]) => self.outpaint = Some(format!("{l},{t},{r},{b}")),
+            Grow::To { width, height, align } => {
+                self.outpaint_to = Some(format!("{width}x{height}"));
+                self.align = self.align.take().or(Some(align.to_string()));
+            }
+        }
+        self.outpaint_feather = self.outpaint_feather.or(Some(o.feather));
+        Ok(())
+    }
+
     fn apply_record(&mut self, r: &EditRecord, png: &Path) -> Result<bool> {
         let paths = RecordPaths { png, allow: self.allow_metadata_paths };
         if self.prompt.is_none() && !r.prompt.is_empty() {
@@ -149,7 +164,11 @@ impl Args {
         self.rng = self.rng.or(Some(r.rng));
         self.kernels = self.kernels.or(Some(r.kernels));
         self.cache = self.cache.or(r.cache);
-        if self.mask.is_none() && self.manifest.is_none() {
+        let outpainted = r.mask.as_deref().filter(|m| m.starts_with("--outpaint"));
+        if let (Some(m), None, None) = (outpainted, &self.outpaint, &self.outpaint_to) {
+            self.restore_outpaint(m)?;
+        }
+        if self.mask.is_none() && self.manifest.is_none() && outpainted.is_none() {
             self.mask = match r.mask.as_deref() {
                 Some(m @ ("alpha" | "auto")) => Some(m.to_string()),
                 Some(m) => Some(paths.resolve(Path::new(m), "mask")?.to_string_lossy().into_owned()),
@@ -163,6 +182,16 @@ impl Args {
         if r.mode.as_deref() == Some("kontext") {
             self.kontext = true;
             self.reference_size = self.reference_size.or(r.reference_size);
+        }
+        if let (None, None, Some(c)) = (&self.control, &self.control_from, &r.control) {
+            match c.strip_prefix("canny:").and_then(|t| t.split_once(',')) {
+                Some((low, high)) => {
+                    self.control_from = Some("canny".into());
+                    self.canny_low = self.canny_low.or(low.parse().ok());
+                    self.canny_high = self.canny_high.or(high.parse().ok());
+                }
+                None => self.control = Some(paths.resolve(Path::new(c), "control image")?),
+            }
         }
         if self.reference.is_empty() && self.manifest.is_none() {
             self.reference = r.references.iter().map(|p| paths.resolve(p, "reference")).collect::<Result<_>>()?;
@@ -287,6 +316,7 @@ impl Args {
             loras: self.lora_specs()?,
             lora_scale: 1.0,
             references: self.reference.clone(),
+            control: self.control_source()?,
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
             cache: self.cache,
@@ -297,12 +327,19 @@ impl Args {
     /// How a row's item is made: text-to-image without an input; inpainting with a mask; Kontext when asked;
     /// img2img otherwise.
     fn mode_for(&self, row: &Row, image: &Path, strength: f64) -> Result<Mode> {
+        let outpaint = self.outpaint_spec()?;
         let Some(input) = &row.input else {
             if row.mask.is_some() || self.mask.is_some() {
                 return Err(Error::Usage("a mask needs an input image to repaint: give --image".into()));
             }
+            if outpaint.is_some() {
+                return Err(Error::Usage("outpainting grows an input image: give --image".into()));
+            }
             return Ok(Mode::Txt2Img);
         };
+        if let Some(o) = outpaint {
+            return self.outpaint_mode(o, row, image, strength);
+        }
         let mask = match (&row.mask, self.mask.as_deref()) {
             (Some(file), _) => Some(MaskSource::File(file.clone())),
             (None, Some("alpha")) => Some(MaskSource::Alpha),
@@ -344,6 +381,82 @@ impl Args {
             warnings.push("--reference-size applies to Kontext edits only".into());
         }
         Ok(warnings)
+    }
+
+    /// `--control` or `--control-from` with its thresholds.
+    fn control_source(&self) -> Result<Option<ControlSource>> {
+        let thresholds = self.canny_low.is_some() || self.canny_high.is_some();
+        match (&self.control, self.control_from.as_deref()) {
+            (Some(path), None) if !thresholds => Ok(Some(ControlSource::File(path.clone()))),
+            (None, Some("canny")) => {
+                let (low, high) = (self.canny_low.unwrap_or(100.0), self.canny_high.unwrap_or(200.0));
+                if !(low.is_finite() && high.is_finite() && low >= 0.0 && high >= 0.0) {
+                    return Err(Error::Usage(format!(
+                        "--canny-low {low} / --canny-high {high}: give thresholds of 0 or more"
+                    )));
+                }
+                Ok(Some(ControlSource::Canny { low, high }))
+            }
+            (None, Some("depth")) => Err(Error::Usage(
+                "--control-from depth is not available in this version; make a depth map with Depth Anything and give \
+                 it as --control IMAGE"
+                    .into(),
+            )),
+            (None, Some(other)) => Err(Error::Usage(format!("--control-from {other:?}: the choice is canny"))),
+            (None, None) if !thresholds => Ok(None),
+            _ if thresholds => Err(Error::Usage("--canny-low/--canny-high apply to --control-from canny".into())),
+            _ => Err(Error::Usage("give --control or --control-from, not both".into())),
+        }
+    }
+
+    /// `--outpaint`/`--outpaint-to` with `--align` and `--outpaint-feather`, checked together.
+    fn outpaint_spec(&self) -> Result<Option<Outpaint>> {
+        let grow = match (&self.outpaint, &self.outpaint_to) {
+            (Some(m), None) => Grow::Margins(outpaint::parse_margins(m).map_err(Error::Usage)?),
+            (None, Some(size)) => {
+                let (width, height) = outpaint::parse_size(size).map_err(Error::Usage)?;
+                let align = self.align.as_deref().map(str::parse).transpose().map_err(Error::Usage)?;
+                Grow::To { width, height, align: align.unwrap_or_default() }
+            }
+            (Some(_), Some(_)) => return Err(Error::Usage("give --outpaint or --outpaint-to, not both".into())),
+            (None, None) => {
+                let stray =
+                    [("--align", self.align.is_some()), ("--outpaint-feather", self.outpaint_feather.is_some())];
+                return match stray.iter().find(|(_, set)| *set) {
+                    Some((flag, _)) => {
+                        Err(Error::Usage(format!("{flag} applies to outpainting: give --outpaint or --outpaint-to")))
+                    }
+                    None => Ok(None),
+                };
+            }
+        };
+        if self.align.is_some() && matches!(grow, Grow::Margins(_)) {
+            return Err(Error::Usage(
+                "--align places the input on an --outpaint-to canvas; --outpaint margins place it already".into(),
+            ));
+        }
+        Ok(Some(Outpaint { grow, feather: self.outpaint_feather.unwrap_or(outpaint::DEFAULT_FEATHER) }))
+    }
+
+    /// Outpainting: inpainting of the grown canvas with its own mask, from pure noise unless --strength is given,
+    /// always composed back over the canvas.
+    fn outpaint_mode(&self, o: Outpaint, row: &Row, image: &Path, strength: f64) -> Result<Mode> {
+        let clash = [
+            ("--mask", row.mask.is_some() || self.mask.is_some()),
+            ("--invert-mask", self.invert_mask),
+            ("--mask-blur", self.mask_blur.is_some()),
+            ("--mask-crop", self.mask_crop.is_some()),
+            ("--kontext", self.kontext),
+        ];
+        if let Some((flag, _)) = clash.iter().find(|(_, set)| *set) {
+            return Err(Error::Usage(format!(
+                "{flag} does not go with outpainting, which makes its own mask (its seam: --outpaint-feather)"
+            )));
+        }
+        let strength = if self.strength.is_some() { strength } else { 1.0 };
+        let mask =
+            Mask { source: MaskSource::Outpaint(o), invert: false, blur: 0.0, crop_padding: None, paste_back: true };
+        Ok(Mode::Inpaint { image: image.to_path_buf(), strength, mask })
     }
 
     fn mask_options(&self, source: MaskSource) -> Mask {

@@ -92,17 +92,46 @@ impl ModelConfigs {
         c.transformer.validate(files.transformer, c.family)?;
         c.vae.validate(files.vae)?;
         c.scheduler.validate(files.scheduler)?;
-        if c.transformer.in_channels != 4 * c.vae.latent_channels {
-            return Err(Error::model(
-                files.transformer,
-                format!(
-                    "transformer in_channels {} does not match 4 × vae latent_channels {}",
-                    c.transformer.in_channels, c.vae.latent_channels
-                ),
-            ));
-        }
+        c.inputs().map_err(|msg| Error::model(files.transformer, msg))?;
         Ok(c)
     }
+
+    /// What the transformer takes besides the noisy latents, from its `in_channels` and `out_channels` against
+    /// the VAE's packed latent width; the error says what would fit.
+    pub fn inputs(&self) -> std::result::Result<TransformerInputs, String> {
+        let t = &self.transformer;
+        let packed = 4 * self.vae.latent_channels;
+        let f = self.vae.scale_factor();
+        let out = t.out_channels.unwrap_or(t.in_channels);
+        let kind = match t.in_channels {
+            n if n == packed => Some(TransformerInputs::Latents),
+            n if n == 2 * packed && self.family == Family::Flux1 => Some(TransformerInputs::Control),
+            n if n == 2 * packed + 4 * f * f && self.family == Family::Flux1 => Some(TransformerInputs::Fill),
+            _ => None,
+        };
+        match kind {
+            Some(k) if out == packed => Ok(k),
+            Some(_) => Err(format!("transformer out_channels {out} does not match 4 × vae latent_channels {packed}")),
+            None => Err(format!(
+                "transformer in_channels {} does not match 4 × vae latent_channels ({packed}), nor a FLUX.1 Control \
+                 ({}) or Fill ({}) transformer of this VAE",
+                t.in_channels,
+                2 * packed,
+                2 * packed + 4 * f * f
+            )),
+        }
+    }
+}
+
+/// What a transformer reads per image token, told apart by its input width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransformerInputs {
+    /// The packed noisy latents alone (dev, schnell, Kontext, klein).
+    Latents,
+    /// The latents and the packed latents of a control image (FLUX.1 Canny/Depth-dev).
+    Control,
+    /// The latents, the packed latents of the masked image and the packed pixel mask (FLUX.1 Fill-dev).
+    Fill,
 }
 
 /// An error naming `file` unless `ok`.

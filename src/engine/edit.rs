@@ -110,15 +110,21 @@ pub struct Guided<'a> {
     pub cfg_scale: Option<f64>,
     /// Kontext: reference tokens appended after the latents, their velocity dropped.
     pub reference: Option<&'a Tensor>,
+    /// Fill: channels appended to every latent token (masked-input latents and the mask).
+    pub channels: Option<&'a Tensor>,
 }
 
 impl Guided<'_> {
     /// Velocity at `t` for latents `x` [1, S, C].
     pub fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let n = x.dim(1)?;
-        let x = match self.reference {
-            Some(r) => Tensor::cat(&[x, r], 1)?,
+        let x = match self.channels {
+            Some(c) => Tensor::cat(&[x, c], 2)?,
             None => x.clone(),
+        };
+        let x = match self.reference {
+            Some(r) => Tensor::cat(&[&x, r], 1)?,
+            None => x,
         };
         let (x, t) = match self.cfg_scale {
             Some(_) => (Tensor::cat(&[&x, &x], 0)?, Tensor::cat(&[t, t], 0)?),
@@ -131,6 +137,12 @@ impl Guided<'_> {
     }
 }
 
+/// A posterior sample (the generator's next draw) in latent space: `(z - shift) * scale`.
+pub fn sample_with(mean: &Tensor, logvar: &Tensor, gen: &mut dyn NoiseSource, space: &LatentSpace) -> Result<Tensor> {
+    let eps = draw(gen, mean)?;
+    sample_latents(mean, logvar, &eps, space.shift, space.scale)
+}
+
 /// Posterior sample (draw #1), initial noise (draw #2), both mixed at `sigma` and packed.
 pub fn start_latents(
     mean: &Tensor,
@@ -139,8 +151,7 @@ pub fn start_latents(
     space: &LatentSpace,
     sigma: f32,
 ) -> Result<Start> {
-    let eps = draw(gen, mean)?;
-    let z = sample_latents(mean, logvar, &eps, space.shift, space.scale)?;
+    let z = sample_with(mean, logvar, gen, space)?;
     let noise = draw(gen, mean)?;
     let (_, channels, height, width) = mean.dims4()?;
     Ok(Start {

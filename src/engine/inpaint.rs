@@ -1,10 +1,12 @@
 //! Inpainting, as `FluxInpaintPipeline`: the mask file → a binary mask at the working size and on the latent grid;
 //! after every Euler step the unmasked latents are put back (noised to the next sigma); at the end the result is
 //! composed over the input where asked (diffusers' `padding_mask_crop` overlay, or our feathered paste-back).
+//! Outpainting's mask is made here from its geometry; its result always comes back over the canvas.
 
 use super::request::{Mask, MaskSource};
 use super::{edit, Plan};
 use crate::error::{Error, Result};
+use crate::image_io::outpaint::{self, Outpaint};
 use crate::image_io::{self, mask, mask::Region, ResizeMode};
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
@@ -34,6 +36,7 @@ pub fn prepare(
     let (path, mut m) = match &spec.source {
         MaskSource::File(p) => (p.as_path(), mask::load(p, false)?),
         MaskSource::Alpha => (image, mask::load(image, true)?),
+        MaskSource::Outpaint(o) => return outpaint_mask(o, image, input, plan),
     };
     m = fit_mask_size(m, input.dimensions(), path, warnings)?;
     if spec.invert {
@@ -62,6 +65,15 @@ pub fn prepare(
         return Err(if spec.blur > 0.0 { blurred_away(path, spec) } else { empty(path) });
     }
     Ok(PreparedMask { working, original, region })
+}
+
+/// Outpainting's mask over the canvas `input` (the picture at `image` grown): soft at the seam for the result's
+/// composition, binarized at the working size for the model like any mask.
+fn outpaint_mask(o: &Outpaint, image: &Path, input: &RgbImage, plan: &Plan) -> Result<PreparedMask> {
+    let size = image_io::dimensions(image)?;
+    let original = outpaint::mask(size, &o.placement_on(size, input.dimensions()), o.feather);
+    let working = mask::binarize(&mask::luma(&edit::fit_to_plan(mask::grey_to_rgb(&original), plan)));
+    Ok(PreparedMask { working, original, region: None })
 }
 
 fn empty(path: &Path) -> Error {
@@ -158,6 +170,12 @@ pub fn compose(edited: RgbImage, input: &RgbImage, plan: &Plan, spec: &Mask, m: 
         let mut canvas = RgbImage::new(input.width(), input.height());
         image::imageops::replace(&mut canvas, &part, x1 as i64, y1 as i64);
         return Ok(mask::overlay(input, &canvas, &m.original));
+    }
+    if let MaskSource::Outpaint(_) = spec.source {
+        // The canvas's input pixels come back exactly wherever the soft seam mask is 0.
+        let (w, h) = input.dimensions();
+        let edited = if edited.dimensions() == (w, h) { edited } else { image_io::resize_lanczos(&edited, w, h) };
+        return Ok(mask::overlay(input, &edited, &m.original));
     }
     if !spec.paste_back {
         return Ok(edited);

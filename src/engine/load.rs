@@ -27,6 +27,9 @@ pub struct TransformerKind {
     pub family: Family,
     /// It has a guidance embedder (dev-like) or not (schnell-like).
     pub guidance_embeds: bool,
+    /// The stored input width of the image embedder (FLUX.1): Fill and Control transformers take more than the
+    /// latents. None when the file does not say.
+    pub in_channels: Option<usize>,
 }
 
 /// The transformer file when it is GGUF.
@@ -75,7 +78,30 @@ pub fn inspect_transformer(files: &ModelFiles, cfg: &TransformerConfig) -> Resul
         Layout::Diffusers => format!("{embedder}.guidance_embedder.linear_1.weight"),
         Layout::Bfl { prefix } => format!("{prefix}guidance_in.in_layer.weight"),
     };
-    Ok(TransformerKind { guidance_embeds: names.contains(&probe), layout, family })
+    let in_channels = if family == Family::Flux1 { stored_in_channels(files, &layout)? } else { None };
+    Ok(TransformerKind { guidance_embeds: names.contains(&probe), layout, family, in_channels })
+}
+
+/// The columns of the stored image embedder (`img_in` / `x_embedder`).
+fn stored_in_channels(files: &ModelFiles, layout: &Layout) -> Result<Option<usize>> {
+    const PROBE: &str = "img_in.weight";
+    if let Some(path) = gguf_file(files) {
+        let (_, c) = crate::weights::gguf::read(&path)?;
+        let prefix = match layout {
+            Layout::Bfl { prefix } => prefix.clone(),
+            Layout::Diffusers => String::new(),
+        };
+        let info = [format!("{prefix}{PROBE}"), "x_embedder.weight".into()]
+            .iter()
+            .find_map(|n| c.tensor_infos.get(n).map(|t| t.shape.dims().to_vec()));
+        return Ok(info.filter(|d| d.len() == 2).map(|d| d[1]));
+    }
+    let tw = CheckedWeights::open("transformer", &files.transformer.weights)?;
+    let map: NameMap = Arc::new(flux_keys::transformer_map(layout, Family::Flux1));
+    Ok(match map(PROBE) {
+        Source::One(name) => tw.shape_of(&name).filter(|s| s.len() == 2).map(|s| s[1]),
+        _ => None,
+    })
 }
 
 /// The VAE; Black Forest Labs' `ae.safetensors` names are mapped to the diffusers ones the model asks for.

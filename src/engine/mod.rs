@@ -13,8 +13,10 @@
 //! - [`progress`]: events the engine reports through the [`Progress`] trait; it never writes to stderr.
 
 pub mod cache;
+pub mod control;
 pub mod edit;
 pub mod family;
+pub mod fill;
 pub mod flux2;
 pub mod inpaint;
 pub mod load;

@@ -53,6 +53,9 @@ pub struct EditRecord {
     /// FLUX.2: reference images after the input's own.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<PathBuf>,
+    /// FLUX.1 Control: the control image's path, or `canny:LOW,HIGH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
     /// FLUX.2: the model family, when not FLUX.1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
@@ -115,6 +118,7 @@ impl EditRecord {
             mask: req.mask().map(|m| match &m.source {
                 MaskSource::File(p) => p.to_string_lossy().into_owned(),
                 MaskSource::Alpha => "alpha".into(),
+                MaskSource::Outpaint(o) => o.to_string(),
             }),
             invert_mask: req.mask().is_some_and(|m| m.invert),
             mask_blur: req.mask().map(|m| m.blur).filter(|b| *b > 0.0),
@@ -124,6 +128,7 @@ impl EditRecord {
                 Mode::Kontext { reference, .. } => Some(*reference),
                 _ => None,
             },
+            control: req.control.as_ref().map(|c| c.words()),
             reference_width: plan.reference_size.map(|s| s.0),
             reference_height: plan.reference_size.map(|s| s.1),
             loras: req

@@ -44,11 +44,32 @@ pub struct Mask {
     pub paste_back: bool,
 }
 
-/// A mask image file, or the input's transparency (transparent = repaint).
+/// Where a control image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlSource {
+    /// A ready control image (edges, a depth map).
+    File(PathBuf),
+    /// Canny edges of the input, with these hysteresis thresholds (`--control-from canny`).
+    Canny { low: f32, high: f32 },
+}
+
+impl ControlSource {
+    /// The record's words: a path, or `canny:LOW,HIGH`.
+    pub fn words(&self) -> String {
+        match self {
+            ControlSource::File(p) => p.to_string_lossy().into_owned(),
+            ControlSource::Canny { low, high } => format!("canny:{low},{high}"),
+        }
+    }
+}
+
+/// A mask image file, the input's transparency (transparent = repaint), or outpainting's own mask over the grown
+/// canvas (the input is then that canvas).
 #[derive(Debug, Clone, PartialEq)]
 pub enum MaskSource {
     File(PathBuf),
     Alpha,
+    Outpaint(crate::image_io::outpaint::Outpaint),
 }
 
 /// The size Kontext's reference image is brought to.
@@ -134,10 +155,14 @@ pub struct Request {
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,
+    /// FLUX.1 Control transformers (Canny/Depth-dev): the control image, or how it is derived from the input.
+    pub control: Option<ControlSource>,
 }
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).
 pub const DEFAULT_GUIDANCE: f64 = 3.5;
+/// FLUX.1 Fill's embedded guidance when none is asked for (`FluxFillPipeline`'s `guidance_scale` default).
+pub const DEFAULT_GUIDANCE_FILL: f64 = 30.0;
 /// Steps of guidance-distilled (dev-like) models and of timestep-distilled (schnell-like) ones.
 pub const DEFAULT_STEPS_DEV: usize = 28;
 pub const DEFAULT_STEPS_SCHNELL: usize = 4;
@@ -155,6 +180,14 @@ impl Request {
     }
 
     /// The inpainting mask, for that mode.
+    /// Outpainting's geometry, when the request outpaints.
+    pub fn outpaint(&self) -> Option<&crate::image_io::outpaint::Outpaint> {
+        match self.mask().map(|m| &m.source) {
+            Some(MaskSource::Outpaint(o)) => Some(o),
+            _ => None,
+        }
+    }
+
     pub fn mask(&self) -> Option<&Mask> {
         match &self.mode {
             Mode::Inpaint { mask, .. } => Some(mask),

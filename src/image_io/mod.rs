@@ -5,7 +5,9 @@
 //! first into a uint8 intermediate, 22-bit fixed-point coefficients, a dimension that keeps its size is not
 //! filtered. That is what diffusers' `VaeImageProcessor` runs, so inputs match to the last bit.
 
+pub mod canny;
 pub mod mask;
+pub mod outpaint;
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};

@@ -19,6 +19,7 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("dev", "black-forest-labs/FLUX.1-dev"),
     ("schnell", "black-forest-labs/FLUX.1-schnell"),
     ("kontext", "black-forest-labs/FLUX.1-Kontext-dev"),
+    ("fill", "black-forest-labs/FLUX.1-Fill-dev"),
     ("klein-4b", "black-forest-labs/FLUX.2-klein-4B"),
     ("klein-9b", "black-forest-labs/FLUX.2-klein-9B"),
     ("klein-base-4b", "black-forest-labs/FLUX.2-klein-base-4B"),

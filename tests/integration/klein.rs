@@ -4,7 +4,7 @@
 //! all-white mask); LoRAs in diffusers/PEFT and ai-toolkit names (`load_lora_weights`).
 //!
 //! Bar: 45 dB, as for FLUX.1. Each case records how far diffusers' own output moves when the prompt, the seed, a
-//! reference, the mask, the strength or CFG changes (sensitivity_psnr_db): under 43 dB (measured 8.7–41.7 dB; the
+//! reference, the mask, the strength or CFG changes (sensitivity_psnr_db): under 43 dB (measured 8.2–41.7 dB; the
 //! reference order, which only moves the time offsets of two references, is the weakest at 41.7), so an edit that
 //! ignored any of them could not pass.
 

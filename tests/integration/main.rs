@@ -5,6 +5,8 @@ mod bad_input;
 mod batch;
 mod cache;
 mod common;
+mod control;
+mod fill;
 mod formats;
 mod hub;
 mod klein;

@@ -4,8 +4,10 @@
 
 pub mod flux2;
 
-use super::request::{Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL};
-use crate::config::{Family, ModelConfigs};
+use super::request::{
+    Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_FILL, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL,
+};
+use crate::config::{Family, ModelConfigs, TransformerInputs};
 use crate::error::{Error, Result};
 use crate::image_io::{self, floor_to_multiple, ResizeMode};
 use crate::rng::{CudaGeometry, RngKind};
@@ -74,6 +76,41 @@ pub fn defaults(guidance_embeds: bool) -> (usize, Option<f64>) {
     }
 }
 
+/// Fill and Control transformers need the input their extra channels are made from: a mask (Fill), a control
+/// image (Control, not available yet).
+fn check_transformer_inputs(req: &Request, cfg: &ModelConfigs) -> Result<TransformerInputs> {
+    let inputs = cfg.inputs().map_err(Error::Usage)?;
+    if req.control.is_some() && inputs != TransformerInputs::Control {
+        return Err(Error::Usage(
+            "--control/--control-from need a FLUX.1 Control model (Canny-dev or Depth-dev, or a folder whose \
+             transformer takes 2 × the latent channels); this model takes no control image"
+                .into(),
+        ));
+    }
+    match (inputs, &req.mode) {
+        (TransformerInputs::Fill, Mode::Inpaint { .. }) | (TransformerInputs::Latents, _) => Ok(inputs),
+        (TransformerInputs::Control, Mode::Txt2Img | Mode::Img2Img { .. } | Mode::Inpaint { .. }) => {
+            match &req.control {
+                Some(_) => Ok(inputs),
+                None => Err(Error::Usage(
+                    "this is a FLUX.1 Control model: give --control IMAGE (edges or a depth map) or --control-from \
+                     canny"
+                        .into(),
+                )),
+            }
+        }
+        (TransformerInputs::Fill, mode) => Err(Error::Usage(format!(
+            "this is a FLUX.1 Fill model: it repaints a masked area, not {}; give --mask MASK (or --outpaint \
+             L,T,R,B), or use a dev/schnell model",
+            mode.name()
+        ))),
+        (TransformerInputs::Control, mode) => Err(Error::Usage(format!(
+            "FLUX.1 Control models run text-to-image, img2img and inpainting, not {}",
+            mode.name()
+        ))),
+    }
+}
+
 /// Plans `req` for an input of `input` pixels (None: a mode without one) and FLUX.2 references of `references`
 /// pixels with `seed`; `gpu` is the CUDA generator's geometry when the request names none (the device's, or an
 /// H100's on the CPU).
@@ -85,6 +122,9 @@ pub fn plan(
     seed: u64,
     gpu: CudaGeometry,
 ) -> Result<Plan> {
+    if cfg.family == Family::Flux2 && req.control.is_some() {
+        return Err(Error::Usage("--control/--control-from need a FLUX.1 Control model; FLUX.2 takes none".into()));
+    }
     if cfg.family == Family::Flux2 {
         return flux2::plan(req, cfg, input, references, seed, gpu);
     }
@@ -97,7 +137,14 @@ pub fn plan(
         (Mode::Kontext { reference, .. }, Some(input)) => Some(reference_size(input, multiple, *reference)),
         _ => None,
     };
-    let (default_steps, default_guidance) = defaults(cfg.transformer.guidance_embeds);
+    let inputs = check_transformer_inputs(req, cfg)?;
+    if let Some(source) = &req.control {
+        super::control::check(source, input, (width, height))?;
+    }
+    let (default_steps, mut default_guidance) = defaults(cfg.transformer.guidance_embeds);
+    if inputs == TransformerInputs::Fill {
+        default_guidance = default_guidance.map(|_| DEFAULT_GUIDANCE_FILL);
+    }
     let steps = req.steps.unwrap_or(default_steps);
     let guidance = default_guidance.map(|d| req.guidance.unwrap_or(d));
     if default_guidance.is_none() && req.guidance.is_some() {

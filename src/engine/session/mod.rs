@@ -142,6 +142,29 @@ impl Session {
 
     /// The plan for `req` given its input's size (None for modes without an input; a random seed is drawn when
     /// the request has none).
+    /// The decoded input as the model takes it: the picture, or its outpainting canvas.
+    pub fn load_input(&self, req: &Request) -> Result<Option<RgbImage>> {
+        let Some(img) = req.image().map(image_io::load_rgb).transpose()? else { return Ok(None) };
+        match req.outpaint() {
+            Some(o) => {
+                Ok(Some(image_io::outpaint::canvas(&img, &o.place(img.dimensions(), self.family.size_multiple())?)))
+            }
+            None => Ok(Some(img)),
+        }
+    }
+
+    /// The input's size as the model takes it (the outpainting canvas's), from the header alone.
+    pub fn input_size(&self, req: &Request) -> Result<Option<(u32, u32)>> {
+        let Some(size) = req.image().map(image_io::dimensions).transpose()? else { return Ok(None) };
+        match req.outpaint() {
+            Some(o) => {
+                let p = o.place(size, self.family.size_multiple())?;
+                Ok(Some((p.width, p.height)))
+            }
+            None => Ok(Some(size)),
+        }
+    }
+
     pub fn plan(&self, req: &Request, input_size: Option<(u32, u32)>) -> Result<Plan> {
         // The CLI refuses this for the whole batch already; a library caller learns it here, before any load.
         req.kernels.check(&req.device).map_err(crate::Error::Usage)?;
@@ -256,7 +279,7 @@ impl Session {
 
     /// One edit end to end: the input is decoded and the output checked before anything heavy.
     pub fn run(&mut self, req: &Request) -> Result<Report> {
-        let input = req.image().map(image_io::load_rgb).transpose()?;
+        let input = self.load_input(req)?;
         output::check_output(&req.output, req.image())?;
         let plan = self.plan(req, input.as_ref().map(RgbImage::dimensions))?;
         for w in &plan.warnings {

@@ -36,13 +36,15 @@ fn check_conditioning_size(path: &Path, (w, h): (u32, u32), role: Role) -> Resul
 
 impl Flux {
     /// FLUX.2: the original sizes of `req`'s references (read from their headers), each checked as diffusers does,
-    /// and the input's when the mode makes it a conditioning image. FLUX.1: none are read.
+    /// and the input's when the mode makes it a conditioning image (reference editing). FLUX.1: none are read.
     pub(super) fn reference_sizes(&self, req: &Request, input: Option<(u32, u32)>) -> Result<Vec<(u32, u32)>> {
         if self.configs.family != Family::Flux2 {
             return Ok(Vec::new());
         }
-        if let (Some(path), Some(size)) = (req.image(), input) {
-            check_conditioning_size(path, size, Role::Input)?;
+        // Only reference editing makes the input a conditioning image: the inpainting pipeline (our img2img and
+        // inpaint modes) takes any input its size multiple fits.
+        if let (Mode::Reference { image }, Some(size)) = (&req.mode, input) {
+            check_conditioning_size(image, size, Role::Input)?;
         }
         req.references
             .iter()
@@ -124,7 +126,7 @@ impl Flux {
             let (tokens, ids) = f2::reference_tokens(&conditioning)?;
             Some(edit::Reference { tokens, ids })
         };
-        Ok(Staged { start, mask, input: kept_input, reference })
+        Ok(Staged { start, mask, input: kept_input, reference, channels: None })
     }
 
     /// Denoised tokens of an `height`×`width` token grid → un-normalised, unpatchified latents → pixels.

@@ -8,14 +8,14 @@ mod flux2;
 mod memory;
 
 use super::{Env, Loras, ModelFamily, Prepared, PromptUse};
-use crate::config::{ClipConfig, Family, ModelConfigs};
+use crate::config::{ClipConfig, Family, ModelConfigs, TransformerInputs};
 use crate::engine::cache::{CacheReport, CacheSpec, StepCache};
 use crate::engine::flux2::BnStats;
 use crate::engine::load::{self, TransformerKind};
 use crate::engine::memory::{Estimate, Workload};
 use crate::engine::plan::{self, Plan};
 use crate::engine::request::{Mode, Request};
-use crate::engine::{edit, inpaint};
+use crate::engine::{control, edit, fill, inpaint};
 use crate::error::{Error, Result};
 use crate::image_io;
 use crate::models::clip::ClipLora;
@@ -55,6 +55,8 @@ struct Edit {
     reference: Option<edit::Reference>,
     /// `--cache`: the step cache asked for.
     cache: Option<CacheSpec>,
+    /// Fill and Control: the channels appended to every token.
+    extra: Option<Tensor>,
     /// Set by `begin`.
     run: Option<Run>,
 }
@@ -133,8 +135,23 @@ impl Flux {
             progress.event(crate::engine::Event::Note(&note));
             self.configs.transformer.guidance_embeds = kind.guidance_embeds;
         }
+        if let Some(n) = kind.in_channels.filter(|&n| n != self.configs.transformer.in_channels) {
+            progress.event(crate::engine::Event::Note(&format!(
+                "the transformer weights take {n} input channels; using that, not config.json's in_channels {}",
+                self.configs.transformer.in_channels
+            )));
+            self.configs.transformer.in_channels = n;
+            self.configs.transformer.out_channels = Some(4 * self.configs.vae.latent_channels);
+            let file = self.files.transformer.weights.first().cloned().unwrap_or_default();
+            self.configs.inputs().map_err(|msg| Error::model(file, msg))?;
+        }
         self.kind = Some(kind);
         Ok(())
+    }
+
+    /// What the transformer reads besides the latents (checked when the configs were read).
+    fn inputs(&self) -> TransformerInputs {
+        self.configs.inputs().unwrap_or(TransformerInputs::Latents)
     }
 
     fn layout(&self) -> Layout {
@@ -186,16 +203,22 @@ impl Flux {
         Ok(edit::start_latents(&mean, &logvar, gen, &latent, plan.schedule.start_sigma())?)
     }
 
-    /// FLUX.1: start latents, and the mask (inpainting) or reference tokens (Kontext), as each mode's pipeline
-    /// prepares them.
+    /// FLUX.1: start latents, the mask (inpainting), reference tokens (Kontext) and the extra channels of Fill and
+    /// Control transformers, as each mode's pipeline prepares them, drawing from the generator in its order.
     fn stage(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Staged> {
         let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(CudaGeometry::H100));
         let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
         let grid = (c, plan.height as usize / f, plan.width as usize / f);
+        let control = match self.inputs() {
+            TransformerInputs::Control => Some(control::image(req, input.as_ref(), plan, env)?),
+            _ => None,
+        };
         let input = match (&req.mode, input) {
             (Mode::Txt2Img, _) => {
+                // FluxControlPipeline encodes the control image before drawing the noise.
+                let channels = control.map(|c| self.encoded(env, &c, gen.as_mut())).transpose()?;
                 let start = edit::pure_noise(gen.as_mut(), grid, env.dtype, env.device)?;
-                return Ok(Staged { start, mask: None, reference: None, input: None });
+                return Ok(Staged { start, mask: None, reference: None, input: None, channels });
             }
             (_, Some(input)) => input,
             (mode, None) => return Err(Error::Usage(format!("{} needs an input image", mode.name()))),
@@ -204,21 +227,74 @@ impl Flux {
             Mode::Kontext { .. } => {
                 let reference = self.reference(env, &input, plan)?;
                 let start = edit::pure_noise(gen.as_mut(), grid, env.dtype, env.device)?;
-                Ok(Staged { start, mask: None, reference: Some(reference), input: None })
+                Ok(Staged { start, mask: None, reference: Some(reference), input: None, channels: None })
             }
             Mode::Inpaint { mask: spec, image, .. } => {
                 let mut warnings = Vec::new();
                 let m = inpaint::prepare(spec, image, &input, plan, &mut warnings)?;
                 warnings.iter().for_each(|w| env.warn(w));
                 let model_input = inpaint::model_input(input.clone(), plan, &m);
-                let start = self.noised_input(env, model_input, gen.as_mut(), plan)?;
-                Ok(Staged { start, mask: Some(m), reference: None, input: Some(input) })
+                let control = match control {
+                    // FluxControlInpaintPipeline encodes the masked input first (a draw it does not use further).
+                    Some(c) => {
+                        self.masked_sample(env, &model_input, &m, gen.as_mut())?;
+                        Some(self.encoded(env, &c, gen.as_mut())?)
+                    }
+                    None => None,
+                };
+                let start = self.noised_input(env, model_input.clone(), gen.as_mut(), plan)?;
+                let channels = match self.inputs() {
+                    TransformerInputs::Fill => Some(self.fill_channels(env, &model_input, &m, gen.as_mut())?),
+                    _ => control,
+                };
+                Ok(Staged { start, mask: Some(m), reference: None, input: Some(input), channels })
             }
             _ => {
+                let channels = control.map(|c| self.encoded(env, &c, gen.as_mut())).transpose()?;
                 let start = self.noised_input(env, edit::fit_to_plan(input, plan), gen.as_mut(), plan)?;
-                Ok(Staged { start, mask: None, reference: None, input: None })
+                Ok(Staged { start, mask: None, reference: None, input: None, channels })
             }
         }
+    }
+
+    /// A picture at the working size encoded, its posterior sampled with the generator's next draw, in latent
+    /// space and packed (Control's control image).
+    fn encoded(&mut self, env: &Env, img: &RgbImage, gen: &mut dyn rng::NoiseSource) -> Result<Tensor> {
+        let pixels = image_io::to_tensor(img, env.device)?.to_dtype(env.dtype)?;
+        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
+        edit::ensure_finite(&mean, "VAE encoding", VAE_CAUSE)?;
+        let z = edit::sample_with(&mean, &logvar, gen, &edit::LatentSpace::of(&self.configs.vae))?;
+        Ok(edit::pack(&z)?)
+    }
+
+    /// The masked input's posterior sample, taken only to keep the generator where diffusers has it.
+    fn masked_sample(
+        &mut self,
+        env: &Env,
+        img: &RgbImage,
+        m: &inpaint::PreparedMask,
+        gen: &mut dyn rng::NoiseSource,
+    ) -> Result<()> {
+        let pixels = fill::masked_pixels(img, &m.working, env.device)?.to_dtype(env.dtype)?;
+        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
+        edit::sample_with(&mean, &logvar, gen, &edit::LatentSpace::of(&self.configs.vae))?;
+        Ok(())
+    }
+
+    /// Fill's extra channels: the masked input encoded (its posterior sampled with the generator's third draw,
+    /// after the input's sample and the noise), then the packed mask.
+    fn fill_channels(
+        &mut self,
+        env: &Env,
+        img: &RgbImage,
+        m: &inpaint::PreparedMask,
+        gen: &mut dyn rng::NoiseSource,
+    ) -> Result<Tensor> {
+        let pixels = fill::masked_pixels(img, &m.working, env.device)?.to_dtype(env.dtype)?;
+        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
+        edit::ensure_finite(&mean, "VAE encoding", VAE_CAUSE)?;
+        let space = edit::LatentSpace::of(&self.configs.vae);
+        fill::channels(&mean, &logvar, gen, &space, &m.working, self.configs.vae.scale_factor())
     }
 
     /// Inpainting's per-step blend, from the prepared mask and the start's noise and clean latents.
@@ -226,6 +302,10 @@ impl Flux {
         let (Some(m), Some(noise), Some(clean)) = (mask, &edit.noise, &edit.clean) else {
             return Ok(None);
         };
+        // Fill sees the mask as input and keeps the rest itself: diffusers puts nothing back between steps.
+        if self.inputs() == TransformerInputs::Fill {
+            return Ok(None);
+        }
         let f = self.configs.vae.scale_factor() as u32;
         let (c, dtype, dev) = (edit.channels, env.dtype, env.device);
         let mask = match self.configs.family {
@@ -250,6 +330,7 @@ pub(crate) struct Staged {
     mask: Option<inpaint::PreparedMask>,
     input: Option<RgbImage>,
     reference: Option<edit::Reference>,
+    channels: Option<Tensor>,
 }
 
 impl ModelFamily for Flux {
@@ -262,6 +343,18 @@ impl ModelFamily for Flux {
     }
 
     fn adapt(&self, req: &mut Request, how: &super::Adapt) -> Option<String> {
+        match (&mut req.mode, self.inputs()) {
+            // FluxFillPipeline repaints from pure noise unless a strength is asked for.
+            (Mode::Inpaint { strength, .. }, TransformerInputs::Fill) if !how.strength_given => *strength = 1.0,
+            _ => {}
+        }
+        if req.outpaint().is_some() && self.inputs() != TransformerInputs::Fill {
+            return Some(
+                "FLUX.1 Fill (--model fill) is the model made for outpainting; this model runs it as ordinary \
+                 inpainting"
+                    .into(),
+            );
+        }
         match (&req.mode, self.configs.family, self.kontext) {
             // FLUX.2 edits by reference; --strength asks for the noised-input edit instead.
             (Mode::Img2Img { image, .. }, Family::Flux2, _) if !how.strength_given => {
@@ -342,7 +435,7 @@ impl ModelFamily for Flux {
             Family::Flux1 => self.stage(env, req, input, plan)?,
             _ => self.stage_flux2(env, req, input, plan)?,
         };
-        let Staged { start, mask, input, reference } = staged;
+        let Staged { start, mask, input, reference, channels } = staged;
         self.edit = Some(Edit {
             channels: start.channels,
             height: start.height,
@@ -351,6 +444,7 @@ impl ModelFamily for Flux {
             clean: start.clean,
             reference,
             cache: req.cache,
+            extra: channels,
             run: None,
         });
         Ok(Prepared { latents: start.packed, mask, input })
@@ -454,7 +548,8 @@ impl ModelFamily for Flux {
             guidance: run.guidance.as_ref(),
         };
         let reference = edit.reference.as_ref().map(|r| &r.tokens);
-        let guided = edit::Guided { model, inputs, cfg_scale: run.cfg_scale, reference };
+        let channels = edit.extra.as_ref();
+        let guided = edit::Guided { model, inputs, cfg_scale: run.cfg_scale, reference, channels };
         let i = run.schedule.t_start + k;
         let x = match run.cache.as_mut() {
             Some(cache) => edit::euler_step(x, &run.schedule, i, |x, t| guided.velocity_cached(x, t, cache))?,

@@ -1,0 +1,79 @@
+//! The control image of FLUX.1 Control transformers (`FluxControl*Pipeline`): takes the request's control source
+//! (a file, or Canny edges of the input) and gives it at the working size, prepared the way the input is (cropped
+//! to the working aspect, resized with Lanczos), so edges stay where the input's edges are.
+
+use super::family::Env;
+use super::request::{ControlSource, Request};
+use super::{edit, Plan};
+use crate::error::{Error, Result};
+use crate::image_io::{self, canny, Role};
+use image::RgbImage;
+use std::path::Path;
+
+/// How far a control image's aspect may be from the input's (rounding of sizes) before it is refused.
+const ASPECT_SLACK: f64 = 0.01;
+
+/// Checks, before any weight loads, that a control file has the aspect of the input (or of the `working` size of
+/// text-to-image), and that Canny has an input to find edges in.
+pub fn check(source: &ControlSource, input: Option<(u32, u32)>, working: (u32, u32)) -> Result<()> {
+    let path = match (source, input) {
+        (ControlSource::File(path), _) => path,
+        (ControlSource::Canny { .. }, Some(_)) => return Ok(()),
+        (ControlSource::Canny { .. }, None) => {
+            return Err(Error::Usage("--control-from canny needs an input image (--image)".into()))
+        }
+    };
+    let target = input.unwrap_or(working);
+    let (w, h) = image_io::dimensions_as(path, Role::Control)?;
+    if !same_aspect((w, h), target) {
+        return Err(Error::image_as(
+            Role::Control,
+            path,
+            format!(
+                "is {w}x{h}, another aspect than the {}x{} it controls; give a control image of that aspect (it is \
+                 resized, not cropped)",
+                target.0, target.1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn same_aspect(a: (u32, u32), b: (u32, u32)) -> bool {
+    let (ra, rb) = (a.0 as f64 / a.1 as f64, b.0 as f64 / b.1 as f64);
+    (ra / rb - 1.0).abs() <= ASPECT_SLACK
+}
+
+/// The control image at the working size.
+pub fn image(req: &Request, input: Option<&RgbImage>, plan: &Plan, env: &Env) -> Result<RgbImage> {
+    let source = req.control.as_ref().ok_or_else(|| {
+        Error::Usage("this is a FLUX.1 Control model: give --control IMAGE or --control-from canny".into())
+    })?;
+    let img = match source {
+        ControlSource::File(path) => load(path, input, plan, env)?,
+        ControlSource::Canny { low, high } => {
+            let input =
+                input.ok_or_else(|| Error::Usage("--control-from canny needs an input image (--image)".into()))?;
+            canny::edges(input, *low, *high)
+        }
+    };
+    Ok(match input {
+        Some(_) => edit::fit_to_plan(img, plan),
+        None if img.dimensions() != (plan.width, plan.height) => {
+            image_io::resize_lanczos(&img, plan.width, plan.height)
+        }
+        None => img,
+    })
+}
+
+/// A control file, with a warning when its size is not the input's (it is brought to the working size as the
+/// input is).
+fn load(path: &Path, input: Option<&RgbImage>, plan: &Plan, env: &Env) -> Result<RgbImage> {
+    let img = image_io::load_rgb_as(path, Role::Control)?;
+    let target = input.map(RgbImage::dimensions).unwrap_or((plan.width, plan.height));
+    if img.dimensions() != target {
+        let (w, h) = img.dimensions();
+        env.warn(&format!("control image {} is {w}x{h}, not {}x{}: resized", path.display(), target.0, target.1));
+    }
+    Ok(img)
+}
