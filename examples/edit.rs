@@ -36,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         sd: Default::default(),
         attention_chunk: None,
         vae_band: None,
+        cache: None,
         kernels: Default::default(),
     };
     // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.

@@ -102,6 +102,7 @@ fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, K
         redux_model: None,
         attention_chunk: None,
         vae_band: None,
+        cache: None,
         kernels,
         model: dir.to_path_buf(),
         mode: Mode::Img2Img { image: dir.join("input.png"), strength: case.strength },

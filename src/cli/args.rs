@@ -97,6 +97,14 @@ pub struct Args {
     /// the composition where none fits; refused on the CPU; not yet verified on a GPU). [default: auto]
     #[arg(long, value_parser = values::named(Kernels::NAMES))]
     pub kernels: Option<Kernels>,
+    /// Skip transformer work between steps whose output barely changes, as diffusers' hooks: fbcache[:THRESHOLD]
+    /// (First-Block Cache: when the first block's residual moved less than THRESHOLD, relative L1, from the last
+    /// full step, reuse the other blocks' residual; default 0.05) or taylorseer[:ORDER,INTERVAL] (run every
+    /// block's attention on 3 warm-up steps and then every INTERVAL steps, forecast it from finite differences of
+    /// ORDER in between; default 1,5). Faster, slightly different images; the plan, --json and the PNG say what it
+    /// skipped. [default: off]
+    #[arg(long, value_name = "KIND[:SETTING]", value_parser = parse_cache)]
+    pub cache: Option<crate::engine::cache::CacheSpec>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
     #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
     pub image: Vec<String>,
@@ -255,8 +263,8 @@ pub struct Args {
     #[arg(long, value_name = "TEMPLATE")]
     pub name: Option<String>,
     /// CSV (with header) or JSON-lines file of items: image (empty: text-to-image), prompt, strength, seed, steps,
-    /// guidance, output, mask, lora (FILE[:W] separated by ;). Missing fields take the flags' values; paths are
-    /// relative to the manifest.
+    /// guidance, output, mask, lora (FILE[:W] separated by ;), reference, cache. Missing fields take the flags'
+    /// values; paths are relative to the manifest.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// Also write a contact sheet of this run's images: a row per input, a column per strength/seed, labelled.
@@ -343,6 +351,11 @@ pub struct SmokeArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `--cache` through the library's parser.
+fn parse_cache(s: &str) -> Result<crate::engine::cache::CacheSpec, String> {
+    s.parse()
 }
 
 /// `--memory-budget` through the library's parser.

@@ -43,6 +43,8 @@ struct Row {
     loras: Option<Vec<LoraSpec>>,
     /// A manifest row's FLUX.2 references (replacing --reference).
     references: Option<Vec<PathBuf>>,
+    /// A manifest row's step cache (replacing --cache).
+    cache: Option<crate::engine::cache::CacheSpec>,
     /// The manifest line the row comes from, for messages.
     line: Option<usize>,
 }
@@ -169,6 +171,7 @@ impl Args {
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
         self.kernels = self.kernels.or(Some(r.kernels));
+        self.cache = self.cache.or(r.cache);
         let outpainted = r.mask.as_deref().filter(|m| m.starts_with("--outpaint"));
         if let (Some(m), None, None) = (outpainted, &self.outpaint, &self.outpaint_to) {
             self.restore_outpaint(m)?;
@@ -334,6 +337,7 @@ impl Args {
             redux_model: self.redux_model.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
+            cache: self.cache,
             kernels,
         })
     }
@@ -583,6 +587,10 @@ impl Args {
                         .map(str::trim)
                         .filter(|l| !l.is_empty())
                         .map(|l| l.split(';').map(|p| near(p.trim())).collect()),
+                    cache: match r.cache.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                        Some(c) => Some(c.parse().map_err(|e| at(Error::Usage(format!("cache {c}: {e}"))))?),
+                        None => None,
+                    },
                     prompt: r.prompt,
                     strength: r.strength,
                     seed: r.seed,
@@ -652,6 +660,7 @@ impl Args {
             if let Some(r) = &row.references {
                 request.references = r.clone();
             }
+            request.cache = row.cache.or(request.cache);
             let vars = [
                 ("stem", stem.clone()),
                 ("seed", seed.to_string()),
@@ -780,6 +789,7 @@ impl Row {
             mask: None,
             loras: None,
             references: None,
+            cache: None,
             line: None,
         }
     }

@@ -232,7 +232,7 @@ pub fn euler_step(
     x: Tensor,
     schedule: &Schedule,
     i: usize,
-    velocity: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    velocity: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let (dev, dtype, b) = (x.device().clone(), x.dtype(), x.dim(0)?);
     // diffusers passes t/1000 in the latents' dtype; the model multiplies by 1000 again.

@@ -2,6 +2,7 @@
 //! the PNG's `flux-img2img` text chunk, printed (with the item's status) by `--json`, and read back by
 //! `--from-metadata`; the A1111-style `parameters` line image sites read is derived from it too.
 
+use super::cache::{CacheReport, CacheSpec};
 use super::request::{MaskSource, Mode, ReferenceSize};
 use super::{Plan, Request};
 use crate::config::Family;
@@ -110,6 +111,11 @@ pub struct EditRecord {
     pub device: String,
     /// `--kernels` (absent in records of older versions: auto).
     pub kernels: Kernels,
+    /// `--cache`: the step cache that ran, and what it skipped (written once the edit ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_skipped: Option<CacheReport>,
     /// The program that wrote it (PNG chunk only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
@@ -185,6 +191,8 @@ impl EditRecord {
             dtype: format!("{:?}", req.dtype).to_lowercase(),
             device: if req.device.is_cpu() { "cpu" } else { "cuda" }.into(),
             kernels: req.kernels,
+            cache: req.cache,
+            cache_skipped: None,
             tool: None,
         }
     }
@@ -224,6 +232,9 @@ impl EditRecord {
                 weights.join(", "),
                 self.lora_scale.unwrap_or(1.0)
             ));
+        }
+        if let Some(c) = &self.cache {
+            params.push_str(&format!(", Cache: {c}"));
         }
         if let (Some(n), true) = (&self.negative_prompt, self.scheduler.is_some()) {
             params = params.replacen('\n', &format!("\nNegative prompt: {n}\n"), 1);

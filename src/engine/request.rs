@@ -157,6 +157,8 @@ pub struct Request {
     pub vae_band: Option<usize>,
     /// Which implementation runs the models' hot operations (CPU kernels, candle's composition, fused CUDA).
     pub kernels: Kernels,
+    /// A step cache skipping transformer work between steps (`--cache`); None: every block of every step runs.
+    pub cache: Option<crate::engine::cache::CacheSpec>,
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod batch;
+mod cache;
 mod common;
 mod control;
 mod fill;

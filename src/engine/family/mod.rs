@@ -139,6 +139,12 @@ pub trait ModelFamily {
 
     /// The denoised latents as a picture at the working size.
     fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage>;
+
+    /// What the step cache (`--cache`) of the edit in progress skipped so far; None without one (or for a family
+    /// that has none).
+    fn cache_report(&self) -> Option<(super::cache::CacheSpec, super::cache::CacheReport)> {
+        None
+    }
 }
 
 /// Opens the family the folder holds; `weights`: check the weight files and read what the weights say (a

@@ -68,6 +68,11 @@ fn check_request(req: &Request) -> Result<()> {
             "--control/--control-from need a FLUX.1 Control model (--model with a Canny or Depth transformer)".into(),
         ));
     }
+    if let Some(c) = &req.cache {
+        return Err(Error::Usage(format!(
+            "--cache {c} skips FLUX transformer blocks; Stable Diffusion's UNet has no step cache here"
+        )));
+    }
     if !req.redux.is_empty() {
         return Err(Error::Usage(
             "--redux is for FLUX.1 models (its tokens join T5's); Stable Diffusion takes none".into(),
