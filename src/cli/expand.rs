@@ -45,6 +45,10 @@ struct Row {
     references: Option<Vec<PathBuf>>,
     /// A manifest row's step cache (replacing --cache).
     cache: Option<crate::engine::cache::CacheSpec>,
+    /// A manifest row's control image or `canny` (replacing --control/--control-from).
+    control: Option<ControlSource>,
+    /// A manifest row's Redux images (replacing --redux).
+    redux: Option<Vec<ReduxImage>>,
     /// The manifest line the row comes from, for messages.
     line: Option<usize>,
 }
@@ -591,6 +595,26 @@ impl Args {
                         Some(c) => Some(c.parse().map_err(|e| at(Error::Usage(format!("cache {c}: {e}"))))?),
                         None => None,
                     },
+                    control: match r.control.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                        Some("canny") => Some(ControlSource::Canny {
+                            low: self.canny_low.unwrap_or(100.0),
+                            high: self.canny_high.unwrap_or(200.0),
+                        }),
+                        Some(c) => Some(ControlSource::File(near(c))),
+                        None => None,
+                    },
+                    redux: match r.redux.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+                        Some(l) => Some(
+                            l.split(';')
+                                .map(|s| {
+                                    let mut x = parse_redux(s.trim()).map_err(at)?;
+                                    x.path = near(&x.path.to_string_lossy());
+                                    Ok(x)
+                                })
+                                .collect::<Result<Vec<_>>>()?,
+                        ),
+                        None => None,
+                    },
                     prompt: r.prompt,
                     strength: r.strength,
                     seed: r.seed,
@@ -661,6 +685,12 @@ impl Args {
                 request.references = r.clone();
             }
             request.cache = row.cache.or(request.cache);
+            if let Some(c) = &row.control {
+                request.control = Some(c.clone());
+            }
+            if let Some(r) = &row.redux {
+                request.redux = r.clone();
+            }
             let vars = [
                 ("stem", stem.clone()),
                 ("seed", seed.to_string()),
@@ -790,6 +820,8 @@ impl Row {
             loras: None,
             references: None,
             cache: None,
+            control: None,
+            redux: None,
             line: None,
         }
     }
