@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         lora_scale: 1.0,
         references: Vec::new(),
         control: None,
+        redux: Vec::new(),
+        redux_model: None,
         sd: Default::default(),
         attention_chunk: None,
         vae_band: None,

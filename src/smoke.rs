@@ -98,6 +98,8 @@ fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, K
         references: Vec::new(),
         sd: Default::default(),
         control: None,
+        redux: Vec::new(),
+        redux_model: None,
         attention_chunk: None,
         vae_band: None,
         kernels,

@@ -141,6 +141,14 @@ pub struct Args {
     pub canny_low: Option<f32>,
     #[arg(long, value_name = "T")]
     pub canny_high: Option<f32>,
+    /// FLUX.1 Redux: an image (FILE[:WEIGHT], repeatable; weight 1 by default) whose SigLIP tokens join the
+    /// prompt's, so the result takes on its content and style; with text-to-image, img2img, inpainting and Fill.
+    #[arg(long, value_name = "FILE[:W]")]
+    pub redux: Vec<String>,
+    /// Where Redux's SigLIP encoder and embedder are: a folder or Hub id in FLUX.1-Redux-dev's layout [default:
+    /// black-forest-labs/FLUX.1-Redux-dev].
+    #[arg(long, value_name = "DIR|REPO")]
+    pub redux_model: Option<PathBuf>,
     /// Outpaint: grow the canvas by L,T,R,B pixels (or one value for every side) and paint the new area; FLUX.1
     /// Fill (--model fill) is made for it, other models inpaint. The canvas grows right/bottom to the model's size
     /// multiple; the input's pixels come back unchanged beyond the feathered seam.

@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{ControlSource, Mask, MaskSource, SdOptions, TrueCfg};
+use crate::engine::request::{ControlSource, Mask, MaskSource, ReduxImage, SdOptions, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::outpaint::{self, Grow, Outpaint};
@@ -201,6 +201,13 @@ impl Args {
         if self.reference.is_empty() && self.manifest.is_none() {
             self.reference = r.references.iter().map(|p| paths.resolve(p, "reference")).collect::<Result<_>>()?;
         }
+        if self.redux.is_empty() && !r.redux.is_empty() {
+            let one = |x: &crate::engine::record::LoraRecord| -> Result<String> {
+                Ok(format!("{}:{}", paths.resolve(&x.path, "Redux image")?.display(), x.weight))
+            };
+            self.redux = r.redux.iter().map(one).collect::<Result<_>>()?;
+            self.redux_model = self.redux_model.take().or(r.redux_model.clone());
+        }
         if self.lora.is_empty() && !r.loras.is_empty() {
             let lora = |l: &crate::engine::record::LoraRecord| -> Result<String> {
                 Ok(format!("{}:{}", paths.lora(&l.path)?.display(), l.weight))
@@ -323,6 +330,8 @@ impl Args {
             references: self.reference.clone(),
             sd: self.sd_options()?,
             control: self.control_source()?,
+            redux: self.redux.iter().map(|s| parse_redux(s)).collect::<Result<_>>()?,
+            redux_model: self.redux_model.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
             kernels,
@@ -722,6 +731,20 @@ fn parse_lora(spec: &str, base: &Path) -> Result<LoraSpec> {
     let p = PathBuf::from(path);
     let p = if p.is_relative() && !base.as_os_str().is_empty() && base.join(&p).exists() { base.join(p) } else { p };
     Ok(LoraSpec { path: p, weight })
+}
+
+/// `--redux FILE[:WEIGHT]`.
+fn parse_redux(spec: &str) -> Result<ReduxImage> {
+    let (path, weight) = match spec.rsplit_once(':').map(|(p, w)| (p, w.trim().parse::<f64>())) {
+        Some((p, Ok(w))) if !Path::new(spec).exists() => (p, w),
+        _ => (spec, 1.0),
+    };
+    if path.trim().is_empty() || !weight.is_finite() || weight.abs() > MAX_SCALE {
+        return Err(Error::Usage(format!(
+            "--redux {spec}: expected FILE[:WEIGHT] with a weight within ±{MAX_SCALE}, e.g. style.png:0.8"
+        )));
+    }
+    Ok(ReduxImage { path: PathBuf::from(path), weight })
 }
 
 /// `--mask auto`: `{stem}.mask.png` beside the input.

@@ -55,6 +55,11 @@ pub struct EditRecord {
     /// FLUX.1 Control: the control image's path, or `canny:LOW,HIGH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
+    /// FLUX.1 Redux: its images and weights (hash unused), and where its prior came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redux: Vec<LoraRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redux_model: Option<PathBuf>,
     /// FLUX.2: the model family, when not FLUX.1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
@@ -130,6 +135,12 @@ impl EditRecord {
                 _ => None,
             },
             control: req.control.as_ref().map(|c| c.words()),
+            redux: req
+                .redux
+                .iter()
+                .map(|r| LoraRecord { path: r.path.clone(), weight: r.weight, hash: None })
+                .collect(),
+            redux_model: req.redux_model.clone(),
             reference_width: plan.reference_size.map(|s| s.0),
             reference_height: plan.reference_size.map(|s| s.1),
             loras: req

@@ -14,6 +14,7 @@ pub mod clip;
 pub mod flux2;
 pub mod linear;
 pub mod qwen3;
+pub mod redux;
 pub mod transformer;
 pub mod unet;
 pub mod unet_attention;

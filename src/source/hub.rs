@@ -219,6 +219,22 @@ pub fn lora_file(spec: &Path, bars: bool) -> Result<PathBuf> {
         .ok_or_else(|| Error::lora(spec, format!("{}: no {file} (in the cache, if HF_HUB_OFFLINE is set)", ctx.id)))
 }
 
+/// The snapshot folder of `id` holding every one of `files` (fetched when online), for repos that are not
+/// pipelines (FLUX.1-Redux-dev's prior).
+pub fn snapshot(id: &str, files: &[&str], bars: bool) -> Result<PathBuf> {
+    let ctx = Ctx { id: id.to_string(), revision: "main".to_string() };
+    let fetcher = fetcher(&ctx, bars)?;
+    let mut root = None;
+    for file in files {
+        let got = fetcher.get(file, &ctx)?.ok_or_else(|| {
+            Error::model(PathBuf::from(id), format!("{id}: no {file} (in the cache, if HF_HUB_OFFLINE is set)"))
+        })?;
+        let depth = Path::new(file).components().count();
+        root = got.ancestors().nth(depth).map(Path::to_path_buf);
+    }
+    root.ok_or_else(|| Error::model(PathBuf::from(id), "no files asked for"))
+}
+
 pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Overrides, bars: bool) -> Result<PathBuf> {
     let ctx = Ctx { id: id.to_string(), revision: revision.unwrap_or("main").to_string() };
     let cache = cache_dir();

@@ -68,6 +68,11 @@ fn check_request(req: &Request) -> Result<()> {
             "--control/--control-from need a FLUX.1 Control model (--model with a Canny or Depth transformer)".into(),
         ));
     }
+    if !req.redux.is_empty() {
+        return Err(Error::Usage(
+            "--redux is for FLUX.1 models (its tokens join T5's); Stable Diffusion takes none".into(),
+        ));
+    }
     if let Some(q) = req.quantize {
         return Err(Error::Usage(format!(
             "--quantize {q} is for FLUX transformers; Stable Diffusion UNets run at --dtype (e.g. f16 on CUDA)"
