@@ -112,7 +112,7 @@ pub struct UNetConfig {
     pub addition_time_embed_dim: Option<usize>,
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<usize>,
-    /// Computing attention scores in f32 (SD 2.1): what this port does in every dtype but f16/bf16 storage.
+    /// Attention scores in f32 whatever the run's dtype (SD 2.1, whose scores overflow f16).
     #[serde(default)]
     pub upcast_attention: bool,
     #[serde(default = "one_f")]

@@ -7,7 +7,7 @@
 
 use crate::config::unet::UNetConfig;
 use crate::kernels::{self, Conv2d, GroupNorm};
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, Module, VarBuilder};
 
 /// `Attention` with bias-free q/k/v and a biased output projection.
@@ -17,11 +17,14 @@ struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
+    /// `upcast_attention` (SD 2.1): scores in f32 when the model runs in f16/bf16, where they overflow.
+    upcast: bool,
 }
 
 impl Attention {
-    fn new(dim: usize, context: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, context: usize, heads: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
+            upcast,
             to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
             to_k: linear_no_bias(context, dim, vb.pp("to_k"))?,
             to_v: linear_no_bias(context, dim, vb.pp("to_v"))?,
@@ -42,6 +45,12 @@ impl Attention {
         let k = split(ctx.apply(&self.to_k)?)?;
         let v = split(ctx.apply(&self.to_v)?)?;
         let scale = 1.0 / (d as f64).sqrt();
+        let dtype = q.dtype();
+        if self.upcast && dtype != DType::F32 {
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            let o = kernels::composed::attention(&f(&q)?, &f(&k)?, &f(&v)?, scale, 0)?.to_dtype(dtype)?;
+            return o.apply(&self.to_out);
+        }
         // The CPU kernel takes equal query and key lengths; cross-attention runs the composed path.
         let o = if k.dim(2)? == s {
             kernels::attention(&q, &k, &v, scale)?
@@ -82,12 +91,12 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn new(dim: usize, heads: usize, context: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, heads: usize, context: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: Attention::new(dim, dim, heads, vb.pp("attn1"))?,
+            attn1: Attention::new(dim, dim, heads, upcast, vb.pp("attn1"))?,
             norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: Attention::new(dim, context, heads, vb.pp("attn2"))?,
+            attn2: Attention::new(dim, context, heads, upcast, vb.pp("attn2"))?,
             norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff: GeGlu::new(dim, vb.pp("ff"))?,
         })
@@ -125,7 +134,9 @@ impl SpatialTransformer {
             })
         };
         let blocks = (0..depth)
-            .map(|k| TransformerBlock::new(c, heads, context, vb.pp(format!("transformer_blocks.{k}"))))
+            .map(|k| {
+                TransformerBlock::new(c, heads, context, cfg.upcast_attention, vb.pp(format!("transformer_blocks.{k}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm: GroupNorm::new(cfg.norm_num_groups, c, 1e-6, vb.pp("norm"))?,

@@ -77,6 +77,13 @@ impl SdFiles {
             return Err(Error::model(&scheduler_config, "missing"));
         }
         let xl = family == Family::Sdxl;
+        if xl && !root.join("text_encoder").is_dir() && root.join("text_encoder_2").is_dir() {
+            return Err(Error::model(
+                root,
+                "is an SDXL refiner (one text encoder, aesthetic-score conditioning), which is not supported; use an \
+                 SDXL base model (--model sdxl)",
+            ));
+        }
         let stem = "diffusion_pytorch_model";
         Ok(Self {
             family,

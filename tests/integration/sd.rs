@@ -224,6 +224,7 @@ fn sd_refuses_flux_flags_and_bad_steps() {
     sd_fails("tiny-sd15", &["--image", "{img}", "--start-step", "4"], "--start-step 4 must be below --steps 4");
     sd_fails("tiny-sd15", &["--image", "{img}", "--start-step", "1", "--strength", "0.5"], "give one of them");
     sd_fails("tiny-sd15", &with(&["--start-step", "1"]), "--start-step 1 needs an input image");
+    sd_fails("tiny-sd15", &["--image", "{img}", "--control", "{img}"], "need a FLUX.1 Control model");
     sd_fails("tiny-sd15-inpaint", &["--image", "{img}"], "inpainting UNet (9 input channels)");
     sd_fails("tiny-sd2", &with(&["--clip-skip", "2"]), "--clip-skip 2 is more than");
     // And the reverse: SD's flags on a FLUX model.
