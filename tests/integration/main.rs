@@ -17,4 +17,5 @@ mod parity;
 mod redux;
 mod safety;
 mod sd;
+mod sd_lora;
 mod smoke;

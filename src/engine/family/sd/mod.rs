@@ -26,7 +26,8 @@ use crate::source::sd::SdFiles;
 use crate::source::Overrides;
 use crate::text::{Conditioning, EncodeAs, TextEncoder};
 use crate::weights::flux_keys::Source;
-use crate::weights::lora::ModelShapes;
+use crate::weights::lora::sd::TEXT_ENCODER_2;
+use crate::weights::lora::{merged, shapes, ModelShapes};
 use crate::weights::{unet_keys, vae_keys, CheckedWeights, NameMap};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
@@ -66,6 +67,8 @@ pub struct Sd {
     /// The dtype the VAE runs in (f32 for SDXL's in f16 edits).
     vae_dtype: DType,
     unet: Option<UNet>,
+    /// The LoRA scale merged into the loaded UNet, if LoRAs were.
+    merged_at: Option<f64>,
     edit: Option<Edit>,
 }
 
@@ -75,7 +78,7 @@ impl Sd {
         let mut files = SdFiles::resolve(model, family, weights)?;
         files.apply(o)?;
         let cfg = SdConfigs::read(&files)?;
-        Ok(Self { files, cfg, vae: None, vae_dtype: DType::F32, unet: None, edit: None })
+        Ok(Self { files, cfg, vae: None, vae_dtype: DType::F32, unet: None, merged_at: None, edit: None })
     }
 
     /// The VAE, loaded on first use; SDXL's in f32 when the edit runs in f16 (its VAE overflows f16, so diffusers
@@ -190,8 +193,21 @@ impl ModelFamily for Sd {
         false
     }
 
+    /// The UNet's linear and 1×1-conv layers (as the model code asks for them) and each CLIP's linears.
     fn lora_shapes(&self) -> Result<ModelShapes> {
-        Err(Error::Usage(format!("LoRAs on {} models are not supported yet", self.cfg.family)))
+        let unet = shapes::requested(|vb| UNet::new(&self.cfg.unet, vb))?;
+        let mut clip = crate::models::clip::linear_shapes(&self.cfg.clip);
+        if let Some(c2) = &self.cfg.clip_2 {
+            let second = crate::models::clip::linear_shapes(c2);
+            clip.extend(second.into_iter().map(|(n, s)| (format!("{TEXT_ENCODER_2}{n}"), s)));
+        }
+        Ok(ModelShapes {
+            transformer: shapes::lora_targets(&unet).into_iter().collect(),
+            clip: clip.into_iter().collect(),
+            double: 0,
+            single: 0,
+            family: self.cfg.family,
+        })
     }
 
     fn prompts<'r>(&self, req: &'r Request) -> Vec<PromptUse<'r>> {
@@ -207,8 +223,9 @@ impl ModelFamily for Sd {
         Some(PromptUse { text, how: EncodeAs { negative: true, clip_skip: None, zeros } })
     }
 
-    fn text_encoder(&self, env: &Env, _: &Request, _: &Loras) -> Result<Box<dyn TextEncoder>> {
-        Ok(Box::new(crate::text::sd::SdText::load(&self.files, &self.cfg, env.dtype, env.device)?))
+    fn text_encoder(&self, env: &Env, _: &Request, loras: &Loras) -> Result<Box<dyn TextEncoder>> {
+        let lora = loras.set.as_deref().filter(|l| l.touches_clip).map(|set| (set, loras.scale.clone()));
+        Ok(Box::new(crate::text::sd::SdText::load(&self.files, &self.cfg, env.dtype, env.device, lora)?))
     }
 
     fn prepare(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Prepared> {
@@ -222,19 +239,31 @@ impl ModelFamily for Sd {
         Ok(Prepared { latents, mask, input })
     }
 
-    fn load_denoiser(&mut self, env: &Env, _: &Request, _: &Loras) -> Result<()> {
+    /// The UNet, loaded once; its LoRAs merged into the weights at the request's scale (rebuilt when another
+    /// scale is asked for: the UNet is small next to FLUX's transformer, and merged layers cost nothing per step).
+    fn load_denoiser(&mut self, env: &Env, req: &Request, loras: &Loras) -> Result<()> {
+        if self.merged_at.is_some_and(|s| s != req.lora_scale) {
+            self.unet = None;
+        }
         if self.unet.is_none() {
             let w = CheckedWeights::open("unet", &self.files.unet.weights)?;
             let map = self.files.original.unet.then(|| self.unet_map()).transpose()?;
-            let unet = UNet::new(&self.cfg.unet, w.var_builder(env.dtype, env.device, map))?;
+            let mut vb = w.var_builder(env.dtype, env.device, map);
+            if let Some(set) = &loras.set {
+                vb = merged::var_builder(vb, set.clone(), req.lora_scale);
+                env.note(&format!("{} LoRA adapter(s) merged into the UNet", set.specs().len()));
+            }
+            let unet = UNet::new(&self.cfg.unet, vb)?;
             w.finish()?;
             self.unet = Some(unet);
+            self.merged_at = loras.set.is_some().then_some(req.lora_scale);
         }
         Ok(())
     }
 
     fn unload_denoiser(&mut self) {
         self.unet = None;
+        self.merged_at = None;
     }
 
     fn begin(
