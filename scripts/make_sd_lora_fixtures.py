@@ -6,9 +6,12 @@ Reads the saved tiny-sd15 and tiny-sdxl pipelines (never rewrites them) and writ
                            text_encoder_2.; lora_A/lora_B, no alphas: scale 1)
   loras/sd15-kohya.safetensors, loras/sdxl-kohya.safetensors  kohya names (lora_unet_, lora_te_ / lora_te1_ /
                            lora_te2_; lora_down/lora_up with an .alpha per module, alpha != rank)
+  loras/sdxl-kohya-sgm.safetensors   the same SDXL pairs with the UNet in the original block names
+                           (lora_unet_input_blocks_4_1_…), as sd-scripts writes SDXL LoRAs
   expected/sd-lora-<case>.png   StableDiffusion[XL]Pipeline with load_lora_weights + set_adapters(weight)
+                           (and cross_attention_kwargs scale for --lora-scale)
   cases-sd-lora.json       each case and its sensitivity: PSNR of the reference against the same run without
-                           the LoRA, and with only its UNet half (no text-encoder pairs)
+                           the LoRA, with only its UNet half (no text-encoder pairs), and at scale 1
 
 Every pair targets the UNet's attention (to_q/k/v/out.0), GEGLU feed-forward, proj_in/proj_out (1x1 convs in
 tiny-sd15, linear in tiny-sdxl) and CLIP's q/k/v/out_proj/fc1/fc2.
@@ -30,7 +33,7 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDif
 
 sys.path.insert(0, str(Path(__file__).parent))
 from make_fixtures import psnr  # noqa: E402
-from make_sd_fixtures import text_model_alias  # noqa: E402
+from make_sd_fixtures import text_model_alias, unet_ldm_name  # noqa: E402
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
 CLIP_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -89,11 +92,14 @@ KOHYA_PREFIX = {False: {"unet": "lora_unet_", "text_encoder": "lora_te_"},
                 True: {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}
 
 
-def kohya_file(pairs, path, xl, unet_only=False):
+def kohya_file(pairs, path, xl, unet_only=False, unet_config=None):
+    """`unet_config`: name the UNet's modules in the original (SGM/LDM) layout."""
     sd = {}
     for (comp, name), (down, up, alpha) in pairs.items():
         if unet_only and comp != "unet":
             continue
+        if comp == "unet" and unet_config is not None:
+            name = unet_ldm_name(name + ".weight", unet_config).removesuffix(".weight")
         key = KOHYA_PREFIX[xl][comp] + name.replace(".", "_")
         sd[f"{key}.lora_down.weight"] = down
         sd[f"{key}.lora_up.weight"] = up
@@ -110,6 +116,11 @@ CASES = [
          width=64, height=48, seed=43, guidance=5.0),
     dict(name="sdxl-lora-kohya", model="tiny-sdxl", lora="sdxl-kohya.safetensors", format="kohya", weight=0.7,
          steps=5, width=48, height=64, seed=44, guidance=5.0),
+    dict(name="sdxl-lora-kohya-sgm", model="tiny-sdxl", lora="sdxl-kohya-sgm.safetensors", format="kohya-sgm",
+         weight=0.6, steps=5, width=64, height=64, seed=45, guidance=5.0),
+    # --lora-scale: the call's cross_attention_kwargs scale, which also scales the text encoders' pairs.
+    dict(name="sd15-lora-peft-scale", model="tiny-sd15", lora="sd15-peft.safetensors", format="peft", weight=1.0,
+         lora_scale=0.4, steps=5, width=48, height=48, seed=46, guidance=7.5),
 ]
 
 
@@ -124,8 +135,9 @@ def run(folder: Path, case, lora: Path | None):
         pipe.set_adapters(["a"], adapter_weights=[case["weight"]])
     # After loading: diffusers strips `text_model.` from LoRA keys only when the encoder lacks that attribute.
     text_model_alias(pipe.text_encoder)
+    extra = {"cross_attention_kwargs": {"scale": case["lora_scale"]}} if "lora_scale" in case and lora else {}
     with torch.no_grad():
-        return pipe(prompt=PROMPT, num_inference_steps=case["steps"], guidance_scale=case["guidance"],
+        return pipe(**extra, prompt=PROMPT, num_inference_steps=case["steps"], guidance_scale=case["guidance"],
                     width=case["width"], height=case["height"],
                     generator=torch.Generator("cpu").manual_seed(case["seed"]), output_type="pil").images[0]
 
@@ -148,6 +160,9 @@ def main():
         kohya_file(pairs, loras / f"{stem}-kohya.safetensors", xl)
         peft_file(pairs, tmp / f"{stem}-peft.safetensors", unet_only=True)
         kohya_file(pairs, tmp / f"{stem}-kohya.safetensors", xl, unet_only=True)
+        if xl:
+            kohya_file(pairs, loras / f"{stem}-kohya-sgm.safetensors", xl, unet_config=pipe.unet.config)
+            kohya_file(pairs, tmp / f"{stem}-kohya-sgm.safetensors", xl, unet_only=True, unet_config=pipe.unet.config)
     records = []
     for case in CASES:
         folder = out / case["model"]
@@ -155,6 +170,9 @@ def main():
         ref.save(out / "expected" / f"sd-lora-{case['name']}.png")
         sens = {"no_lora": psnr(ref, run(folder, case, None)),
                 "unet_half_only": psnr(ref, run(folder, case, tmp / case["lora"]))}
+        if "lora_scale" in case:
+            plain = {k: v for k, v in case.items() if k != "lora_scale"}
+            sens["lora_scale_1"] = psnr(ref, run(folder, plain, loras / case["lora"]))
         records.append({**case, "prompt": PROMPT, "scheduler": "euler",
                         "expected": f"expected/sd-lora-{case['name']}.png", "sensitivity_psnr_db": sens})
         print(json.dumps({"name": case["name"], "sensitivity_psnr_db": sens}), flush=True)

@@ -37,12 +37,16 @@ fn args(case: &serde_json::Value, out: &Path) -> Vec<String> {
     ] {
         a.extend([flag.to_string(), v(key)]);
     }
+    if !case["lora_scale"].is_null() {
+        a.extend(["--lora-scale".into(), v("lora_scale")]);
+    }
     a.extend(["--rng", "torch-cpu", "--dtype", "f32", "-q", "-o"].map(String::from));
     a.push(s(out));
     a
 }
 
-/// Each case of cases-sd-lora.json (SD 1.x and SDXL, kohya and PEFT names, adapter weights 0.7–1.0).
+/// Each case of cases-sd-lora.json (SD 1.x and SDXL, kohya in diffusers' and in the original block names, PEFT,
+/// adapter weights 0.6–1.0, and `--lora-scale`).
 #[test]
 fn sd_loras_match_diffusers() {
     let dir = tempfile::tempdir().unwrap();

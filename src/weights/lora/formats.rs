@@ -115,6 +115,8 @@ pub struct FileView {
     pub family: Family,
     /// Every module the model lets LoRAs target (SD's names are looked up here).
     pub modules: Vec<Target>,
+    /// Other names of denoiser modules → their names among `modules`.
+    pub aliases: HashMap<String, String>,
 }
 
 /// Why a file cannot be used at all.

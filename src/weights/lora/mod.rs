@@ -85,6 +85,8 @@ pub struct ModelShapes {
     pub double: usize,
     pub single: usize,
     pub family: crate::config::Family,
+    /// Other names of denoiser modules → their names in `transformer` (SD's original `input_blocks.…` layout).
+    pub aliases: HashMap<String, String>,
 }
 
 impl LoraSet {
@@ -197,6 +199,7 @@ fn read(path: &Path, shapes: &ModelShapes) -> Result<(HashMap<String, Tensor>, F
             .map(Target::Transformer)
             .chain(shapes.clip.keys().cloned().map(Target::Clip))
             .collect(),
+        aliases: shapes.aliases.clone(),
     };
     Ok((tensors, view))
 }

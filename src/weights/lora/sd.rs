@@ -29,7 +29,7 @@ struct Index {
 }
 
 impl Index {
-    fn new(modules: &[Target]) -> Self {
+    fn new(modules: &[Target], aliases: &HashMap<String, String>) -> Self {
         let mut ix = Index {
             unet: HashMap::new(),
             unet_flat: HashMap::new(),
@@ -50,6 +50,9 @@ impl Index {
                     table.insert(format!("text_model_{}", name.replace('.', "_")), t.clone());
                 }
             }
+        }
+        for (alias, module) in aliases {
+            ix.unet_flat.insert(alias.replace('.', "_"), Target::Transformer(module.clone()));
         }
         ix
     }
@@ -84,7 +87,7 @@ pub fn parse(f: &FileView, keys: &[&String]) -> Result<Parsed, Unsupported> {
         return Err(Unsupported::FluxOnSd(k.to_string()));
     }
     let kohya = keys.iter().any(|k| k.starts_with("lora_unet_") || k.starts_with("lora_te"));
-    let index = Index::new(&f.modules);
+    let index = Index::new(&f.modules, &f.aliases);
     let mut out = Parsed { format: Some(if kohya { Format::Kohya } else { Format::Peft }), ..Default::default() };
     let (modules, other) = formats::group(keys);
     out.unmatched.extend(other);
@@ -107,4 +110,77 @@ pub fn parse(f: &FileView, keys: &[&String]) -> Result<Parsed, Unsupported> {
         out.parts.push(RawPart { target, place: Placement::ALL, down: down.clone(), up: up.clone(), scale });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Family;
+
+    const ATTN: &str = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
+    const CLIP2: &str = "text_encoder_2.encoder.layers.1.mlp.fc1";
+
+    fn view(keys: &[(&str, Vec<usize>)], alphas: &[(&str, f64)]) -> FileView {
+        FileView {
+            shapes: keys.iter().map(|(k, s)| (k.to_string(), s.clone())).collect(),
+            scalars: alphas.iter().map(|(k, a)| (k.to_string(), *a)).collect(),
+            first_alpha: None,
+            metadata: None,
+            double: 0,
+            single: 0,
+            family: Family::Sdxl,
+            modules: vec![Target::Transformer(ATTN.into()), Target::Clip(CLIP2.into())],
+            aliases: [("input_blocks.1.1.transformer_blocks.0.attn1.to_q".to_string(), ATTN.to_string())].into(),
+        }
+    }
+
+    fn parse_keys(f: &FileView) -> Result<Parsed, Unsupported> {
+        let keys: Vec<&String> = f.shapes.keys().collect();
+        parse(f, &keys)
+    }
+
+    #[test]
+    fn kohya_names_alphas_and_original_blocks() {
+        let f = view(
+            &[
+                ("lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_down.weight", vec![4, 8]),
+                ("lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q.lora_up.weight", vec![8, 4]),
+                ("lora_te2_text_model_encoder_layers_1_mlp_fc1.lora_down.weight", vec![2, 8]),
+                ("lora_te2_text_model_encoder_layers_1_mlp_fc1.lora_up.weight", vec![16, 2]),
+                ("lora_te2_text_model_encoder_layers_1_mlp_fc1.alpha", vec![]),
+                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", vec![4, 8, 3, 3]),
+                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", vec![8, 4, 1, 1]),
+            ],
+            &[("lora_te2_text_model_encoder_layers_1_mlp_fc1.alpha", 1.0)],
+        );
+        let p = parse_keys(&f).ok().unwrap();
+        let mut got: Vec<(Target, f64)> = p.parts.iter().map(|p| (p.target.clone(), p.scale)).collect();
+        got.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        assert_eq!(got, vec![(Target::Clip(CLIP2.into()), 0.5), (Target::Transformer(ATTN.into()), 1.0)]);
+        assert_eq!(p.ignored.len(), 1, "the 3×3 conv pair is counted and left out");
+    }
+
+    #[test]
+    fn peft_names() {
+        let f = view(
+            &[
+                (&format!("unet.{ATTN}.lora_A.weight"), vec![4, 8]),
+                (&format!("unet.{ATTN}.lora_B.weight"), vec![8, 4]),
+                ("text_encoder_2.text_model.encoder.layers.1.mlp.fc1.lora_A.weight", vec![4, 8]),
+                ("text_encoder_2.text_model.encoder.layers.1.mlp.fc1.lora_B.weight", vec![16, 4]),
+            ],
+            &[],
+        );
+        let p = parse_keys(&f).ok().unwrap();
+        assert_eq!(p.parts.len(), 2);
+        assert!(p.unmatched.is_empty());
+    }
+
+    #[test]
+    fn flux_files_are_refused() {
+        for k in ["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "transformer.x_embedder.lora_A.weight"] {
+            let f = view(&[(k, vec![4, 8])], &[]);
+            assert!(matches!(parse_keys(&f), Err(Unsupported::FluxOnSd(_))), "{k}");
+        }
+    }
 }

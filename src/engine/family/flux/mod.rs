@@ -423,6 +423,7 @@ impl ModelFamily for Flux {
             double: t.num_layers,
             single: t.num_single_layers,
             family: self.configs.family,
+            aliases: Default::default(),
         })
     }
 

@@ -32,6 +32,7 @@ use crate::weights::{unet_keys, vae_keys, CheckedWeights, NameMap};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 use start::{Encoder, InpaintState};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -109,6 +110,25 @@ impl Sd {
         let (per, up): (usize, Vec<bool>) =
             (layers[0], u.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect());
         Ok(Arc::new(move |n: &str| Source::One(unet_keys::diffusers_to_ldm(n, per, &up))))
+    }
+
+    /// Each UNet module's name in the original layout (`input_blocks.4.1.…`, as kohya's SDXL LoRAs name them) →
+    /// its diffusers name; none when the block layout has no original form.
+    fn original_names<'a>(&self, names: impl Iterator<Item = &'a str>) -> HashMap<String, String> {
+        let u = &self.cfg.unet;
+        let layers = u.layers_per_block.expand(u.blocks());
+        if layers.iter().any(|&l| l != layers[0]) {
+            return HashMap::new();
+        }
+        let up: Vec<bool> = u.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect();
+        names
+            .filter_map(|n| {
+                let module = n.strip_suffix(".weight")?;
+                let ldm = unet_keys::diffusers_to_ldm(n, layers[0], &up);
+                let ldm = ldm.strip_prefix(unet_keys::PREFIX)?.strip_suffix(".weight")?;
+                Some((ldm.to_string(), module.to_string()))
+            })
+            .collect()
     }
 
     /// The CFG scale when CFG runs.
@@ -202,6 +222,7 @@ impl ModelFamily for Sd {
             clip.extend(second.into_iter().map(|(n, s)| (format!("{TEXT_ENCODER_2}{n}"), s)));
         }
         Ok(ModelShapes {
+            aliases: self.original_names(unet.iter().map(|(n, _)| n.as_str())),
             transformer: shapes::lora_targets(&unet).into_iter().collect(),
             clip: clip.into_iter().collect(),
             double: 0,
