@@ -139,6 +139,9 @@ fn reads_of(items: &[Item], extra: &Extra) -> Vec<Read> {
         if let Some(ControlSource::File(c)) = &it.request.control {
             add(c, format!("the control image of item {k}"));
         }
+        for r in &it.request.redux {
+            add(&r.path, format!("a Redux image of item {k}"));
+        }
         for l in it.request.loras.iter().filter(|l| l.path.exists()) {
             add(&l.path, format!("a LoRA file of item {k}"));
         }

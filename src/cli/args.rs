@@ -7,6 +7,7 @@ use crate::image_io::ResizeMode;
 use crate::kernels::Kernels;
 use crate::models::linear::Quant;
 use crate::rng::{CpuNoise, CudaGeometry, RngKind};
+use crate::schedulers::SchedulerKind;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -46,8 +47,8 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// The pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or an alias: dev, schnell,
-    /// kontext, fill (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2). Also read from FLUX_MODEL
-    /// or MODEL_PATH.
+    /// kontext, fill (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2), sd14, sd15, sd21 (Stable
+    /// Diffusion 1.x/2.x), sdxl (SDXL base). Also read from FLUX_MODEL or MODEL_PATH.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
     pub model: Option<PathBuf>,
     /// Hub revision (branch, tag or commit) for a repo --model.
@@ -148,6 +149,14 @@ pub struct Args {
     pub canny_low: Option<f32>,
     #[arg(long, value_name = "T")]
     pub canny_high: Option<f32>,
+    /// FLUX.1 Redux: an image (FILE[:WEIGHT], repeatable; weight 1 by default) whose SigLIP tokens join the
+    /// prompt's, so the result takes on its content and style; with text-to-image, img2img, inpainting and Fill.
+    #[arg(long, value_name = "FILE[:W]")]
+    pub redux: Vec<String>,
+    /// Where Redux's SigLIP encoder and embedder are: a folder or Hub id in FLUX.1-Redux-dev's layout [default:
+    /// black-forest-labs/FLUX.1-Redux-dev].
+    #[arg(long, value_name = "DIR|REPO")]
+    pub redux_model: Option<PathBuf>,
     /// Outpaint: grow the canvas by L,T,R,B pixels (or one value for every side) and paint the new area; FLUX.1
     /// Fill (--model fill) is made for it, other models inpaint. The canvas grows right/bottom to the model's size
     /// multiple; the input's pixels come back unchanged beyond the feathered seam.
@@ -186,6 +195,18 @@ pub struct Args {
     /// Guidance embedded in dev-like models [default: 3.5]; schnell ignores it.
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Stable Diffusion: the sampler: pndm, ddim, lms, euler, euler-a, dpmpp-2m, dpmpp-2m-karras [default: the
+    /// checkpoint's own].
+    #[arg(long, value_parser = values::named(SchedulerKind::NAMES))]
+    pub scheduler: Option<SchedulerKind>,
+    /// Stable Diffusion: take the prompt's text states N CLIP layers before the last (diffusers' clip_skip;
+    /// A1111's "Clip skip" is N + 1).
+    #[arg(long, value_name = "N")]
+    pub clip_skip: Option<usize>,
+    /// Stable Diffusion img2img/inpainting: start at step N of the --steps schedule (noising the input to that
+    /// step) instead of where --strength puts it; N < --steps.
+    #[arg(long, value_name = "N")]
+    pub start_step: Option<usize>,
     /// Seed, or a list (1,2,3) rendering each. One seed is a base: item k of the batch gets seed + k.
     /// [default: random, printed]
     #[arg(long, value_name = "N[,N...]")]

@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{ControlSource, Mask, MaskSource, TrueCfg};
+use crate::engine::request::{ControlSource, Mask, MaskSource, ReduxImage, SdOptions, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::outpaint::{self, Grow, Outpaint};
@@ -45,6 +45,10 @@ struct Row {
     references: Option<Vec<PathBuf>>,
     /// A manifest row's step cache (replacing --cache).
     cache: Option<crate::engine::cache::CacheSpec>,
+    /// A manifest row's control image or `canny` (replacing --control/--control-from).
+    control: Option<ControlSource>,
+    /// A manifest row's Redux images (replacing --redux).
+    redux: Option<Vec<ReduxImage>>,
     /// The manifest line the row comes from, for messages.
     line: Option<usize>,
 }
@@ -150,7 +154,15 @@ impl Args {
         if self.model.is_none() && !r.model.as_os_str().is_empty() {
             self.model = Some(r.model.clone());
         }
-        self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        // A record's --start-step stands in for its strength, unless a flag says where to start.
+        if self.strength.is_none() && self.start_step.is_none() {
+            self.start_step = r.start_step;
+        }
+        if self.start_step.is_none() {
+            self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        }
+        self.scheduler = self.scheduler.or(r.scheduler);
+        self.clip_skip = self.clip_skip.or(r.clip_skip);
         self.seed = self.seed.take().or(Some(r.seed.to_string()));
         self.steps = self.steps.or(Some(r.steps).filter(|s| *s > 0));
         self.guidance = self.guidance.or(r.guidance);
@@ -195,6 +207,13 @@ impl Args {
         }
         if self.reference.is_empty() && self.manifest.is_none() {
             self.reference = r.references.iter().map(|p| paths.resolve(p, "reference")).collect::<Result<_>>()?;
+        }
+        if self.redux.is_empty() && !r.redux.is_empty() {
+            let one = |x: &crate::engine::record::LoraRecord| -> Result<String> {
+                Ok(format!("{}:{}", paths.resolve(&x.path, "Redux image")?.display(), x.weight))
+            };
+            self.redux = r.redux.iter().map(one).collect::<Result<_>>()?;
+            self.redux_model = self.redux_model.take().or(r.redux_model.clone());
         }
         if self.lora.is_empty() && !r.loras.is_empty() {
             let lora = |l: &crate::engine::record::LoraRecord| -> Result<String> {
@@ -316,7 +335,10 @@ impl Args {
             loras: self.lora_specs()?,
             lora_scale: 1.0,
             references: self.reference.clone(),
+            sd: self.sd_options()?,
             control: self.control_source()?,
+            redux: self.redux.iter().map(|s| parse_redux(s)).collect::<Result<_>>()?,
+            redux_model: self.redux_model.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
             cache: self.cache,
@@ -474,6 +496,16 @@ impl Args {
         self.lora.iter().map(|s| parse_lora(s, Path::new(""))).collect()
     }
 
+    /// Stable Diffusion's flags; `--start-step` replaces `--strength`, so both together are refused.
+    fn sd_options(&self) -> Result<SdOptions> {
+        if let (Some(n), Some(s)) = (self.start_step, &self.strength) {
+            return Err(Error::Usage(format!(
+                "--start-step {n} and --strength {s} both say where img2img starts; give one of them"
+            )));
+        }
+        Ok(SdOptions { scheduler: self.scheduler, clip_skip: self.clip_skip, start_step: self.start_step })
+    }
+
     /// `--negative-prompt` with `--true-cfg`: both or neither, the scale above 1.
     fn true_cfg_settings(&self) -> Result<Option<TrueCfg>> {
         match (&self.negative_prompt, self.true_cfg) {
@@ -563,6 +595,26 @@ impl Args {
                         Some(c) => Some(c.parse().map_err(|e| at(Error::Usage(format!("cache {c}: {e}"))))?),
                         None => None,
                     },
+                    control: match r.control.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                        Some("canny") => Some(ControlSource::Canny {
+                            low: self.canny_low.unwrap_or(100.0),
+                            high: self.canny_high.unwrap_or(200.0),
+                        }),
+                        Some(c) => Some(ControlSource::File(near(c))),
+                        None => None,
+                    },
+                    redux: match r.redux.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+                        Some(l) => Some(
+                            l.split(';')
+                                .map(|s| {
+                                    let mut x = parse_redux(s.trim()).map_err(at)?;
+                                    x.path = near(&x.path.to_string_lossy());
+                                    Ok(x)
+                                })
+                                .collect::<Result<Vec<_>>>()?,
+                        ),
+                        None => None,
+                    },
                     prompt: r.prompt,
                     strength: r.strength,
                     seed: r.seed,
@@ -633,6 +685,12 @@ impl Args {
                 request.references = r.clone();
             }
             request.cache = row.cache.or(request.cache);
+            if let Some(c) = &row.control {
+                request.control = Some(c.clone());
+            }
+            if let Some(r) = &row.redux {
+                request.redux = r.clone();
+            }
             let vars = [
                 ("stem", stem.clone()),
                 ("seed", seed.to_string()),
@@ -714,6 +772,20 @@ fn parse_lora(spec: &str, base: &Path) -> Result<LoraSpec> {
     Ok(LoraSpec { path: p, weight })
 }
 
+/// `--redux FILE[:WEIGHT]`.
+fn parse_redux(spec: &str) -> Result<ReduxImage> {
+    let (path, weight) = match spec.rsplit_once(':').map(|(p, w)| (p, w.trim().parse::<f64>())) {
+        Some((p, Ok(w))) if !Path::new(spec).exists() => (p, w),
+        _ => (spec, 1.0),
+    };
+    if path.trim().is_empty() || !weight.is_finite() || weight.abs() > MAX_SCALE {
+        return Err(Error::Usage(format!(
+            "--redux {spec}: expected FILE[:WEIGHT] with a weight within ±{MAX_SCALE}, e.g. style.png:0.8"
+        )));
+    }
+    Ok(ReduxImage { path: PathBuf::from(path), weight })
+}
+
 /// `--mask auto`: `{stem}.mask.png` beside the input.
 fn auto_mask(input: &Input) -> Result<PathBuf> {
     match input {
@@ -748,6 +820,8 @@ impl Row {
             loras: None,
             references: None,
             cache: None,
+            control: None,
+            redux: None,
             line: None,
         }
     }

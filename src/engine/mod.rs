@@ -24,6 +24,7 @@ pub mod memory;
 pub mod plan;
 pub mod progress;
 pub mod record;
+pub mod redux;
 pub mod request;
 pub mod session;
 

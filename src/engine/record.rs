@@ -56,6 +56,11 @@ pub struct EditRecord {
     /// FLUX.1 Control: the control image's path, or `canny:LOW,HIGH`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
+    /// FLUX.1 Redux: its images and weights (hash unused), and where its prior came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redux: Vec<LoraRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redux_model: Option<PathBuf>,
     /// FLUX.2: the model family, when not FLUX.1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
@@ -64,6 +69,13 @@ pub struct EditRecord {
     pub loras: Vec<LoraRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_scale: Option<f64>,
+    /// Stable Diffusion: the scheduler that ran, `--clip-skip` and `--start-step`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_step: Option<usize>,
     /// True CFG: the negative prompt and its scale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
@@ -129,6 +141,12 @@ impl EditRecord {
                 _ => None,
             },
             control: req.control.as_ref().map(|c| c.words()),
+            redux: req
+                .redux
+                .iter()
+                .map(|r| LoraRecord { path: r.path.clone(), weight: r.weight, hash: None })
+                .collect(),
+            redux_model: req.redux_model.clone(),
             reference_width: plan.reference_size.map(|s| s.0),
             reference_height: plan.reference_size.map(|s| s.1),
             loras: req
@@ -140,11 +158,15 @@ impl EditRecord {
             references: req.references.clone(),
             family: (plan.family != Family::Flux1).then(|| plan.family.to_string()),
             negative_prompt: req.true_cfg.as_ref().map(|c| c.negative_prompt.clone()),
+            scheduler: plan.scheduler,
+            clip_skip: req.sd.clip_skip,
+            start_step: req.sd.start_step,
             // FLUX.2 base models take a negative prompt without a true-CFG scale (theirs is --guidance).
             true_cfg: req.cfg().map(|c| c.scale),
             model: req.model.clone(),
             input: req.image().map(PathBuf::from),
-            strength: req.strength(),
+            // --start-step replaces the strength (the mode keeps a default one).
+            strength: req.strength().filter(|_| req.sd.start_step.is_none()),
             steps: plan.steps,
             steps_run: s.steps_to_run(),
             t_start: s.t_start,
@@ -178,16 +200,26 @@ impl EditRecord {
     /// A1111's `parameters` text: the prompt, then `Key: value` pairs (what image sites show).
     pub fn a1111(&self) -> String {
         let model = self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let sampler = self.scheduler.map_or("Euler (flow matching)", |s| s.a1111());
         let mut params = format!(
-            "{}\nSteps: {}, Sampler: Euler (flow matching), Seed: {}, Size: {}x{}, Model: {}",
+            "{}\nSteps: {}, Sampler: {sampler}, Seed: {}, Size: {}x{}, Model: {}",
             self.prompt, self.steps, self.seed, self.width, self.height, model
         );
         if let Some(s) = self.strength {
             params.push_str(&format!(", Denoising strength: {s}"));
         }
         params.push_str(&format!(", RNG: {}", self.rng));
-        if let Some(g) = self.guidance {
-            params.push_str(&format!(", Guidance: {g}"));
+        match (self.guidance, self.scheduler) {
+            // Stable Diffusion's guidance is its CFG scale; A1111 counts clip skip from 1 (no skip).
+            (Some(g), Some(_)) => params.push_str(&format!(", CFG scale: {g}")),
+            (Some(g), None) => params.push_str(&format!(", Guidance: {g}")),
+            _ => {}
+        }
+        if let Some(n) = self.clip_skip {
+            params.push_str(&format!(", Clip skip: {}", n + 1));
+        }
+        if let Some(n) = self.start_step {
+            params.push_str(&format!(", Start step: {n}"));
         }
         if !self.loras.is_empty() {
             let name = |p: &PathBuf| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -204,7 +236,9 @@ impl EditRecord {
         if let Some(c) = &self.cache {
             params.push_str(&format!(", Cache: {c}"));
         }
-        if let (Some(n), Some(s)) = (&self.negative_prompt, self.true_cfg) {
+        if let (Some(n), true) = (&self.negative_prompt, self.scheduler.is_some()) {
+            params = params.replacen('\n', &format!("\nNegative prompt: {n}\n"), 1);
+        } else if let (Some(n), Some(s)) = (&self.negative_prompt, self.true_cfg) {
             // A1111 puts the negative prompt on its own line after the prompt.
             params = params.replacen('\n', &format!("\nNegative prompt: {n}\n"), 1);
             params.push_str(&format!(", CFG scale: {s}"));

@@ -44,6 +44,13 @@ pub struct Mask {
     pub paste_back: bool,
 }
 
+/// A Redux image and its weight (`prompt_embeds_scale` and `pooled_prompt_embeds_scale` in diffusers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReduxImage {
+    pub path: PathBuf,
+    pub weight: f64,
+}
+
 /// Where a control image comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ControlSource {
@@ -157,6 +164,24 @@ pub struct Request {
     pub references: Vec<PathBuf>,
     /// FLUX.1 Control transformers (Canny/Depth-dev): the control image, or how it is derived from the input.
     pub control: Option<ControlSource>,
+    /// FLUX.1 Redux: images whose SigLIP tokens join the prompt's, each with its weight.
+    pub redux: Vec<ReduxImage>,
+    /// Where Redux's image encoder and embedder are (a folder or Hub id; None: FLUX.1-Redux-dev).
+    pub redux_model: Option<PathBuf>,
+    /// Stable Diffusion: how the model is sampled (None: the checkpoint's own scheduler) and prompted.
+    pub sd: SdOptions,
+}
+
+/// Stable Diffusion's own settings (FLUX models refuse them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SdOptions {
+    /// `--scheduler`: None runs the checkpoint's own.
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
+    /// `--clip-skip N`: the prompt's text states N encoder layers before the last (diffusers' `clip_skip`).
+    pub clip_skip: Option<usize>,
+    /// `--start-step N`: img2img and inpainting start at step N of the schedule instead of where the strength
+    /// puts them.
+    pub start_step: Option<usize>,
 }
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).

@@ -21,6 +21,7 @@ pub enum Role {
     Mask,
     Reference,
     Control,
+    Redux,
 }
 
 impl std::fmt::Display for Role {
@@ -29,6 +30,7 @@ impl std::fmt::Display for Role {
             Role::Input => "input image",
             Role::Mask => "mask",
             Role::Reference => "reference image",
+            Role::Redux => "Redux image",
             Role::Control => "control image",
         })
     }
@@ -228,10 +230,33 @@ fn lanczos(x: f64) -> f64 {
 }
 
 /// Per output index: first input index, and fixed-point weights (Pillow's `precompute_coeffs` + normalisation).
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+/// Pillow's bicubic kernel (a = -0.5), support 2.
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// A Pillow resampling filter: its kernel and support.
+#[derive(Clone, Copy)]
+struct Filter {
+    kernel: fn(f64) -> f64,
+    support: f64,
+}
+
+const LANCZOS: Filter = Filter { kernel: lanczos, support: 3.0 };
+const BICUBIC: Filter = Filter { kernel: bicubic, support: 2.0 };
+
+fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 3.0 * filterscale;
+    let support = filter.support * filterscale;
     (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
@@ -239,8 +264,9 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             // C's (int) cast truncates toward zero.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let ws: Vec<f64> =
-                (0..xmax.saturating_sub(xmin)).map(|x| lanczos((x as f64 + xmin as f64 - center + 0.5) * ss)).collect();
+            let ws: Vec<f64> = (0..xmax.saturating_sub(xmin))
+                .map(|x| (filter.kernel)((x as f64 + xmin as f64 - center + 0.5) * ss))
+                .collect();
             let total: f64 = ws.iter().sum();
             let fixed = ws
                 .iter()
@@ -261,13 +287,22 @@ fn clip8(acc: i32) -> u8 {
 
 /// `PIL.Image.resize((width, height), Image.LANCZOS)` for RGB images.
 pub fn resize_lanczos(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize_with(img, width, height, LANCZOS)
+}
+
+/// `PIL.Image.resize((width, height), Image.BICUBIC)` for RGB images (SigLIP's image processor).
+pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize_with(img, width, height, BICUBIC)
+}
+
+fn resize_with(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
     let (iw, ih) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (width as usize, height as usize);
     let src = img.as_raw();
     let half = 1i32 << (PRECISION_BITS - 1);
     // Horizontal pass (skipped when the width does not change, as in Pillow).
     let (mid, mw) = if ow != iw {
-        let coeffs = coefficients(iw, ow);
+        let coeffs = coefficients(iw, ow, filter);
         let mut out = vec![0u8; ow * ih * 3];
         for y in 0..ih {
             for (x, (xmin, k)) in coeffs.iter().enumerate() {
@@ -286,7 +321,7 @@ pub fn resize_lanczos(img: &RgbImage, width: u32, height: u32) -> RgbImage {
     };
     // Vertical pass.
     let out = if oh != ih {
-        let coeffs = coefficients(ih, oh);
+        let coeffs = coefficients(ih, oh, filter);
         let mut out = vec![0u8; mw * oh * 3];
         for (y, (ymin, k)) in coeffs.iter().enumerate() {
             for x in 0..mw {

@@ -8,6 +8,7 @@
 //!   projections; `flux2`: FLUX.2's, sharing its attention, norm and RoPE pieces.
 //! - `hooks`: where a step cache (`--cache`) reaches into a transformer's forward.
 //! - `linear`: dense / quantised (`--quantize`, GGUF) linear layers for the transformers, with LoRA side paths.
+//! - `unet` (+ `unet_attention`): diffusers' `UNet2DConditionModel` for Stable Diffusion 1.x/2.x and SDXL.
 //! - T5 comes straight from `candle_transformers::models::t5`.
 
 pub mod clip;
@@ -15,7 +16,10 @@ pub mod flux2;
 pub mod hooks;
 pub mod linear;
 pub mod qwen3;
+pub mod redux;
 pub mod transformer;
+pub mod unet;
+pub mod unet_attention;
 pub mod vae;
 
 use candle_core::{Result, Tensor};

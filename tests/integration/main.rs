@@ -14,5 +14,7 @@ mod lora;
 mod memory;
 mod modes;
 mod parity;
+mod redux;
 mod safety;
+mod sd;
 mod smoke;

@@ -3,6 +3,7 @@
 //! here, FLUX.2 in [`flux2`].
 
 pub mod flux2;
+pub mod sd;
 
 use super::request::{
     Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_FILL, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL,
@@ -47,6 +48,8 @@ pub struct Plan {
     pub guide: String,
     /// How a smaller edit of this mode is asked for (what memory advice may suggest).
     pub size_rule: SizeRule,
+    /// Stable Diffusion: the discrete scheduler that runs.
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
     /// Remarks for the user (large size, ignored flags); the plan is still valid.
     pub warnings: Vec<String>,
 }
@@ -111,6 +114,43 @@ fn check_transformer_inputs(req: &Request, cfg: &ModelConfigs) -> Result<Transfo
     }
 }
 
+/// What conditions the edit beyond the prompt, for the plan line: Fill, Control's image, Redux, outpainting.
+fn conditioning_words(req: &Request, inputs: TransformerInputs) -> String {
+    let mut words = Vec::new();
+    if inputs == TransformerInputs::Fill {
+        words.push("FLUX.1 Fill".to_string());
+    }
+    if let Some(c) = &req.control {
+        words.push(format!("control {}", c.words()));
+    }
+    if !req.redux.is_empty() {
+        words.push(format!("Redux x{}", req.redux.len()));
+    }
+    if let Some(o) = req.outpaint() {
+        words.push(format!("outpaint ({o})"));
+    }
+    words.iter().map(|w| format!(", {w}")).collect()
+}
+
+/// Redux joins FLUX.1's T5 tokens in the modes diffusers' prior feeds (not Kontext, nor true CFG, whose negative
+/// prompt would have fewer tokens than the batch it shares).
+fn check_redux(req: &Request, cfg: &ModelConfigs) -> Result<()> {
+    if req.redux.is_empty() {
+        return Ok(());
+    }
+    let refuse = |why: &str| Err(Error::Usage(format!("--redux {why}")));
+    if cfg.family != Family::Flux1 {
+        return refuse("works with FLUX.1 models (its tokens join T5's); FLUX.2 takes --reference images instead");
+    }
+    if matches!(req.mode, Mode::Kontext { .. }) {
+        return refuse("does not go with Kontext, whose input is its reference already");
+    }
+    if req.cfg().is_some() {
+        return refuse("does not go with --true-cfg; drop --negative-prompt/--true-cfg");
+    }
+    super::redux::check(req)
+}
+
 /// Plans `req` for an input of `input` pixels (None: a mode without one) and FLUX.2 references of `references`
 /// pixels with `seed`; `gpu` is the CUDA generator's geometry when the request names none (the device's, or an
 /// H100's on the CPU).
@@ -122,9 +162,11 @@ pub fn plan(
     seed: u64,
     gpu: CudaGeometry,
 ) -> Result<Plan> {
+    check_no_sd_flags(req, cfg.family)?;
     if cfg.family == Family::Flux2 && req.control.is_some() {
         return Err(Error::Usage("--control/--control-from need a FLUX.1 Control model; FLUX.2 takes none".into()));
     }
+    check_redux(req, cfg)?;
     if cfg.family == Family::Flux2 {
         return flux2::plan(req, cfg, input, references, seed, gpu);
     }
@@ -168,6 +210,7 @@ pub fn plan(
         Some(c) => format!("guidance {g}, true CFG {} (2 transformer passes per step, batched)", c.scale),
         None => format!("guidance {g}"),
     };
+    let guide = guide + &conditioning_words(req, inputs);
     let size_rule = if input.is_none() { SizeRule::Given } else { SizeRule::Input };
     Ok(Plan {
         sampler: shift_words(&schedule),
@@ -187,8 +230,26 @@ pub fn plan(
         seed,
         rng_gpu,
         schedule,
+        scheduler: None,
         warnings,
     })
+}
+
+/// Stable Diffusion's flags on a FLUX model: one line naming the flag.
+fn check_no_sd_flags(req: &Request, family: Family) -> Result<()> {
+    let o = &req.sd;
+    let flag = [
+        o.scheduler.map(|s| format!("--scheduler {s}")),
+        o.clip_skip.map(|n| format!("--clip-skip {n}")),
+        o.start_step.map(|n| format!("--start-step {n}")),
+    ];
+    match flag.into_iter().flatten().next() {
+        Some(f) => Err(Error::Usage(format!(
+            "{f} is for Stable Diffusion models; this {family} model runs its flow-matching schedule (--strength sets \
+             where img2img starts)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Kontext's default area (diffusers' `max_area`, 1024²).

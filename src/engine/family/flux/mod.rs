@@ -15,11 +15,12 @@ use crate::engine::load::{self, TransformerKind};
 use crate::engine::memory::{Estimate, Workload};
 use crate::engine::plan::{self, Plan};
 use crate::engine::request::{Mode, Request};
-use crate::engine::{control, edit, fill, inpaint};
+use crate::engine::{control, edit, fill, inpaint, redux};
 use crate::error::{Error, Result};
 use crate::image_io;
 use crate::models::clip::ClipLora;
 use crate::models::linear::{LoraApply, Quant};
+use crate::models::redux::ReduxPrior;
 use crate::models::transformer::{self, Inputs};
 use crate::models::vae::AutoencoderKl;
 use crate::models::Denoiser;
@@ -57,6 +58,8 @@ struct Edit {
     cache: Option<CacheSpec>,
     /// Fill and Control: the channels appended to every token.
     extra: Option<Tensor>,
+    /// Redux: each image's tokens and weight.
+    redux: Vec<(Tensor, f64)>,
     /// Set by `begin`.
     run: Option<Run>,
 }
@@ -87,6 +90,8 @@ pub struct Flux {
     /// The LoRA scale merged into the loaded transformer, if one was.
     merged_at: Option<f64>,
     posterior: Option<Posterior>,
+    /// The Redux prior and the folder it came from (loaded on first use).
+    redux: Option<(std::path::PathBuf, crate::models::redux::ReduxPrior)>,
     /// Loaded weight bytes by dtype and quantization (read from the headers once).
     weight_sizes: HashMap<(&'static str, Option<Quant>), crate::engine::memory::WeightSizes>,
     edit: Option<Edit>,
@@ -109,6 +114,7 @@ impl Flux {
             transformer: None,
             merged_at: None,
             posterior: None,
+            redux: None,
             weight_sizes: HashMap::new(),
             edit: None,
         };
@@ -255,6 +261,20 @@ impl Flux {
                 Ok(Staged { start, mask: None, reference: None, input: None, channels })
             }
         }
+    }
+
+    /// Redux's image tokens for `req` (none without --redux), the prior loaded once per folder.
+    fn redux_tokens(&mut self, env: &Env, req: &Request) -> Result<Vec<(Tensor, f64)>> {
+        if req.redux.is_empty() {
+            return Ok(Vec::new());
+        }
+        let root = redux::locate(req)?;
+        if self.redux.as_ref().is_none_or(|(r, _)| *r != root) {
+            let t5 = self.configs.transformer.joint_attention_dim;
+            self.redux = Some((root.clone(), ReduxPrior::load(&root, t5, env.dtype, env.device)?));
+        }
+        let (_, prior) = self.redux.as_ref().expect("loaded above");
+        redux::embed(prior, req, env)
     }
 
     /// A picture at the working size encoded, its posterior sampled with the generator's next draw, in latent
@@ -445,6 +465,7 @@ impl ModelFamily for Flux {
             reference,
             cache: req.cache,
             extra: channels,
+            redux: self.redux_tokens(env, req)?,
             run: None,
         });
         Ok(Prepared { latents: start.packed, mask, input })
@@ -497,11 +518,13 @@ impl ModelFamily for Flux {
     ) -> Result<usize> {
         let (dev, dtype) = (env.device, env.dtype);
         let edit = self.edit.as_ref().expect("prepared before begin");
+        // Redux joins its image tokens to the prompt's (the plan refuses it with CFG's negative prompt).
+        let (cond_txt, cond_pooled) = redux::condition(&cond.txt, cond.pooled.as_ref(), &edit.redux)?;
         let txt = match negative {
-            Some(neg) => Tensor::cat(&[&cond.txt, &neg.txt], 0)?,
-            None => cond.txt.clone(),
+            Some(neg) => Tensor::cat(&[&cond_txt, &neg.txt], 0)?,
+            None => cond_txt,
         };
-        let pooled = match (&cond.pooled, negative.and_then(|n| n.pooled.as_ref())) {
+        let pooled = match (&cond_pooled, negative.and_then(|n| n.pooled.as_ref())) {
             (Some(p), Some(n)) => Some(Tensor::cat(&[p, n], 0)?),
             (p, _) => p.clone(),
         };
