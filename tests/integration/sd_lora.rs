@@ -128,3 +128,29 @@ fn flux_lora_on_sd_is_one_line() {
         assert!(!out.exists());
     }
 }
+
+/// A manifest's lora column on an SD model: the row with the LoRA matches diffusers' output with it, the row
+/// without runs the plain model (the batch drops the merged UNet and CLIP side paths between them).
+#[test]
+fn sd_lora_from_manifest_column() {
+    let case = cases().into_iter().find(|c| c["name"] == "sd15-lora-peft").unwrap();
+    let f = fixtures();
+    let t = tempfile::tempdir().unwrap();
+    let lora = format!("{}:{}", s(&f.join("loras/sd15-peft.safetensors")), case["weight"]);
+    let prompt = case["prompt"].as_str().unwrap();
+    let manifest = t.path().join("m.csv");
+    let rows = format!("prompt,seed,output,lora\n\"{prompt}\",41,with.png,{lora}\n\"{prompt}\",41,without.png,\n");
+    std::fs::write(&manifest, rows).unwrap();
+    let o = bin()
+        .args(["--model", &s(&f.join("tiny-sd15")), "--manifest", &s(&manifest)])
+        .args(["--width", "48", "--height", "64", "--steps", "5", "--guidance", "7.5", "--scheduler", "euler"])
+        .args(["--rng", "torch-cpu", "--dtype", "f32", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = f.join(case["expected"].as_str().unwrap());
+    let (with, without) = (psnr(&t.path().join("with.png"), &expected), psnr(&t.path().join("without.png"), &expected));
+    eprintln!("manifest lora column: with {with:.1} dB, without {without:.1} dB");
+    assert!(with >= MIN_PSNR_DB, "{with:.2} dB");
+    assert!(without < MAX_SENSITIVITY_DB, "{without:.2} dB");
+}
