@@ -5,7 +5,8 @@ inpainting UNet) with diffusers' own classes, and record diffusers' outputs for 
 Writes tests/fixtures/:
   tiny-sd15/, tiny-sd2/, tiny-sdxl/, tiny-sd15-inpaint/   exactly as <Pipeline>.save_pretrained writes them
   tiny-sd15-original.safetensors   tiny-sd15 as one checkpoint in the original (CompVis) names, checked against
-                           diffusers' single-file conversion tables
+                           diffusers' single-file conversion tables; tiny-sd2-original.safetensors and
+                           tiny-sdxl-original.safetensors likewise, their encoders in OpenCLIP names
   sd-vectors.safetensors   model-level vectors: each UNet on a fixed input (with SDXL's text_time conditioning),
                            each text encoder's hidden states / pooled projection, each VAE's encode and decode
   expected/sd-<case>.png   the pipeline's output for each case (CPU generator, float32)
@@ -248,9 +249,45 @@ def vae_ldm_name(k: str, blocks: int) -> str:
     return k
 
 
-def single_file(pipe, path: Path):
-    """The pipeline as one original-layout checkpoint (as civitai serves SD 1.x), checked by converting it back
-    with diffusers' own single-file tables: every tensor must come back under its diffusers name, unchanged."""
+def open_clip_state(encoder, prefix: str, projection: bool, seed: int):
+    """A transformers CLIP text encoder in OpenCLIP's names (as SD 2.x's and SDXL's second encoder ship): q/k/v
+    fused into `attn.in_proj_*`, `text_projection` stored as [in, out]. SD 2.x's files carry a projection its
+    diffusers encoder does not use: a random one stands in for it."""
+    sd = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out = {prefix + "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+           prefix + "positional_embedding": sd.pop("embeddings.position_embedding.weight")}
+    for leaf in ("weight", "bias"):
+        out[prefix + "ln_final." + leaf] = sd.pop("final_layer_norm." + leaf)
+    if projection:
+        out[prefix + "text_projection"] = sd.pop("text_projection.weight").T
+    else:
+        h = encoder.config.hidden_size
+        out[prefix + "text_projection"] = torch.randn(h, h, generator=torch.Generator().manual_seed(seed))
+    layer = [("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+             ("self_attn.out_proj", "attn.out_proj")]
+    for i in range(encoder.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for leaf in ("weight", "bias"):
+            qkv = [sd.pop(f"{src}self_attn.{q}_proj.{leaf}") for q in "qkv"]
+            out[f"{dst}attn.in_proj_{leaf}"] = torch.cat(qkv, 0)
+            for a, b in layer:
+                out[f"{dst}{b}.{leaf}"] = sd.pop(f"{src}{a}.{leaf}")
+    assert not sd, f"unmapped: {sorted(sd)}"
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def check_open_clip(ckpt, encoder, prefix: str):
+    """diffusers' own OpenCLIP conversion must give back the encoder's tensors under their names."""
+    from diffusers.loaders import single_file_utils as sfu
+    back = {k.removeprefix("text_model."): v for k, v in sfu.convert_open_clip_checkpoint(encoder, dict(ckpt), prefix).items()}
+    want = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want), f"OpenCLIP {prefix}"
+
+
+def single_file(pipe, path: Path, kind: str = "sd1"):
+    """The pipeline as one original-layout checkpoint (as civitai serves them), checked by converting it back
+    with diffusers' own single-file tables: every tensor must come back under its diffusers name, unchanged.
+    `kind`: sd1 (CLIP in transformers names), sd2 (OpenCLIP) or sdxl (CLIP-L and OpenCLIP bigG)."""
     from diffusers.loaders import single_file_utils as sfu
     ckpt = {}
     for k, v in pipe.unet.state_dict().items():
@@ -260,17 +297,29 @@ def single_file(pipe, path: Path):
         ldm = vae_ldm_name(k, blocks)
         # The original mid-block attention is 1x1 convolutions.
         ckpt["first_stage_model." + ldm] = v[:, :, None, None].contiguous() if ".attn_1." in ldm and v.ndim == 2 else v.contiguous()
-    for k, v in pipe.text_encoder.state_dict().items():
-        ckpt["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v.contiguous()
+    clip_prefix = {"sd1": "cond_stage_model.transformer.", "sdxl": "conditioner.embedders.0.transformer."}.get(kind)
+    if clip_prefix:
+        for k, v in pipe.text_encoder.state_dict().items():
+            ckpt[clip_prefix + (k if k.startswith("text_model.") else "text_model." + k)] = v.contiguous()
+    if kind == "sd2":
+        ckpt.update(open_clip_state(pipe.text_encoder, "cond_stage_model.model.", False, 24))
+    if kind == "sdxl":
+        ckpt.update(open_clip_state(pipe.text_encoder_2, "conditioner.embedders.1.model.", True, 35))
     back = sfu.convert_ldm_unet_checkpoint(dict(ckpt), dict(pipe.unet.config))
     want = pipe.unet.state_dict()
     assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want), "UNet names"
     back = sfu.convert_ldm_vae_checkpoint(dict(ckpt), dict(pipe.vae.config))
     want = pipe.vae.state_dict()
     assert back.keys() == want.keys() and all(torch.equal(back[k].reshape(want[k].shape), want[k]) for k in want), "VAE"
-    back = {k.removeprefix("text_model."): v for k, v in sfu.convert_ldm_clip_checkpoint(dict(ckpt)).items()}
-    want = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items()}
-    assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want), "CLIP names"
+    if clip_prefix:
+        conv = sfu.convert_ldm_clip_checkpoint(dict(ckpt), clip_prefix if kind == "sdxl" else None)
+        back = {k.removeprefix("text_model."): v for k, v in conv.items()}
+        want = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder.state_dict().items()}
+        assert back.keys() == want.keys() and all(torch.equal(back[k], want[k]) for k in want), "CLIP names"
+    if kind == "sd2":
+        check_open_clip(ckpt, pipe.text_encoder, "cond_stage_model.model.")
+    if kind == "sdxl":
+        check_open_clip(ckpt, pipe.text_encoder_2, "conditioner.embedders.1.model.")
     save_file(ckpt, path)
 
 
@@ -412,6 +461,8 @@ def main():
     mask(out / "masks" / "sd-rect-moved-64x48.png", 64, 48, (24, 12, 56, 40))
     if a.only in ("", "vectors", "single"):
         single_file(pipes["tiny-sd15"], out / "tiny-sd15-original.safetensors")
+        single_file(pipes["tiny-sd2"], out / "tiny-sd2-original.safetensors", "sd2")
+        single_file(pipes["tiny-sdxl"], out / "tiny-sdxl-original.safetensors", "sdxl")
     if a.only in ("", "vectors"):
         vectors(pipes, out)
     if a.only in ("", "cases"):

@@ -4,6 +4,7 @@
 use super::{component, Component, Overrides};
 use crate::config::Family;
 use crate::error::{Error, Result};
+use crate::weights::open_clip_keys::TextKeys;
 use std::path::{Path, PathBuf};
 
 /// Every file of a diffusers-layout Stable Diffusion pipeline that flux-img2img reads.
@@ -28,15 +29,19 @@ pub struct SdFiles {
 pub struct Original {
     pub unet: bool,
     pub vae: Option<String>,
-    pub clip: Option<String>,
+    pub clip: Option<TextKeys>,
+    pub clip_2: Option<TextKeys>,
 }
 
-/// Prefixes of an original single-file checkpoint: the UNet, the VAE, SD 1.x's CLIP (transformers names), and
-/// the OpenCLIP text encoders of SD 2.x and SDXL.
+/// Prefixes of an original single-file checkpoint: the UNet, the VAE.
 const UNET_PREFIX: &str = crate::weights::unet_keys::PREFIX;
 const VAE_PREFIX: &str = "first_stage_model.";
+/// Text encoders: SD 1.x's CLIP (transformers names), SD 2.x's OpenCLIP, SDXL's CLIP-L (transformers names) and
+/// OpenCLIP bigG.
 const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
-const OPEN_CLIP: [&str; 2] = ["cond_stage_model.model.", "conditioner.embedders."];
+const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+const XL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+const XL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// Pickle checkpoints can run code when loaded: refused, with the way out.
 pub fn refuse_pickle(path: &Path) -> Result<()> {
@@ -104,11 +109,13 @@ impl SdFiles {
     fn adopt_checkpoint(&mut self, file: &Path, o: &Overrides) -> Result<()> {
         let names = names(file)?;
         let has = |p: &str| names.iter().any(|n| n.starts_with(p));
-        if OPEN_CLIP.iter().any(|p| has(p)) {
+        let xl_file = has("conditioner.");
+        if xl_file != (self.family == Family::Sdxl) {
+            let kind = if xl_file { "an SDXL" } else { "an SD 1.x/2.x" };
             return Err(Error::Usage(format!(
-                "{}: an SD 2.x or SDXL single file (OpenCLIP text encoder), which is not read yet; convert it to a \
-                 diffusers folder (StableDiffusion[XL]Pipeline.from_single_file, then save_pretrained)",
-                file.display()
+                "{}: {kind} single file, but --model is a {} pipeline; give --model {kind} pipeline",
+                file.display(),
+                self.family
             )));
         }
         self.unet.weights = vec![file.to_path_buf()];
@@ -117,9 +124,20 @@ impl SdFiles {
             self.vae.weights = vec![file.to_path_buf()];
             self.original.vae = Some(VAE_PREFIX.into());
         }
-        if has(CLIP_PREFIX) && o.text_encoder.is_none() {
+        let first = [(CLIP_PREFIX, false), (OPEN_CLIP_PREFIX, true), (XL_CLIP_PREFIX, false)];
+        if let (Some(&(prefix, open)), None) = (first.iter().find(|(p, _)| has(p)), &o.text_encoder) {
             self.text_encoder.weights = vec![file.to_path_buf()];
-            self.original.clip = Some(CLIP_PREFIX.into());
+            let prefix = prefix.to_string();
+            // SD 2.x's stored projection is not part of its diffusers encoder (CLIPTextModel).
+            self.original.clip = Some(if open {
+                TextKeys::OpenClip { prefix, projection: false }
+            } else {
+                TextKeys::Transformers(prefix)
+            });
+        }
+        if let (true, None, Some(te2)) = (has(XL_OPEN_CLIP_PREFIX), &o.text_encoder_2, self.text_encoder_2.as_mut()) {
+            te2.weights = vec![file.to_path_buf()];
+            self.original.clip_2 = Some(TextKeys::OpenClip { prefix: XL_OPEN_CLIP_PREFIX.into(), projection: true });
         }
         Ok(())
     }

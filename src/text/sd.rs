@@ -15,13 +15,12 @@ use crate::error::{Error, Result};
 use crate::models::clip::{ClipLora, ClipText};
 use crate::source::sd::SdFiles;
 use crate::source::Component;
-use crate::weights::flux_keys::Source;
 use crate::weights::lora::sd::TEXT_ENCODER_2;
 use crate::weights::lora::{LoraSet, ScaleCell};
-use crate::weights::{CheckedWeights, NameMap};
+use crate::weights::open_clip_keys::TextKeys;
+use crate::weights::CheckedWeights;
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
-use std::sync::Arc;
 
 struct Encoder {
     tok: FixedTokenizer,
@@ -30,13 +29,13 @@ struct Encoder {
 }
 
 impl Encoder {
-    /// `prefix`: where an original single file keeps the encoder (transformers' names after it).
+    /// `keys`: how an original single file names the encoder.
     fn load(
         cfg: &ClipConfig,
         c: &Component,
         tokenizer: &Path,
         name: &str,
-        prefix: Option<String>,
+        keys: Option<TextKeys>,
         (dtype, dev): (DType, &Device),
         lora: Option<&ClipLora>,
     ) -> Result<Self> {
@@ -44,8 +43,7 @@ impl Encoder {
         let tok = FixedTokenizer::load(tokenizer, max_len, "<|endoftext|>", true)?.with_embedding_rows(cfg.vocab_size);
         let act = Act::parse(&cfg.hidden_act, &c.config)?;
         let w = CheckedWeights::open(name, &c.weights)?;
-        let map = prefix.map(|p| Arc::new(move |n: &str| Source::One(format!("{p}{n}"))) as NameMap);
-        let clip = ClipText::new(cfg, act, w.var_builder(dtype, dev, map), lora)?;
+        let clip = ClipText::new(cfg, act, w.var_builder(dtype, dev, keys.map(|k| k.map())), lora)?;
         w.finish()?;
         Ok(Self { tok, clip, max_len })
     }
@@ -91,7 +89,8 @@ impl SdText {
         )?];
         if let (Some(c2), Some(f2), Some(t2)) = (&cfg.clip_2, &files.text_encoder_2, &files.tokenizer_2) {
             let lora = clip_lora(TEXT_ENCODER_2);
-            encoders.push(Encoder::load(c2, f2, t2, "text_encoder_2 (CLIP)", None, (dtype, device), lora.as_ref())?);
+            let keys = files.original.clip_2.clone();
+            encoders.push(Encoder::load(c2, f2, t2, "text_encoder_2 (CLIP)", keys, (dtype, device), lora.as_ref())?);
         }
         Ok(Self { xl: encoders.len() == 2, encoders, device: device.clone(), notes: Vec::new() })
     }

@@ -22,6 +22,21 @@ pub enum Source {
     /// This tensor reshaped to the requested shape (same element count): BFL's VAE attention uses 1×1
     /// convolutions [C, C, 1, 1] where diffusers has Linear [C, C].
     Reshape(String),
+    /// Part `index` of `parts` equal slices along dim 0 (OpenCLIP's fused q/k/v `in_proj`).
+    Chunk { name: String, index: usize, parts: usize },
+    /// This tensor transposed (OpenCLIP keeps `text_projection` as [in, out], a Linear wants [out, in]).
+    Transpose(String),
+}
+
+impl Source {
+    /// The stored tensors this source reads.
+    pub fn stored(&self) -> Vec<&String> {
+        match self {
+            Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) | Source::Transpose(n) => vec![n],
+            Source::Chunk { name, .. } => vec![name],
+            Source::Cat(ns) => ns.iter().collect(),
+        }
+    }
 }
 
 /// How a transformer checkpoint names its tensors.
@@ -349,10 +364,7 @@ mod tests {
                     (false, false) => &["weight"],
                 };
                 for p in params {
-                    match bfl_to_diffusers_in(t, &format!("{m}.{p}")) {
-                        Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => reached.push(n),
-                        Source::Cat(ns) => reached.extend(ns),
-                    }
+                    reached.extend(bfl_to_diffusers_in(t, &format!("{m}.{p}")).stored().into_iter().cloned());
                 }
             }
             reached.sort();

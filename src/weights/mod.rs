@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod gguf_cache;
 pub mod layers;
 pub mod lora;
+pub mod open_clip_keys;
 pub mod sizes;
 pub mod t5_keys;
 pub mod unet_keys;
@@ -56,10 +57,7 @@ impl Backend {
     /// Loads `name`, or returns None after recording why it could not be.
     fn fetch(&self, name: &str, dev: &Device) -> candle_core::Result<Option<Tensor>> {
         let source = self.resolve(name);
-        let parts: Vec<&String> = match &source {
-            Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => vec![n],
-            Source::Cat(ns) => ns.iter().collect(),
-        };
+        let parts = source.stored();
         let mut tensors = Vec::with_capacity(parts.len());
         let mut missing = false;
         for p in &parts {
@@ -77,6 +75,12 @@ impl Backend {
         let t = match source {
             Source::One(_) | Source::Reshape(_) => tensors.pop().unwrap(),
             Source::Cat(_) => Tensor::cat(&tensors, 0)?,
+            Source::Chunk { index, parts, .. } => {
+                let t = tensors.pop().unwrap();
+                let size = t.dim(0)? / parts;
+                t.narrow(0, index * size, size)?
+            }
+            Source::Transpose(_) => tensors.pop().unwrap().t()?.contiguous()?,
             Source::SwapHalves(_) => {
                 let t = tensors.pop().unwrap();
                 let half = t.dim(0)? / 2;
@@ -88,8 +92,9 @@ impl Backend {
 
     fn display_name(&self, name: &str) -> String {
         match self.resolve(name) {
-            Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => n,
             Source::Cat(ns) => ns.join(" + "),
+            Source::Chunk { name, index, parts } => format!("{name} (part {} of {parts})", index + 1),
+            other => other.stored()[0].clone(),
         }
     }
 }
@@ -131,10 +136,7 @@ impl SimpleBackend for Backend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        match self.resolve(name) {
-            Source::One(n) | Source::SwapHalves(n) | Source::Reshape(n) => self.files.get(&n).is_ok(),
-            Source::Cat(ns) => ns.iter().all(|n| self.files.get(n).is_ok()),
-        }
+        self.resolve(name).stored().iter().all(|n| self.files.get(n).is_ok())
     }
 }
 

@@ -321,24 +321,51 @@ fn sd_dry_run_estimates_memory() {
     assert!(err.contains("memory: about"), "{err}");
 }
 
-/// tiny-sd15 as one checkpoint in the original layout (UNet, VAE and CLIP under model.diffusion_model.,
-/// first_stage_model. and cond_stage_model.transformer.; its names checked against diffusers' single-file
-/// tables by the fixture script): every tensor is read from it through the tables (the file has no diffusers
-/// names, so a missing row fails the load), and the image is diffusers' sd15-t2i-default.
+/// Each tiny pipeline as one checkpoint in the original layout (UNet, VAE and text encoders under
+/// model.diffusion_model., first_stage_model. and cond_stage_model.transformer. (SD 1.x) /
+/// cond_stage_model.model. (SD 2.x, OpenCLIP) / conditioner.embedders.0.transformer. and .1.model. (SDXL);
+/// names checked against diffusers' single-file tables by the fixture script): every tensor is read from it
+/// through the tables (the file has no diffusers names, so a missing row fails the load), and the image is
+/// byte-identical to the diffusers folder's and within the bar of diffusers' reference for the case (measured:
+/// SD 1.x and SDXL bit-identical, SD 2.x 83.4 dB; sensitivity: q and v exchanged in the OpenCLIP split, 11.7 dB).
 #[test]
-fn sd_single_file_checkpoint_loads_to_the_same_image() {
+fn sd_single_file_checkpoints_load_to_the_same_image() {
     let t = tempfile::tempdir().unwrap();
-    let out = t.path().join("single.png");
     let f = fixtures();
-    let case = sd_cases().into_iter().find(|c| c["name"] == "sd15-t2i-default").unwrap();
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(f.join("cases-sd.json")).unwrap()).unwrap();
-    let mut args = sd_args(&case, v["prompt"].as_str().unwrap(), &out);
-    args.extend(["--transformer".into(), s(&f.join("tiny-sd15-original.safetensors"))]);
-    let o = bin().args(&args).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let db = psnr(&out, &f.join(case["expected"].as_str().unwrap()));
-    assert!(db >= MIN_PSNR_DB, "single file: {db:.1} dB");
+    for (file, name) in [
+        ("tiny-sd15-original.safetensors", "sd15-t2i-default"),
+        ("tiny-sd2-original.safetensors", "sd2-t2i-vpred-ddim"),
+        ("tiny-sdxl-original.safetensors", "sdxl-t2i-euler"),
+    ] {
+        let case = sd_cases().into_iter().find(|c| c["name"] == name).unwrap();
+        let (folder, single) = (t.path().join(format!("{name}-folder.png")), t.path().join(format!("{name}.png")));
+        let o = bin().args(sd_args(&case, v["prompt"].as_str().unwrap(), &folder)).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let mut args = sd_args(&case, v["prompt"].as_str().unwrap(), &single);
+        args.extend(["--transformer".into(), s(&f.join(file))]);
+        let o = bin().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{file}: {}", stderr(&o));
+        let db = psnr(&single, &f.join(case["expected"].as_str().unwrap()));
+        eprintln!("{file}: {db:.2} dB against diffusers' {name}");
+        assert!(db >= MIN_PSNR_DB, "{file}: {db:.1} dB");
+        assert!(
+            std::fs::read(&single).unwrap() == std::fs::read(&folder).unwrap(),
+            "{file}: differs from the folder's"
+        );
+    }
+}
+
+/// A single file of the other family than --model's pipeline is one line that says which to give.
+#[test]
+fn sd_single_file_of_the_other_family_is_one_line() {
+    let f = fixtures();
+    let size = ["--width", "64", "--height", "48"];
+    let xl = s(&f.join("tiny-sdxl-original.safetensors"));
+    sd_fails("tiny-sd15", &[&size[..], &["--transformer", &xl]].concat(), "an SDXL single file, but --model is");
+    let sd2 = s(&f.join("tiny-sd2-original.safetensors"));
+    sd_fails("tiny-sdxl", &[&size[..], &["--transformer", &sd2]].concat(), "give --model an SD 1.x/2.x pipeline");
 }
 
 #[test]
