@@ -15,4 +15,5 @@ mod modes;
 mod parity;
 mod redux;
 mod safety;
+mod server;
 mod smoke;
