@@ -30,8 +30,13 @@ fn main() -> anyhow::Result<()> {
         loras: Vec::new(),
         lora_scale: 1.0,
         references: Vec::new(),
+        control: None,
+        redux: Vec::new(),
+        redux_model: None,
+        sd: Default::default(),
         attention_chunk: None,
         vae_band: None,
+        cache: None,
         kernels: Default::default(),
     };
     // Progress lines and bars on stderr, as the CLI draws them; `engine::Silent` shows nothing.

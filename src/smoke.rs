@@ -96,11 +96,13 @@ fn extract(dir: &Path) -> Result<()> {
 fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, Kernels), output: &str) -> Request {
     Request {
         references: Vec::new(),
+        sd: Default::default(),
         control: None,
         redux: Vec::new(),
         redux_model: None,
         attention_chunk: None,
         vae_band: None,
+        cache: None,
         kernels,
         model: dir.to_path_buf(),
         mode: Mode::Img2Img { image: dir.join("input.png"), strength: case.strength },

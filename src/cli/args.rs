@@ -7,6 +7,7 @@ use crate::image_io::ResizeMode;
 use crate::kernels::Kernels;
 use crate::models::linear::Quant;
 use crate::rng::{CpuNoise, CudaGeometry, RngKind};
+use crate::schedulers::SchedulerKind;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -46,8 +47,8 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// The pipeline: a local folder in diffusers layout, a Hub repo id (org/name), or an alias: dev, schnell,
-    /// kontext, fill (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2). Also read from FLUX_MODEL
-    /// or MODEL_PATH.
+    /// kontext, fill (FLUX.1), klein-4b, klein-9b, klein-base-4b, klein-base-9b (FLUX.2), sd14, sd15, sd21 (Stable
+    /// Diffusion 1.x/2.x), sdxl (SDXL base). Also read from FLUX_MODEL or MODEL_PATH.
     #[arg(long, env = "FLUX_MODEL", value_name = "DIR|REPO")]
     pub model: Option<PathBuf>,
     /// Hub revision (branch, tag or commit) for a repo --model.
@@ -96,6 +97,14 @@ pub struct Args {
     /// the composition where none fits; refused on the CPU; not yet verified on a GPU). [default: auto]
     #[arg(long, value_parser = values::named(Kernels::NAMES))]
     pub kernels: Option<Kernels>,
+    /// Skip transformer work between steps whose output barely changes, as diffusers' hooks: fbcache[:THRESHOLD]
+    /// (First-Block Cache: when the first block's residual moved less than THRESHOLD, relative L1, from the last
+    /// full step, reuse the other blocks' residual; default 0.05) or taylorseer[:ORDER,INTERVAL] (run every
+    /// block's attention on 3 warm-up steps and then every INTERVAL steps, forecast it from finite differences of
+    /// ORDER in between; default 1,5). Faster, slightly different images; the plan, --json and the PNG say what it
+    /// skipped. [default: off]
+    #[arg(long, value_name = "KIND[:SETTING]", value_parser = parse_cache)]
+    pub cache: Option<crate::engine::cache::CacheSpec>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
     #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
     pub image: Vec<String>,
@@ -186,6 +195,18 @@ pub struct Args {
     /// Guidance embedded in dev-like models [default: 3.5]; schnell ignores it.
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Stable Diffusion: the sampler: pndm, ddim, lms, euler, euler-a, dpmpp-2m, dpmpp-2m-karras [default: the
+    /// checkpoint's own].
+    #[arg(long, value_parser = values::named(SchedulerKind::NAMES))]
+    pub scheduler: Option<SchedulerKind>,
+    /// Stable Diffusion: take the prompt's text states N CLIP layers before the last (diffusers' clip_skip;
+    /// A1111's "Clip skip" is N + 1).
+    #[arg(long, value_name = "N")]
+    pub clip_skip: Option<usize>,
+    /// Stable Diffusion img2img/inpainting: start at step N of the --steps schedule (noising the input to that
+    /// step) instead of where --strength puts it; N < --steps.
+    #[arg(long, value_name = "N")]
+    pub start_step: Option<usize>,
     /// Seed, or a list (1,2,3) rendering each. One seed is a base: item k of the batch gets seed + k.
     /// [default: random, printed]
     #[arg(long, value_name = "N[,N...]")]
@@ -242,8 +263,8 @@ pub struct Args {
     #[arg(long, value_name = "TEMPLATE")]
     pub name: Option<String>,
     /// CSV (with header) or JSON-lines file of items: image (empty: text-to-image), prompt, strength, seed, steps,
-    /// guidance, output, mask, lora (FILE[:W] separated by ;). Missing fields take the flags' values; paths are
-    /// relative to the manifest.
+    /// guidance, output, mask, lora (FILE[:W] separated by ;), reference, cache. Missing fields take the flags'
+    /// values; paths are relative to the manifest.
     #[arg(long, value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// Also write a contact sheet of this run's images: a row per input, a column per strength/seed, labelled.
@@ -332,6 +353,11 @@ pub struct SmokeArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+/// `--cache` through the library's parser.
+fn parse_cache(s: &str) -> Result<crate::engine::cache::CacheSpec, String> {
+    s.parse()
 }
 
 /// `--memory-budget` through the library's parser.

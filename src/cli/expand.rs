@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{ControlSource, Mask, MaskSource, ReduxImage, TrueCfg};
+use crate::engine::request::{ControlSource, Mask, MaskSource, ReduxImage, SdOptions, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::outpaint::{self, Grow, Outpaint};
@@ -43,6 +43,12 @@ struct Row {
     loras: Option<Vec<LoraSpec>>,
     /// A manifest row's FLUX.2 references (replacing --reference).
     references: Option<Vec<PathBuf>>,
+    /// A manifest row's step cache (replacing --cache).
+    cache: Option<crate::engine::cache::CacheSpec>,
+    /// A manifest row's control image or `canny` (replacing --control/--control-from).
+    control: Option<ControlSource>,
+    /// A manifest row's Redux images (replacing --redux).
+    redux: Option<Vec<ReduxImage>>,
     /// The manifest line the row comes from, for messages.
     line: Option<usize>,
 }
@@ -148,7 +154,15 @@ impl Args {
         if self.model.is_none() && !r.model.as_os_str().is_empty() {
             self.model = Some(r.model.clone());
         }
-        self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        // A record's --start-step stands in for its strength, unless a flag says where to start.
+        if self.strength.is_none() && self.start_step.is_none() {
+            self.start_step = r.start_step;
+        }
+        if self.start_step.is_none() {
+            self.strength = self.strength.take().or(r.strength.map(|v| v.to_string()));
+        }
+        self.scheduler = self.scheduler.or(r.scheduler);
+        self.clip_skip = self.clip_skip.or(r.clip_skip);
         self.seed = self.seed.take().or(Some(r.seed.to_string()));
         self.steps = self.steps.or(Some(r.steps).filter(|s| *s > 0));
         self.guidance = self.guidance.or(r.guidance);
@@ -161,6 +175,7 @@ impl Args {
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
         self.kernels = self.kernels.or(Some(r.kernels));
+        self.cache = self.cache.or(r.cache);
         let outpainted = r.mask.as_deref().filter(|m| m.starts_with("--outpaint"));
         if let (Some(m), None, None) = (outpainted, &self.outpaint, &self.outpaint_to) {
             self.restore_outpaint(m)?;
@@ -320,11 +335,13 @@ impl Args {
             loras: self.lora_specs()?,
             lora_scale: 1.0,
             references: self.reference.clone(),
+            sd: self.sd_options()?,
             control: self.control_source()?,
             redux: self.redux.iter().map(|s| parse_redux(s)).collect::<Result<_>>()?,
             redux_model: self.redux_model.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
+            cache: self.cache,
             kernels,
         })
     }
@@ -479,6 +496,16 @@ impl Args {
         self.lora.iter().map(|s| parse_lora(s, Path::new(""))).collect()
     }
 
+    /// Stable Diffusion's flags; `--start-step` replaces `--strength`, so both together are refused.
+    fn sd_options(&self) -> Result<SdOptions> {
+        if let (Some(n), Some(s)) = (self.start_step, &self.strength) {
+            return Err(Error::Usage(format!(
+                "--start-step {n} and --strength {s} both say where img2img starts; give one of them"
+            )));
+        }
+        Ok(SdOptions { scheduler: self.scheduler, clip_skip: self.clip_skip, start_step: self.start_step })
+    }
+
     /// `--negative-prompt` with `--true-cfg`: both or neither, the scale above 1.
     fn true_cfg_settings(&self) -> Result<Option<TrueCfg>> {
         match (&self.negative_prompt, self.true_cfg) {
@@ -564,6 +591,30 @@ impl Args {
                         .map(str::trim)
                         .filter(|l| !l.is_empty())
                         .map(|l| l.split(';').map(|p| near(p.trim())).collect()),
+                    cache: match r.cache.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                        Some(c) => Some(c.parse().map_err(|e| at(Error::Usage(format!("cache {c}: {e}"))))?),
+                        None => None,
+                    },
+                    control: match r.control.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                        Some("canny") => Some(ControlSource::Canny {
+                            low: self.canny_low.unwrap_or(100.0),
+                            high: self.canny_high.unwrap_or(200.0),
+                        }),
+                        Some(c) => Some(ControlSource::File(near(c))),
+                        None => None,
+                    },
+                    redux: match r.redux.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+                        Some(l) => Some(
+                            l.split(';')
+                                .map(|s| {
+                                    let mut x = parse_redux(s.trim()).map_err(at)?;
+                                    x.path = near(&x.path.to_string_lossy());
+                                    Ok(x)
+                                })
+                                .collect::<Result<Vec<_>>>()?,
+                        ),
+                        None => None,
+                    },
                     prompt: r.prompt,
                     strength: r.strength,
                     seed: r.seed,
@@ -632,6 +683,13 @@ impl Args {
             }
             if let Some(r) = &row.references {
                 request.references = r.clone();
+            }
+            request.cache = row.cache.or(request.cache);
+            if let Some(c) = &row.control {
+                request.control = Some(c.clone());
+            }
+            if let Some(r) = &row.redux {
+                request.redux = r.clone();
             }
             let vars = [
                 ("stem", stem.clone()),
@@ -761,6 +819,9 @@ impl Row {
             mask: None,
             loras: None,
             references: None,
+            cache: None,
+            control: None,
+            redux: None,
             line: None,
         }
     }

@@ -1,6 +1,6 @@
 //! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
 //! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask, lora,
-//! reference (FLUX.2); empty CSV cells mean "use the flag's value". A manifest is untrusted data: unknown
+//! reference (FLUX.2), cache, control (FLUX.1 Control), redux (FLUX.1 Redux); empty CSV cells mean "use the flag's value". A manifest is untrusted data: unknown
 //! columns, a quote that never closes and oversized files are errors, and every error names its line, so a typo
 //! can neither drop a setting nor swallow the rows after it.
 
@@ -30,6 +30,12 @@ pub struct Row {
     pub lora: Option<String>,
     /// FLUX.2 reference images for this row, separated by `;` (replacing --reference).
     pub reference: Option<String>,
+    /// The step cache for this row, as `--cache` takes it (replacing --cache): `fbcache:0.1`, `taylorseer:1,5`.
+    pub cache: Option<String>,
+    /// FLUX.1 Control: this row's control image (relative to the manifest), or `canny` (replacing --control).
+    pub control: Option<String>,
+    /// FLUX.1 Redux images for this row, `FILE[:WEIGHT]` separated by `;` (replacing --redux).
+    pub redux: Option<String>,
     /// The line of the file the row starts on (1-based), for messages.
     #[serde(skip)]
     pub line: usize,

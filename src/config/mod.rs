@@ -6,6 +6,8 @@
 //! configs name; FLUX.2's Qwen3 text encoder config is in [`qwen3`].
 
 pub mod qwen3;
+pub mod sd;
+pub mod unet;
 
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
@@ -26,18 +28,31 @@ pub enum Family {
     Flux1,
     /// FLUX.2 [klein] (and base): Qwen3, `Flux2Transformer2DModel`, `AutoencoderKLFlux2`.
     Flux2,
+    /// Stable Diffusion 1.x and 2.x: CLIP, `UNet2DConditionModel`, `AutoencoderKL`, discrete schedulers.
+    Sd,
+    /// Stable Diffusion XL: two CLIP encoders and a UNet with size conditioning.
+    Sdxl,
 }
 
-crate::named_enum!(Family, "model family", [Flux1 = "FLUX.1", Flux2 = "FLUX.2"]);
+crate::named_enum!(Family, "model family", [Flux1 = "FLUX.1", Flux2 = "FLUX.2", Sd = "SD", Sdxl = "SDXL"]);
 
 impl Family {
     /// The family a diffusers class name (pipeline, transformer or VAE) belongs to.
     pub fn of_class(name: &str) -> Self {
         if name.starts_with("Flux2") || name == "AutoencoderKLFlux2" {
             Family::Flux2
+        } else if name.starts_with("StableDiffusionXL") {
+            Family::Sdxl
+        } else if name.starts_with("StableDiffusion") {
+            Family::Sd
         } else {
             Family::Flux1
         }
+    }
+
+    /// Stable Diffusion (any version): a UNet with discrete schedulers, not a FLUX transformer.
+    pub fn is_sd(self) -> bool {
+        matches!(self, Family::Sd | Family::Sdxl)
     }
 }
 
@@ -412,6 +427,9 @@ pub struct ClipConfig {
     /// transformers keeps the legacy pooling (argmax of the ids) when this is 2, as in openai's CLIP configs.
     #[serde(default = "two")]
     pub eos_token_id: u32,
+    /// `CLIPTextModelWithProjection`'s `text_projection` width (SDXL's second encoder).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
 }
 
 impl ClipConfig {

@@ -83,13 +83,13 @@ pub fn pixel_key(img: &RgbImage) -> u64 {
 
 /// Noise of `shape` from the generator's next draws, in `dtype` on `dev`; diffusers asks the generator for the
 /// pipeline's dtype, so reduced precision is drawn as such.
-fn draw_shape(gen: &mut dyn NoiseSource, shape: &candle_core::Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
+pub fn draw_shape(gen: &mut dyn NoiseSource, shape: &candle_core::Shape, dtype: DType, dev: &Device) -> Result<Tensor> {
     let noise = gen.randn(shape.elem_count(), Precision::of(dtype));
     Tensor::from_vec(noise, shape, dev)?.to_dtype(dtype)
 }
 
 /// Noise shaped and placed like `like`.
-fn draw(gen: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
+pub fn draw(gen: &mut dyn NoiseSource, like: &Tensor) -> Result<Tensor> {
     draw_shape(gen, like.shape(), like.dtype(), like.device())
 }
 
@@ -232,7 +232,7 @@ pub fn euler_step(
     x: Tensor,
     schedule: &Schedule,
     i: usize,
-    velocity: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    velocity: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let (dev, dtype, b) = (x.device().clone(), x.dtype(), x.dim(0)?);
     // diffusers passes t/1000 in the latents' dtype; the model multiplies by 1000 again.

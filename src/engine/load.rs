@@ -278,6 +278,7 @@ fn build(cfg: &TransformerConfig, mlp: usize, w: Weights, family: Family) -> can
     Ok(match family {
         Family::Flux1 => Denoiser::Flux1(FluxTransformer::new(cfg, mlp, w)?),
         Family::Flux2 => Denoiser::Flux2(Flux2Transformer::new(cfg, w)?),
+        other => candle_core::bail!("{other} models have a UNet, not a FLUX transformer"),
     })
 }
 

@@ -34,8 +34,8 @@ use candle_core::DType;
 /// The stream-ordered allocator's pool and fragmentation, as a factor on the counted bytes (see the header).
 pub const CUDA_ALLOCATOR: f64 = 1.15;
 /// CUDA context, cuBLAS workspace and loaded kernels; the process itself on the CPU.
-const RUNTIME_CUDA: u64 = 500_000_000;
-const RUNTIME_CPU: u64 = 100_000_000;
+pub(crate) const RUNTIME_CUDA: u64 = 500_000_000;
+pub(crate) const RUNTIME_CPU: u64 = 100_000_000;
 
 /// `--memory-budget`: a number of bytes, or what the device has free when the batch is checked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -235,7 +235,14 @@ fn transformer_activations(cfg: &ModelConfigs, work: &Workload, dt: u64, compose
 
 /// The VAE's largest transient at `px` pixels: im2col buffers and f32 group-norm copies (composed path), or the
 /// layers' inputs and outputs; and the mid-block attention over the latent tokens.
-fn vae_activations(vae: &VaeConfig, (w, h): (u32, u32), decode: bool, dt: u64, composed: bool, work: &Workload) -> u64 {
+pub(crate) fn vae_activations(
+    vae: &VaeConfig,
+    (w, h): (u32, u32),
+    decode: bool,
+    dt: u64,
+    composed: bool,
+    work: &Workload,
+) -> u64 {
     let pixels = w as f64 * h as f64;
     let scale = vae.scale_factor() as f64;
     let latent = pixels / (scale * scale);

@@ -1,5 +1,6 @@
 //! The engine: one edit from a [`Request`] to a PNG, in small stages.
 //!
+//! - [`cache`]: step caches (`--cache`: First-Block Cache, TaylorSeer), the per-edit state the transformer consults;
 //! - [`request`]: what is asked (the [`Mode`] of the edit and its parameters);
 //! - [`plan`]: request + configs + input size → [`Plan`] (pure, before any weight is read);
 //! - [`session`]: prompt and LoRA caches and the denoising loop; runs planned edits through the model's
@@ -11,6 +12,7 @@
 //! - [`record`]: the typed [`EditRecord`] written into PNGs, printed by `--json`, read by `--from-metadata`;
 //! - [`progress`]: events the engine reports through the [`Progress`] trait; it never writes to stderr.
 
+pub mod cache;
 pub mod control;
 pub mod edit;
 pub mod family;

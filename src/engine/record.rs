@@ -2,6 +2,7 @@
 //! the PNG's `flux-img2img` text chunk, printed (with the item's status) by `--json`, and read back by
 //! `--from-metadata`; the A1111-style `parameters` line image sites read is derived from it too.
 
+use super::cache::{CacheReport, CacheSpec};
 use super::request::{MaskSource, Mode, ReferenceSize};
 use super::{Plan, Request};
 use crate::config::Family;
@@ -68,6 +69,13 @@ pub struct EditRecord {
     pub loras: Vec<LoraRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_scale: Option<f64>,
+    /// Stable Diffusion: the scheduler that ran, `--clip-skip` and `--start-step`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_step: Option<usize>,
     /// True CFG: the negative prompt and its scale.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub negative_prompt: Option<String>,
@@ -103,6 +111,11 @@ pub struct EditRecord {
     pub device: String,
     /// `--kernels` (absent in records of older versions: auto).
     pub kernels: Kernels,
+    /// `--cache`: the step cache that ran, and what it skipped (written once the edit ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_skipped: Option<CacheReport>,
     /// The program that wrote it (PNG chunk only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
@@ -145,11 +158,15 @@ impl EditRecord {
             references: req.references.clone(),
             family: (plan.family != Family::Flux1).then(|| plan.family.to_string()),
             negative_prompt: req.true_cfg.as_ref().map(|c| c.negative_prompt.clone()),
+            scheduler: plan.scheduler,
+            clip_skip: req.sd.clip_skip,
+            start_step: req.sd.start_step,
             // FLUX.2 base models take a negative prompt without a true-CFG scale (theirs is --guidance).
             true_cfg: req.cfg().map(|c| c.scale),
             model: req.model.clone(),
             input: req.image().map(PathBuf::from),
-            strength: req.strength(),
+            // --start-step replaces the strength (the mode keeps a default one).
+            strength: req.strength().filter(|_| req.sd.start_step.is_none()),
             steps: plan.steps,
             steps_run: s.steps_to_run(),
             t_start: s.t_start,
@@ -174,6 +191,8 @@ impl EditRecord {
             dtype: format!("{:?}", req.dtype).to_lowercase(),
             device: if req.device.is_cpu() { "cpu" } else { "cuda" }.into(),
             kernels: req.kernels,
+            cache: req.cache,
+            cache_skipped: None,
             tool: None,
         }
     }
@@ -181,16 +200,26 @@ impl EditRecord {
     /// A1111's `parameters` text: the prompt, then `Key: value` pairs (what image sites show).
     pub fn a1111(&self) -> String {
         let model = self.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let sampler = self.scheduler.map_or("Euler (flow matching)", |s| s.a1111());
         let mut params = format!(
-            "{}\nSteps: {}, Sampler: Euler (flow matching), Seed: {}, Size: {}x{}, Model: {}",
+            "{}\nSteps: {}, Sampler: {sampler}, Seed: {}, Size: {}x{}, Model: {}",
             self.prompt, self.steps, self.seed, self.width, self.height, model
         );
         if let Some(s) = self.strength {
             params.push_str(&format!(", Denoising strength: {s}"));
         }
         params.push_str(&format!(", RNG: {}", self.rng));
-        if let Some(g) = self.guidance {
-            params.push_str(&format!(", Guidance: {g}"));
+        match (self.guidance, self.scheduler) {
+            // Stable Diffusion's guidance is its CFG scale; A1111 counts clip skip from 1 (no skip).
+            (Some(g), Some(_)) => params.push_str(&format!(", CFG scale: {g}")),
+            (Some(g), None) => params.push_str(&format!(", Guidance: {g}")),
+            _ => {}
+        }
+        if let Some(n) = self.clip_skip {
+            params.push_str(&format!(", Clip skip: {}", n + 1));
+        }
+        if let Some(n) = self.start_step {
+            params.push_str(&format!(", Start step: {n}"));
         }
         if !self.loras.is_empty() {
             let name = |p: &PathBuf| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -204,7 +233,12 @@ impl EditRecord {
                 self.lora_scale.unwrap_or(1.0)
             ));
         }
-        if let (Some(n), Some(s)) = (&self.negative_prompt, self.true_cfg) {
+        if let Some(c) = &self.cache {
+            params.push_str(&format!(", Cache: {c}"));
+        }
+        if let (Some(n), true) = (&self.negative_prompt, self.scheduler.is_some()) {
+            params = params.replacen('\n', &format!("\nNegative prompt: {n}\n"), 1);
+        } else if let (Some(n), Some(s)) = (&self.negative_prompt, self.true_cfg) {
             // A1111 puts the negative prompt on its own line after the prompt.
             params = params.replacen('\n', &format!("\nNegative prompt: {n}\n"), 1);
             params.push_str(&format!(", CFG scale: {s}"));

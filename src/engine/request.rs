@@ -157,6 +157,8 @@ pub struct Request {
     pub vae_band: Option<usize>,
     /// Which implementation runs the models' hot operations (CPU kernels, candle's composition, fused CUDA).
     pub kernels: Kernels,
+    /// A step cache skipping transformer work between steps (`--cache`); None: every block of every step runs.
+    pub cache: Option<crate::engine::cache::CacheSpec>,
     /// FLUX.2: further reference images, after the mode's own input (text-to-image with references is reference
     /// editing without an input; inpainting takes one, as `image_reference`).
     pub references: Vec<PathBuf>,
@@ -166,6 +168,20 @@ pub struct Request {
     pub redux: Vec<ReduxImage>,
     /// Where Redux's image encoder and embedder are (a folder or Hub id; None: FLUX.1-Redux-dev).
     pub redux_model: Option<PathBuf>,
+    /// Stable Diffusion: how the model is sampled (None: the checkpoint's own scheduler) and prompted.
+    pub sd: SdOptions,
+}
+
+/// Stable Diffusion's own settings (FLUX models refuse them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SdOptions {
+    /// `--scheduler`: None runs the checkpoint's own.
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
+    /// `--clip-skip N`: the prompt's text states N encoder layers before the last (diffusers' `clip_skip`).
+    pub clip_skip: Option<usize>,
+    /// `--start-step N`: img2img and inpainting start at step N of the schedule instead of where the strength
+    /// puts them.
+    pub start_step: Option<usize>,
 }
 
 /// Embedded guidance of dev-like models when none is asked for (diffusers' `guidance_scale` default).

@@ -41,6 +41,8 @@ struct Layer {
 }
 
 pub struct ClipText {
+    /// `CLIPTextModelWithProjection`'s `text_projection` (SDXL's second encoder), when the weights have it.
+    projection: Option<candle_nn::Linear>,
     token: Embedding,
     position: Embedding,
     layers: Vec<Layer>,
@@ -52,7 +54,14 @@ pub struct ClipText {
 
 impl ClipText {
     pub fn new(cfg: &ClipConfig, act: Act, vb: VarBuilder, lora: Option<&ClipLora>) -> Result<Self> {
-        // transformers ≤ 4 saved `text_model.`-prefixed names (as in the FLUX.1 repos); transformers 5 does not.
+        let projection = match cfg.projection_dim {
+            Some(p) if vb.contains_tensor("text_projection.weight") => {
+                Some(candle_nn::linear_no_bias(cfg.hidden_size, p, vb.pp("text_projection"))?)
+            }
+            _ => None,
+        };
+        // transformers ≤ 4 saved `text_model.`-prefixed names (as in the FLUX.1 repos); transformers 5 does not
+        // (but keeps the prefix for `CLIPTextModelWithProjection`).
         let vb =
             if vb.contains_tensor("text_model.embeddings.token_embedding.weight") { vb.pp("text_model") } else { vb };
         let h = cfg.hidden_size;
@@ -80,6 +89,7 @@ impl ClipText {
             .collect::<Result<Vec<_>>>()?;
         let final_ln = layer_norm(h, eps, vb.pp("final_layer_norm"))?;
         Ok(Self {
+            projection,
             token,
             position,
             layers,
@@ -96,8 +106,8 @@ impl ClipText {
         Tensor::from_vec(m, (len, len), dev)?.to_dtype(dtype)
     }
 
-    /// The pooled output for `ids` ([B, L] u32).
-    pub fn pooled(&self, ids: &Tensor) -> Result<Tensor> {
+    /// The hidden state after the first `layers` encoder layers for `ids` ([B, L] u32), before the final norm.
+    pub fn hidden(&self, ids: &Tensor, layers: usize) -> Result<Tensor> {
         let (b, len) = ids.dims2()?;
         let dev = ids.device();
         let pos = Tensor::arange(0u32, len as u32, dev)?;
@@ -105,7 +115,7 @@ impl ClipText {
         let mask = Self::causal_mask(len, x.dtype(), dev)?;
         let hd = x.dim(D::Minus1)? / self.heads;
         let scale = 1.0 / (hd as f64).sqrt();
-        for l in &self.layers {
+        for l in self.layers.iter().take(layers) {
             let h = x.apply(&l.ln1)?;
             // [B,L,H·d] → [B,H,L,d]
             let split =
@@ -120,11 +130,36 @@ impl ClipText {
             let h = self.act.apply(&x.apply(&l.ln2)?.apply(&l.fc1)?)?.apply(&l.fc2)?;
             x = (x + h)?;
         }
-        let x = x.apply(&self.final_ln)?;
+        Ok(x)
+    }
+
+    /// The number of encoder layers.
+    pub fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The final LayerNorm (what `last_hidden_state` has and the other hidden states lack).
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        x.apply(&self.final_ln)
+    }
+
+    /// The pooled output for `ids` ([B, L] u32).
+    pub fn pooled(&self, ids: &Tensor) -> Result<Tensor> {
+        let x = self.final_norm(&self.hidden(ids, self.layers.len())?)?;
+        self.pool(ids, &x)
+    }
+
+    /// The rows of the final-norm state `x` at each row's end-of-text token.
+    pub fn pool(&self, ids: &Tensor, x: &Tensor) -> Result<Tensor> {
         let ids_v = ids.to_vec2::<u32>()?;
         let rows =
             ids_v.iter().enumerate().map(|(i, row)| x.i((i, self.eos_position(row)))).collect::<Result<Vec<_>>>()?;
         Tensor::stack(&rows, 0)
+    }
+
+    /// `text_embeds` of `CLIPTextModelWithProjection`: the pooled output projected (None without the weights).
+    pub fn project(&self, pooled: &Tensor) -> Result<Option<Tensor>> {
+        self.projection.as_ref().map(|p| pooled.apply(p)).transpose()
     }
 
     fn eos_position(&self, row: &[u32]) -> usize {

@@ -8,6 +8,7 @@
 //! fused, so GGUF and BFL files load as they are; diffusers checkpoints are presented under these names by
 //! [`crate::weights::flux_keys`].
 
+use super::hooks::{forecast_pair, walk, BlockCache, NoCache, Pass};
 use super::linear::{LinearLayer, Weights};
 use super::transformer::{chunks, rope, scaled_scalars, sinusoidal, Embedder, Inputs, Modulation, QkNorm, EPS};
 use crate::config::TransformerConfig;
@@ -36,9 +37,9 @@ impl Stream {
         })
     }
 
-    /// After attention: `x + gate·proj(att)`, then `x + gate·MLP(LN(x)·(1+scale)+shift)`.
+    /// After attention (projected): `x + gate·att`, then `x + gate·MLP(LN(x)·(1+scale)+shift)`.
     fn finish(&self, x: &Tensor, att: &Tensor, attn: &Modulation, mlp: &Modulation) -> Result<Tensor> {
-        let x = kernels::gated_residual(x, &att.apply(&self.proj)?, &attn.gate)?;
+        let x = kernels::gated_residual(x, att, &attn.gate)?;
         let h = mlp.apply(&x)?.apply(&self.mlp_in)?;
         let h = kernels::swiglu(&h, 0, self.mlp)?.apply(&self.mlp_out)?;
         kernels::gated_residual(&x, &h, &mlp.gate)
@@ -64,14 +65,38 @@ struct DoubleBlock {
 }
 
 impl DoubleBlock {
+    /// (image, text) after the block; `cache` may forecast the attention module's outputs (block `id`).
     fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        m: &StepModulation,
+        run: &mut Pass,
+        id: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let [att_img, att_txt] = match run.cache.forecast(id)? {
+            Some(f) => forecast_pair(f)?,
+            None => {
+                let out = self.attention(x, ctx, m, run.heads, run.rope)?;
+                run.cache.record(id, &out)?;
+                out
+            }
+        };
+        let x = self.img.finish(x, &att_img, &m.img[0], &m.img[1])?;
+        let ctx = self.txt.finish(ctx, &att_txt, &m.txt[0], &m.txt[1])?;
+        Ok((x, ctx))
+    }
+
+    /// The block's attention module (diffusers' `attn`): joint attention over [text; image], each stream's output
+    /// projected: (image, text).
+    fn attention(
         &self,
         x: &Tensor,
         ctx: &Tensor,
         m: &StepModulation,
         heads: usize,
         rope: &Angles,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<[Tensor; 2]> {
         let st = ctx.dim(1)?;
         let qkv_i = m.img[0].apply(x)?.apply(&self.img.qkv)?;
         let qkv_t = m.txt[0].apply(ctx)?.apply(&self.txt.qkv)?;
@@ -82,11 +107,9 @@ impl DoubleBlock {
         let v = Tensor::cat(&[vt, vi], 2)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let att = kernels::attention(&q, &k, &v, scale)?;
-        let att_txt = att.narrow(1, 0, st)?;
-        let att_img = att.narrow(1, st, att.dim(1)? - st)?;
-        let x = self.img.finish(x, &att_img, &m.img[0], &m.img[1])?;
-        let ctx = self.txt.finish(ctx, &att_txt, &m.txt[0], &m.txt[1])?;
-        Ok((x, ctx))
+        let att_txt = att.narrow(1, 0, st)?.apply(&self.txt.proj)?;
+        let att_img = att.narrow(1, st, att.dim(1)? - st)?.apply(&self.img.proj)?;
+        Ok([att_img, att_txt])
     }
 }
 
@@ -108,15 +131,29 @@ impl SingleBlock {
         })
     }
 
-    fn forward(&self, h: &Tensor, m: &Modulation, heads: usize, rope: &Angles) -> Result<Tensor> {
-        let fused = m.apply(h)?.apply(&self.linear1)?;
+    /// The block after its gated residual; `cache` may forecast its attention module (diffusers'
+    /// `Flux2ParallelSelfAttention`: everything between the modulated norm and the gated residual), block `id`.
+    fn forward(&self, h: &Tensor, m: &Modulation, run: &mut Pass, id: usize) -> Result<Tensor> {
+        let out = match run.cache.forecast(id)? {
+            Some(mut f) if f.len() == 1 => f.remove(0),
+            Some(f) => candle_core::bail!("a single-block forecast of {} tensors, not 1", f.len()),
+            None => {
+                let out = self.attention(&m.apply(h)?, run.heads, run.rope)?;
+                run.cache.record(id, std::slice::from_ref(&out))?;
+                out
+            }
+        };
+        kernels::gated_residual(h, &out, &m.gate)
+    }
+
+    fn attention(&self, normed: &Tensor, heads: usize, rope: &Angles) -> Result<Tensor> {
+        let fused = normed.apply(&self.linear1)?;
         let dim = fused.dim(2)? - 2 * self.mlp;
         let mlp = kernels::swiglu(&fused, dim, self.mlp)?;
         let (q, k, v) = self.norm.split(&fused, heads, rope, 0)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let att = kernels::attention(&q, &k, &v, scale)?;
-        let out = Tensor::cat(&[att, mlp], 2)?.apply(&self.linear2)?;
-        kernels::gated_residual(h, &out, &m.gate)
+        Tensor::cat(&[att, mlp], 2)?.apply(&self.linear2)
     }
 }
 
@@ -228,6 +265,22 @@ impl Flux2Transformer {
 
     /// Velocity for `tokens` [B, S, C] (latents, then any reference tokens) at `timestep` [B] (σ).
     pub fn forward(&self, tokens: &Tensor, timestep: &Tensor, inp: &Inputs) -> Result<Tensor> {
+        self.forward_cached(tokens, timestep, inp, &mut NoCache)
+    }
+
+    /// (double blocks, single blocks).
+    pub fn blocks(&self) -> (usize, usize) {
+        (self.double.len(), self.single.len())
+    }
+
+    /// [`Self::forward`] with a step cache deciding which blocks run.
+    pub fn forward_cached(
+        &self,
+        tokens: &Tensor,
+        timestep: &Tensor,
+        inp: &Inputs,
+        cache: &mut dyn BlockCache,
+    ) -> Result<Tensor> {
         let heads = self.heads;
         let temb = self.time_embedding(timestep, inp.guidance)?;
         let m = StepModulation {
@@ -238,17 +291,16 @@ impl Flux2Transformer {
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
         let rope = rope(&ids, &self.axes, self.theta, self.dtype, tokens.device())?;
 
-        let mut x = tokens.apply(&self.img_in)?;
-        let mut ctx = inp.txt.apply(&self.txt_in)?;
-        for block in &self.double {
-            (x, ctx) = block.forward(&x, &ctx, &m, heads, &rope)?;
-        }
-        let st = ctx.dim(1)?;
-        let mut h = Tensor::cat(&[ctx, x], 1)?;
-        for block in &self.single {
-            h = block.forward(&h, &m.single, heads, &rope)?;
-        }
-        let x = h.narrow(1, st, h.dim(1)? - st)?;
+        let x = tokens.apply(&self.img_in)?;
+        let ctx = inp.txt.apply(&self.txt_in)?;
+        let mut run = Pass { heads, rope: &rope, cache };
+        let x = walk(
+            (&self.double, &self.single),
+            (x, ctx),
+            &mut run,
+            |b, x, ctx, run, id| b.forward(x, ctx, &m, run, id),
+            |b, h, run, id| b.forward(h, &m.single, run, id),
+        )?;
         // (shift, scale): BFL's order, the reverse of diffusers' `norm_out` (its halves are swapped at load).
         let f = chunks(&temb.apply(&self.final_modulation)?, 2)?;
         kernels::layer_norm_modulate(&x, &f[1], &f[0], EPS)?.apply(&self.final_linear)

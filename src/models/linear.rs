@@ -56,6 +56,24 @@ impl LinearLayer {
         self.lora = lora;
         self
     }
+
+    /// Output features `start..start + len` only: one smaller GEMM for dense weights (a step cache that forecasts
+    /// attention still needs the MLP half of FLUX.1's fused single-block projection); quantised weights compute
+    /// every feature and keep those.
+    pub fn forward_rows(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let Base::Dense(l) = &self.base else {
+            return self.forward(x)?.narrow(candle_core::D::Minus1, start, len);
+        };
+        let bias = l.bias().map(|b| b.narrow(0, start, len)).transpose()?;
+        let y = Linear::new(l.weight().narrow(0, start, len)?, bias).forward(x)?;
+        match &self.lora {
+            Some(p) => {
+                let side = p.up.forward(&p.down.forward(x)?)?.narrow(candle_core::D::Minus1, start, len)?;
+                y + (side * p.scale.get())?
+            }
+            None => Ok(y),
+        }
+    }
 }
 
 impl Module for LinearLayer {

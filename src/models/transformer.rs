@@ -8,6 +8,7 @@
 //! the feed-forward width, read from the checkpoint. The per-token work (modulated LayerNorm, RMSNorm + RoPE,
 //! attention, GELU, gated residuals) goes through [`crate::kernels`].
 
+use super::hooks::{forecast_pair, walk, BlockCache, NoCache, Pass};
 use super::linear::{LinearLayer, Weights};
 use crate::config::TransformerConfig;
 use crate::kernels::{self, Angles};
@@ -156,9 +157,9 @@ impl Stream {
         Ok((m.next().expect("two"), m.next().expect("two")))
     }
 
-    /// After attention: `x + gate·proj(att)`, then `x + gate·MLP(LN(x)·(1+scale)+shift)`.
+    /// After attention (projected): `x + gate·att`, then `x + gate·MLP(LN(x)·(1+scale)+shift)`.
     fn finish(&self, x: &Tensor, att: &Tensor, attn: &Modulation, mlp: &Modulation) -> Result<Tensor> {
-        let x = kernels::gated_residual(x, &att.apply(&self.proj)?, &attn.gate)?;
+        let x = kernels::gated_residual(x, att, &attn.gate)?;
         let h = mlp.apply(&x)?.apply(&self.mlp_in)?;
         let h = kernels::gelu_tanh(&h)?.apply(&self.mlp_out)?;
         kernels::gated_residual(&x, &h, &mlp.gate)
@@ -179,19 +180,19 @@ impl DoubleBlock {
         })
     }
 
-    fn forward(
+    /// The block's attention module (diffusers' `attn`): joint attention over [text; image], each stream's output
+    /// projected: (image, text).
+    fn attention(
         &self,
         x: &Tensor,
         ctx: &Tensor,
-        temb: &Tensor,
+        m: [&Modulation; 2],
         heads: usize,
         rope: &Angles,
-    ) -> Result<(Tensor, Tensor)> {
-        let (img_attn, img_mlp) = self.img.modulations(temb)?;
-        let (txt_attn, txt_mlp) = self.txt.modulations(temb)?;
+    ) -> Result<[Tensor; 2]> {
         let st = ctx.dim(1)?;
-        let qkv_i = img_attn.apply(x)?.apply(&self.img.qkv)?;
-        let qkv_t = txt_attn.apply(ctx)?.apply(&self.txt.qkv)?;
+        let qkv_i = m[0].apply(x)?.apply(&self.img.qkv)?;
+        let qkv_t = m[1].apply(ctx)?.apply(&self.txt.qkv)?;
         let (qt, kt, vt) = self.txt.norm.split(&qkv_t, heads, rope, 0)?;
         let (qi, ki, vi) = self.img.norm.split(&qkv_i, heads, rope, st)?;
         let q = Tensor::cat(&[qt, qi], 2)?;
@@ -199,8 +200,23 @@ impl DoubleBlock {
         let v = Tensor::cat(&[vt, vi], 2)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let att = kernels::attention(&q, &k, &v, scale)?;
-        let att_txt = att.narrow(1, 0, st)?;
-        let att_img = att.narrow(1, st, att.dim(1)? - st)?;
+        let att_txt = att.narrow(1, 0, st)?.apply(&self.txt.proj)?;
+        let att_img = att.narrow(1, st, att.dim(1)? - st)?.apply(&self.img.proj)?;
+        Ok([att_img, att_txt])
+    }
+
+    /// (image, text) after the block; `cache` may forecast the attention module's outputs (block `id`).
+    fn forward(&self, x: &Tensor, ctx: &Tensor, temb: &Tensor, run: &mut Pass, id: usize) -> Result<(Tensor, Tensor)> {
+        let (img_attn, img_mlp) = self.img.modulations(temb)?;
+        let (txt_attn, txt_mlp) = self.txt.modulations(temb)?;
+        let [att_img, att_txt] = match run.cache.forecast(id)? {
+            Some(f) => forecast_pair(f)?,
+            None => {
+                let out = self.attention(x, ctx, [&img_attn, &txt_attn], run.heads, run.rope)?;
+                run.cache.record(id, &out)?;
+                out
+            }
+        };
         Ok((self.img.finish(x, &att_img, &img_attn, &img_mlp)?, self.txt.finish(ctx, &att_txt, &txt_attn, &txt_mlp)?))
     }
 }
@@ -226,14 +242,28 @@ impl SingleBlock {
         })
     }
 
-    fn forward(&self, h: &Tensor, temb: &Tensor, heads: usize, rope: &Angles) -> Result<Tensor> {
+    /// The block after its gated residual; `cache` may forecast its attention module's output (block `id`; the
+    /// module is only the attention here, as in diffusers: the MLP half of `linear1` still runs).
+    fn forward(&self, h: &Tensor, temb: &Tensor, run: &mut Pass, id: usize) -> Result<Tensor> {
         let m = Modulation::split(&temb.apply(&self.modulation)?, 1)?.remove(0);
-        let fused = m.apply(h)?.apply(&self.linear1)?;
-        let dim = fused.dim(2)? - self.mlp;
-        let mlp = kernels::gelu_tanh_cols(&fused, dim, self.mlp)?;
-        let (q, k, v) = self.norm.split(&fused, heads, rope, 0)?;
-        let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        let att = kernels::attention(&q, &k, &v, scale)?;
+        let normed = m.apply(h)?;
+        let (att, mlp) = match run.cache.forecast(id)? {
+            Some(mut f) if f.len() == 1 => {
+                let mlp = self.linear1.forward_rows(&normed, 3 * h.dim(2)?, self.mlp)?;
+                (f.remove(0), kernels::gelu_tanh(&mlp)?)
+            }
+            Some(f) => candle_core::bail!("a single-block forecast of {} tensors, not 1", f.len()),
+            None => {
+                let fused = normed.apply(&self.linear1)?;
+                let dim = fused.dim(2)? - self.mlp;
+                let mlp = kernels::gelu_tanh_cols(&fused, dim, self.mlp)?;
+                let (q, k, v) = self.norm.split(&fused, run.heads, run.rope, 0)?;
+                let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+                let att = kernels::attention(&q, &k, &v, scale)?;
+                run.cache.record(id, std::slice::from_ref(&att))?;
+                (att, mlp)
+            }
+        };
         let out = Tensor::cat(&[att, mlp], 2)?.apply(&self.linear2)?;
         kernels::gated_residual(h, &out, &m.gate)
     }
@@ -338,6 +368,22 @@ impl FluxTransformer {
 
     /// Velocity for `latents` [B, S, C·4] at `timestep` [B] (σ, i.e. diffusers' t/1000).
     pub fn forward(&self, latents: &Tensor, timestep: &Tensor, inp: &Inputs) -> Result<Tensor> {
+        self.forward_cached(latents, timestep, inp, &mut NoCache)
+    }
+
+    /// (double blocks, single blocks).
+    pub fn blocks(&self) -> (usize, usize) {
+        (self.double.len(), self.single.len())
+    }
+
+    /// [`Self::forward`] with a step cache deciding which blocks run.
+    pub fn forward_cached(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        inp: &Inputs,
+        cache: &mut dyn BlockCache,
+    ) -> Result<Tensor> {
         let dev = latents.device();
         let (dtype, heads) = (self.dtype, self.heads);
         let mut temb = self.time_in.forward(&sinusoidal(&scaled_scalars(timestep, dtype)?, dtype, dev)?)?;
@@ -354,17 +400,16 @@ impl FluxTransformer {
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
         let rope = rope(&ids, &self.axes, 10000.0, dtype, dev)?;
 
-        let mut x = latents.apply(&self.img_in)?;
-        let mut ctx = inp.txt.apply(&self.txt_in)?;
-        for block in &self.double {
-            (x, ctx) = block.forward(&x, &ctx, &temb, heads, &rope)?;
-        }
-        let st = ctx.dim(1)?;
-        let mut h = Tensor::cat(&[ctx, x], 1)?;
-        for block in &self.single {
-            h = block.forward(&h, &temb, heads, &rope)?;
-        }
-        let x = h.narrow(1, st, h.dim(1)? - st)?;
+        let x = latents.apply(&self.img_in)?;
+        let ctx = inp.txt.apply(&self.txt_in)?;
+        let mut run = Pass { heads, rope: &rope, cache };
+        let x = walk(
+            (&self.double, &self.single),
+            (x, ctx),
+            &mut run,
+            |b, x, ctx, run, id| b.forward(x, ctx, &temb, run, id),
+            |b, h, run, id| b.forward(h, &temb, run, id),
+        )?;
         // (shift, scale): BFL's order, the reverse of diffusers' `norm_out` (its halves are swapped at load).
         let m = chunks(&temb.apply(&self.final_modulation)?, 2)?;
         let (shift, scale) = (&m[0], &m[1]);

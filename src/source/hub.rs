@@ -24,6 +24,10 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("klein-9b", "black-forest-labs/FLUX.2-klein-9B"),
     ("klein-base-4b", "black-forest-labs/FLUX.2-klein-base-4B"),
     ("klein-base-9b", "black-forest-labs/FLUX.2-klein-base-9B"),
+    ("sd14", "CompVis/stable-diffusion-v1-4"),
+    ("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    ("sd21", "stabilityai/stable-diffusion-2-1"),
+    ("sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
 ];
 
 /// The repo id `--model` names, if it names one: an alias, or `org/name` that is not a local path.
@@ -76,6 +80,8 @@ const TOKENIZER_FILES: &[&str] = &[
     "tokenizer/tokenizer_config.json",
     "tokenizer/special_tokens_map.json",
     "tokenizer_2/tokenizer.json",
+    "tokenizer_2/vocab.json",
+    "tokenizer_2/merges.txt",
     "tokenizer_2/tokenizer_config.json",
     "tokenizer_2/special_tokens_map.json",
 ];
@@ -248,7 +254,10 @@ pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Over
         } else {
             Error::model(
                 PathBuf::from(id),
-                format!("{}@{}: the repo has no {file}; is it a FLUX diffusers repo?", ctx.id, ctx.revision),
+                format!(
+                    "{}@{}: the repo has no {file}; is it a FLUX or Stable Diffusion diffusers repo?",
+                    ctx.id, ctx.revision
+                ),
             )
         }
     };
@@ -258,7 +267,10 @@ pub fn resolve(id: &str, revision: Option<&str>, weights: bool, overrides: &Over
     // snapshots/<commit>/scheduler/scheduler_config.json → snapshots/<commit>
     let root = scheduler.parent().and_then(Path::parent).map(Path::to_path_buf).expect("a file two levels down");
     let _ = fetcher.get("model_index.json", &ctx)?;
-    required("transformer/config.json")?;
+    // A FLUX repo is told by its transformer (model_index.json may be missing); SD repos have a UNet instead.
+    if !family_of(&root).is_sd() {
+        required("transformer/config.json")?;
+    }
     for f in TOKENIZER_FILES {
         fetcher.get(f, &ctx)?;
     }

@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub mod hub;
+pub mod sd;
 
 /// (folder, weight-file stem) of the weighted components of a diffusers FLUX.1 pipeline; FLUX.2 has the first
 /// three (its text encoder is Qwen3).
@@ -21,11 +22,21 @@ pub const COMPONENTS: [(&str, &str); 4] = [
     ("text_encoder_2", "model"),
 ];
 
+/// The weighted components of a Stable Diffusion pipeline (SDXL has the fourth).
+pub const SD_COMPONENTS: [(&str, &str); 4] = [
+    ("unet", "diffusion_pytorch_model"),
+    ("vae", "diffusion_pytorch_model"),
+    ("text_encoder", "model"),
+    ("text_encoder_2", "model"),
+];
+
 /// The weighted components of a `family` pipeline.
 pub fn components(family: Family) -> &'static [(&'static str, &'static str)] {
     match family {
         Family::Flux1 => &COMPONENTS,
         Family::Flux2 => &COMPONENTS[..3],
+        Family::Sd => &SD_COMPONENTS[..3],
+        Family::Sdxl => &SD_COMPONENTS,
     }
 }
 
@@ -41,11 +52,17 @@ fn pipeline_class(root: &Path) -> Option<String> {
     class_in(&root.join("model_index.json"))
 }
 
-/// The family a pipeline folder holds: `model_index.json`'s class, else the transformer config's.
+/// The family a pipeline folder holds: `model_index.json`'s class, else the transformer config's (or, without
+/// one, a UNet's: SDXL when there is a second text encoder).
 pub fn family_of(root: &Path) -> Family {
-    pipeline_class(root)
-        .or_else(|| class_in(&root.join("transformer").join("config.json")))
-        .map_or(Family::Flux1, |c| Family::of_class(&c))
+    if let Some(c) = pipeline_class(root).or_else(|| class_in(&root.join("transformer").join("config.json"))) {
+        return Family::of_class(&c);
+    }
+    match (root.join("unet").join("config.json").is_file(), root.join("text_encoder_2").is_dir()) {
+        (true, true) => Family::Sdxl,
+        (true, false) => Family::Sd,
+        _ => Family::Flux1,
+    }
 }
 
 /// `<stem>.safetensors.index.json`: which shard file holds each tensor.

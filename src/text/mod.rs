@@ -4,6 +4,7 @@
 
 pub mod flux1;
 pub mod qwen;
+pub mod sd;
 
 use crate::config::read_json;
 use crate::error::{Error, Result};
@@ -127,6 +128,9 @@ impl FixedTokenizer {
 pub struct EncodeAs {
     pub negative: bool,
     pub clip_skip: Option<usize>,
+    /// The pipeline's zero embedding instead of the encoded text (SDXL's `force_zeros_for_empty_prompt` when no
+    /// negative prompt is given).
+    pub zeros: bool,
 }
 
 /// A family's text encoders, loaded once for any number of prompts (a batch encodes all its prompts, then drops

@@ -35,8 +35,9 @@ pub fn plan(req: &Request, plan: &Plan) -> String {
             format!(", {n} reference image(s) {}", sizes.join(" + "))
         }
     };
+    let cache = req.cache.map(|c| format!(", cache {c}")).unwrap_or_default();
     format!(
-        "{}x{} {source}{refs}, {} of {} steps (t_start {}), start sigma {:.6}, {}, {}{lora}, seed {} ({})",
+        "{}x{} {source}{refs}, {} of {} steps (t_start {}), start sigma {:.6}, {}, {}{lora}{cache}, seed {} ({})",
         plan.width,
         plan.height,
         s.steps_to_run(),

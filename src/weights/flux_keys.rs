@@ -73,8 +73,9 @@ const FLUX2: Tables = Tables { global: GLOBAL2, double: DOUBLE2, single: SINGLE2
 
 fn tables(family: Family) -> &'static Tables {
     match family {
-        Family::Flux1 => &FLUX1,
         Family::Flux2 => &FLUX2,
+        // Only FLUX transformers are mapped here; other families never reach it.
+        _ => &FLUX1,
     }
 }
 

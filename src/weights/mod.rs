@@ -12,6 +12,7 @@ pub mod layers;
 pub mod lora;
 pub mod sizes;
 pub mod t5_keys;
+pub mod unet_keys;
 pub mod vae_keys;
 
 use crate::error::{Error, Result};

@@ -139,3 +139,52 @@ fn control_comes_back_from_metadata() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&first).unwrap().to_rgb8(), image::open(&again).unwrap().to_rgb8());
 }
+
+/// Manifest columns `control` (a file, or `canny`) and `redux` (FILE[:W];…) give the images their flags give.
+#[test]
+fn control_and_redux_manifest_columns() {
+    let f = fixtures();
+    let s = |p: &str| f.join(p).to_string_lossy().into_owned();
+    let t = tempfile::tempdir().unwrap();
+    let manifest = t.path().join("m.csv");
+    let (img, ctl, red) =
+        (s("images/gradient-80x80.png"), s("images/control-gradient-80x80.png"), s("images/ref-64x80.png"));
+    std::fs::write(
+        &manifest,
+        format!("image,prompt,control,redux,output\n{img},a cat,{ctl},,a.png\n{img},a cat,canny,{red}:0.6,b.png\n"),
+    )
+    .unwrap();
+    let common = ["--steps", "2", "--width", "64", "--height", "64", "--max-sequence-length", "16", "-q"];
+    let redux_model = ["--redux-model", &s("tiny-redux")];
+    let out = t.path().join("out");
+    let o = bin()
+        .args(["--model", &s("tiny-control"), "--manifest"])
+        .arg(&manifest)
+        .args(common)
+        .args(redux_model)
+        .args(["--seed", "5"])
+        .arg("--output-dir")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let single = |name: &str, seed: &str, extra: &[&str]| {
+        let p = t.path().join(name);
+        let mut a: Vec<String> =
+            ["--model", &s("tiny-control"), "--image", &img, "--prompt", "a cat"].map(String::from).into();
+        a.extend(common.iter().map(|x| x.to_string()));
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a.extend(["--seed".into(), seed.into(), "-o".into(), p.to_string_lossy().into()]);
+        let o = bin().args(&a).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        image::open(&p).unwrap().to_rgb8()
+    };
+    let rgb = |p: std::path::PathBuf| image::open(p).unwrap().to_rgb8();
+    assert_eq!(rgb(out.join("a.png")), single("a1.png", "5", &["--control", &ctl]));
+    let b = single(
+        "b1.png",
+        "6",
+        &["--control-from", "canny", "--redux", &format!("{red}:0.6"), redux_model[0], redux_model[1]],
+    );
+    assert_eq!(rgb(out.join("b.png")), b);
+}

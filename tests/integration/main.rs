@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod batch;
+mod cache;
 mod common;
 mod control;
 mod fill;
@@ -15,5 +16,6 @@ mod modes;
 mod parity;
 mod redux;
 mod safety;
+mod sd;
 mod server;
 mod smoke;

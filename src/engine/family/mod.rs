@@ -9,6 +9,7 @@
 //! Adding a family is one more module implementing the trait and one line in [`open`].
 
 pub mod flux;
+pub mod sd;
 
 use super::inpaint::PreparedMask;
 use super::memory::{Estimate, Workload};
@@ -138,10 +139,30 @@ pub trait ModelFamily {
 
     /// The denoised latents as a picture at the working size.
     fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage>;
+
+    /// What the step cache (`--cache`) of the edit in progress skipped so far; None without one (or for a family
+    /// that has none).
+    fn cache_report(&self) -> Option<(super::cache::CacheSpec, super::cache::CacheReport)> {
+        None
+    }
 }
 
 /// Opens the family the folder holds; `weights`: check the weight files and read what the weights say (a
 /// configs-only session for dry runs passes false).
 pub fn open(model: &Path, o: &Overrides, weights: bool, progress: &dyn Progress) -> Result<Box<dyn ModelFamily>> {
+    if model.is_file() {
+        crate::source::sd::refuse_pickle(model)?;
+        if crate::source::sd::is_original_checkpoint(model) {
+            return Err(crate::Error::Usage(format!(
+                "{} is a Stable Diffusion single-file checkpoint: give --model the pipeline it belongs to (sd15, \
+                 or a diffusers folder) and the file as --transformer",
+                model.display()
+            )));
+        }
+    }
+    let family = crate::source::family_of(model);
+    if family.is_sd() {
+        return Ok(Box::new(sd::Sd::open(model, family, o, weights)?));
+    }
     Ok(Box::new(flux::Flux::open(model, o, weights, progress)?))
 }

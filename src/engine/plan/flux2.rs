@@ -105,6 +105,7 @@ pub fn plan(
         seed,
         rng_gpu,
         schedule,
+        scheduler: None,
         warnings,
     })
 }

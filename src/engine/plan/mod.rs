@@ -3,6 +3,7 @@
 //! here, FLUX.2 in [`flux2`].
 
 pub mod flux2;
+pub mod sd;
 
 use super::request::{
     Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_FILL, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL,
@@ -47,6 +48,8 @@ pub struct Plan {
     pub guide: String,
     /// How a smaller edit of this mode is asked for (what memory advice may suggest).
     pub size_rule: SizeRule,
+    /// Stable Diffusion: the discrete scheduler that runs.
+    pub scheduler: Option<crate::schedulers::SchedulerKind>,
     /// Remarks for the user (large size, ignored flags); the plan is still valid.
     pub warnings: Vec<String>,
 }
@@ -111,6 +114,24 @@ fn check_transformer_inputs(req: &Request, cfg: &ModelConfigs) -> Result<Transfo
     }
 }
 
+/// What conditions the edit beyond the prompt, for the plan line: Fill, Control's image, Redux, outpainting.
+fn conditioning_words(req: &Request, inputs: TransformerInputs) -> String {
+    let mut words = Vec::new();
+    if inputs == TransformerInputs::Fill {
+        words.push("FLUX.1 Fill".to_string());
+    }
+    if let Some(c) = &req.control {
+        words.push(format!("control {}", c.words()));
+    }
+    if !req.redux.is_empty() {
+        words.push(format!("Redux x{}", req.redux.len()));
+    }
+    if let Some(o) = req.outpaint() {
+        words.push(format!("outpaint ({o})"));
+    }
+    words.iter().map(|w| format!(", {w}")).collect()
+}
+
 /// Redux joins FLUX.1's T5 tokens in the modes diffusers' prior feeds (not Kontext, nor true CFG, whose negative
 /// prompt would have fewer tokens than the batch it shares).
 fn check_redux(req: &Request, cfg: &ModelConfigs) -> Result<()> {
@@ -141,6 +162,7 @@ pub fn plan(
     seed: u64,
     gpu: CudaGeometry,
 ) -> Result<Plan> {
+    check_no_sd_flags(req, cfg.family)?;
     if cfg.family == Family::Flux2 && req.control.is_some() {
         return Err(Error::Usage("--control/--control-from need a FLUX.1 Control model; FLUX.2 takes none".into()));
     }
@@ -188,6 +210,7 @@ pub fn plan(
         Some(c) => format!("guidance {g}, true CFG {} (2 transformer passes per step, batched)", c.scale),
         None => format!("guidance {g}"),
     };
+    let guide = guide + &conditioning_words(req, inputs);
     let size_rule = if input.is_none() { SizeRule::Given } else { SizeRule::Input };
     Ok(Plan {
         sampler: shift_words(&schedule),
@@ -207,8 +230,26 @@ pub fn plan(
         seed,
         rng_gpu,
         schedule,
+        scheduler: None,
         warnings,
     })
+}
+
+/// Stable Diffusion's flags on a FLUX model: one line naming the flag.
+fn check_no_sd_flags(req: &Request, family: Family) -> Result<()> {
+    let o = &req.sd;
+    let flag = [
+        o.scheduler.map(|s| format!("--scheduler {s}")),
+        o.clip_skip.map(|n| format!("--clip-skip {n}")),
+        o.start_step.map(|n| format!("--start-step {n}")),
+    ];
+    match flag.into_iter().flatten().next() {
+        Some(f) => Err(Error::Usage(format!(
+            "{f} is for Stable Diffusion models; this {family} model runs its flow-matching schedule (--strength sets \
+             where img2img starts)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Kontext's default area (diffusers' `max_area`, 1024²).

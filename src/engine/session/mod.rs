@@ -75,6 +75,8 @@ pub struct Session {
     prompts: HashMap<String, Encoded>,
     /// GPU memory in use, sampled through every edit (a running peak).
     gpu_peak: super::GpuPeak,
+    /// What the step cache of the last denoising skipped.
+    cache_report: Option<super::cache::CacheReport>,
 }
 
 impl Session {
@@ -110,6 +112,7 @@ impl Session {
             progress,
             prompts: HashMap::new(),
             gpu_peak: Default::default(),
+            cache_report: None,
         }
     }
 
@@ -302,6 +305,7 @@ impl Session {
             self.progress.event(Event::Note(&crate::kernels::fused::summary()));
         }
         let mut record = EditRecord::new(req, &plan);
+        record.cache_skipped = self.cache_report.take();
         if let Some(set) = &self.lora {
             record.loras.iter_mut().zip(set.hashes()).for_each(|(r, h)| r.hash = Some(h));
         }
@@ -382,6 +386,10 @@ impl Session {
             self.gpu_peak.sample(&self.device);
             self.progress.event(Event::Step { done: k + 1, total: n, elapsed: t0.elapsed() });
         }
+        self.cache_report = self.family.cache_report().map(|(spec, report)| {
+            self.progress.event(Event::Note(&report.summary(&spec)));
+            report
+        });
         Ok(x)
     }
 }

@@ -48,7 +48,7 @@ impl Flux {
         let text = match f.family {
             // Qwen3 loads only the layers whose hidden states FLUX.2 reads.
             Family::Flux2 => loaded_bytes(&paths[2], matrices, qwen_layer_read)?,
-            Family::Flux1 => {
+            _ => {
                 let t5 = LoadAs { dtype, quantize, rule: Rule::T5 };
                 loaded_bytes(&paths[2], plain, all)? + loaded_bytes(&paths[3], t5, all)?
             }

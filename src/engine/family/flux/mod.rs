@@ -9,6 +9,7 @@ mod memory;
 
 use super::{Env, Loras, ModelFamily, Prepared, PromptUse};
 use crate::config::{ClipConfig, Family, ModelConfigs, TransformerInputs};
+use crate::engine::cache::{CacheReport, CacheSpec, StepCache};
 use crate::engine::flux2::BnStats;
 use crate::engine::load::{self, TransformerKind};
 use crate::engine::memory::{Estimate, Workload};
@@ -53,6 +54,8 @@ struct Edit {
     clean: Option<Tensor>,
     /// Kontext's or klein's reference tokens and their ids.
     reference: Option<edit::Reference>,
+    /// `--cache`: the step cache asked for.
+    cache: Option<CacheSpec>,
     /// Fill and Control: the channels appended to every token.
     extra: Option<Tensor>,
     /// Redux: each image's tokens and weight.
@@ -71,6 +74,8 @@ struct Run {
     cfg_scale: Option<f64>,
     blend: Option<inpaint::Blend>,
     schedule: Schedule,
+    /// The step cache's state (one per pass), when one runs.
+    cache: Option<StepCache>,
 }
 
 pub struct Flux {
@@ -458,6 +463,7 @@ impl ModelFamily for Flux {
             noise: start.noise,
             clean: start.clean,
             reference,
+            cache: req.cache,
             extra: channels,
             redux: self.redux_tokens(env, req)?,
             run: None,
@@ -534,6 +540,8 @@ impl ModelFamily for Flux {
         };
         let guidance = plan.guidance.map(|g| Tensor::new(&[g as f32], dev)?.to_dtype(dtype)).transpose()?;
         let blend = self.blend(env, edit, prepared.mask.as_ref())?;
+        let model = self.transformer.as_ref().expect("loaded before begin");
+        let cache = edit.cache.map(|spec| StepCache::new(spec, model.blocks())).transpose()?;
         let run = Run {
             txt,
             pooled,
@@ -543,6 +551,7 @@ impl ModelFamily for Flux {
             cfg_scale: plan.cfg_scale,
             blend,
             schedule: plan.schedule.clone(),
+            cache,
         };
         let steps = run.schedule.steps_to_run();
         self.edit.as_mut().expect("prepared before begin").run = Some(run);
@@ -551,8 +560,8 @@ impl ModelFamily for Flux {
 
     /// One Euler step of the flow at the schedule's `t_start + k`, then the inpainting blend.
     fn step(&mut self, x: Tensor, k: usize) -> Result<Tensor> {
-        let edit = self.edit.as_ref().expect("prepared before stepping");
-        let run = edit.run.as_ref().expect("begun before stepping");
+        let edit = self.edit.as_mut().expect("prepared before stepping");
+        let run = edit.run.as_mut().expect("begun before stepping");
         let model = self.transformer.as_ref().expect("loaded before denoising");
         let inputs = Inputs {
             img_ids: &run.img_ids,
@@ -565,12 +574,20 @@ impl ModelFamily for Flux {
         let channels = edit.extra.as_ref();
         let guided = edit::Guided { model, inputs, cfg_scale: run.cfg_scale, reference, channels };
         let i = run.schedule.t_start + k;
-        let x = edit::euler_step(x, &run.schedule, i, |x, t| guided.velocity(x, t))?;
+        let x = match run.cache.as_mut() {
+            Some(cache) => edit::euler_step(x, &run.schedule, i, |x, t| guided.velocity_cached(x, t, cache))?,
+            None => edit::euler_step(x, &run.schedule, i, |x, t| guided.velocity(x, t))?,
+        };
         let next = (i + 1 < run.schedule.timesteps.len()).then(|| run.schedule.sigmas[i + 1]);
         Ok(match &run.blend {
             Some(b) => b.apply(&x, next)?,
             None => x,
         })
+    }
+
+    fn cache_report(&self) -> Option<(CacheSpec, CacheReport)> {
+        let cache = self.edit.as_ref()?.run.as_ref()?.cache.as_ref()?;
+        Some((cache.spec(), cache.report()))
     }
 
     fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage> {

@@ -1,0 +1,79 @@
+//! Where a step cache reaches into a transformer's forward, as diffusers' block hooks do: after the first block
+//! (First-Block Cache may end the pass there), after the last, and around each block's attention module
+//! (TaylorSeer may forecast its outputs instead of running it). The models call these and keep no state; the
+//! caches themselves live in `engine::cache`.
+
+use crate::kernels::Angles;
+use candle_core::{Result, Tensor};
+
+/// What a step cache sees of one transformer pass. Every method's default does nothing, as without a cache.
+pub trait BlockCache {
+    /// After the first (double) block, given its image input and its (image, text) outputs: the image stream the
+    /// last block would give, when the remaining blocks may be skipped this pass.
+    fn after_first(&mut self, _x_in: &Tensor, _x: &Tensor, _ctx: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// After the last block ran, with its image and text streams.
+    fn after_last(&mut self, _x: &Tensor, _ctx: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// The outputs of block `id`'s attention module (double blocks first, then single blocks), forecast for this
+    /// pass; None when the module runs (and its outputs then go to [`BlockCache::record`]).
+    fn forecast(&mut self, _id: usize) -> Result<Option<Vec<Tensor>>> {
+        Ok(None)
+    }
+
+    /// The outputs block `id`'s attention module computed this pass.
+    fn record(&mut self, _id: usize, _outputs: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// No cache: every block runs.
+pub struct NoCache;
+
+impl BlockCache for NoCache {}
+
+/// What every block of one pass reads, and the step cache deciding what runs.
+pub(crate) struct Pass<'a> {
+    pub heads: usize,
+    pub rope: &'a Angles,
+    pub cache: &'a mut dyn BlockCache,
+}
+
+/// The two outputs (image, text) of a double block's attention module, as a cache forecast them.
+pub(crate) fn forecast_pair(f: Vec<Tensor>) -> Result<[Tensor; 2]> {
+    <[Tensor; 2]>::try_from(f).map_err(|f| candle_core::Error::Msg(format!("a forecast of {} tensors, not 2", f.len())))
+}
+
+/// The blocks of an MM-DiT in order, as the model's forward runs them: double blocks on (image, text), then single
+/// blocks on [text; image]; gives the image stream after the last block. The cache is asked after the first block
+/// (First-Block Cache may end the pass there) and told after the last.
+pub(crate) fn walk<D, S>(
+    blocks: (&[D], &[S]),
+    (mut x, mut ctx): (Tensor, Tensor),
+    run: &mut Pass,
+    double: impl Fn(&D, &Tensor, &Tensor, &mut Pass, usize) -> Result<(Tensor, Tensor)>,
+    single: impl Fn(&S, &Tensor, &mut Pass, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let n = blocks.0.len();
+    for (id, block) in blocks.0.iter().enumerate() {
+        let (x1, ctx1) = double(block, &x, &ctx, run, id)?;
+        if id == 0 {
+            if let Some(out) = run.cache.after_first(&x, &x1, &ctx1)? {
+                return Ok(out);
+            }
+        }
+        (x, ctx) = (x1, ctx1);
+    }
+    let st = ctx.dim(1)?;
+    let mut h = Tensor::cat(&[&ctx, &x], 1)?;
+    for (i, block) in blocks.1.iter().enumerate() {
+        h = single(block, &h, run, n + i)?;
+    }
+    let x = h.narrow(1, st, h.dim(1)? - st)?;
+    run.cache.after_last(&x, &h.narrow(1, 0, st)?)?;
+    Ok(x)
+}
