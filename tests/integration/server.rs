@@ -245,3 +245,121 @@ fn server_sigterm_answers_every_waiting_request() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// A multipart/form-data body: (name, filename, bytes) parts.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "flux-test-boundary-7f3a";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: image/png\r\n\r\n")
+                    .as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn cli_png(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = bin().current_dir(dir).args(["--model", &model(), "-o", "cli.png"]).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(dir.join("cli.png")).unwrap()
+}
+
+fn decode(b: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(b.as_str().expect("base64 image")).unwrap()
+}
+
+#[test]
+fn server_openai_and_a1111_match_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.png");
+    std::fs::copy(fixtures().join("images/photo-96x64.png"), &input).unwrap();
+    let server = Server::start(&[]);
+    let edit = cli_png(dir.path(), &["--image", "input.png", "--prompt", "a boat", "--seed", "5", "--strength", "0.7"]);
+
+    let bytes = std::fs::read(&input).unwrap();
+    let (ctype, body) = multipart(&[
+        ("image", Some("photo.png"), &bytes),
+        ("prompt", None, b"a boat"),
+        ("seed", None, b"5"),
+        ("strength", None, b"0.7"),
+        ("response_format", None, b"b64_json"),
+        ("model", None, b"dall-e-2"),
+    ]);
+    let (status, v) = answer(ureq::post(&server.url("/v1/images/edits")).set("Content-Type", &ctype).send_bytes(&body));
+    assert_eq!(status, 200, "{v}");
+    assert!(decode(&v["data"][0]["b64_json"]) == edit, "OpenAI edit differs from the CLI's");
+
+    let a = json!({"prompt": "a boat", "seed": 5, "denoising_strength": 0.7, "init_images": [b64(&input)],
+        "sampler_name": "Euler", "override_settings": {}});
+    let (status, v) = server.post("/sdapi/v1/img2img", &a, None);
+    assert_eq!(status, 200, "{v}");
+    assert!(decode(&v["images"][0]) == edit, "A1111 img2img differs from the CLI's");
+
+    // n images take seeds seed, seed+1.
+    let (status, v) = server.post(
+        "/v1/images/generations",
+        &json!({"prompt": "a boat", "n": 2, "size": "64x48", "seed": 9, "response_format": "b64_json"}),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    let second = cli_png(dir.path(), &["--prompt", "a boat", "--seed", "10", "--width", "64", "--height", "48"]);
+    assert!(decode(&v["data"][1]["b64_json"]) == second, "OpenAI generation differs from the CLI's");
+    let (_, v) = server.post("/v1/images/generations", &json!({"prompt": "x", "response_format": "url"}), None);
+    assert!(v["error"].as_str().unwrap().contains("b64_json"), "{v}");
+
+    let (status, v) = server.get("/sdapi/v1/sd-models", None);
+    assert_eq!((status, v[0]["model_name"].as_str().unwrap()), (200, model().as_str()));
+    assert_eq!(server.get("/sdapi/v1/options", None).0, 200);
+    assert_eq!(server.get("/sdapi/v1/progress", None).1["progress"], 0.0);
+    let page = ureq::get(&server.url("/")).call().unwrap().into_string().unwrap();
+    assert!(page.contains("<canvas") && !page.contains("http"), "the page is embedded and loads nothing remote");
+}
+
+/// Random and mutated bodies against every POST endpoint: each answer is JSON with a status below 500, and the
+/// server still answers /healthz. Bounded: 150 requests of at most 1 s each (a mutation may make a valid, larger job,
+/// which the waiting endpoints would wait for: a timeout there counts as accepted).
+#[test]
+fn server_fuzzed_bodies_get_json_errors() {
+    let server = Server::start(&["--max-queue", "64"]);
+    let valid = json!({"prompt": "p", "width": 32, "height": 32, "steps": 1, "seed": 1}).to_string().into_bytes();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let paths = ["/v1/jobs", "/sdapi/v1/img2img", "/sdapi/v1/txt2img", "/v1/images/generations", "/v1/images/edits"];
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(1)).build();
+    for k in 0..150 {
+        let mut body =
+            if k % 3 == 0 { (0..rand() % 200).map(|_| rand() as u8).collect::<Vec<u8>>() } else { valid.clone() };
+        for _ in 0..1 + rand() % 4 {
+            if body.is_empty() {
+                break;
+            }
+            let i = (rand() as usize) % body.len();
+            match rand() % 3 {
+                0 => body[i] = rand() as u8,
+                1 => body.truncate(i),
+                _ => body.insert(i, b"{}[]\",:-0e9"[(rand() % 11) as usize]),
+            }
+        }
+        let path = paths[k % paths.len()];
+        let ctype = if path.ends_with("edits") { "multipart/form-data; boundary=x" } else { "application/json" };
+        let (status, v) = match agent.post(&server.url(path)).set("Content-Type", ctype).send_bytes(&body) {
+            Err(ureq::Error::Transport(t)) if t.to_string().contains("timed out") => continue,
+            r => answer(r),
+        };
+        assert!(status < 500 || status == 503, "{path} {:?}: {status} {v}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(server.get("/healthz", None).0, 200);
+}
