@@ -117,9 +117,7 @@ pub fn with_retry(app: &Shared, e: ApiError) -> Response {
     let status = e.0;
     let mut res = e.into_response();
     if status == StatusCode::TOO_MANY_REQUESTS {
-        let done = app.hub.metrics.done.load(Ordering::Relaxed).max(1);
-        let mean = app.hub.metrics.job_millis.load(Ordering::Relaxed) / done;
-        let secs = (mean * app.hub.queue_len() as u64 / 1000).clamp(1, 3600);
+        let secs = app.hub.retry_after(app.hub.queue_len());
         res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     res

@@ -146,7 +146,7 @@ impl Hub {
     }
 
     /// Seconds until a place is likely free: the mean job time so far times the jobs ahead (at least 1).
-    fn retry_after(&self, ahead: usize) -> u64 {
+    pub fn retry_after(&self, ahead: usize) -> u64 {
         let done = self.metrics.done.load(Ordering::Relaxed).max(1);
         let mean_ms = self.metrics.job_millis.load(Ordering::Relaxed) / done;
         (mean_ms * ahead as u64 / 1000).clamp(1, 3600)

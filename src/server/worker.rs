@@ -81,7 +81,7 @@ impl Worker {
         while let Some((id, built, cancel)) = self.hub.next_job() {
             *self.sink.current.lock().unwrap() = Some((id.clone(), cancel.clone()));
             let t0 = std::time::Instant::now();
-            let result = if cancel.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { self.edit(&id, &built) };
+            let result = if cancel.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { self.guarded(&id, &built) };
             *self.sink.current.lock().unwrap() = None;
             match result {
                 Ok(png) => {
@@ -101,6 +101,18 @@ impl Worker {
                     self.ui.info(&format!("job {id}: failed: {}", e.one_line()));
                     self.hub.finish(&id, State::Failed, None, Some(e.one_line()));
                 }
+            }
+        }
+    }
+
+    /// [`Self::edit`], with a panic turned into the job's failure (and the session dropped): a bug must not leave
+    /// the job unanswered or the thread gone, which would hang every later request and shutdown.
+    fn guarded(&mut self, id: &str, built: &Built) -> Result<Vec<u8>> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.edit(id, built))) {
+            Ok(r) => r,
+            Err(_) => {
+                self.session = None;
+                Err(Error::Usage("internal error (a panic in the engine; see the server's log)".into()))
             }
         }
     }
