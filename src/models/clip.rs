@@ -16,6 +16,9 @@ use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Module, Var
 pub struct ClipLora<'a> {
     pub set: &'a LoraSet,
     pub scale: ScaleCell,
+    /// Before the encoder's module names in the set's targets: "" for the only (or first) encoder,
+    /// `text_encoder_2.` for SDXL's second.
+    pub prefix: &'static str,
 }
 
 /// `vb`'s linear `name` (`encoder.layers.N.self_attn.q_proj`) with its LoRA, if any.
@@ -23,7 +26,7 @@ fn lora_linear(i: usize, o: usize, vb: VarBuilder, name: String, lora: Option<&C
     let (dtype, dev) = (vb.dtype(), vb.device().clone());
     let base = LinearLayer::dense(linear(i, o, vb)?);
     let Some(l) = lora else { return Ok(base) };
-    match l.set.low_rank(&Target::Clip(name), o, i)? {
+    match l.set.low_rank(&Target::Clip(format!("{}{name}", l.prefix)), o, i)? {
         Some(pair) => Ok(base.with_lora(Some(SidePath::new(pair, l.scale.clone(), dtype, &dev)?))),
         None => Ok(base),
     }

@@ -12,10 +12,12 @@ use super::{Conditioning, EncodeAs, FixedTokenizer, TextEncoder};
 use crate::config::sd::SdConfigs;
 use crate::config::{Act, ClipConfig};
 use crate::error::{Error, Result};
-use crate::models::clip::ClipText;
+use crate::models::clip::{ClipLora, ClipText};
 use crate::source::sd::SdFiles;
 use crate::source::Component;
 use crate::weights::flux_keys::Source;
+use crate::weights::lora::sd::TEXT_ENCODER_2;
+use crate::weights::lora::{LoraSet, ScaleCell};
 use crate::weights::{CheckedWeights, NameMap};
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -36,13 +38,14 @@ impl Encoder {
         name: &str,
         prefix: Option<String>,
         (dtype, dev): (DType, &Device),
+        lora: Option<&ClipLora>,
     ) -> Result<Self> {
         let max_len = cfg.max_position_embeddings.min(77);
         let tok = FixedTokenizer::load(tokenizer, max_len, "<|endoftext|>", true)?.with_embedding_rows(cfg.vocab_size);
         let act = Act::parse(&cfg.hidden_act, &c.config)?;
         let w = CheckedWeights::open(name, &c.weights)?;
         let map = prefix.map(|p| Arc::new(move |n: &str| Source::One(format!("{p}{n}"))) as NameMap);
-        let clip = ClipText::new(cfg, act, w.var_builder(dtype, dev, map), None)?;
+        let clip = ClipText::new(cfg, act, w.var_builder(dtype, dev, map), lora)?;
         w.finish()?;
         Ok(Self { tok, clip, max_len })
     }
@@ -67,7 +70,16 @@ pub struct SdText {
 }
 
 impl SdText {
-    pub fn load(files: &SdFiles, cfg: &SdConfigs, dtype: DType, device: &Device) -> Result<Self> {
+    /// `lora`: the run's LoRAs, when they change CLIP (side paths in each encoder).
+    pub fn load(
+        files: &SdFiles,
+        cfg: &SdConfigs,
+        dtype: DType,
+        device: &Device,
+        lora: Option<(&LoraSet, ScaleCell)>,
+    ) -> Result<Self> {
+        let clip_lora =
+            |prefix: &'static str| lora.as_ref().map(|(set, scale)| ClipLora { set, scale: scale.clone(), prefix });
         let mut encoders = vec![Encoder::load(
             &cfg.clip,
             &files.text_encoder,
@@ -75,9 +87,11 @@ impl SdText {
             "text_encoder (CLIP)",
             files.original.clip.clone(),
             (dtype, device),
+            clip_lora("").as_ref(),
         )?];
         if let (Some(c2), Some(f2), Some(t2)) = (&cfg.clip_2, &files.text_encoder_2, &files.tokenizer_2) {
-            encoders.push(Encoder::load(c2, f2, t2, "text_encoder_2 (CLIP)", None, (dtype, device))?);
+            let lora = clip_lora(TEXT_ENCODER_2);
+            encoders.push(Encoder::load(c2, f2, t2, "text_encoder_2 (CLIP)", None, (dtype, device), lora.as_ref())?);
         }
         Ok(Self { xl: encoders.len() == 2, encoders, device: device.clone(), notes: Vec::new() })
     }

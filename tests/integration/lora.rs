@@ -228,6 +228,7 @@ fn bad_loras_are_one_line_errors() {
         (control, "control LoRA"),
         (deeper, "no tensor matches"),
         (lora_path("sdxl.safetensors"), "Stable Diffusion"),
+        (lora_path("sd15-peft.safetensors"), "Stable Diffusion"),
         (lora_path("rank-mismatch.safetensors"), "double_blocks_0_img_attn_proj"),
         (corrupt, "corrupt.safetensors"),
         (missing, "missing.safetensors"),

@@ -17,5 +17,6 @@ mod parity;
 mod redux;
 mod safety;
 mod sd;
+mod sd_lora;
 mod server;
 mod smoke;

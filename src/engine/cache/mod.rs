@@ -232,3 +232,59 @@ impl Guided<'_> {
         &v[1] + ((&v[0] - &v[1])? * scale)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn specs_parse_and_print() {
+        let p = |s: &str| s.parse::<CacheSpec>();
+        assert_eq!(p("fbcache").unwrap(), CacheSpec::FirstBlock { threshold: DEFAULT_THRESHOLD });
+        assert_eq!(p("FBCache:0.2").unwrap(), CacheSpec::FirstBlock { threshold: 0.2 });
+        assert_eq!(p("taylorseer").unwrap(), CacheSpec::TaylorSeer { order: 1, interval: 5 });
+        assert_eq!(p("taylorseer:2").unwrap(), CacheSpec::TaylorSeer { order: 2, interval: 5 });
+        assert_eq!(p("taylorseer:2,3").unwrap(), CacheSpec::TaylorSeer { order: 2, interval: 3 });
+        for s in ["fbcache:0.6", "taylorseer:1,5", "fbcache:0"] {
+            assert_eq!(p(s).unwrap().to_string(), s);
+        }
+        for bad in ["fbcache:-1", "fbcache:nan", "fbcache:inf", "fbcache:", "taylorseer:0", "taylorseer:1,0", "x"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Steps that run with diffusers' defaults: 0–2 (warm-up), then 4, 9, 14, … (`(k − 4) mod 5 = 0`).
+    #[test]
+    fn taylorseer_runs_diffusers_steps() {
+        let mut t = taylorseer::TaylorSeer::new(1, 5);
+        let x = Tensor::ones((1, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let mut ran = vec![];
+        for k in 0..12 {
+            t.begin();
+            match t.forecast(0).unwrap() {
+                None => {
+                    ran.push(k);
+                    t.record(0, &[(&x * k as f64).unwrap()]).unwrap();
+                }
+                // A line through the recorded steps is forecast exactly (f₁ = 1 per step).
+                Some(f) => assert_eq!(f[0].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], k as f32),
+            }
+        }
+        assert_eq!(ran, [0, 1, 2, 4, 9]);
+    }
+
+    /// The first pass runs in full; a pass whose first residual moved less than the threshold reuses the tail.
+    #[test]
+    fn first_block_skips_below_the_threshold() {
+        let dev = Device::Cpu;
+        let t = |v: f32| Tensor::full(v, (1, 2, 2), &dev).unwrap();
+        let mut f = fbcache::FirstBlock::new(0.1, 3);
+        assert!(f.after_first(&t(0.0), &t(1.0), &t(0.0)).unwrap().is_none());
+        f.after_last(&t(5.0), &t(0.0)).unwrap(); // tail residual 4
+        let out = f.after_first(&t(0.0), &t(1.0625), &t(0.0)).unwrap().expect("6 % moved: skipped");
+        assert_eq!(out.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], 5.0625);
+        assert!(f.after_first(&t(0.0), &t(1.5), &t(0.0)).unwrap().is_none(), "50 % moved: runs");
+        assert_eq!((f.skipped, f.evaluations), (2, 9));
+    }
+}

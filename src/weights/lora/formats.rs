@@ -14,9 +14,11 @@ use std::collections::HashMap;
 /// What a LoRA pair modifies.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// A transformer linear, by its BFL module name (`double_blocks.0.img_attn.qkv`).
+    /// A denoiser linear: FLUX's transformer by its BFL module name (`double_blocks.0.img_attn.qkv`), SD's UNet by
+    /// its diffusers name (`down_blocks.0.attentions.0.proj_in`, linear or 1×1 conv).
     Transformer(String),
-    /// A CLIP text-encoder linear (`encoder.layers.0.self_attn.q_proj`).
+    /// A CLIP text-encoder linear (`encoder.layers.0.self_attn.q_proj`; SDXL's second encoder under
+    /// `text_encoder_2.`).
     Clip(String),
 }
 
@@ -111,6 +113,10 @@ pub struct FileView {
     pub single: usize,
     /// The model's family (FLUX.1 and FLUX.2 name their modules differently).
     pub family: Family,
+    /// Every module the model lets LoRAs target (SD's names are looked up here).
+    pub modules: Vec<Target>,
+    /// Other names of denoiser modules → their names among `modules`.
+    pub aliases: HashMap<String, String>,
 }
 
 /// Why a file cannot be used at all.
@@ -119,6 +125,8 @@ pub enum Unsupported {
     Control,
     /// A LoRA for the other FLUX family: (its family, a key that shows it).
     OtherFamily(Family, String),
+    /// A FLUX LoRA on a Stable Diffusion model (a key that shows it).
+    FluxOnSd(String),
 }
 
 /// Module names only one family has (diffusers, BFL and kohya spellings); FLUX.2's are checked first, since
@@ -154,6 +162,9 @@ pub fn family_of(keys: &[&String]) -> Option<(Family, String)> {
 
 pub fn parse(f: &FileView) -> Result<Parsed, Unsupported> {
     let keys: Vec<&String> = f.shapes.keys().filter(|k| !k.contains("dora_scale")).collect();
+    if f.family.is_sd() {
+        return super::sd::parse(f, &keys);
+    }
     if let Some(k) = keys.iter().find(|k| is_stable_diffusion(k)) {
         return Err(Unsupported::OtherArchitecture(k.to_string()));
     }
@@ -181,7 +192,7 @@ pub fn parse(f: &FileView) -> Result<Parsed, Unsupported> {
 }
 
 /// Keys of Stable Diffusion 1.x/2.x/XL LoRAs (UNet blocks), which share the kohya and PEFT spellings.
-fn is_stable_diffusion(k: &str) -> bool {
+pub(super) fn is_stable_diffusion(k: &str) -> bool {
     ["down_blocks_", "up_blocks_", "mid_block_", "input_blocks_", "output_blocks_", "middle_block_"]
         .iter()
         .any(|p| k.starts_with(&format!("lora_unet_{p}")))
@@ -208,7 +219,7 @@ fn underscore_index(f: &FileView) -> HashMap<String, Target> {
 
 /// The module part of a key: everything before `.lora_down.weight` / `.lora_up.weight` / `.alpha` (and the A/B
 /// spellings), with `.default` adapter names removed.
-fn module_of(k: &str) -> Option<(&str, &'static str)> {
+pub(super) fn module_of(k: &str) -> Option<(&str, &'static str)> {
     const SUFFIXES: [(&str, &str); 9] = [
         (".lora_down.weight", "down"),
         (".lora_up.weight", "up"),
@@ -224,7 +235,7 @@ fn module_of(k: &str) -> Option<(&str, &'static str)> {
 }
 
 /// down/up/alpha keys grouped by module.
-fn group<'a>(keys: &[&'a String]) -> (HashMap<&'a str, [Option<&'a String>; 3]>, Vec<String>) {
+pub(super) fn group<'a>(keys: &[&'a String]) -> (HashMap<&'a str, [Option<&'a String>; 3]>, Vec<String>) {
     let mut m: HashMap<&str, [Option<&String>; 3]> = HashMap::new();
     let mut other = Vec::new();
     for k in keys {
@@ -244,7 +255,7 @@ fn group<'a>(keys: &[&'a String]) -> (HashMap<&'a str, [Option<&'a String>; 3]>,
 }
 
 /// alpha / rank, the alpha from the module's key or `default`.
-fn scale_of(f: &FileView, down: &str, alpha: Option<&String>, default: Option<f64>) -> f64 {
+pub(super) fn scale_of(f: &FileView, down: &str, alpha: Option<&String>, default: Option<f64>) -> f64 {
     let rank = f.shapes.get(down).and_then(|s| s.first()).copied().unwrap_or(1).max(1) as f64;
     let alpha = alpha.and_then(|a| f.scalars.get(a)).copied().or(default).unwrap_or(rank);
     alpha / rank
@@ -380,7 +391,7 @@ fn peft_target(
 
 /// A PEFT module's scale: the saved LoraConfig (metadata) if any; else its own alpha, else the file's first alpha
 /// (as diffusers), else none (scale 1). fal files carry no alpha.
-fn peft_scale(f: &FileView, module: &str, down: &str, alpha: Option<&String>, format: Format) -> f64 {
+pub(super) fn peft_scale(f: &FileView, module: &str, down: &str, alpha: Option<&String>, format: Format) -> f64 {
     if format == Format::FalKontext {
         return 1.0;
     }

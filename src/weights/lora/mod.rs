@@ -7,6 +7,9 @@
 //! the call's scale `s` (`--lora-scale`) multiplies the whole, as diffusers' `joint_attention_kwargs` scale does.
 
 pub mod formats;
+pub mod merged;
+pub mod sd;
+pub mod shapes;
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -73,13 +76,17 @@ pub struct LoraSet {
     pub touches_clip: bool,
 }
 
-/// The model's linear layers that LoRAs can target, with their shapes [out, in].
+/// The model's linear layers (and 1×1 convolutions) that LoRAs can target, with their shapes [out, in].
 pub struct ModelShapes {
+    /// The denoiser's: FLUX's transformer in BFL names, or SD's UNet in diffusers names.
     pub transformer: HashMap<String, (usize, usize)>,
+    /// CLIP's, `encoder.layers.N.…`; SDXL's second encoder's under `text_encoder_2.`.
     pub clip: HashMap<String, (usize, usize)>,
     pub double: usize,
     pub single: usize,
     pub family: crate::config::Family,
+    /// Other names of denoiser modules → their names in `transformer` (SD's original `input_blocks.…` layout).
+    pub aliases: HashMap<String, String>,
 }
 
 impl LoraSet {
@@ -158,8 +165,10 @@ fn read(path: &Path, shapes: &ModelShapes) -> Result<(HashMap<String, Tensor>, F
         .map_err(|e| Error::lora_from(path, "not a safetensors LoRA (unreadable header)", e))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| Error::lora_from(path, "unreadable LoRA tensors", e))?;
-    let tensors: HashMap<String, Tensor> =
-        tensors.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?))).collect::<candle_core::Result<_>>()?;
+    let tensors: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, squeeze_1x1(t.to_dtype(DType::F32)?)?)))
+        .collect::<candle_core::Result<_>>()?;
     let mut scalars = HashMap::new();
     for (k, t) in tensors.iter().filter(|(_, t)| t.elem_count() == 1) {
         scalars.insert(k.clone(), t.flatten_all()?.to_vec1::<f32>()?[0] as f64);
@@ -183,8 +192,24 @@ fn read(path: &Path, shapes: &ModelShapes) -> Result<(HashMap<String, Tensor>, F
         double: shapes.double,
         single: shapes.single,
         family: shapes.family,
+        modules: shapes
+            .transformer
+            .keys()
+            .cloned()
+            .map(Target::Transformer)
+            .chain(shapes.clip.keys().cloned().map(Target::Clip))
+            .collect(),
+        aliases: shapes.aliases.clone(),
     };
     Ok((tensors, view))
+}
+
+/// A 1×1 convolution's pair ([r, in, 1, 1], [out, r, 1, 1]: SD's `proj_in`/`proj_out`) as the linear pair it is.
+fn squeeze_1x1(t: Tensor) -> candle_core::Result<Tensor> {
+    match *t.dims() {
+        [a, b, 1, 1] => t.reshape((a, b)),
+        _ => Ok(t),
+    }
 }
 
 fn unsupported(path: &Path, u: Unsupported) -> Error {
@@ -199,6 +224,10 @@ fn unsupported(path: &Path, u: Unsupported) -> Error {
                 "this LoRA is for {family} (keys such as {key}), but the model is {}; use a LoRA made for this model",
                 if family == crate::config::Family::Flux1 { "FLUX.2" } else { "FLUX.1" }
             ),
+        ),
+        Unsupported::FluxOnSd(key) => err(
+            path,
+            format!("this LoRA is for FLUX (keys such as {key}), not Stable Diffusion; use a LoRA made for this model"),
         ),
         Unsupported::Control => err(
             path,
@@ -229,7 +258,8 @@ fn check(path: &Path, parsed: &Parsed, view: &FileView, shapes: &ModelShapes) ->
         return Err(err(
             path,
             format!(
-                "no tensor matches this FLUX.1 model (format guessed: {}); keys look like {}",
+                "no tensor matches this {} model (format guessed: {}); keys look like {}",
+                view.family,
                 parsed.format.map_or("none recognised", |f| f.name()),
                 few.join(", ")
             ),
@@ -264,8 +294,9 @@ fn describe(path: &Path, parsed: &Parsed, view: &FileView) -> (String, Option<St
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let transformer = parsed.parts.iter().filter(|p| matches!(p.target, Target::Transformer(_))).count();
     let clip = parsed.parts.len() - transformer;
+    let denoiser = if view.family.is_sd() { "UNet" } else { "transformer" };
     let note = format!(
-        "LoRA {name}: {} format, {transformer} transformer and {clip} CLIP pairs",
+        "LoRA {name}: {} format, {transformer} {denoiser} and {clip} CLIP pairs",
         parsed.format.map_or("?", |f| f.name())
     );
     let mut left = Vec::new();

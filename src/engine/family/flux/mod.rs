@@ -423,6 +423,7 @@ impl ModelFamily for Flux {
             double: t.num_layers,
             single: t.num_single_layers,
             family: self.configs.family,
+            aliases: Default::default(),
         })
     }
 
@@ -439,11 +440,11 @@ impl ModelFamily for Flux {
         let (msl, q) = (first.max_sequence_length, first.quantize);
         Ok(match self.configs.family {
             Family::Flux1 => {
-                let clip_lora = loras
-                    .set
-                    .as_deref()
-                    .filter(|l| l.touches_clip)
-                    .map(|set| ClipLora { set, scale: loras.scale.clone() });
+                let clip_lora = loras.set.as_deref().filter(|l| l.touches_clip).map(|set| ClipLora {
+                    set,
+                    scale: loras.scale.clone(),
+                    prefix: "",
+                });
                 Box::new(crate::text::TextEncoders::load(&self.files, msl, env.dtype, env.device, q, clip_lora)?)
             }
             _ => Box::new(crate::text::qwen::QwenText::load(&self.files, msl, env.dtype, env.device, q)?),

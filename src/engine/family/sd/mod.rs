@@ -26,11 +26,13 @@ use crate::source::sd::SdFiles;
 use crate::source::Overrides;
 use crate::text::{Conditioning, EncodeAs, TextEncoder};
 use crate::weights::flux_keys::Source;
-use crate::weights::lora::ModelShapes;
+use crate::weights::lora::sd::TEXT_ENCODER_2;
+use crate::weights::lora::{merged, shapes, ModelShapes};
 use crate::weights::{unet_keys, vae_keys, CheckedWeights, NameMap};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 use start::{Encoder, InpaintState};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -66,6 +68,8 @@ pub struct Sd {
     /// The dtype the VAE runs in (f32 for SDXL's in f16 edits).
     vae_dtype: DType,
     unet: Option<UNet>,
+    /// The LoRA scale merged into the loaded UNet, if LoRAs were.
+    merged_at: Option<f64>,
     edit: Option<Edit>,
 }
 
@@ -75,7 +79,7 @@ impl Sd {
         let mut files = SdFiles::resolve(model, family, weights)?;
         files.apply(o)?;
         let cfg = SdConfigs::read(&files)?;
-        Ok(Self { files, cfg, vae: None, vae_dtype: DType::F32, unet: None, edit: None })
+        Ok(Self { files, cfg, vae: None, vae_dtype: DType::F32, unet: None, merged_at: None, edit: None })
     }
 
     /// The VAE, loaded on first use; SDXL's in f32 when the edit runs in f16 (its VAE overflows f16, so diffusers
@@ -106,6 +110,25 @@ impl Sd {
         let (per, up): (usize, Vec<bool>) =
             (layers[0], u.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect());
         Ok(Arc::new(move |n: &str| Source::One(unet_keys::diffusers_to_ldm(n, per, &up))))
+    }
+
+    /// Each UNet module's name in the original layout (`input_blocks.4.1.…`, as kohya's SDXL LoRAs name them) →
+    /// its diffusers name; none when the block layout has no original form.
+    fn original_names<'a>(&self, names: impl Iterator<Item = &'a str>) -> HashMap<String, String> {
+        let u = &self.cfg.unet;
+        let layers = u.layers_per_block.expand(u.blocks());
+        if layers.iter().any(|&l| l != layers[0]) {
+            return HashMap::new();
+        }
+        let up: Vec<bool> = u.up_block_types.iter().map(|t| t.starts_with("CrossAttn")).collect();
+        names
+            .filter_map(|n| {
+                let module = n.strip_suffix(".weight")?;
+                let ldm = unet_keys::diffusers_to_ldm(n, layers[0], &up);
+                let ldm = ldm.strip_prefix(unet_keys::PREFIX)?.strip_suffix(".weight")?;
+                Some((ldm.to_string(), module.to_string()))
+            })
+            .collect()
     }
 
     /// The CFG scale when CFG runs.
@@ -190,8 +213,22 @@ impl ModelFamily for Sd {
         false
     }
 
+    /// The UNet's linear and 1×1-conv layers (as the model code asks for them) and each CLIP's linears.
     fn lora_shapes(&self) -> Result<ModelShapes> {
-        Err(Error::Usage(format!("LoRAs on {} models are not supported yet", self.cfg.family)))
+        let unet = shapes::requested(|vb| UNet::new(&self.cfg.unet, vb))?;
+        let mut clip = crate::models::clip::linear_shapes(&self.cfg.clip);
+        if let Some(c2) = &self.cfg.clip_2 {
+            let second = crate::models::clip::linear_shapes(c2);
+            clip.extend(second.into_iter().map(|(n, s)| (format!("{TEXT_ENCODER_2}{n}"), s)));
+        }
+        Ok(ModelShapes {
+            aliases: self.original_names(unet.iter().map(|(n, _)| n.as_str())),
+            transformer: shapes::lora_targets(&unet).into_iter().collect(),
+            clip: clip.into_iter().collect(),
+            double: 0,
+            single: 0,
+            family: self.cfg.family,
+        })
     }
 
     fn prompts<'r>(&self, req: &'r Request) -> Vec<PromptUse<'r>> {
@@ -207,8 +244,9 @@ impl ModelFamily for Sd {
         Some(PromptUse { text, how: EncodeAs { negative: true, clip_skip: None, zeros } })
     }
 
-    fn text_encoder(&self, env: &Env, _: &Request, _: &Loras) -> Result<Box<dyn TextEncoder>> {
-        Ok(Box::new(crate::text::sd::SdText::load(&self.files, &self.cfg, env.dtype, env.device)?))
+    fn text_encoder(&self, env: &Env, _: &Request, loras: &Loras) -> Result<Box<dyn TextEncoder>> {
+        let lora = loras.set.as_deref().filter(|l| l.touches_clip).map(|set| (set, loras.scale.clone()));
+        Ok(Box::new(crate::text::sd::SdText::load(&self.files, &self.cfg, env.dtype, env.device, lora)?))
     }
 
     fn prepare(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Prepared> {
@@ -222,19 +260,31 @@ impl ModelFamily for Sd {
         Ok(Prepared { latents, mask, input })
     }
 
-    fn load_denoiser(&mut self, env: &Env, _: &Request, _: &Loras) -> Result<()> {
+    /// The UNet, loaded once; its LoRAs merged into the weights at the request's scale (rebuilt when another
+    /// scale is asked for: the UNet is small next to FLUX's transformer, and merged layers cost nothing per step).
+    fn load_denoiser(&mut self, env: &Env, req: &Request, loras: &Loras) -> Result<()> {
+        if self.merged_at.is_some_and(|s| s != req.lora_scale) {
+            self.unet = None;
+        }
         if self.unet.is_none() {
             let w = CheckedWeights::open("unet", &self.files.unet.weights)?;
             let map = self.files.original.unet.then(|| self.unet_map()).transpose()?;
-            let unet = UNet::new(&self.cfg.unet, w.var_builder(env.dtype, env.device, map))?;
+            let mut vb = w.var_builder(env.dtype, env.device, map);
+            if let Some(set) = &loras.set {
+                vb = merged::var_builder(vb, set.clone(), req.lora_scale);
+                env.note(&format!("{} LoRA adapter(s) merged into the UNet", set.specs().len()));
+            }
+            let unet = UNet::new(&self.cfg.unet, vb)?;
             w.finish()?;
             self.unet = Some(unet);
+            self.merged_at = loras.set.is_some().then_some(req.lora_scale);
         }
         Ok(())
     }
 
     fn unload_denoiser(&mut self) {
         self.unet = None;
+        self.merged_at = None;
     }
 
     fn begin(
