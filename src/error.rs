@@ -48,6 +48,9 @@ pub enum Error {
         #[source]
         source: Option<Source>,
     },
+    /// The caller's [`Progress`](crate::engine::Progress) asked the edit to stop between steps.
+    #[error("cancelled")]
+    Cancelled,
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer {
         path: PathBuf,

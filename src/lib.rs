@@ -6,7 +6,7 @@
 //! checked VarBuilders, name tables) → `text` (prompt → conditioning) → `image_io` (file → tensor) → `rng`
 //! (seed → noise) → `schedule` (steps, strength → sigmas) → `engine` (plan, session, the edit's numerics) →
 //! `output` (atomic PNG). `models` and `kernels` hold the networks and their fused operations. Front ends:
-//! `cli` (flags → a batch), `batch` (runs it), `ui` (everything on stderr).
+//! `cli` (flags → a batch), `batch` (runs it), `server` (HTTP jobs), `ui` (everything on stderr).
 
 mod enum_names;
 pub(crate) use enum_names::named_enum;
@@ -23,6 +23,7 @@ pub mod models;
 pub mod output;
 pub mod rng;
 pub mod schedulers;
+pub mod server;
 pub mod smoke;
 pub mod source;
 pub mod text;

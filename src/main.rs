@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let ui = Arc::new(Ui::new(args.quiet, args.verbose));
     let code = match &args.command {
         Some(Command::Smoke(s)) => smoke::command(s, &ui),
+        Some(Command::Serve(s)) => flux_img2img::server::command(s, &ui),
         Some(Command::Cache { action, dry_run }) => cache_command(action, *dry_run, &ui),
         None => edit_command(args, &ui),
     };

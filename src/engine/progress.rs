@@ -22,6 +22,11 @@ pub enum Event<'a> {
 /// Receives the engine's events.
 pub trait Progress: Send + Sync {
     fn event(&self, event: Event<'_>);
+    /// Asked between denoising steps: true stops the edit there with [`crate::Error::Cancelled`] (a server's
+    /// cancelled job). The CLI never stops mid-image.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Ignores every event.

@@ -18,4 +18,5 @@ mod redux;
 mod safety;
 mod sd;
 mod sd_lora;
+mod server;
 mod smoke;

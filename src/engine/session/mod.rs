@@ -378,6 +378,9 @@ impl Session {
         self.progress.event(Event::Step { done: 0, total: n, elapsed: t0.elapsed() });
         let mut x = prepared.latents.clone();
         for k in 0..n {
+            if self.progress.cancelled() {
+                return Err(crate::Error::Cancelled);
+            }
             x = self.family.step(x, k)?;
             edit::ensure_finite(&x, &format!("denoising step {}/{n}", k + 1), edit::DENOISE_CAUSE)?;
             self.gpu_peak.sample(&self.device);

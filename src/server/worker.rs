@@ -1,0 +1,175 @@
+//! The one thread that owns the engine: takes jobs from the [`Hub`] in order, keeps the model of the last job
+//! loaded (another model is opened when a job asks for it), runs each edit as the CLI's batch does and hands back
+//! the PNG. Engine events become the job's progress events; a cancelled job stops between denoising steps.
+
+use super::jobs::{push_event, Hub, State};
+use super::spec::Built;
+use crate::engine::family::Adapt;
+use crate::engine::progress::{Event, Progress};
+use crate::engine::{EditRecord, Session};
+use crate::error::{Error, Result};
+use crate::ui::Ui;
+use crate::{output, source};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Engine events of the job running now, routed to it (the session keeps one sink for its life).
+struct Sink {
+    hub: Arc<Hub>,
+    ui: Arc<Ui>,
+    current: Mutex<Option<(String, Arc<AtomicBool>)>>,
+}
+
+impl Progress for Sink {
+    fn event(&self, event: Event<'_>) {
+        let Some((id, _)) = self.current.lock().unwrap().clone() else { return };
+        let (name, data) = match event {
+            Event::Warning(w) => ("warning", serde_json::json!({ "message": w })),
+            Event::Note(n) => ("note", serde_json::json!({ "message": n })),
+            Event::Plan { plan, .. } => {
+                let d = serde_json::json!({"stage": "denoising", "width": plan.width, "height": plan.height,
+                    "steps": plan.schedule.steps_to_run(), "seed": plan.seed});
+                self.hub.update(&id, |j| j.seed = Some(plan.seed));
+                ("stage", d)
+            }
+            Event::Step { done, total, elapsed } => {
+                if done > 0 {
+                    let m = &self.hub.metrics;
+                    m.steps.fetch_add(1, Ordering::Relaxed);
+                    let per = elapsed.as_micros() as u64 / done as u64;
+                    m.step_micros.fetch_add(per, Ordering::Relaxed);
+                }
+                self.hub.update(&id, |j| j.step = (done, total));
+                ("step", serde_json::json!({ "step": done, "total": total }))
+            }
+            Event::Done(rep) => {
+                let kib = rep.peak_rss_mib.map_or(0, |m| (m * 1024.0) as u64);
+                self.hub.metrics.peak_rss_kib.fetch_max(kib, Ordering::Relaxed);
+                ("stage", serde_json::json!({ "stage": "encoding" }))
+            }
+        };
+        if matches!(name, "warning" | "note") {
+            self.ui.info(&format!("job {id}: {name}: {}", data["message"].as_str().unwrap_or("")));
+        }
+        self.hub.update(&id, |j| push_event(j, name, data));
+    }
+
+    fn cancelled(&self) -> bool {
+        self.current.lock().unwrap().as_ref().is_some_and(|(_, c)| c.load(Ordering::SeqCst))
+    }
+}
+
+/// Where results go besides the response.
+pub struct Worker {
+    hub: Arc<Hub>,
+    ui: Arc<Ui>,
+    sink: Arc<Sink>,
+    output_dir: Option<PathBuf>,
+    /// The loaded model: the name jobs give and its session.
+    session: Option<(String, Session)>,
+}
+
+impl Worker {
+    pub fn new(hub: Arc<Hub>, ui: Arc<Ui>, output_dir: Option<PathBuf>) -> Self {
+        let sink = Arc::new(Sink { hub: hub.clone(), ui: ui.clone(), current: Mutex::new(None) });
+        Worker { hub, ui, sink, output_dir, session: None }
+    }
+
+    /// Runs jobs until the hub closes and empties.
+    pub fn run(mut self) {
+        while let Some((id, built, cancel)) = self.hub.next_job() {
+            *self.sink.current.lock().unwrap() = Some((id.clone(), cancel.clone()));
+            let t0 = std::time::Instant::now();
+            let result = if cancel.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { self.guarded(&id, &built) };
+            *self.sink.current.lock().unwrap() = None;
+            match result {
+                Ok(png) => {
+                    let ms = t0.elapsed().as_millis() as u64;
+                    self.hub.metrics.job_millis.fetch_add(ms, Ordering::Relaxed);
+                    self.ui.info(&format!("job {id}: done in {:.1} s", ms as f64 / 1000.0));
+                    self.hub.finish(&id, State::Done, Some(png), None);
+                }
+                Err(Error::Cancelled) => {
+                    self.hub.finish(&id, State::Cancelled, None, Some("cancelled".into()));
+                }
+                Err(e) => {
+                    if e.is_fatal() {
+                        // A broken model must not stay loaded half-built.
+                        self.session = None;
+                    }
+                    self.ui.info(&format!("job {id}: failed: {}", e.one_line()));
+                    self.hub.finish(&id, State::Failed, None, Some(e.one_line()));
+                }
+            }
+        }
+    }
+
+    /// [`Self::edit`], with a panic turned into the job's failure (and the session dropped): a bug must not leave
+    /// the job unanswered or the thread gone, which would hang every later request and shutdown.
+    fn guarded(&mut self, id: &str, built: &Built) -> Result<Vec<u8>> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.edit(id, built))) {
+            Ok(r) => r,
+            Err(_) => {
+                self.session = None;
+                Err(Error::Usage("internal error (a panic in the engine; see the server's log)".into()))
+            }
+        }
+    }
+
+    /// One job end to end, as the CLI's batch runs an item; the PNG's bytes.
+    fn edit(&mut self, id: &str, built: &Built) -> Result<Vec<u8>> {
+        let mut item = built.item.clone();
+        let sink = self.sink.clone();
+        let session = self.session_for(id, &built.model, &item.request)?;
+        let how = Adapt { strength_given: item.strength_given, reference_size: Default::default() };
+        if let Some(w) = session.adapt(&mut item.request, &how) {
+            sink.event(Event::Warning(&w));
+        }
+        let r = &item.request;
+        let input = session.load_input(r)?;
+        let plan = session.plan(r, input.as_ref().map(|i| i.dimensions()))?;
+        for w in &plan.warnings {
+            sink.event(Event::Warning(w));
+        }
+        session.prepare_loras(r)?;
+        let report = session.run_planned(r, input, plan)?;
+        let png = relabel(&report.output, report.record, built)?;
+        if let Some(dir) = &self.output_dir {
+            std::fs::write(dir.join(format!("{id}.png")), &png)
+                .map_err(|e| Error::output_from(dir.join(format!("{id}.png")), "cannot write", e))?;
+        }
+        Ok(png)
+    }
+
+    /// The session for `model`, opened now when another (or none) is loaded.
+    fn session_for(&mut self, id: &str, model: &str, r: &crate::engine::Request) -> Result<&mut Session> {
+        if self.session.as_ref().is_none_or(|(m, _)| m != model) {
+            self.session = None;
+            self.hub.update(id, |j| push_event(j, "stage", serde_json::json!({"stage": "loading", "model": model})));
+            self.ui.info(&format!("loading model {model}"));
+            let dir = source::locate(&r.model, &r.overrides, true, self.ui.bars())?;
+            let progress: Arc<dyn Progress> = self.sink.clone();
+            let session = Session::open(&dir, &r.overrides, &r.device, r.dtype, progress)?;
+            self.session = Some((model.to_string(), session));
+        }
+        Ok(&mut self.session.as_mut().expect("opened above").1)
+    }
+}
+
+/// The written PNG with the upload names recorded where the CLI records the paths it was given (the job's
+/// private folder means nothing to the client); pixels untouched, so the bytes equal the CLI's for the same
+/// names.
+fn relabel(path: &Path, mut record: EditRecord, built: &Built) -> Result<Vec<u8>> {
+    if let (Some(_), Some(name)) = (&record.input, &built.image_name) {
+        record.input = Some(PathBuf::from(name));
+    }
+    if let (Some(m), Some(name)) = (&record.mask, &built.mask_name) {
+        if m != "alpha" {
+            record.mask = Some(name.clone());
+        }
+    }
+    let img = image::open(path).map_err(|e| Error::output_from(path, "cannot read back", e))?.to_rgb8();
+    output::write_png(path, &img, &record.png_chunks())?;
+    std::fs::read(path).map_err(|e| Error::output_from(path, "cannot read back", e))
+}

@@ -1,0 +1,365 @@
+//! `flux-img2img serve` started for real on a free loopback port with tiny-schnell: a job's PNG equals the CLI's
+//! byte for byte, SSE events arrive in order, the queue answers 429, cancel stops a job, bad requests get JSON
+//! errors while the server keeps serving, the API key is required, and SIGTERM answers every waiting request.
+
+use super::common::{bin, fixtures};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "test-key-0123456789";
+
+fn model() -> String {
+    fixtures().join("tiny-schnell").to_string_lossy().into_owned()
+}
+
+/// A running server; killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut child = bin()
+            .args(["serve", "--port", "0", "--model", &model()])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("server starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().expect("server prints its address").expect("stderr readable");
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn post(&self, path: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
+        let mut req = ureq::post(&self.url(path));
+        if let Some(k) = key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        answer(req.send_json(body.clone()))
+    }
+
+    fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut req = ureq::get(&self.url(path));
+        if let Some(k) = key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        answer(req.call())
+    }
+
+    /// Polls a job until it has ended.
+    fn wait(&self, id: &str, key: Option<&str>) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let (status, v) = self.get(&format!("/v1/jobs/{id}"), key);
+            assert_eq!(status, 200, "{v}");
+            if ["done", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
+                return v;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "job {id} never ended: {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_state(&self, id: &str, state: &str, key: Option<&str>) {
+        let t0 = Instant::now();
+        while self.get(&format!("/v1/jobs/{id}"), key).1["state"] != state {
+            assert!(t0.elapsed() < Duration::from_secs(60), "job {id} never reached {state}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status and JSON body, for successes and HTTP errors alike (every error must be JSON).
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let res = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = res.status();
+    let text = res.into_string().expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("status {status}: not JSON: {text}")))
+}
+
+fn b64(path: &Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+fn png_of(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(v["image"].as_str().expect("a done job has its image")).unwrap()
+}
+
+/// A slow job (many steps) to hold the worker busy.
+fn slow_job() -> Value {
+    json!({"prompt": "slow", "width": 64, "height": 64, "steps": 1000, "seed": 1})
+}
+
+#[test]
+fn server_job_equals_cli_output_and_streams_events() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("images/photo-96x64.png"), dir.path().join("input.png")).unwrap();
+    std::fs::copy(fixtures().join("masks/small-96x64.png"), dir.path().join("mask.png")).unwrap();
+    let server = Server::start(&[]);
+    let job = json!({"prompt": "a red house", "seed": 7, "strength": 0.7, "steps": 4,
+        "image": b64(&dir.path().join("input.png")), "image_name": "input.png",
+        "mask": b64(&dir.path().join("mask.png")), "mask_name": "mask.png"});
+    let (status, v) = server.post("/v1/jobs", &job, None);
+    assert_eq!(status, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = server.wait(&id, None);
+    assert_eq!(done["state"], "done", "{done}");
+
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["--model", &model(), "--image", "input.png", "--mask", "mask.png", "--prompt", "a red house"])
+        .args(["--seed", "7", "--strength", "0.7", "--steps", "4", "-o", "cli.png"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli = std::fs::read(dir.path().join("cli.png")).unwrap();
+    assert!(png_of(&done) == cli, "the server's PNG differs from the CLI's (pixels or metadata)");
+
+    // The event stream replays the whole job in order and ends after the terminal stage.
+    let mut text = String::new();
+    ureq::get(&server.url(&format!("/v1/jobs/{id}/events")))
+        .call()
+        .unwrap()
+        .into_reader()
+        .read_to_string(&mut text)
+        .unwrap();
+    let data: Vec<Value> =
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    let stages: Vec<&str> = data.iter().filter_map(|d| d["stage"].as_str()).collect();
+    assert_eq!(stages, ["queued", "running", "loading", "denoising", "encoding", "done"], "{text}");
+    let steps: Vec<u64> = data.iter().filter_map(|d| d["step"].as_u64()).collect();
+    assert_eq!(steps, (0..=steps.len() as u64 - 1).collect::<Vec<_>>(), "steps out of order: {text}");
+
+    let (status, m) = (200, ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap());
+    assert_eq!(status, 200);
+    assert!(m.contains("flux_jobs_total{result=\"done\"} 1"), "{m}");
+}
+
+#[test]
+fn server_queue_cancel_limits_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let server =
+        Server::start(&["--max-queue", "1", "--max-body-mib", "1", "--api-key-file", key_file.to_str().unwrap()]);
+    let key = Some(KEY);
+
+    // The key is required and must be the whole key.
+    assert_eq!(server.post("/v1/jobs", &slow_job(), None).0, 401);
+    assert_eq!(server.post("/v1/jobs", &slow_job(), Some("test-key-012345678X")).0, 401);
+
+    // Bad requests: JSON errors with their status.
+    let bad_json = ureq::post(&server.url("/v1/jobs")).set("Authorization", &format!("Bearer {KEY}"));
+    let (status, v) = answer(bad_json.send_string("{not json"));
+    assert_eq!(status, 400, "{v}");
+    let big = json!({"prompt": "x".repeat(2 << 20)});
+    assert_eq!(server.post("/v1/jobs", &big, key).0, 413);
+    let photo = b64(&fixtures().join("images/photo-96x64.png"));
+    for (job, what) in [
+        (json!({"prompt": "x", "image": "/etc/passwd"}), "not base64"),
+        (json!({"prompt": "x", "image": photo, "image_name": "../../etc/passwd"}), "plain file names"),
+        (json!({"prompt": "x", "output": "/tmp/evil.png"}), "unknown field"),
+        (json!({"prompt": "x", "lora": ["../../x.safetensors"]}), "--lora-dir"),
+        (json!({"prompt": "x", "model": "/etc"}), "not served here"),
+    ] {
+        let (status, v) = server.post("/v1/jobs", &job, key);
+        assert_eq!(status, 400, "{job}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(what), "{v}");
+    }
+
+    // One running, one queued, the next refused with Retry-After.
+    let a = server.post("/v1/jobs", &slow_job(), key).1["id"].as_str().unwrap().to_string();
+    server.wait_state(&a, "running", key);
+    let b = server.post("/v1/jobs", &slow_job(), key).1["id"].as_str().unwrap().to_string();
+    let full = ureq::post(&server.url("/v1/jobs")).set("Authorization", &format!("Bearer {KEY}")).send_json(slow_job());
+    match full {
+        Err(ureq::Error::Status(429, r)) => assert!(r.header("retry-after").is_some()),
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // Cancel: the queued job at once, the running one between steps.
+    assert_eq!(answer(ureq::delete(&server.url(&format!("/v1/jobs/{b}"))).set("X-API-Key", KEY).call()).0, 200);
+    assert_eq!(server.wait(&b, key)["state"], "cancelled");
+    server.get(&format!("/v1/jobs/{a}"), key);
+    assert_eq!(answer(ureq::delete(&server.url(&format!("/v1/jobs/{a}"))).set("X-API-Key", KEY).call()).0, 200);
+    let ended = server.wait(&a, key);
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert!(ended["step"].as_u64().unwrap() < 1000, "{ended}");
+
+    // Still serving.
+    assert_eq!(server.get("/healthz", None).0, 200);
+    assert_eq!(server.get("/v1/jobs/nope", key).0, 404);
+}
+
+#[test]
+fn server_sigterm_answers_every_waiting_request() {
+    let mut server = Server::start(&[]);
+    let url = server.url("/sdapi/v1/txt2img");
+    let body = json!({"prompt": "slow", "width": 64, "height": 64, "steps": 1000, "seed": 3});
+    let clients: Vec<_> = (0..2)
+        .map(|k| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::sleep(Duration::from_millis(200 * k));
+            std::thread::spawn(move || answer(ureq::post(&url).send_json(body)))
+        })
+        .collect();
+    // Both requests are in: one runs, one waits.
+    let t0 = Instant::now();
+    while server.get("/sdapi/v1/progress", None).1["state"]["job_count"] != 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "jobs never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    for c in clients {
+        let (status, v) = c.join().unwrap();
+        assert_eq!(status, 503, "{v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A multipart/form-data body: (name, filename, bytes) parts.
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "flux-test-boundary-7f3a";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: image/png\r\n\r\n")
+                    .as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn cli_png(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = bin().current_dir(dir).args(["--model", &model(), "-o", "cli.png"]).args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(dir.join("cli.png")).unwrap()
+}
+
+fn decode(b: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(b.as_str().expect("base64 image")).unwrap()
+}
+
+#[test]
+fn server_openai_and_a1111_match_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.png");
+    std::fs::copy(fixtures().join("images/photo-96x64.png"), &input).unwrap();
+    let server = Server::start(&[]);
+    let edit = cli_png(dir.path(), &["--image", "input.png", "--prompt", "a boat", "--seed", "5", "--strength", "0.7"]);
+
+    let bytes = std::fs::read(&input).unwrap();
+    let (ctype, body) = multipart(&[
+        ("image", Some("photo.png"), &bytes),
+        ("prompt", None, b"a boat"),
+        ("seed", None, b"5"),
+        ("strength", None, b"0.7"),
+        ("response_format", None, b"b64_json"),
+        ("model", None, b"dall-e-2"),
+    ]);
+    let (status, v) = answer(ureq::post(&server.url("/v1/images/edits")).set("Content-Type", &ctype).send_bytes(&body));
+    assert_eq!(status, 200, "{v}");
+    assert!(decode(&v["data"][0]["b64_json"]) == edit, "OpenAI edit differs from the CLI's");
+
+    let a = json!({"prompt": "a boat", "seed": 5, "denoising_strength": 0.7, "init_images": [b64(&input)],
+        "sampler_name": "Euler", "override_settings": {}});
+    let (status, v) = server.post("/sdapi/v1/img2img", &a, None);
+    assert_eq!(status, 200, "{v}");
+    assert!(decode(&v["images"][0]) == edit, "A1111 img2img differs from the CLI's");
+
+    // n images take seeds seed, seed+1.
+    let (status, v) = server.post(
+        "/v1/images/generations",
+        &json!({"prompt": "a boat", "n": 2, "size": "64x48", "seed": 9, "response_format": "b64_json"}),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    let second = cli_png(dir.path(), &["--prompt", "a boat", "--seed", "10", "--width", "64", "--height", "48"]);
+    assert!(decode(&v["data"][1]["b64_json"]) == second, "OpenAI generation differs from the CLI's");
+    let (_, v) = server.post("/v1/images/generations", &json!({"prompt": "x", "response_format": "url"}), None);
+    assert!(v["error"].as_str().unwrap().contains("b64_json"), "{v}");
+
+    let (status, v) = server.get("/sdapi/v1/sd-models", None);
+    assert_eq!((status, v[0]["model_name"].as_str().unwrap()), (200, model().as_str()));
+    assert_eq!(server.get("/sdapi/v1/options", None).0, 200);
+    assert_eq!(server.get("/sdapi/v1/progress", None).1["progress"], 0.0);
+    let page = ureq::get(&server.url("/")).call().unwrap().into_string().unwrap();
+    assert!(page.contains("<canvas") && !page.contains("http"), "the page is embedded and loads nothing remote");
+}
+
+/// Random and mutated bodies against every POST endpoint: each answer is JSON with a status below 500, and the
+/// server still answers /healthz. Bounded: 150 requests of at most 1 s each (a mutation may make a valid, larger job,
+/// which the waiting endpoints would wait for: a timeout there counts as accepted).
+#[test]
+fn server_fuzzed_bodies_get_json_errors() {
+    let server = Server::start(&["--max-queue", "64"]);
+    let valid = json!({"prompt": "p", "width": 32, "height": 32, "steps": 1, "seed": 1}).to_string().into_bytes();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let paths = ["/v1/jobs", "/sdapi/v1/img2img", "/sdapi/v1/txt2img", "/v1/images/generations", "/v1/images/edits"];
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(1)).build();
+    for k in 0..150 {
+        let mut body =
+            if k % 3 == 0 { (0..rand() % 200).map(|_| rand() as u8).collect::<Vec<u8>>() } else { valid.clone() };
+        for _ in 0..1 + rand() % 4 {
+            if body.is_empty() {
+                break;
+            }
+            let i = (rand() as usize) % body.len();
+            match rand() % 3 {
+                0 => body[i] = rand() as u8,
+                1 => body.truncate(i),
+                _ => body.insert(i, b"{}[]\",:-0e9"[(rand() % 11) as usize]),
+            }
+        }
+        let path = paths[k % paths.len()];
+        let ctype = if path.ends_with("edits") { "multipart/form-data; boundary=x" } else { "application/json" };
+        let (status, v) = match agent.post(&server.url(path)).set("Content-Type", ctype).send_bytes(&body) {
+            Err(ureq::Error::Transport(t)) if t.to_string().contains("timed out") => continue,
+            r => answer(r),
+        };
+        assert!(status < 500 || status == 503, "{path} {:?}: {status} {v}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(server.get("/healthz", None).0, 200);
+}
