@@ -3,10 +3,9 @@
 //! masked input followed by the packed pixel mask (each token's 2×2 latent cells × f×f pixels), which the
 //! transformer reads beside the noisy latents at every step.
 
-use super::edit::{self, LatentSpace};
+use super::edit;
 use crate::error::Result;
 use crate::image_io;
-use crate::rng::NoiseSource;
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
 
@@ -33,17 +32,9 @@ pub fn mask_tokens(mask: &GrayImage, f: usize, dtype: DType, dev: &Device) -> Re
     Ok(edit::pack(&cells)?.to_dtype(dtype)?)
 }
 
-/// The masked input's latents (a posterior sample: the generator's next draw, as diffusers' `retrieve_latents`
-/// takes it) scaled into latent space and packed, followed by the mask tokens: [1, N, 4C + 4f²].
-pub fn channels(
-    mean: &Tensor,
-    logvar: &Tensor,
-    gen: &mut dyn NoiseSource,
-    space: &LatentSpace,
-    mask: &GrayImage,
-    f: usize,
-) -> Result<Tensor> {
-    let z = edit::sample_with(mean, logvar, gen, space)?;
+/// The masked input's latents `z` (a posterior sample in latent space, the generator's next draw, as diffusers'
+/// `retrieve_latents` takes it) packed, followed by the mask tokens: [1, N, 4C + 4f²].
+pub fn channels(z: &Tensor, mask: &GrayImage, f: usize) -> Result<Tensor> {
     let mask = mask_tokens(mask, f, z.dtype(), z.device())?;
-    Ok(Tensor::cat(&[&edit::pack(&z)?, &mask], 2)?)
+    Ok(Tensor::cat(&[&edit::pack(z)?, &mask], 2)?)
 }

@@ -61,3 +61,29 @@ pub fn copy_dir(src: &Path, dst: &Path) {
         }
     }
 }
+
+/// Runs each `(args, needle)` with a prompt, two steps and an output file, and asserts the bad-input contract:
+/// exit 2, exactly one `error:` line containing `needle`, and no output written.
+pub fn assert_one_line_errors(cases: &[(Vec<String>, &str)]) {
+    let t = tempfile::tempdir().unwrap();
+    for (args, needle) in cases {
+        let out = t.path().join("out.png");
+        let o = bin().args(args).args(["--prompt", "a cat", "--steps", "2", "-o"]).arg(&out).output().unwrap();
+        let err = stderr(&o);
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(errors.len(), 1, "one error line for {args:?}: {err}");
+        assert!(errors[0].contains(needle), "{needle:?} not in {}", errors[0]);
+        assert!(!out.exists(), "no output for {args:?}");
+    }
+}
+
+/// Runs `args` (which end in `-o FIRST`), then `--from-metadata FIRST`, and asserts both give the same pixels.
+pub fn assert_metadata_round_trip(args: &[String], first: &Path) {
+    assert!(bin().args(args).status().unwrap().success());
+    let again = first.with_file_name("again.png");
+    let o =
+        bin().arg("--from-metadata").arg(first).arg("--allow-metadata-paths").arg("-o").arg(&again).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(first).unwrap().to_rgb8(), image::open(&again).unwrap().to_rgb8());
+}

@@ -113,17 +113,7 @@ fn control_bad_input_is_one_line() {
             "apply to --control-from canny",
         ),
     ];
-    let t = tempfile::tempdir().unwrap();
-    for (args, needle) in cases {
-        let out = t.path().join("out.png");
-        let o = bin().args(&args).args(["--prompt", "a cat", "--steps", "2", "-o"]).arg(&out).output().unwrap();
-        let err = stderr(&o);
-        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert_eq!(errors.len(), 1, "one error line for {args:?}: {err}");
-        assert!(errors[0].contains(needle), "{needle:?} not in {}", errors[0]);
-        assert!(!out.exists(), "no output for {args:?}");
-    }
+    assert_one_line_errors(&cases);
 }
 
 /// --from-metadata gives a Control edit back (the Canny thresholds from the record).
@@ -132,12 +122,7 @@ fn control_comes_back_from_metadata() {
     let case = mode_cases("cases-control.json").into_iter().find(|c| c["name"] == "control-img2img-canny").unwrap();
     let t = tempfile::tempdir().unwrap();
     let first = t.path().join("first.png");
-    assert!(bin().args(control_args(&case, &first)).status().unwrap().success());
-    let again = t.path().join("again.png");
-    let o =
-        bin().arg("--from-metadata").arg(&first).arg("--allow-metadata-paths").arg("-o").arg(&again).output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(image::open(&first).unwrap().to_rgb8(), image::open(&again).unwrap().to_rgb8());
+    assert_metadata_round_trip(&control_args(&case, &first), &first);
 }
 
 /// Manifest columns `control` (a file, or `canny`) and `redux` (FILE[:W];…) give the images their flags give.

@@ -185,15 +185,5 @@ fn fill_and_outpaint_bad_input_is_one_line() {
             "outpainting grows an input image",
         ),
     ];
-    let t = tempfile::tempdir().unwrap();
-    for (args, needle) in cases {
-        let out = t.path().join("out.png");
-        let o = bin().args(&args).args(["--prompt", "a cat", "--steps", "2", "-o"]).arg(&out).output().unwrap();
-        let err = stderr(&o);
-        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert_eq!(errors.len(), 1, "one error line for {args:?}: {err}");
-        assert!(errors[0].contains(needle), "{needle:?} not in {}", errors[0]);
-        assert!(!out.exists(), "no output for {args:?}");
-    }
+    assert_one_line_errors(&cases);
 }

@@ -277,13 +277,17 @@ impl Flux {
         redux::embed(prior, req, env)
     }
 
-    /// A picture at the working size encoded, its posterior sampled with the generator's next draw, in latent
-    /// space and packed (Control's control image).
-    fn encoded(&mut self, env: &Env, img: &RgbImage, gen: &mut dyn rng::NoiseSource) -> Result<Tensor> {
-        let pixels = image_io::to_tensor(img, env.device)?.to_dtype(env.dtype)?;
-        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
+    /// Pixels [1, 3, H, W] encoded and their posterior sampled with the generator's next draw, in latent space
+    /// (unpacked).
+    fn sampled(&mut self, env: &Env, pixels: &Tensor, gen: &mut dyn rng::NoiseSource) -> Result<Tensor> {
+        let (mean, logvar) = self.vae(env)?.encode(&pixels.to_dtype(env.dtype)?)?;
         edit::ensure_finite(&mean, "VAE encoding", VAE_CAUSE)?;
-        let z = edit::sample_with(&mean, &logvar, gen, &edit::LatentSpace::of(&self.configs.vae))?;
+        Ok(edit::sample_with(&mean, &logvar, gen, &edit::LatentSpace::of(&self.configs.vae))?)
+    }
+
+    /// A picture at the working size encoded and sampled, packed (Control's control image).
+    fn encoded(&mut self, env: &Env, img: &RgbImage, gen: &mut dyn rng::NoiseSource) -> Result<Tensor> {
+        let z = self.sampled(env, &image_io::to_tensor(img, env.device)?, gen)?;
         Ok(edit::pack(&z)?)
     }
 
@@ -295,9 +299,7 @@ impl Flux {
         m: &inpaint::PreparedMask,
         gen: &mut dyn rng::NoiseSource,
     ) -> Result<()> {
-        let pixels = fill::masked_pixels(img, &m.working, env.device)?.to_dtype(env.dtype)?;
-        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
-        edit::sample_with(&mean, &logvar, gen, &edit::LatentSpace::of(&self.configs.vae))?;
+        self.sampled(env, &fill::masked_pixels(img, &m.working, env.device)?, gen)?;
         Ok(())
     }
 
@@ -310,11 +312,8 @@ impl Flux {
         m: &inpaint::PreparedMask,
         gen: &mut dyn rng::NoiseSource,
     ) -> Result<Tensor> {
-        let pixels = fill::masked_pixels(img, &m.working, env.device)?.to_dtype(env.dtype)?;
-        let (mean, logvar) = self.vae(env)?.encode(&pixels)?;
-        edit::ensure_finite(&mean, "VAE encoding", VAE_CAUSE)?;
-        let space = edit::LatentSpace::of(&self.configs.vae);
-        fill::channels(&mean, &logvar, gen, &space, &m.working, self.configs.vae.scale_factor())
+        let z = self.sampled(env, &fill::masked_pixels(img, &m.working, env.device)?, gen)?;
+        fill::channels(&z, &m.working, self.configs.vae.scale_factor())
     }
 
     /// Inpainting's per-step blend, from the prepared mask and the start's noise and clean latents.
