@@ -147,6 +147,45 @@ fn cpu_kernel_handles(fmt: GgmlDType, width: usize, device: &candle_core::Device
     !(device.is_cpu() && paired && (width / fmt.block_size()) % 2 == 1)
 }
 
+/// Linear layers read from a plain VarBuilder (the UNet's, whose LoRAs the builder has already merged), their
+/// weights quantized to `format` when `--quantize` asks; biases stay dense. Rows that no 32-block format fits stay
+/// dense too.
+#[derive(Clone, Default)]
+pub struct Quantizer {
+    pub format: Option<GgmlDType>,
+    pub stats: Arc<QuantStats>,
+}
+
+impl Quantizer {
+    pub fn new(format: Option<GgmlDType>) -> Self {
+        Self { format, stats: Arc::default() }
+    }
+
+    /// `weight` [o, i] (and `bias` [o] when `bias`) under `vb`.
+    pub fn linear(&self, i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<LinearLayer> {
+        let b = if bias { Some(vb.get(o, "bias")?) } else { None };
+        let device = vb.device().clone();
+        let Some(fmt) = self.format.and_then(|q| Self::fitting(q, i, &device)) else {
+            return Ok(LinearLayer::dense(Linear::new(vb.get((o, i), "weight")?, b)));
+        };
+        // Quantized from f32 on the CPU, as the transformer's matrices are (one dense matrix alive at a time).
+        let w = vb.set_device(candle_core::Device::Cpu).set_dtype(DType::F32).get((o, i), "weight")?;
+        let qt = if device.is_cpu() { QTensor::quantize(&w, fmt)? } else { QTensor::quantize_onto(&w, fmt, &device)? };
+        let counter = if Some(fmt) == self.format { &self.stats.requested } else { &self.stats.fallback };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(LinearLayer::quant(QMatMul::from_qtensor(qt)?, b))
+    }
+
+    /// `q`, or the nearest 32-block format rows of `width` allow on `device`; None when none fits.
+    fn fitting(q: GgmlDType, width: usize, device: &candle_core::Device) -> Option<GgmlDType> {
+        let mut fmt = if width % q.block_size() == 0 { q } else { fallback(q) };
+        if !cpu_kernel_handles(fmt, width, device) {
+            fmt = GgmlDType::Q8_0;
+        }
+        (width % fmt.block_size() == 0).then_some(fmt)
+    }
+}
+
 /// safetensors through the checking VarBuilder, quantized at load if asked.
 #[derive(Clone)]
 pub struct DenseWeights {
@@ -330,13 +369,9 @@ impl DenseWeights {
 
     /// `weight` quantized to `q` (or the nearest format the row width allows; dense if none), bias dense.
     fn quantized_linear(&self, q: GgmlDType, i: usize, o: usize) -> Result<LinearLayer> {
-        let mut fmt = if i % q.block_size() == 0 { q } else { fallback(q) };
-        if !cpu_kernel_handles(fmt, i, self.vb.device()) {
-            fmt = GgmlDType::Q8_0;
-        }
-        if i % fmt.block_size() != 0 {
+        let Some(fmt) = Quantizer::fitting(q, i, self.vb.device()) else {
             return self.dense_with_lora(i, o);
-        }
+        };
         let w = self.cpu.get((o, i), "weight")?;
         let qt = if self.vb.device().is_cpu() {
             let qt = QTensor::quantize(&w, fmt)?;

@@ -6,7 +6,8 @@
 //! 9-channel inputs. Names follow diffusers' modules (`down_blocks.i.resnets.j.conv1`, ...). Attention layers
 //! are in [`super::unet_attention`].
 
-use super::unet_attention::SpatialTransformer;
+use super::linear::Quantizer;
+use super::unet_attention::{SpatialTransformer, TransformerSpec};
 use crate::config::unet::UNetConfig;
 use crate::kernels::{self, Conv2d, GroupNorm};
 use candle_core::{DType, Result, Tensor, D};
@@ -101,18 +102,26 @@ struct BlockSpec {
 
 impl Block {
     /// A down block from `i` to `o` channels.
-    fn down(i: usize, o: usize, s: &BlockSpec, cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
+    fn down(i: usize, o: usize, s: &BlockSpec, cfg: &UNetConfig, q: &Quantizer, vb: VarBuilder) -> Result<Self> {
         let resnets = (0..s.layers)
             .map(|j| Resnet::new(if j == 0 { i } else { o }, o, cfg, vb.pp(format!("resnets.{j}"))))
             .collect::<Result<Vec<_>>>()?;
-        let attentions = Self::attentions(o, s, cfg, &vb)?;
+        let attentions = Self::attentions(o, s, cfg, q, &vb)?;
         let resample = if s.resample { Some(Conv2d::new(o, o, 3, 2, 1, vb.pp("downsamplers.0.conv"))?) } else { None };
         Ok(Self { resnets, attentions, resample })
     }
 
     /// An up block to `o` channels from `prev` (the block below), taking skips of `skip_in` channels on its last
     /// resnet (the matching down block's input) and `o` on the others.
-    fn up(prev: usize, o: usize, skip_in: usize, s: &BlockSpec, cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
+    fn up(
+        prev: usize,
+        o: usize,
+        skip_in: usize,
+        s: &BlockSpec,
+        cfg: &UNetConfig,
+        q: &Quantizer,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let resnets = (0..s.layers)
             .map(|j| {
                 let skip = if j + 1 == s.layers { skip_in } else { o };
@@ -120,18 +129,23 @@ impl Block {
                 Resnet::new(input + skip, o, cfg, vb.pp(format!("resnets.{j}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let attentions = Self::attentions(o, s, cfg, &vb)?;
+        let attentions = Self::attentions(o, s, cfg, q, &vb)?;
         let resample = if s.resample { Some(Conv2d::new(o, o, 3, 1, 1, vb.pp("upsamplers.0.conv"))?) } else { None };
         Ok(Self { resnets, attentions, resample })
     }
 
-    fn attentions(c: usize, s: &BlockSpec, cfg: &UNetConfig, vb: &VarBuilder) -> Result<Vec<SpatialTransformer>> {
+    fn attentions(
+        c: usize,
+        s: &BlockSpec,
+        cfg: &UNetConfig,
+        q: &Quantizer,
+        vb: &VarBuilder,
+    ) -> Result<Vec<SpatialTransformer>> {
         if !s.cross {
             return Ok(Vec::new());
         }
-        (0..s.layers)
-            .map(|j| SpatialTransformer::new(c, s.heads, s.depth, s.context, cfg, vb.pp(format!("attentions.{j}"))))
-            .collect()
+        let spec = TransformerSpec { heads: s.heads, depth: s.depth, context: s.context };
+        (0..s.layers).map(|j| SpatialTransformer::new(c, spec, cfg, q, vb.pp(format!("attentions.{j}")))).collect()
     }
 
     fn layer(&self, j: usize, x: &Tensor, temb: &Tensor, ctx: &Tensor) -> Result<Tensor> {
@@ -168,7 +182,9 @@ pub struct UNet {
 }
 
 impl UNet {
-    pub fn new(cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
+    /// The UNet of `cfg` from `vb` (any LoRA already merged by the builder); `q` builds the attention blocks'
+    /// matrices, quantized under `--quantize`.
+    pub fn new(cfg: &UNetConfig, q: &Quantizer, vb: VarBuilder) -> Result<Self> {
         let ch = &cfg.block_out_channels;
         let n = ch.len();
         let (heads, layers) = (cfg.heads(), cfg.layers_per_block.expand(n));
@@ -190,9 +206,10 @@ impl UNet {
                 resample: i + 1 < n,
             };
             let input = if i == 0 { ch[0] } else { ch[i - 1] };
-            down.push(Block::down(input, ch[i], &s, cfg, vb.pp(format!("down_blocks.{i}")))?);
+            down.push(Block::down(input, ch[i], &s, cfg, q, vb.pp(format!("down_blocks.{i}")))?);
         }
-        let mid = Self::mid(cfg, heads[n - 1], depth[n - 1], context[n - 1], vb.pp("mid_block"))?;
+        let spec = TransformerSpec { heads: heads[n - 1], depth: depth[n - 1], context: context[n - 1] };
+        let mid = Self::mid(cfg, spec, q, vb.pp("mid_block"))?;
         let mut up = Vec::with_capacity(n);
         for i in 0..n {
             // Up block i mirrors down block n−1−i: reversed per-block settings, one more resnet than layers.
@@ -207,7 +224,7 @@ impl UNet {
             };
             let prev = if i == 0 { ch[n - 1] } else { ch[r + 1] };
             let skip_in = ch[r.saturating_sub(1)];
-            up.push(Block::up(prev, ch[r], skip_in, &s, cfg, vb.pp(format!("up_blocks.{i}")))?);
+            up.push(Block::up(prev, ch[r], skip_in, &s, cfg, q, vb.pp(format!("up_blocks.{i}")))?);
         }
         Ok(Self {
             conv_in: Conv2d::new(cfg.in_channels, ch[0], 3, 1, 1, vb.pp("conv_in"))?,
@@ -222,10 +239,10 @@ impl UNet {
         })
     }
 
-    fn mid(cfg: &UNetConfig, heads: usize, depth: usize, context: usize, vb: VarBuilder) -> Result<Mid> {
+    fn mid(cfg: &UNetConfig, spec: TransformerSpec, q: &Quantizer, vb: VarBuilder) -> Result<Mid> {
         let c = *cfg.block_out_channels.last().expect("validated non-empty");
         let first = Resnet::new(c, c, cfg, vb.pp("resnets.0"))?;
-        let attn = SpatialTransformer::new(c, heads, depth, context, cfg, vb.pp("attentions.0"))?;
+        let attn = SpatialTransformer::new(c, spec, cfg, q, vb.pp("attentions.0"))?;
         let second = Resnet::new(c, c, cfg, vb.pp("resnets.1"))?;
         Ok(Mid { first, rest: vec![(attn, second)] })
     }

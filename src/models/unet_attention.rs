@@ -7,28 +7,29 @@
 
 use crate::config::unet::UNetConfig;
 use crate::kernels::{self, Conv2d, GroupNorm};
+use crate::models::linear::{LinearLayer, Quantizer};
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{layer_norm, linear, linear_no_bias, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{layer_norm, LayerNorm, Module, VarBuilder};
 
 /// `Attention` with bias-free q/k/v and a biased output projection.
 struct Attention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: LinearLayer,
+    to_k: LinearLayer,
+    to_v: LinearLayer,
+    to_out: LinearLayer,
     heads: usize,
     /// `upcast_attention` (SD 2.1): scores in f32 when the model runs in f16/bf16, where they overflow.
     upcast: bool,
 }
 
 impl Attention {
-    fn new(dim: usize, context: usize, heads: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, context: usize, heads: usize, upcast: bool, q: &Quantizer, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             upcast,
-            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
-            to_k: linear_no_bias(context, dim, vb.pp("to_k"))?,
-            to_v: linear_no_bias(context, dim, vb.pp("to_v"))?,
-            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            to_q: q.linear(dim, dim, false, vb.pp("to_q"))?,
+            to_k: q.linear(context, dim, false, vb.pp("to_k"))?,
+            to_v: q.linear(context, dim, false, vb.pp("to_v"))?,
+            to_out: q.linear(dim, dim, true, vb.pp("to_out.0"))?,
             heads,
         })
     }
@@ -63,15 +64,16 @@ impl Attention {
 
 /// `FeedForward` with GEGLU: the projection's first half times the exact GELU of its second half.
 struct GeGlu {
-    proj: Linear,
-    out: Linear,
+    proj: LinearLayer,
+    out: LinearLayer,
     inner: usize,
 }
 
 impl GeGlu {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, q: &Quantizer, vb: VarBuilder) -> Result<Self> {
         let inner = 4 * dim;
-        Ok(Self { proj: linear(dim, 2 * inner, vb.pp("net.0.proj"))?, out: linear(inner, dim, vb.pp("net.2"))?, inner })
+        let proj = q.linear(dim, 2 * inner, true, vb.pp("net.0.proj"))?;
+        Ok(Self { proj, out: q.linear(inner, dim, true, vb.pp("net.2"))?, inner })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -91,14 +93,14 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn new(dim: usize, heads: usize, context: usize, upcast: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, heads: usize, context: usize, upcast: bool, q: &Quantizer, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: Attention::new(dim, dim, heads, upcast, vb.pp("attn1"))?,
+            attn1: Attention::new(dim, dim, heads, upcast, q, vb.pp("attn1"))?,
             norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: Attention::new(dim, context, heads, upcast, vb.pp("attn2"))?,
+            attn2: Attention::new(dim, context, heads, upcast, q, vb.pp("attn2"))?,
             norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
-            ff: GeGlu::new(dim, vb.pp("ff"))?,
+            ff: GeGlu::new(dim, q, vb.pp("ff"))?,
         })
     }
 
@@ -113,7 +115,15 @@ impl TransformerBlock {
 /// A projection in or out: a 1×1 convolution on the feature map, or a linear layer on the tokens.
 enum Proj {
     Conv(Conv2d),
-    Linear(Linear),
+    Linear(LinearLayer),
+}
+
+/// A spatial transformer's attention heads, block count and text width.
+#[derive(Clone, Copy)]
+pub struct TransformerSpec {
+    pub heads: usize,
+    pub depth: usize,
+    pub context: usize,
 }
 
 pub struct SpatialTransformer {
@@ -124,18 +134,21 @@ pub struct SpatialTransformer {
 }
 
 impl SpatialTransformer {
-    /// `c` channels in `heads` heads (of `c / heads` each), `depth` blocks, text states of width `context`.
-    pub fn new(c: usize, heads: usize, depth: usize, context: usize, cfg: &UNetConfig, vb: VarBuilder) -> Result<Self> {
+    /// `c` channels in `heads` heads (of `c / heads` each), `depth` blocks, text states of width `context`; the
+    /// blocks' matrices (and linear projections) built by `q`, which quantizes them under `--quantize`.
+    pub fn new(c: usize, s: TransformerSpec, cfg: &UNetConfig, q: &Quantizer, vb: VarBuilder) -> Result<Self> {
+        let TransformerSpec { heads, depth, context } = s;
         let proj = |name: &str| -> Result<Proj> {
             Ok(if cfg.use_linear_projection {
-                Proj::Linear(linear(c, c, vb.pp(name))?)
+                Proj::Linear(q.linear(c, c, true, vb.pp(name))?)
             } else {
                 Proj::Conv(Conv2d::new(c, c, 1, 1, 0, vb.pp(name))?)
             })
         };
         let blocks = (0..depth)
             .map(|k| {
-                TransformerBlock::new(c, heads, context, cfg.upcast_attention, vb.pp(format!("transformer_blocks.{k}")))
+                let vb = vb.pp(format!("transformer_blocks.{k}"));
+                TransformerBlock::new(c, heads, context, cfg.upcast_attention, q, vb)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {

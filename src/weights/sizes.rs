@@ -25,6 +25,9 @@ pub enum Rule {
     /// embedders and the final projection dense (`Weights::dense_linear`); a GGUF's blocks as stored, its float
     /// tensors at the run dtype.
     Transformer,
+    /// A UNet (`models::unet`): the spatial transformers' matrices quantized (rows not whole blocks of the format
+    /// take its fallback format, or stay dense), convolutions, norms and embeddings at the run dtype.
+    UNet,
     /// T5 through candle's quantized T5: matrices but the embedding quantized when their rows are whole blocks,
     /// everything else f32; a GGUF as stored.
     T5,
@@ -94,6 +97,10 @@ fn bytes(e: &Entry, how: LoadAs) -> u64 {
             }
             _ => at(how.dtype),
         },
+        (None, Rule::UNet) => match (how.quantize, e.shape.as_slice()) {
+            (Some(q), [_, i]) if unet_quantized(&e.name) => quantized_format(q, *i).map_or(at(how.dtype), block),
+            _ => at(how.dtype),
+        },
         (None, Rule::T5) => match (how.quantize, e.shape.as_slice()) {
             (Some(q), [_, i]) if e.name != "shared.weight" && i % q.block_size() == 0 => block(q),
             (Some(_), _) => at(DType::F32),
@@ -111,6 +118,15 @@ fn kept_dense(name: &str) -> bool {
     let root = ["model.diffusion_model.", "diffusion_model."].iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
     // Qwen3's token embedding is a lookup table, read as a plain tensor.
     DENSE_ROOTS.iter().any(|r| root.starts_with(r)) || name.ends_with("embed_tokens.weight")
+}
+
+/// Whether a UNet tensor is one of the matrices `models::unet_attention` quantizes (diffusers' and the original
+/// single-file names alike): the transformer blocks' and the linear projections in and out.
+fn unet_quantized(name: &str) -> bool {
+    name.ends_with(".weight")
+        && (name.contains("transformer_blocks.")
+            || name.ends_with("proj_in.weight")
+            || name.ends_with("proj_out.weight"))
 }
 
 /// The format a row of `i` values is quantized to: `q`, or its fallback when the row is not whole blocks.

@@ -78,11 +78,6 @@ fn check_request(req: &Request) -> Result<()> {
             "--redux is for FLUX.1 models (its tokens join T5's); Stable Diffusion takes none".into(),
         ));
     }
-    if let Some(q) = req.quantize {
-        return Err(Error::Usage(format!(
-            "--quantize {q} is for FLUX transformers; Stable Diffusion UNets run at --dtype (e.g. f16 on CUDA)"
-        )));
-    }
     if matches!(req.mode, Mode::Kontext { .. }) {
         return Err(Error::Usage(
             "--kontext is for FLUX.1 Kontext models; with Stable Diffusion the input is edited by img2img (--strength)"

@@ -6,6 +6,7 @@ use super::Sd;
 use crate::engine::memory::{self, Backend, Estimate, Stage, WeightSizes, Workload};
 use crate::engine::Request;
 use crate::error::Result;
+use crate::models::linear::Quant;
 use crate::source::{self, Component};
 use crate::weights::sizes::{loaded_bytes, LoadAs, Rule};
 use std::path::PathBuf;
@@ -19,9 +20,11 @@ fn weight_paths(c: &Component, stem: &str) -> Option<Vec<PathBuf>> {
 }
 
 impl Sd {
-    /// The estimate of `work`; None when a weight file is not on disk.
-    pub(super) fn estimate(&self, req: &Request, work: &Workload) -> Result<Option<Estimate>> {
+    /// The estimate of `work`, with the UNet's attention matrices at `quantize` when set; None when a weight file
+    /// is not on disk.
+    pub(super) fn estimate(&self, req: &Request, work: &Workload, quantize: Option<Quant>) -> Result<Option<Estimate>> {
         let how = LoadAs { dtype: req.dtype, quantize: None, rule: Rule::Plain };
+        let unet_how = LoadAs { quantize: quantize.map(Quant::ggml), rule: Rule::UNet, ..how };
         let all = |_: &str| true;
         let f = &self.files;
         let stem = "diffusion_pytorch_model";
@@ -36,7 +39,7 @@ impl Sd {
             text += loaded_bytes(&p, how, all)?;
         }
         let weights = WeightSizes {
-            transformer: loaded_bytes(&unet, how, all)?,
+            transformer: loaded_bytes(&unet, unet_how, all)?,
             vae: loaded_bytes(&vae, how, all)?,
             text_encoders: text,
         };

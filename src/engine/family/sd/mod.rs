@@ -17,7 +17,7 @@ use crate::engine::request::{Mode, Request};
 use crate::engine::{edit, inpaint};
 use crate::error::{Error, Result};
 use crate::image_io;
-use crate::models::linear::Quant;
+use crate::models::linear::{Quant, Quantizer};
 use crate::models::unet::{Added, UNet};
 use crate::models::vae::AutoencoderKl;
 use crate::rng::{self, CudaGeometry, NoiseSource};
@@ -70,6 +70,8 @@ pub struct Sd {
     unet: Option<UNet>,
     /// The LoRA scale merged into the loaded UNet, if LoRAs were.
     merged_at: Option<f64>,
+    /// The `--quantize` format of the loaded UNet's attention matrices.
+    quantized: Option<Quant>,
     edit: Option<Edit>,
 }
 
@@ -79,7 +81,16 @@ impl Sd {
         let mut files = SdFiles::resolve(model, family, weights)?;
         files.apply(o)?;
         let cfg = SdConfigs::read(&files)?;
-        Ok(Self { files, cfg, vae: None, vae_dtype: DType::F32, unet: None, merged_at: None, edit: None })
+        Ok(Self {
+            files,
+            cfg,
+            vae: None,
+            vae_dtype: DType::F32,
+            unet: None,
+            merged_at: None,
+            quantized: None,
+            edit: None,
+        })
     }
 
     /// The VAE, loaded on first use; SDXL's in f32 when the edit runs in f16 (its VAE overflows f16, so diffusers
@@ -204,9 +215,8 @@ impl ModelFamily for Sd {
         plan::sd::plan(req, &self.cfg, input, seed, gpu)
     }
 
-    /// `--quantize` does not apply to UNets: the estimate is at the run's dtype.
-    fn memory(&mut self, req: &Request, work: &Workload, _: Option<Quant>) -> Result<Option<Estimate>> {
-        self.estimate(req, work)
+    fn memory(&mut self, req: &Request, work: &Workload, quantize: Option<Quant>) -> Result<Option<Estimate>> {
+        self.estimate(req, work, quantize)
     }
 
     fn prequantized(&self) -> bool {
@@ -215,7 +225,7 @@ impl ModelFamily for Sd {
 
     /// The UNet's linear and 1×1-conv layers (as the model code asks for them) and each CLIP's linears.
     fn lora_shapes(&self) -> Result<ModelShapes> {
-        let unet = shapes::requested(|vb| UNet::new(&self.cfg.unet, vb))?;
+        let unet = shapes::requested(|vb| UNet::new(&self.cfg.unet, &Quantizer::default(), vb))?;
         let mut clip = crate::models::clip::linear_shapes(&self.cfg.clip);
         if let Some(c2) = &self.cfg.clip_2 {
             let second = crate::models::clip::linear_shapes(c2);
@@ -261,9 +271,10 @@ impl ModelFamily for Sd {
     }
 
     /// The UNet, loaded once; its LoRAs merged into the weights at the request's scale (rebuilt when another
-    /// scale is asked for: the UNet is small next to FLUX's transformer, and merged layers cost nothing per step).
+    /// scale is asked for: the UNet is small next to FLUX's transformer, and merged layers cost nothing per step),
+    /// then its attention matrices quantized under `--quantize` (merged first, so a LoRA costs nothing either).
     fn load_denoiser(&mut self, env: &Env, req: &Request, loras: &Loras) -> Result<()> {
-        if self.merged_at.is_some_and(|s| s != req.lora_scale) {
+        if self.merged_at.is_some_and(|s| s != req.lora_scale) || self.quantized != req.quantize {
             self.unet = None;
         }
         if self.unet.is_none() {
@@ -274,8 +285,14 @@ impl ModelFamily for Sd {
                 vb = merged::var_builder(vb, set.clone(), req.lora_scale);
                 env.note(&format!("{} LoRA adapter(s) merged into the UNet", set.specs().len()));
             }
-            let unet = UNet::new(&self.cfg.unet, vb)?;
+            let q = Quantizer::new(req.quantize.map(Quant::ggml));
+            let unet = UNet::new(&self.cfg.unet, &q, vb)?;
             w.finish()?;
+            if let Some(f) = req.quantize {
+                let why = Some("a UNet is quantized at each load, in seconds".to_string());
+                env.note(&crate::engine::load::quantize_note("UNet", f, &q.stats, None, why));
+            }
+            self.quantized = req.quantize;
             self.unet = Some(unet);
             self.merged_at = loras.set.is_some().then_some(req.lora_scale);
         }
@@ -285,6 +302,7 @@ impl ModelFamily for Sd {
     fn unload_denoiser(&mut self) {
         self.unet = None;
         self.merged_at = None;
+        self.quantized = None;
     }
 
     fn begin(
