@@ -5,6 +5,8 @@
 #   (b) parity   the tiny fixtures of tests/fixtures/cases.json (45 dB bar, f32) with --kernels composed and fused
 #                on CUDA, and `smoke` in bf16 (30 dB bar against diffusers' bf16 image) with both;
 #   (c) bench    fused vs composed time per kernel at FLUX.1-dev 1024² shapes (B=1, S=4608, H=24, D=128, 3072 wide);
+#   (e) modes    one tiny case of each other mode on the device: Stable Diffusion (four pipelines, a q8_0 UNet),
+#                Fill, Control, Redux, a step cache, Kontext, klein (scripts/gpu_cases.py), f32 against diffusers;
 #   (d) full     full-size FLUX.1-dev with random weights (make_full.py) at 1024²: ours composed, ours fused and
 #                diffusers bf16: per-step time, whole-process time, peak GPU memory.
 # Prints one table, exits 1 on any failure (2 when it cannot start). Keeps summary.txt (the table), summary.tsv
@@ -188,6 +190,38 @@ EOF
   fi
 }
 
+# (e): one case of each other mode on the device (f32, --kernels auto), against its diffusers reference at 45 dB
+# (60 for DDIM, as on the CPU): Stable Diffusion (SD 1.x, SD 2.x v-prediction with DDIM, SDXL img2img, the
+# 9-channel inpainting UNet, a q8_0 UNet at its CPU floor), FLUX Fill outpainting, Control with Canny, Redux, a step
+# cache, Kontext, klein reference editing and a klein LoRA. The flags come from scripts/gpu_cases.py, which follows
+# the Rust tests' case_args.
+phase_modes() {
+  local fx=$ROOT/tests/fixtures name exp rest args out rc db bar
+  python3 "$ROOT/scripts/gpu_cases.py" "$fx" sd:sd15-t2i-default sd:sd2-t2i-vpred-ddim sd:sdxl-i2i-dpm \
+    sd:sd15-inpaint-9ch sd:sdxl-t2i-euler fill:fill-outpaint control:control-img2img-canny redux:redux-img2img-two \
+    cache:cache-dev-fb-a modes:kontext-dev klein:klein-ref klein:klein-lora-peft > "$W/modes.tsv" 2>> "$LOG" || {
+    add modes "gpu_cases.py" "failed (see log)" FAIL
+    return
+  }
+  while IFS=$'\x1f' read -r name exp rest; do
+    [ "$(left)" -lt 240 ] && { add modes "$name" "not enough time left ($(left) s)" skip; continue; }
+    IFS=$'\x1f' read -r -a args <<< "$rest"
+    bar=45
+    [[ $name == *ddim* ]] && bar=60
+    [ "$name" = sd:sdxl-t2i-euler ] && { args+=(--quantize q8_0); bar=44; name="$name --quantize q8_0"; }
+    out=$W/mode-${name//[^A-Za-z0-9]/_}.png
+    timeout 120 "$FI" "${args[@]}" --device "$DEV" --dtype f32 -o "$out" > /dev/null 2> "$W/err" < /dev/null
+    rc=$?
+    cat "$W/err" >> "$LOG"
+    if [ "$rc" -ne 0 ]; then
+      add modes "$name" "exit $rc: $(grep -m1 error "$W/err")" FAIL
+      continue
+    fi
+    db=$(psnr "$out" "$exp")
+    if at_least "$db" "$bar"; then add modes "$name" "$db dB (bar $bar)" pass; else add modes "$name" "$db dB < $bar" FAIL; fi
+  done < "$W/modes.tsv"
+}
+
 # Samples nvidia-smi's memory.used every 100 ms into $1 until stop_mem.
 start_mem() {
   MP=
@@ -308,6 +342,7 @@ json.dump([dict(zip(['phase', 'item', 'value', 'verdict'], r)) for r in rows], o
 setup
 phase_kernels
 phase_parity
+phase_modes
 if [ "$(left)" -lt 200 ]; then
   add full "full-size benchmark" "not enough time left ($(left) s)" skip
 else
