@@ -204,13 +204,13 @@ phase_modes() {
     return
   }
   while IFS=$'\x1f' read -r name exp rest; do
-    [ "$(left)" -lt 240 ] && { add modes "$name" "not enough time left ($(left) s)" skip; continue; }
+    [ "$(left)" -lt 15 ] && { add modes "$name" "not enough time left ($(left) s)" skip; continue; }
     IFS=$'\x1f' read -r -a args <<< "$rest"
     bar=45
     [[ $name == *ddim* ]] && bar=60
     [ "$name" = sd:sdxl-t2i-euler ] && { args+=(--quantize q8_0); bar=44; name="$name --quantize q8_0"; }
     out=$W/mode-${name//[^A-Za-z0-9]/_}.png
-    timeout 120 "$FI" "${args[@]}" --device "$DEV" --dtype f32 -o "$out" > /dev/null 2> "$W/err" < /dev/null
+    timeout "$(budget 120)" "$FI" "${args[@]}" --device "$DEV" --dtype f32 -o "$out" > /dev/null 2> "$W/err" < /dev/null
     rc=$?
     cat "$W/err" >> "$LOG"
     if [ "$rc" -ne 0 ]; then
@@ -342,12 +342,12 @@ json.dump([dict(zip(['phase', 'item', 'value', 'verdict'], r)) for r in rows], o
 setup
 phase_kernels
 phase_parity
-phase_modes
 if [ "$(left)" -lt 200 ]; then
   add full "full-size benchmark" "not enough time left ($(left) s)" skip
 else
   phase_full
 fi
+phase_modes
 
 {
   printf '\n%-8s %-52s %-7s %s\n' phase item result value
