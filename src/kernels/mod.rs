@@ -7,8 +7,9 @@
 //! - `composed`: a cast-free composition of candle ops ([`composed`]); CUDA and f16 run it, and it is what every
 //!   fused operation falls back to.
 //! - `fused`: the same `CustomOp`s' `cuda_fwd`, launching a compiled Triton kernel ([`fused`] chooses the variant
-//!   from the [`manifest`] and loads it, [`launch`] works out the launch, [`gpu`] makes it). Under `fused`, an
-//!   operation with no kernel of its own, or none that fits its tensors, runs the composition.
+//!   from the [`manifest`] and loads it, [`launch`] works out the launch, [`gpu`] makes it), and biased linear
+//!   layers as one cuBLASLt GEMM with the bias in its epilogue ([`gemm`]). Under `fused`, an operation with no
+//!   kernel of its own, or none that fits its tensors, runs the composition.
 //!
 //! The CPU kernels and the composition are each tested against a plain f64 reference ([`reference`], tests.rs); the
 //! manifest, the artifacts and every launch against the kernel sources and contracts (manifest_tests.rs); the
@@ -22,6 +23,7 @@ pub mod composed;
 pub mod cpu;
 pub mod cpu_ops;
 pub mod fused;
+pub mod gemm;
 pub mod gpu;
 pub mod launch;
 pub mod manifest;
@@ -115,6 +117,15 @@ pub fn backend(inputs: &[&Tensor]) -> Backend {
         Kernels::Fused | Kernels::Auto if all(&|t| t.device().is_cuda()) => Backend::Fused,
         _ if all(&|t| t.device().is_cpu() && t.dtype() == DType::F32) => Backend::Cpu,
         _ => Backend::Composed,
+    }
+}
+
+/// candle's `Linear` (`x·Wᵀ + b`); on the fused backend a biased layer is one cuBLASLt GEMM with the bias in its
+/// epilogue ([`gemm`]), where candle adds it in a separate broadcast pass.
+pub fn linear(x: &Tensor, l: &candle_nn::Linear) -> Result<Tensor> {
+    match (backend(&[x]), l.bias()) {
+        (Backend::Fused, Some(b)) => or_composed(gemm::linear_bias(x, l.weight(), b), || l.forward(x)),
+        _ => l.forward(x),
     }
 }
 
