@@ -19,7 +19,8 @@
 #   build --release --bins --example gpu_check): --device cpu; --kernels auto in place of fused (the CPU backend
 #   runs the same custom ops, their cpu_fwd), plus a check that fused is refused there; the tiny model in place of
 #   the full-size one; diffusers only if DIFFUSERS_PYTHON names a python with diffusers and torch.
-# env: STEPS (28) and STRENGTH (0.9) for (d); DEADLINE (540): seconds after the start past which a phase that
+# env: STEPS (28) and STRENGTH (0.9) for (d); DIFFUSERS=0 skips diffusers' run in (d) (a rerun that only
+#   needs ours); DEADLINE (540): seconds after the start past which a phase that
 #   would not fit is skipped (reported as skip, not failure); OUT; GPU_DIR (.gpu).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -388,7 +389,9 @@ Image.fromarray(np.stack([x*255//$SIZE,y*255//$SIZE,((x//64+y//64)%2)*200],-1).a
     fi
     full_ours "$k"
   done
-  if [ "$(left)" -lt 120 ]; then
+  if [ "${DIFFUSERS:-1}" = 0 ]; then
+    row diffusers "not run (DIFFUSERS=0)" skip
+  elif [ "$(left)" -lt 120 ]; then
     row diffusers "not enough time left ($(left) s)" skip
   else
     full_diffusers
