@@ -301,6 +301,13 @@ pub struct Args {
     /// flags given explicitly win.
     #[arg(long, value_name = "PNG")]
     pub from_metadata: Option<PathBuf>,
+    /// Send the edit to a running `flux-img2img serve` at this URL (e.g. http://127.0.0.1:7860) instead of loading
+    /// the model here; the result is written locally under the same rules. `--model` names one of the server's.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: the file holding the server's API key (sent as a bearer token).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub api_key_file: Option<PathBuf>,
     /// No plan or progress on stderr (warnings and errors still print).
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -4,7 +4,7 @@
 //! Prometheus metrics and a small web page. Shutdown (SIGTERM, Ctrl-C) stops taking jobs, then cancels or (with
 //! `--drain`) finishes what is queued, so every job ends with an answer.
 
-mod auth;
+pub(crate) mod auth;
 mod compat;
 mod http;
 mod jobs;

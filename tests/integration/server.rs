@@ -370,3 +370,76 @@ fn server_fuzzed_bodies_get_json_errors() {
     }
     assert_eq!(server.get("/healthz", None).0, 200);
 }
+
+/// `--server URL`: the CLI sends the edit to a running server and writes the server's PNG locally — byte for byte
+/// the local CLI's for the same flags. A server refusal, a flag a job cannot carry, a server that is not there and
+/// an output over the input are each one `error:` line with exit 2 and no file written.
+#[test]
+fn cli_as_a_client_writes_the_same_png() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("images/photo-96x64.png"), dir.path().join("input.png")).unwrap();
+    std::fs::copy(fixtures().join("masks/small-96x64.png"), dir.path().join("mask.png")).unwrap();
+    let server = Server::start(&[]);
+    let edit = ["--image", "input.png", "--mask", "mask.png", "--prompt", "a red house", "--seed", "7"];
+    let run = |extra: &[&str]| {
+        bin()
+            .current_dir(dir.path())
+            .args(["--model", &model()])
+            .args(edit)
+            .args(["--strength", "0.7", "--steps", "4"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let local = run(&["-o", "cli.png"]);
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let remote = run(&["--server", &server.base, "-o", "client.png"]);
+    let err = String::from_utf8_lossy(&remote.stderr);
+    assert!(remote.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&remote.stdout).trim(), "client.png");
+    assert!(err.contains("denoise: step 1/"), "progress from the server's events: {err}");
+    let (cli, client) =
+        (std::fs::read(dir.path().join("cli.png")).unwrap(), std::fs::read(dir.path().join("client.png")).unwrap());
+    assert!(cli == client, "the client's PNG differs from the local CLI's");
+
+    let input_before = std::fs::read(dir.path().join("input.png")).unwrap();
+    let fails = |args: Vec<&str>, needle: &str| {
+        let o = bin().current_dir(dir.path()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!dir.path().join("bad.png").exists(), "no output after {args:?}");
+    };
+    let base = server.base.clone();
+    let with = |more: &[&'static str]| -> Vec<&str> {
+        let mut v = vec!["--server", base.as_str(), "--image", "input.png", "--prompt", "x", "--steps", "2"];
+        v.extend_from_slice(more);
+        v
+    };
+    fails(
+        with(&["--model", "not-served", "-o", "bad.png"]),
+        "refused the job (400): model \"not-served\" is not served",
+    );
+    let mut q = with(&["--quantize", "q8_0", "-o", "bad.png"]);
+    q.extend(["--model", "m"]);
+    fails(q, "--quantize is not sent to a server");
+    fails(
+        vec![
+            "--server",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--image",
+            "input.png",
+            "--prompt",
+            "x",
+            "-o",
+            "bad.png",
+        ],
+        "cannot reach a server at http://127.0.0.1:9",
+    );
+    fails(with(&["--model", "m", "-o", "input.png"]), "input.png");
+    assert_eq!(std::fs::read(dir.path().join("input.png")).unwrap(), input_before, "the input is untouched");
+}
