@@ -368,7 +368,7 @@ fn parse_cache(s: &str) -> Result<crate::engine::cache::CacheSpec, String> {
 }
 
 /// `--memory-budget` through the library's parser.
-fn parse_budget(s: &str) -> Result<crate::engine::memory::Budget, String> {
+pub fn parse_budget(s: &str) -> Result<crate::engine::memory::Budget, String> {
     crate::engine::memory::Budget::parse(s)
 }
 

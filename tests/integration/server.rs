@@ -443,3 +443,42 @@ fn cli_as_a_client_writes_the_same_png() {
     fails(with(&["--model", "m", "-o", "input.png"]), "input.png");
     assert_eq!(std::fs::read(dir.path().join("input.png")).unwrap(), input_before, "the input is untouched");
 }
+
+/// `--idle-unload 1`: the model is dropped a second after the last job (the gauge and counter say so) and the
+/// next job loads it again, giving the same PNG. `--memory-budget`: a job over it fails with the estimate in its
+/// error, before the denoiser loads, and the server goes on serving.
+#[test]
+fn server_idle_unload_and_memory_budget() {
+    let server = Server::start(&["--idle-unload", "1"]);
+    let job = json!({"prompt": "a lighthouse", "width": 64, "height": 48, "steps": 2, "seed": 3});
+    let run = |s: &Server| {
+        let (status, v) = s.post("/v1/jobs", &job, None);
+        assert_eq!(status, 202, "{v}");
+        s.wait(v["id"].as_str().unwrap(), None)
+    };
+    let metric = |s: &Server, name: &str| -> String {
+        let m = ureq::get(&s.url("/metrics")).call().unwrap().into_string().unwrap();
+        m.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {m}")).to_string()
+    };
+    let first = run(&server);
+    assert_eq!(first["state"], "done", "{first}");
+    assert_eq!(metric(&server, "flux_models_loaded"), "flux_models_loaded 1");
+    let t0 = Instant::now();
+    while metric(&server, "flux_idle_unloads_total") != "flux_idle_unloads_total 1" {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never unloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&server, "flux_models_loaded"), "flux_models_loaded 0");
+    let again = run(&server);
+    assert_eq!(again["state"], "done", "{again}");
+    assert!(png_of(&again) == png_of(&first), "the reloaded model gives the same PNG");
+    assert_eq!(metric(&server, "flux_models_loaded"), "flux_models_loaded 1");
+    drop(server);
+
+    let tight = Server::start(&["--memory-budget", "0.05"]);
+    let failed = run(&tight);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let msg = failed["error"].as_str().unwrap();
+    assert!(msg.contains("needs") && msg.contains("memory limit (--memory-budget)"), "{msg}");
+    assert_eq!(tight.get("/healthz", None).0, 200);
+}
