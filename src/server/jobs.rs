@@ -72,7 +72,7 @@ pub struct Metrics {
 
 /// What the worker gets from the queue.
 pub enum Next {
-    Job(String, Built, Arc<AtomicBool>),
+    Job(String, Box<Built>, Arc<AtomicBool>),
     /// No job came within the idle time.
     Idle,
     /// The hub closed and emptied.
@@ -179,7 +179,7 @@ impl Hub {
                 let built = job.built.take().expect("a queued job holds its request");
                 let cancel = job.cancel.clone();
                 push_event(job, "stage", serde_json::json!({"stage": "running"}));
-                return Next::Job(id, built, cancel);
+                return Next::Job(id, Box::new(built), cancel);
             }
             if self.closing.load(Ordering::SeqCst) {
                 return Next::Closed;
