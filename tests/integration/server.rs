@@ -320,7 +320,9 @@ fn server_openai_and_a1111_match_the_cli() {
     let second = cli_png(dir.path(), &["--prompt", "a boat", "--seed", "10", "--width", "64", "--height", "48"]);
     assert!(decode(&v["data"][1]["b64_json"]) == second, "OpenAI generation differs from the CLI's");
     let (_, v) = server.post("/v1/images/generations", &json!({"prompt": "x", "response_format": "url"}), None);
-    assert!(v["error"].as_str().unwrap().contains("b64_json"), "{v}");
+    // OpenAI's own error shape, which its client libraries read the message from.
+    assert!(v["error"]["message"].as_str().unwrap().contains("b64_json"), "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
 
     let (status, v) = server.get("/sdapi/v1/sd-models", None);
     assert_eq!((status, v[0]["model_name"].as_str().unwrap()), (200, model().as_str()));
