@@ -21,6 +21,8 @@ struct Sink {
     hub: Arc<Hub>,
     ui: Arc<Ui>,
     current: Mutex<Option<(String, Arc<AtomicBool>)>>,
+    /// The running job's `preview_every`.
+    preview: Mutex<Option<usize>>,
 }
 
 impl Progress for Sink {
@@ -45,6 +47,9 @@ impl Progress for Sink {
                 self.hub.update(&id, |j| j.step = (done, total));
                 ("step", serde_json::json!({ "step": done, "total": total }))
             }
+            Event::Preview { done, total, image } => {
+                ("preview", serde_json::json!({ "step": done, "total": total, "image": preview_png(image) }))
+            }
             Event::Done(rep) => {
                 let kib = rep.peak_rss_mib.map_or(0, |m| (m * 1024.0) as u64);
                 self.hub.metrics.peak_rss_kib.fetch_max(kib, Ordering::Relaxed);
@@ -59,6 +64,10 @@ impl Progress for Sink {
 
     fn cancelled(&self) -> bool {
         self.current.lock().unwrap().as_ref().is_some_and(|(_, c)| c.load(Ordering::SeqCst))
+    }
+
+    fn preview_every(&self) -> Option<usize> {
+        *self.preview.lock().unwrap()
     }
 }
 
@@ -76,7 +85,8 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(hub: Arc<Hub>, ui: Arc<Ui>, output_dir: Option<PathBuf>, budget: Option<memory::Budget>) -> Self {
-        let sink = Arc::new(Sink { hub: hub.clone(), ui: ui.clone(), current: Mutex::new(None) });
+        let sink =
+            Arc::new(Sink { hub: hub.clone(), ui: ui.clone(), current: Mutex::new(None), preview: Mutex::new(None) });
         Worker { hub, ui, sink, output_dir, session: None, budget }
     }
 
@@ -93,6 +103,7 @@ impl Worker {
                 }
             };
             *self.sink.current.lock().unwrap() = Some((id.clone(), cancel.clone()));
+            *self.sink.preview.lock().unwrap() = built.preview_every;
             let t0 = std::time::Instant::now();
             let result = if cancel.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { self.guarded(&id, &built) };
             *self.sink.current.lock().unwrap() = None;
@@ -181,6 +192,18 @@ impl Worker {
         }
         Ok(&mut self.session.as_mut().expect("opened above").1)
     }
+}
+
+/// A preview as a small PNG in base64: at most 256 pixels on its longer side (it travels in every event).
+fn preview_png(img: &image::RgbImage) -> String {
+    use base64::Engine as _;
+    let (w, h) = img.dimensions();
+    let scale = (256.0 / w.max(h) as f64).min(1.0);
+    let (pw, ph) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    let small = image::imageops::resize(img, pw, ph, image::imageops::FilterType::Triangle);
+    let mut bytes = Vec::new();
+    let _ = small.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A job over the server's memory limit — `--memory-budget`, or what the CPU has available — fails before its

@@ -484,3 +484,43 @@ fn server_idle_unload_and_memory_budget() {
     assert!(msg.contains("needs") && msg.contains("memory limit (--memory-budget)"), "{msg}");
     assert_eq!(tight.get("/healthz", None).0, 200);
 }
+
+/// `preview_every`: a `preview` event (a PNG of the picture so far) after every N-th step but the last, and the
+/// final image unchanged by them.
+#[test]
+fn server_previews_in_the_event_stream() {
+    let server = Server::start(&[]);
+    let job = |preview: Option<u64>| {
+        let mut j = json!({"prompt": "a lighthouse", "width": 64, "height": 48, "steps": 3, "seed": 3});
+        if let Some(p) = preview {
+            j["preview_every"] = json!(p);
+        }
+        let (status, v) = server.post("/v1/jobs", &j, None);
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        (id.clone(), server.wait(&id, None))
+    };
+    let (id, with) = job(Some(1));
+    let (_, without) = job(None);
+    assert_eq!(with["state"], "done", "{with}");
+    assert!(png_of(&with) == png_of(&without), "previews must not change the image");
+    let mut text = String::new();
+    ureq::get(&server.url(&format!("/v1/jobs/{id}/events")))
+        .call()
+        .unwrap()
+        .into_reader()
+        .read_to_string(&mut text)
+        .unwrap();
+    let previews: Vec<Value> = text
+        .split("\n\n")
+        .filter(|e| e.contains("event: preview"))
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(previews.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2], "{text}");
+    let png = base64::engine::general_purpose::STANDARD.decode(previews[0]["image"].as_str().unwrap()).unwrap();
+    let img = image::load_from_memory(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 48));
+    let (status, v) = server.post("/v1/jobs", &json!({"prompt": "x", "preview_every": 0}), None);
+    assert_eq!(status, 400, "{v}");
+}

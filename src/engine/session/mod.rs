@@ -385,12 +385,27 @@ impl Session {
             edit::ensure_finite(&x, &format!("denoising step {}/{n}", k + 1), edit::DENOISE_CAUSE)?;
             self.gpu_peak.sample(&self.device);
             self.progress.event(Event::Step { done: k + 1, total: n, elapsed: t0.elapsed() });
+            if self.progress.preview_every().is_some_and(|p| p > 0 && (k + 1) % p == 0 && k + 1 < n) {
+                self.preview(&x, k + 1, n)?;
+            }
         }
         self.cache_report = self.family.cache_report().map(|(spec, report)| {
             self.progress.event(Event::Note(&report.summary(&spec)));
             report
         });
         Ok(x)
+    }
+}
+
+impl Session {
+    /// The current latents decoded and handed to the progress sink (the family's preview leaves the edit's state
+    /// as it was: the final image does not change).
+    fn preview(&mut self, x: &Tensor, done: usize, total: usize) -> Result<()> {
+        let env = Env { device: &self.device, dtype: self.dtype, progress: self.progress.as_ref() };
+        if let Some(image) = self.family.preview(&env, x)? {
+            self.progress.event(Event::Preview { done, total, image: &image });
+        }
+        Ok(())
     }
 }
 

@@ -363,6 +363,17 @@ impl ModelFamily for Sd {
 
     fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage> {
         self.edit = None;
+        self.decode_latents(env, latents)
+    }
+
+    fn preview(&mut self, env: &Env, latents: &Tensor) -> Result<Option<RgbImage>> {
+        self.decode_latents(env, latents).map(Some)
+    }
+}
+
+impl Sd {
+    /// Latents through the VAE, at its scale and dtype.
+    fn decode_latents(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage> {
         let scale = self.cfg.vae.latent_scale();
         self.vae(env)?;
         let z = (latents / scale)?.to_dtype(self.vae_dtype)?;
