@@ -332,6 +332,9 @@ gpu = r.get("peak_gpu_mib")
 print(f"full\tours --kernels {k}: per step\t{steady:.3f} s after the first ({t['denoise'] / n:.3f} s with it, {n} steps)\tinfo")
 print(f"full\tours --kernels {k}: whole process\t{t1 - t0:.1f} s (load {t['load_transformer']:.1f} s, text {t['text_encoding']:.1f} s, decode {t['vae_decode']:.1f} s)\tinfo")
 print(f"full\tours --kernels {k}: peak GPU memory\tnvidia-smi {smi} MiB, stage samples {gpu if gpu is None else round(gpu)} MiB, host RSS {r['peak_rss_mib']:.0f} MiB\tinfo")
+st = r.get("gpu_mib_by_stage")
+if st:
+    print(f"full\tours --kernels {k}: GPU memory by stage\t" + ", ".join(f"{s} {v:.0f}" for s, v in st.items()) + " MiB\tinfo")
 m = re.search(r"fused kernels: .*", err)
 if m:
     print(f"full\tours --kernels {k}: kernels\t{m.group(0)[15:]}\t{'info' if ' launched' in m.group(0) and not ' 0 launched' in m.group(0) else 'FAIL'}")
