@@ -223,7 +223,7 @@ impl ModelFamily for Sd {
         false
     }
 
-    /// The UNet's linear and 1×1-conv layers (as the model code asks for them) and each CLIP's linears.
+    /// The UNet's linear and convolution layers (as the model code asks for them) and each CLIP's linears.
     fn lora_shapes(&self) -> Result<ModelShapes> {
         let unet = shapes::requested(|vb| UNet::new(&self.cfg.unet, &Quantizer::default(), vb))?;
         let mut clip = crate::models::clip::linear_shapes(&self.cfg.clip);
