@@ -77,7 +77,6 @@ fn local_only(a: &Args) -> Option<&'static str> {
         (a.max_megapixels.is_some(), "--max-megapixels"),
         (a.max_sequence_length.is_some(), "--max-sequence-length"),
         (a.dtype.is_some(), "--dtype"),
-        (a.device != "cpu", "--device"),
         (a.grid.is_some(), "--grid"),
         (a.shard.is_some(), "--shard"),
         (a.dry_run, "--dry-run"),
