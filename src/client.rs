@@ -87,6 +87,7 @@ fn local_only(a: &Args) -> Option<&'static str> {
 /// The items one after another; stops at the first failure (exit 2 for a single item, 1 once some were written)
 /// or at Ctrl-C (130/143).
 fn send_all(server: &Server, items: &[Item], json_out: bool, ui: &Arc<Ui>) -> Result<u8> {
+    server.probe()?;
     let stop = signals::watch(ui);
     for (k, item) in items.iter().enumerate() {
         if let Some(sig) = stop.signal() {
@@ -144,6 +145,12 @@ impl Server {
             Some(k) => r.set("Authorization", &format!("Bearer {k}")),
             None => r,
         }
+    }
+
+    /// Checks the server answers and takes the key before any upload: a server refuses a wrong key without
+    /// reading the body, and a client still writing it then sees only a broken pipe ("cannot reach"), not the 401.
+    fn probe(&self) -> Result<()> {
+        self.with_key(self.agent.get(&format!("{}/metrics", self.base))).call().map(drop).map_err(|e| self.failed(e))
     }
 
     /// One item as a job: submitted, followed to its end, its PNG written; the seed the server used.

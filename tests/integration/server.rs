@@ -524,3 +524,69 @@ fn server_previews_in_the_event_stream() {
     let (status, v) = server.post("/v1/jobs", &json!({"prompt": "x", "preview_every": 0}), None);
     assert_eq!(status, 400, "{v}");
 }
+
+/// Client mode against a server with a key, and interrupted: `--api-key-file` is sent (without it: the server's
+/// 401 as one line, no file), `--json` prints one object, and Ctrl-C on the client cancels the remote job (exit
+/// 130, the server counts it cancelled, nothing written).
+#[test]
+fn cli_as_a_client_with_a_key_json_and_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("images/photo-96x64.png"), dir.path().join("input.png")).unwrap();
+    std::fs::write(dir.path().join("key.txt"), format!("{KEY}\n")).unwrap();
+    let server = Server::start(&["--api-key-file", &dir.path().join("key.txt").to_string_lossy()]);
+    let client = |key: bool, extra: &[&str]| {
+        let mut c = bin();
+        c.current_dir(dir.path()).args(["--server", &server.base, "--image", "input.png", "--prompt", "x"]);
+        if key {
+            c.args(["--api-key-file", "key.txt"]);
+        }
+        c.args(extra);
+        c
+    };
+    let out = client(false, &["--steps", "2", "-o", "bad.png"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("401"), "{err}");
+    assert!(!dir.path().join("bad.png").exists());
+
+    let out = client(true, &["--steps", "2", "--seed", "5", "-o", "ok.png", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("--json: one object");
+    assert_eq!(
+        (v["status"].as_str(), v["output"].as_str(), v["seed"].as_u64()),
+        (Some("written"), Some("ok.png"), Some(5))
+    );
+    assert!(output_is_png(&dir.path().join("ok.png")));
+
+    let mut child = client(true, &["--steps", "1000", "--strength", "1", "--seed", "1", "-o", "slow.png"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let running = lines.any(|l| l.is_ok_and(|l| l.contains("step 2/")));
+    assert!(running, "the client never showed the job's steps");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::spawn(move || lines.for_each(drop));
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let t0 = Instant::now();
+    loop {
+        let (_, m) = (0, server_metrics(&server));
+        if m.contains("flux_jobs_total{result=\"cancelled\"} 1") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the remote job was not cancelled: {m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!dir.path().join("slow.png").exists());
+}
+
+fn output_is_png(p: &Path) -> bool {
+    std::fs::read(p).is_ok_and(|b| b.starts_with(b"\x89PNG"))
+}
+
+fn server_metrics(s: &Server) -> String {
+    let req = ureq::get(&s.url("/metrics")).set("Authorization", &format!("Bearer {KEY}"));
+    req.call().unwrap().into_string().unwrap()
+}
