@@ -113,7 +113,18 @@ fn send_all(server: &Server, items: &[Item], json_out: bool, ui: &Arc<Ui>) -> Re
 fn report(item: &Item, seed: Option<u64>, json_out: bool, server: &Server) {
     let out = item.request.output.display().to_string();
     if json_out {
-        let v = json!({"output": out, "status": "written", "seed": seed, "server": server.base});
+        // The CLI's object: the edit's record (as the written PNG carries it) plus index, output and status.
+        let mut v = crate::output::read_text_chunk(&item.request.output, crate::engine::record::PNG_KEY)
+            .ok()
+            .flatten()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        v["index"] = json!(item.index);
+        v["output"] = json!(out);
+        v["status"] = json!("written");
+        v["seed"] = json!(seed);
+        v["server"] = json!(server.base);
         stdout::line(&v.to_string());
     } else {
         stdout::line(&out);

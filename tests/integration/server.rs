@@ -558,6 +558,9 @@ fn cli_as_a_client_with_a_key_json_and_ctrl_c() {
         (Some("written"), Some("ok.png"), Some(5))
     );
     assert!(output_is_png(&dir.path().join("ok.png")));
+    // As the local CLI's --json: the edit's record too.
+    assert_eq!((v["prompt"].as_str(), v["index"].as_u64()), (Some("x"), Some(0)), "{v}");
+    assert!(v["steps"].is_number() && v["input"].as_str() == Some("input.png"), "{v}");
 
     let mut child = client(true, &["--steps", "1000", "--strength", "1", "--seed", "1", "-o", "slow.png"])
         .stderr(Stdio::piped())
