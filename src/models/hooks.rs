@@ -65,7 +65,7 @@ impl Residuals {
     }
 
     /// The sum of several ControlNets' residuals (diffusers' `FluxMultiControlNetModel` adds them sample-wise).
-    pub fn add(self, other: &Residuals) -> Result<Self> {
+    pub fn plus(self, other: &Residuals) -> Result<Self> {
         let sum = |a: Vec<Tensor>, b: &[Tensor]| -> Result<Vec<Tensor>> {
             if b.is_empty() {
                 return Ok(a);
