@@ -14,6 +14,7 @@ pub(crate) use enum_names::named_enum;
 pub mod batch;
 pub mod cleanup;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod error;

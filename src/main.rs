@@ -24,6 +24,9 @@ fn main() -> ExitCode {
 
 /// The edits the flags ask for; the exit code.
 fn edit_command(args: Args, ui: &Arc<Ui>) -> u8 {
+    if args.server.is_some() {
+        return flux_img2img::client::run(args, ui);
+    }
     let dry_run = args.dry_run;
     let batch = match args.into_batch() {
         Ok(b) => b,

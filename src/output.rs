@@ -50,16 +50,7 @@ pub fn is_complete_png(path: &Path) -> bool {
 /// Writes `img` as PNG with `text` chunks (keyword, value), replacing `path` only once the file is complete.
 pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result<()> {
     let err = |msg: String| Error::output(path, msg);
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".flux-img2img-").suffix(".png.part");
-    // Temporary files are private (0600) by default; the result should get the mode any new file gets (0666
-    // less the umask, usually 0644), which the open call applies to this request.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| Error::output_from(path, format!("cannot create a file in {}", dir.display()), e))?;
+    let mut tmp = part_file(path)?;
     let _live = crate::cleanup::register(tmp.path());
     {
         let mut enc = png::Encoder::new(std::io::BufWriter::new(tmp.as_file_mut()), img.width(), img.height());
@@ -73,9 +64,35 @@ pub fn write_png(path: &Path, img: &RgbImage, text: &[(&str, String)]) -> Result
         w.write_image_data(img.as_raw()).map_err(|e| err(e.to_string()))?;
         w.finish().map_err(|e| err(e.to_string()))?;
     }
+    finish(tmp, path)
+}
+
+/// Writes a finished file's bytes (a PNG a server made), replacing `path` only once they are all on disk.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = part_file(path)?;
+    let _live = crate::cleanup::register(tmp.path());
+    tmp.as_file_mut().write_all(bytes).map_err(|e| Error::output_from(path, "cannot write", e))?;
+    finish(tmp, path)
+}
+
+fn finish(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     tmp.as_file_mut().flush().map_err(|e| Error::output_from(path, "cannot write", e))?;
     tmp.persist(path).map_err(|e| Error::output_from(path, "cannot rename into place", e.error))?;
     Ok(())
+}
+
+/// A hidden `.png.part` file beside `path`, removed unless it is renamed into place.
+fn part_file(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".flux-img2img-").suffix(".png.part");
+    // Temporary files are private (0600) by default; the result should get the mode any new file gets (0666
+    // less the umask, usually 0644), which the open call applies to this request.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder
+        .tempfile_in(dir)
+        .map_err(|e| Error::output_from(path, format!("cannot create a file in {}", dir.display()), e))
 }
 
 /// The text of the PNG chunk `key` (tEXt, zTXt or iTXt), if the file has one; Err with a reason when the file is

@@ -14,7 +14,7 @@ pub mod inputs;
 mod results;
 mod runner;
 pub mod safety;
-mod signals;
+pub(crate) mod signals;
 
 pub use inputs::Input;
 pub use runner::run;

@@ -34,6 +34,11 @@ pub fn written(opts: &Options, item: &Item, rep: &Report, memory: Option<&Estima
         v["timings"] = json!(rep.timings);
         v["peak_rss_mib"] = json!(rep.peak_rss_mib);
         v["peak_gpu_mib"] = json!(rep.peak_gpu_mib);
+        if !rep.gpu_mib_by_stage.is_empty() {
+            let stages: serde_json::Map<String, Value> =
+                rep.gpu_mib_by_stage.iter().map(|(s, m)| (s.to_string(), json!(m.round()))).collect();
+            v["gpu_mib_by_stage"] = Value::Object(stages);
+        }
         v["memory_estimate"] = estimate(memory);
         line(&v.to_string());
     } else {

@@ -91,10 +91,11 @@ pub struct Args {
     /// result with smaller buffers (CUDA and f16; the CPU's f32 kernels need none). Not yet run on a GPU.
     #[arg(long, value_name = "ROWS", value_parser = clap::value_parser!(u32).range(1..))]
     pub vae_band: Option<u32>,
-    /// Implementation of the hot operations (norms, RoPE, attention, GELU, residuals, the VAE's convolutions): auto
-    /// (the CPU's own f32 kernels on the CPU, candle's cast-free composition on CUDA and for f16), composed (the
-    /// composition everywhere, to check what CUDA runs on the CPU) or fused (the compiled Triton kernels on CUDA,
-    /// the composition where none fits; refused on the CPU; not yet verified on a GPU). [default: auto]
+    /// Implementation of the hot operations (norms, RoPE, attention, GELU, residuals, biased linear layers, the
+    /// VAE's convolutions): auto (the CPU's own f32 kernels on the CPU, the fused kernels on CUDA, candle's
+    /// composition for f16 on the CPU), composed (candle's cast-free composition everywhere) or fused (the compiled
+    /// Triton kernels and cuBLASLt bias epilogues on CUDA, the composition where none fits; refused on the CPU;
+    /// verified on an H200). [default: auto]
     #[arg(long, value_parser = values::named(Kernels::NAMES))]
     pub kernels: Option<Kernels>,
     /// Skip transformer work between steps whose output barely changes, as diffusers' hooks: fbcache[:THRESHOLD]
@@ -301,6 +302,13 @@ pub struct Args {
     /// flags given explicitly win.
     #[arg(long, value_name = "PNG")]
     pub from_metadata: Option<PathBuf>,
+    /// Send the edit to a running `flux-img2img serve` at this URL (e.g. http://127.0.0.1:7860) instead of loading
+    /// the model here; the result is written locally under the same rules. `--model` names one of the server's.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: the file holding the server's API key (sent as a bearer token).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    pub api_key_file: Option<PathBuf>,
     /// No plan or progress on stderr (warnings and errors still print).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -361,7 +369,7 @@ fn parse_cache(s: &str) -> Result<crate::engine::cache::CacheSpec, String> {
 }
 
 /// `--memory-budget` through the library's parser.
-fn parse_budget(s: &str) -> Result<crate::engine::memory::Budget, String> {
+pub fn parse_budget(s: &str) -> Result<crate::engine::memory::Budget, String> {
     crate::engine::memory::Budget::parse(s)
 }
 

@@ -8,5 +8,5 @@ mod expand;
 pub mod manifest;
 mod values;
 
-pub use args::{Args, Command, DTypeArg, SmokeArgs};
+pub use args::{parse_budget, Args, Command, DTypeArg, SmokeArgs};
 pub use expand::{dtype_for, parse_device, parse_shard};

@@ -89,6 +89,13 @@ pub struct WeightSizes {
     pub vae: u64,
     /// CLIP and T5 (FLUX.1) or Qwen3 (FLUX.2).
     pub text_encoders: u64,
+    /// Models kept beside the denoiser from the VAE encode on (the Redux prior's SigLIP and embedder).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub adapters: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One stage of the edit: the weights resident and the largest transient buffers.
@@ -197,7 +204,7 @@ impl Workload {
 pub fn estimate(cfg: &ModelConfigs, weights: WeightSizes, work: &Workload, dtype: DType, backend: Backend) -> Estimate {
     let dt = dtype.size_in_bytes() as u64;
     let composed = work.kernels.composed_on(backend == Backend::Cuda, dtype);
-    let resident = weights.transformer + weights.vae;
+    let resident = weights.transformer + weights.vae + weights.adapters;
     let vae = |px: (u32, u32), decode: bool| vae_activations(&cfg.vae, px, decode, dt, composed, work);
     let mut stages = vec![Stage { name: "text encoding", weights: weights.text_encoders, activations: 0 }];
     if let Some(act) = work.encodes.iter().map(|&px| vae(px, false)).max() {

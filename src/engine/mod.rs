@@ -95,14 +95,24 @@ pub fn gpu_used_mib(device: &candle_core::Device) -> Option<f64> {
 /// at the end of each stage of an edit and after each denoising step. A lower bound on the true peak (memory taken
 /// and released within a step is not seen), without polling or a second process.
 #[derive(Debug, Default)]
-pub struct GpuPeak(std::sync::atomic::AtomicU64);
+pub struct GpuPeak(std::sync::atomic::AtomicU64, std::sync::Mutex<Vec<(&'static str, f64)>>);
 
 impl GpuPeak {
-    /// Takes one sample on `device` (nothing on the CPU).
-    pub fn sample(&self, device: &candle_core::Device) {
+    /// Takes one sample on `device` (nothing on the CPU), kept as the running peak and as `stage`'s largest.
+    pub fn sample_at(&self, device: &candle_core::Device, stage: &'static str) {
         if let Some(mib) = gpu_used_mib(device) {
             self.0.fetch_max(mib.to_bits(), std::sync::atomic::Ordering::Relaxed);
+            let mut stages = self.1.lock().unwrap_or_else(|e| e.into_inner());
+            match stages.iter_mut().find(|(s, _)| *s == stage) {
+                Some((_, m)) => *m = m.max(mib),
+                None => stages.push((stage, mib)),
+            }
         }
+    }
+
+    /// Each stage's largest sample, in the order the stages were first sampled.
+    pub fn by_stage(&self) -> Vec<(&'static str, f64)> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The largest sample in MiB; None when nothing was sampled (the CPU).

@@ -15,6 +15,9 @@ pub enum Event<'a> {
     Plan { request: &'a Request, plan: &'a Plan },
     /// `done` of `total` denoising steps finished (0 when the loop starts), `elapsed` since it started.
     Step { done: usize, total: usize, elapsed: Duration },
+    /// The picture so far (the current latents through the VAE) after step `done` of `total`, when
+    /// [`Progress::preview_every`] asks for it.
+    Preview { done: usize, total: usize, image: &'a image::RgbImage },
     /// An edit was written.
     Done(&'a Report),
 }
@@ -26,6 +29,10 @@ pub trait Progress: Send + Sync {
     /// cancelled job). The CLI never stops mid-image.
     fn cancelled(&self) -> bool {
         false
+    }
+    /// Decode a preview every N denoising steps (one VAE decode each, so not free); None: never (the CLI).
+    fn preview_every(&self) -> Option<usize> {
+        None
     }
 }
 

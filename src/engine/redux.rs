@@ -52,6 +52,22 @@ pub fn locate(req: &Request) -> Result<PathBuf> {
     }
 }
 
+/// The request's Redux prior folder if it is on disk already: a local folder, or a snapshot of its Hub repo in the
+/// cache (no network: the memory estimate sizes what a run would load).
+pub fn locate_cached(req: &Request) -> Result<PathBuf> {
+    let spec = req.redux_model.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_REPO));
+    if spec.is_dir() {
+        return Ok(spec);
+    }
+    let id = hub::repo_id(&spec.to_string_lossy()).ok_or_else(|| Error::model(&spec, "not a folder or a repo id"))?;
+    let snapshots = hub::cache_dir().join(format!("models--{}", id.replace('/', "--"))).join("snapshots");
+    std::fs::read_dir(&snapshots)
+        .map_err(|e| Error::model_from(&snapshots, "no cached snapshot", e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.join("image_encoder/config.json").is_file())
+        .ok_or_else(|| Error::model(&snapshots, "no cached snapshot with image_encoder/"))
+}
+
 /// Each Redux image's tokens with its weight.
 pub fn embed(prior: &ReduxPrior, req: &Request, env: &Env) -> Result<Vec<(Tensor, f64)>> {
     req.redux

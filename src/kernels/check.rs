@@ -229,6 +229,28 @@ fn group_norm(
     })
 }
 
+/// A biased linear layer x [2, 37, 1040] · Wᵀ [528, 1040] + b: cuBLASLt with the bias in its epilogue against
+/// candle's `Linear` (its matmul, then a broadcast add). f32 falls back by design (cuBLASLt would run TF32).
+fn linear_bias(dev: &Device, dtype: DType) -> Result<Outputs> {
+    let (k, o) = (1040, 528);
+    let (x, xr) = put(&reference::rand(&[2, 37, k], 30)?, dev, dtype)?;
+    let (w, wr) = put(&(reference::rand(&[o, k], 31)? * (1.0 / (k as f64).sqrt()))?, dev, dtype)?;
+    let (b, br) = put(&reference::rand(&[o], 32)?, dev, dtype)?;
+    let layer = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+    let composed = composed_runs(dev, dtype, true).then(|| candle_nn::Module::forward(&layer, &x)).transpose()?;
+    Ok(Outputs {
+        fused: fused_or_cpu(
+            dev,
+            dtype,
+            || super::gemm::linear_bias(&x, &w, &b),
+            || candle_nn::Module::forward(&layer, &x),
+        )?,
+        composed,
+        reference: reference::linear(&xr, &wr, &br)?,
+        composed_reference: None,
+    })
+}
+
 /// The cases, each run in f32, bf16 and f16.
 #[derive(Debug, Clone, Copy)]
 enum Case {
@@ -240,9 +262,10 @@ enum Case {
     Gelu,
     Cols(ColsAct),
     GroupNorm((usize, usize, usize, usize), usize),
+    LinearBias,
 }
 
-const CASES: [Case; 14] = [
+const CASES: [Case; 15] = [
     Case::Attention(16),
     Case::Attention(32),
     Case::Attention(128),
@@ -257,6 +280,7 @@ const CASES: [Case; 14] = [
     Case::Cols(ColsAct::Gelu),
     Case::Cols(ColsAct::Swiglu),
     Case::GroupNorm((2, 64, 13, 11), 8),
+    Case::LinearBias,
 ];
 
 /// A second, larger group norm: 2 splits per group, aligned planes.
@@ -275,6 +299,7 @@ impl Case {
             Case::Cols(ColsAct::Gelu) => ("gelu_tanh_cols", "gelu_tanh"),
             Case::Cols(ColsAct::Swiglu) => ("swiglu", "swiglu"),
             Case::GroupNorm(..) => ("group_norm", "group_norm"),
+            Case::LinearBias => ("linear_bias", "linear"),
         }
     }
 
@@ -291,6 +316,7 @@ impl Case {
             Case::GroupNorm((b, c, h, w), g) => {
                 format!("[{b}, {c}, {h}, {w}] G{g}{}", if h % 2 == 1 { " +SiLU" } else { "" })
             }
+            Case::LinearBias => "[2, 37, 1040] x [528, 1040]ᵀ + b".into(),
         }
     }
 
@@ -299,6 +325,7 @@ impl Case {
         match self {
             Case::Attention(128) if dtype == DType::F32 => Expect::Composed,
             Case::LayerNormModulate(d) if d % 16 != 0 => Expect::Composed,
+            Case::LinearBias if dtype == DType::F32 => Expect::Composed,
             _ => Expect::Fused,
         }
     }
@@ -313,6 +340,7 @@ impl Case {
             Case::Gelu => gelu_tanh(dev, dtype),
             Case::Cols(act) => cols(dev, dtype, act),
             Case::GroupNorm(shape, g) => group_norm(dev, dtype, shape, g),
+            Case::LinearBias => linear_bias(dev, dtype),
         }
     }
 }
@@ -546,6 +574,15 @@ fn bench_rows(b: &mut Bench, (s, _, _, w, mlp): Dims) -> Result<()> {
         format!("[1, {s}, {w}]"),
         (&|| fused::gated_residual(&x, &y, &gate), &|| cpu_ops::gated_residual(&x, &y, &gate)),
         &|| composed::gated_residual(&x, &y, &gate),
+    )?;
+    let (wt, bias) = (b.rand(&[mlp, w], 14)?, b.rand(&[mlp], 15)?);
+    let layer = candle_nn::Linear::new(wt.clone(), Some(bias.clone()));
+    let forward = || candle_nn::Module::forward(&layer, &x);
+    b.add(
+        "linear_bias",
+        format!("[1, {s}, {w}] x [{mlp}, {w}]ᵀ + b"),
+        (&|| super::gemm::linear_bias(&x, &wt, &bias), &forward),
+        &forward,
     )?;
     let hm = b.rand(&[1, s, mlp], 10)?;
     b.add("gelu_tanh", format!("[1, {s}, {mlp}]"), (&|| fused::gelu_tanh(&hm), &|| cpu_ops::gelu_tanh(&hm)), &|| {

@@ -41,7 +41,7 @@ pub struct Tally {
 
 static STATS: Mutex<BTreeMap<&'static str, Tally>> = Mutex::new(BTreeMap::new());
 
-fn count(op: &'static str, miss: Option<&Miss>) {
+pub(super) fn count(op: &'static str, miss: Option<&Miss>) {
     let mut stats = STATS.lock().unwrap_or_else(|e| e.into_inner());
     let t = stats.entry(op).or_default();
     match miss {

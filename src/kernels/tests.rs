@@ -166,6 +166,13 @@ fn composed_errors(dtype: DType) -> Vec<(&'static str, f64)> {
         let (q, kk, v) = (t(&rand(&[2, 3, 70, 8], 1)), t(&rand(&[2, 3, 70, 8], 2)), t(&rand(&[2, 3, 70, 8], 3)));
         let got = composed::attention(&q, &kk, &v, 0.3, 0).unwrap();
         out.push(("attention", rel(&got, &reference::attention(&f64(&q), &f64(&kk), &f64(&v), 0.3).unwrap())));
+        let (x, w, b) = (
+            t(&rand(&[2, 37, 1040], 30)),
+            t(&(rand(&[528, 1040], 31) * (1.0 / 1040f64.sqrt())).unwrap()),
+            t(&rand(&[528], 32)),
+        );
+        let got = candle_nn::Module::forward(&candle_nn::Linear::new(w.clone(), Some(b.clone())), &x).unwrap();
+        out.push(("linear", rel(&got, &reference::linear(&f64(&x), &f64(&w), &f64(&b)).unwrap())));
     }
     out
 }
@@ -351,11 +358,11 @@ fn gpu_check_runs_on_the_cpu() {
     // The flow `examples/kernels_check.rs` runs on a GPU, dry-run here: the ops' CPU kernels stand in for the fused
     // ones in f32 and must pass every case; half-type rows only measure the composition.
     let rows = check::check(&Device::Cpu);
-    assert_eq!(rows.len(), 45);
+    assert_eq!(rows.len(), 48);
     let failed: Vec<_> = rows.iter().filter(|r| !r.passed).collect();
     assert!(failed.is_empty(), "{failed:#?}");
     assert!(rows.iter().filter(|r| r.dtype == "f32").all(|r| r.fused_err.is_some()));
     let bench = check::bench(&Device::Cpu, DType::F32, false).unwrap();
-    assert_eq!(bench.len(), 9);
+    assert_eq!(bench.len(), 10);
     assert!(bench.iter().all(|b| b.fused_ms.is_some() && b.composed_ms > 0.0));
 }

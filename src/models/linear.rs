@@ -6,7 +6,7 @@
 //! for k-quants, 32 otherwise) keeps the nearest 32-block format; real FLUX.1 widths (3072, 12288, 15360) are
 //! all multiples of 256, so only toy models hit that.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Module, Result, Shape, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use candle_transformers::quantized_var_builder::VarBuilder as GgufVarBuilder;
@@ -79,7 +79,7 @@ impl LinearLayer {
 impl Module for LinearLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.base {
-            Base::Dense(l) => l.forward(x)?,
+            Base::Dense(l) => crate::kernels::linear(x, l)?,
             Base::Quant { w, b } => {
                 // Quantised kernels take and give f32.
                 let y = w.forward(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
@@ -147,6 +147,18 @@ fn cpu_kernel_handles(fmt: GgmlDType, width: usize, device: &candle_core::Device
     !(device.is_cpu() && paired && (width / fmt.block_size()) % 2 == 1)
 }
 
+/// A matrix quantized on the host, on `device`. Not `QTensor::quantize_onto`: on CUDA it leaves the row padding
+/// that candle's quantized matmul reads past a row not a multiple of 512 wide uninitialized, and garbage there
+/// (times the activations' zero padding) turned a q8_0 SDXL UNet's first step into NaN on an H200.
+/// `QStorage::from_data` zeroes that padding, as for GGUF files.
+fn onto_device(host: QTensor, device: &candle_core::Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(host);
+    }
+    let storage = QStorage::from_data(host.data()?, device, host.dtype())?;
+    QTensor::new(storage, host.shape())
+}
+
 /// Linear layers read from a plain VarBuilder (the UNet's, whose LoRAs the builder has already merged), their
 /// weights quantized to `format` when `--quantize` asks; biases stay dense. Rows that no 32-block format fits stay
 /// dense too.
@@ -170,7 +182,7 @@ impl Quantizer {
         };
         // Quantized from f32 on the CPU, as the transformer's matrices are (one dense matrix alive at a time).
         let w = vb.set_device(candle_core::Device::Cpu).set_dtype(DType::F32).get((o, i), "weight")?;
-        let qt = if device.is_cpu() { QTensor::quantize(&w, fmt)? } else { QTensor::quantize_onto(&w, fmt, &device)? };
+        let qt = onto_device(QTensor::quantize(&w, fmt)?, &device)?;
         let counter = if Some(fmt) == self.format { &self.stats.requested } else { &self.stats.fallback };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(LinearLayer::quant(QMatMul::from_qtensor(qt)?, b))
@@ -372,18 +384,9 @@ impl DenseWeights {
         let Some(fmt) = Quantizer::fitting(q, i, self.vb.device()) else {
             return self.dense_with_lora(i, o);
         };
-        let w = self.cpu.get((o, i), "weight")?;
-        let qt = if self.vb.device().is_cpu() {
-            let qt = QTensor::quantize(&w, fmt)?;
-            self.record("weight", &qt);
-            qt
-        } else {
-            // The GPU copy is quantized into device memory; the cache needs a host copy (first run only).
-            if self.sink.is_some() {
-                self.record("weight", &QTensor::quantize(&w, fmt)?);
-            }
-            QTensor::quantize_onto(&w, fmt, self.vb.device())?
-        };
+        let host = QTensor::quantize(&self.cpu.get((o, i), "weight")?, fmt)?;
+        self.record("weight", &host);
+        let qt = onto_device(host, self.vb.device())?;
         let counter = if fmt == q { &self.stats.requested } else { &self.stats.fallback };
         counter.fetch_add(1, Ordering::Relaxed);
         let b = self.bias(o)?;

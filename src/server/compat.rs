@@ -85,6 +85,27 @@ fn reply(app: &Shared, r: Result<Value, ApiError>) -> Response {
     }
 }
 
+/// [`reply`] for the OpenAI endpoints: an error in OpenAI's shape, `{"error": {"message", "type", "param",
+/// "code"}}`, which its client libraries read the message from (a bare string reaches their users as "Error code:
+/// 400" alone). Retry-After is kept.
+fn openai_reply(app: &Shared, r: Result<Value, ApiError>) -> Response {
+    let Err(e) = r else { return reply(app, r) };
+    let (status, msg) = (e.0, e.1.clone());
+    let retry = with_retry(app, e).headers().get(axum::http::header::RETRY_AFTER).cloned();
+    let kind = match status.as_u16() {
+        401 => "authentication_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    };
+    let body = serde_json::json!({"error": {"message": msg, "type": kind, "param": null, "code": null}});
+    let mut res = (status, Json(body)).into_response();
+    if let Some(v) = retry {
+        res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+    }
+    res
+}
+
 /// OpenAI's `size`: `WxH` (`auto` or absent: the model's default).
 fn parse_size(size: Option<&str>) -> Result<(Option<u32>, Option<u32>), ApiError> {
     match size {
@@ -145,7 +166,7 @@ async fn openai_generations(St(app): St<Shared>, body: axum::body::Bytes) -> Res
         Ok(openai_data(run_n(&app, spec, g.n.unwrap_or(1)).await?))
     };
     let r = r.await;
-    reply(&app, r)
+    openai_reply(&app, r)
 }
 
 /// OpenAI clients send their own model names (`dall-e-2`): those mean the server's default.
@@ -188,7 +209,7 @@ async fn openai_edits(St(app): St<Shared>, mut form: Multipart) -> Response {
         Ok(openai_data(run_n(&app, spec, n.unwrap_or(1)).await?))
     };
     let r = r.await;
-    reply(&app, r)
+    openai_reply(&app, r)
 }
 
 fn b64(bytes: &[u8]) -> String {

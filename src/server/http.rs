@@ -203,13 +203,18 @@ async fn metrics(St(app): St<Shared>) -> Response {
          # HELP flux_step_seconds Mean denoising step time.\n# TYPE flux_step_seconds gauge\nflux_step_seconds {mean:.6}\n\
          # HELP flux_steps_total Denoising steps run.\n# TYPE flux_steps_total counter\nflux_steps_total {steps}\n\
          # HELP flux_peak_rss_bytes Host peak RSS reported after a job.\n# TYPE flux_peak_rss_bytes gauge\n\
-         flux_peak_rss_bytes {}\n",
+         flux_peak_rss_bytes {}\n\
+         # HELP flux_models_loaded Models loaded now.\n# TYPE flux_models_loaded gauge\nflux_models_loaded {}\n\
+         # HELP flux_idle_unloads_total Models unloaded after --idle-unload.\n# TYPE flux_idle_unloads_total counter\n\
+         flux_idle_unloads_total {}\n",
         app.hub.queue_len(),
         get(&m.done),
         get(&m.failed),
         get(&m.cancelled),
         get(&m.rejected),
         get(&m.peak_rss_kib) * 1024,
+        get(&m.loaded),
+        get(&m.idle_unloads),
     );
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -64,6 +64,19 @@ pub struct Metrics {
     pub peak_rss_kib: AtomicU64,
     /// Wall time of finished jobs, milliseconds (for Retry-After).
     pub job_millis: AtomicU64,
+    /// Models loaded now (0 or 1).
+    pub loaded: AtomicU64,
+    /// Models unloaded after the idle time.
+    pub idle_unloads: AtomicU64,
+}
+
+/// What the worker gets from the queue.
+pub enum Next {
+    Job(String, Box<Built>, Arc<AtomicBool>),
+    /// No job came within the idle time.
+    Idle,
+    /// The hub closed and emptied.
+    Closed,
 }
 
 pub struct Hub {
@@ -152,8 +165,10 @@ impl Hub {
         (mean_ms * ahead as u64 / 1000).clamp(1, 3600)
     }
 
-    /// Blocks the worker until a job is queued (its id and checked request) or the hub is closed and empty.
-    pub fn next_job(&self) -> Option<(String, Built, Arc<AtomicBool>)> {
+    /// Blocks the worker until a job is queued (its id and checked request), the hub is closed and empty, or
+    /// `idle` (when given) passed without a job.
+    pub fn next_job_within(&self, idle: Option<std::time::Duration>) -> Next {
+        let deadline = idle.map(|d| std::time::Instant::now() + d);
         let mut queue = self.queue.lock().unwrap();
         loop {
             while let Some(id) = queue.pop_front() {
@@ -164,12 +179,18 @@ impl Hub {
                 let built = job.built.take().expect("a queued job holds its request");
                 let cancel = job.cancel.clone();
                 push_event(job, "stage", serde_json::json!({"stage": "running"}));
-                return Some((id, built, cancel));
+                return Next::Job(id, Box::new(built), cancel);
             }
             if self.closing.load(Ordering::SeqCst) {
-                return None;
+                return Next::Closed;
             }
-            queue = self.wake.wait(queue).unwrap();
+            queue = match deadline {
+                None => self.wake.wait(queue).unwrap(),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(std::time::Instant::now()) else { return Next::Idle };
+                    self.wake.wait_timeout(queue, left).unwrap().0
+                }
+            };
         }
     }
 

@@ -4,7 +4,7 @@
 //! Prometheus metrics and a small web page. Shutdown (SIGTERM, Ctrl-C) stops taking jobs, then cancels or (with
 //! `--drain`) finishes what is queued, so every job ends with an answer.
 
-mod auth;
+pub(crate) mod auth;
 mod compat;
 mod http;
 mod jobs;
@@ -53,6 +53,15 @@ pub struct ServeArgs {
     /// Largest uploaded image, pixels (width × height, read from the header before decoding).
     #[arg(long, default_value_t = 16_777_216)]
     pub max_pixels: u64,
+    /// Fail a job whose expected peak memory (what the CLI's --dry-run shows) is above this many GB, or above what
+    /// the device has free (`auto`), before it loads anything [default: the CPU's available memory; on CUDA no
+    /// check unless given].
+    #[arg(long, value_name = "GB|auto", value_parser = crate::cli::parse_budget)]
+    pub memory_budget: Option<crate::engine::memory::Budget>,
+    /// Unload the model after this many seconds without jobs (its memory goes back; the next job loads it
+    /// again). 0: keep it loaded.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub idle_unload: u64,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", env = "FLUX_DEVICE")]
     pub device: String,
@@ -90,9 +99,11 @@ fn serve(args: &ServeArgs, ui: &Arc<Ui>) -> Result<()> {
     let hub = Arc::new(jobs::Hub::new(args.max_queue as usize));
     // The session is made on its thread and never leaves it (the engine's models are not Send).
     let (hub2, ui2, out) = (hub.clone(), ui.clone(), args.output_dir.clone());
+    let idle = (args.idle_unload > 0).then(|| std::time::Duration::from_secs(args.idle_unload));
+    let budget = args.memory_budget;
     let engine = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || worker::Worker::new(hub2, ui2, out).run())
+        .spawn(move || worker::Worker::new(hub2, ui2, out, budget).run(idle))
         .map_err(|e| Error::Usage(format!("cannot start the engine thread: {e}")))?;
     let app = Arc::new(http::App { hub: hub.clone(), limits, api_key });
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -40,6 +40,8 @@ pub struct JobSpec {
     /// Names recorded in the PNG for the uploads (base names only), as the CLI records the paths it was given.
     pub image_name: Option<String>,
     pub mask_name: Option<String>,
+    /// Send a `preview` event (a small PNG of the picture so far) every N denoising steps; each costs a VAE decode.
+    pub preview_every: Option<usize>,
 }
 
 /// What the server allows and where jobs run.
@@ -69,6 +71,7 @@ pub struct Built {
     pub model: String,
     pub image_name: Option<String>,
     pub mask_name: Option<String>,
+    pub preview_every: Option<usize>,
 }
 
 impl JobSpec {
@@ -110,7 +113,10 @@ impl JobSpec {
         let args = Args::try_parse_from(&argv).map_err(|e| bad(first_line(&e.to_string())))?;
         let batch = args.into_batch().map_err(|e| bad(e.one_line()))?;
         let [item] = <[Item; 1]>::try_from(batch.items).map_err(|_| bad("a job makes exactly one image"))?;
-        Ok(Built { item, model, image_name, mask_name })
+        if self.preview_every == Some(0) {
+            return Err(bad("`preview_every` counts steps: give 1 or more (or leave it out)"));
+        }
+        Ok(Built { item, model, image_name, mask_name, preview_every: self.preview_every })
     }
 
     fn model(&self, limits: &Limits) -> Result<String, Refusal> {

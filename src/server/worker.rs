@@ -2,9 +2,11 @@
 //! loaded (another model is opened when a job asks for it), runs each edit as the CLI's batch does and hands back
 //! the PNG. Engine events become the job's progress events; a cancelled job stops between denoising steps.
 
-use super::jobs::{push_event, Hub, State};
+use super::jobs::{push_event, Hub, Next, State};
 use super::spec::Built;
 use crate::engine::family::Adapt;
+use crate::engine::memory::{self, Estimate};
+use crate::engine::plan::Plan;
 use crate::engine::progress::{Event, Progress};
 use crate::engine::{EditRecord, Session};
 use crate::error::{Error, Result};
@@ -19,6 +21,8 @@ struct Sink {
     hub: Arc<Hub>,
     ui: Arc<Ui>,
     current: Mutex<Option<(String, Arc<AtomicBool>)>>,
+    /// The running job's `preview_every`.
+    preview: Mutex<Option<usize>>,
 }
 
 impl Progress for Sink {
@@ -43,6 +47,9 @@ impl Progress for Sink {
                 self.hub.update(&id, |j| j.step = (done, total));
                 ("step", serde_json::json!({ "step": done, "total": total }))
             }
+            Event::Preview { done, total, image } => {
+                ("preview", serde_json::json!({ "step": done, "total": total, "image": preview_png(image) }))
+            }
             Event::Done(rep) => {
                 let kib = rep.peak_rss_mib.map_or(0, |m| (m * 1024.0) as u64);
                 self.hub.metrics.peak_rss_kib.fetch_max(kib, Ordering::Relaxed);
@@ -58,6 +65,10 @@ impl Progress for Sink {
     fn cancelled(&self) -> bool {
         self.current.lock().unwrap().as_ref().is_some_and(|(_, c)| c.load(Ordering::SeqCst))
     }
+
+    fn preview_every(&self) -> Option<usize> {
+        *self.preview.lock().unwrap()
+    }
 }
 
 /// Where results go besides the response.
@@ -68,18 +79,31 @@ pub struct Worker {
     output_dir: Option<PathBuf>,
     /// The loaded model: the name jobs give and its session.
     session: Option<(String, Session)>,
+    /// `--memory-budget`.
+    budget: Option<memory::Budget>,
 }
 
 impl Worker {
-    pub fn new(hub: Arc<Hub>, ui: Arc<Ui>, output_dir: Option<PathBuf>) -> Self {
-        let sink = Arc::new(Sink { hub: hub.clone(), ui: ui.clone(), current: Mutex::new(None) });
-        Worker { hub, ui, sink, output_dir, session: None }
+    pub fn new(hub: Arc<Hub>, ui: Arc<Ui>, output_dir: Option<PathBuf>, budget: Option<memory::Budget>) -> Self {
+        let sink =
+            Arc::new(Sink { hub: hub.clone(), ui: ui.clone(), current: Mutex::new(None), preview: Mutex::new(None) });
+        Worker { hub, ui, sink, output_dir, session: None, budget }
     }
 
-    /// Runs jobs until the hub closes and empties.
-    pub fn run(mut self) {
-        while let Some((id, built, cancel)) = self.hub.next_job() {
+    /// Runs jobs until the hub closes and empties; a loaded model is dropped after `idle` without jobs.
+    pub fn run(mut self, idle: Option<std::time::Duration>) {
+        loop {
+            let wait = if self.session.is_some() { idle } else { None };
+            let (id, built, cancel) = match self.hub.next_job_within(wait) {
+                Next::Job(id, built, cancel) => (id, built, cancel),
+                Next::Closed => return,
+                Next::Idle => {
+                    self.unload_idle(wait.unwrap_or_default());
+                    continue;
+                }
+            };
             *self.sink.current.lock().unwrap() = Some((id.clone(), cancel.clone()));
+            *self.sink.preview.lock().unwrap() = built.preview_every;
             let t0 = std::time::Instant::now();
             let result = if cancel.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { self.guarded(&id, &built) };
             *self.sink.current.lock().unwrap() = None;
@@ -105,6 +129,15 @@ impl Worker {
         }
     }
 
+    /// Drops the loaded model after `after` without jobs, returning its memory; the next job loads it again.
+    fn unload_idle(&mut self, after: std::time::Duration) {
+        if let Some((model, _)) = self.session.take() {
+            self.hub.metrics.idle_unloads.fetch_add(1, Ordering::Relaxed);
+            self.ui.info(&format!("unloaded {model} after {} s without jobs (--idle-unload)", after.as_secs()));
+        }
+        self.hub.metrics.loaded.store(0, Ordering::Relaxed);
+    }
+
     /// [`Self::edit`], with a panic turned into the job's failure (and the session dropped): a bug must not leave
     /// the job unanswered or the thread gone, which would hang every later request and shutdown.
     fn guarded(&mut self, id: &str, built: &Built) -> Result<Vec<u8>> {
@@ -120,7 +153,7 @@ impl Worker {
     /// One job end to end, as the CLI's batch runs an item; the PNG's bytes.
     fn edit(&mut self, id: &str, built: &Built) -> Result<Vec<u8>> {
         let mut item = built.item.clone();
-        let sink = self.sink.clone();
+        let (sink, budget) = (self.sink.clone(), self.budget);
         let session = self.session_for(id, &built.model, &item.request)?;
         let how = Adapt { strength_given: item.strength_given, reference_size: Default::default() };
         if let Some(w) = session.adapt(&mut item.request, &how) {
@@ -131,6 +164,9 @@ impl Worker {
         let plan = session.plan(r, input.as_ref().map(|i| i.dimensions()))?;
         for w in &plan.warnings {
             sink.event(Event::Warning(w));
+        }
+        if let Some(est) = session.memory(r, &plan)? {
+            check_memory(budget, &r.device, &plan, &est)?;
         }
         session.prepare_loras(r)?;
         let report = session.run_planned(r, input, plan)?;
@@ -152,8 +188,47 @@ impl Worker {
             let progress: Arc<dyn Progress> = self.sink.clone();
             let session = Session::open(&dir, &r.overrides, &r.device, r.dtype, progress)?;
             self.session = Some((model.to_string(), session));
+            self.hub.metrics.loaded.store(1, Ordering::Relaxed);
         }
         Ok(&mut self.session.as_mut().expect("opened above").1)
+    }
+}
+
+/// A preview as a small PNG in base64: at most 256 pixels on its longer side (it travels in every event).
+fn preview_png(img: &image::RgbImage) -> String {
+    use base64::Engine as _;
+    let (w, h) = img.dimensions();
+    let scale = (256.0 / w.max(h) as f64).min(1.0);
+    let (pw, ph) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    let small = image::imageops::resize(img, pw, ph, image::imageops::FilterType::Triangle);
+    let mut bytes = Vec::new();
+    let _ = small.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A job over the server's memory limit — `--memory-budget`, or what the CPU has available — fails before its
+/// denoiser loads, as the CLI refuses it; the server goes on with the next job.
+fn check_memory(
+    budget: Option<memory::Budget>,
+    device: &candle_core::Device,
+    plan: &Plan,
+    est: &Estimate,
+) -> Result<()> {
+    let limit = match budget {
+        Some(memory::Budget::Bytes(b)) => Some(b),
+        Some(memory::Budget::Available) => crate::engine::available_memory(device),
+        None if device.is_cpu() => crate::engine::available_memory(device),
+        None => None,
+    };
+    match limit.filter(|l| est.peak() > *l) {
+        Some(l) => Err(Error::Usage(format!(
+            "{}x{} needs {}, over this server's {} memory limit (--memory-budget); ask for a smaller size",
+            plan.width,
+            plan.height,
+            est.describe(),
+            memory::gb(l)
+        ))),
+        None => Ok(()),
     }
 }
 

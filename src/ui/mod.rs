@@ -120,6 +120,7 @@ impl Progress for Ui {
             Event::Plan { request, plan } => self.info(&format!("plan: {}", lines::plan(request, plan))),
             Event::Step { done, total, elapsed } => self.step(done, total, elapsed),
             Event::Done(report) => self.info(&lines::done(&report.timings)),
+            Event::Preview { .. } => {}
         }
     }
 }

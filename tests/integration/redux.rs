@@ -104,3 +104,29 @@ fn redux_bad_input_is_one_line() {
     ];
     assert_one_line_errors(&cases);
 }
+
+/// `--dry-run` counts the Redux prior (SigLIP and the embedder, kept beside the transformer) in the estimate: the
+/// peak grows by exactly its weights.
+#[test]
+fn redux_prior_is_in_the_memory_estimate() {
+    let f = fixtures();
+    let estimate = |extra: &[String]| -> Value {
+        let mut args: Vec<String> =
+            ["--model", &f.join("tiny-dev").to_string_lossy(), "--prompt", "x", "--width", "64", "--height", "48"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(["--dry-run".into(), "--json".into()]);
+        args.extend(extra.iter().cloned());
+        let o = bin().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["memory_estimate"].clone()
+    };
+    let plain = estimate(&[]);
+    let image = format!("{}:1.0", f.join("images/ref-100x70.png").display());
+    let redux =
+        estimate(&["--redux".into(), image, "--redux-model".into(), f.join("tiny-redux").to_string_lossy().into()]);
+    let adapters = redux["weights"]["adapters"].as_u64().unwrap();
+    assert!(adapters > 0 && plain["weights"]["adapters"].is_null(), "{redux}");
+    assert_eq!(redux["peak"].as_u64().unwrap(), plain["peak"].as_u64().unwrap() + adapters);
+}

@@ -15,10 +15,16 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// cases-sd-lora.json, then cases-sd-locon.json (a kohya LoCon: pairs on the UNet's 3×3 convolutions as well,
+/// measured bit-identical; without its convolution pairs diffusers' image moves to 15.9 dB).
 fn cases() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(fixtures().join("cases-sd-lora.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["cases"].as_array().unwrap().clone()
+    let mut all = Vec::new();
+    for file in ["cases-sd-lora.json", "cases-sd-locon.json"] {
+        let text = std::fs::read_to_string(fixtures().join(file)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        all.extend(v["cases"].as_array().unwrap().iter().cloned());
+    }
+    all
 }
 
 /// The flags that reproduce one case (`--lora FILE:WEIGHT`, Euler, CPU generator, f32).
@@ -46,7 +52,7 @@ fn args(case: &serde_json::Value, out: &Path) -> Vec<String> {
 }
 
 /// Each case of cases-sd-lora.json (SD 1.x and SDXL, kohya in diffusers' and in the original block names, PEFT,
-/// adapter weights 0.6–1.0, and `--lora-scale`).
+/// adapter weights 0.6–1.0, and `--lora-scale`) and the LoCon case.
 #[test]
 fn sd_loras_match_diffusers() {
     let dir = tempfile::tempdir().unwrap();

@@ -320,7 +320,9 @@ fn server_openai_and_a1111_match_the_cli() {
     let second = cli_png(dir.path(), &["--prompt", "a boat", "--seed", "10", "--width", "64", "--height", "48"]);
     assert!(decode(&v["data"][1]["b64_json"]) == second, "OpenAI generation differs from the CLI's");
     let (_, v) = server.post("/v1/images/generations", &json!({"prompt": "x", "response_format": "url"}), None);
-    assert!(v["error"].as_str().unwrap().contains("b64_json"), "{v}");
+    // OpenAI's own error shape, which its client libraries read the message from.
+    assert!(v["error"]["message"].as_str().unwrap().contains("b64_json"), "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
 
     let (status, v) = server.get("/sdapi/v1/sd-models", None);
     assert_eq!((status, v[0]["model_name"].as_str().unwrap()), (200, model().as_str()));
@@ -369,4 +371,156 @@ fn server_fuzzed_bodies_get_json_errors() {
         assert!(status < 500 || status == 503, "{path} {:?}: {status} {v}", String::from_utf8_lossy(&body));
     }
     assert_eq!(server.get("/healthz", None).0, 200);
+}
+
+/// `--server URL`: the CLI sends the edit to a running server and writes the server's PNG locally — byte for byte
+/// the local CLI's for the same flags. A server refusal, a flag a job cannot carry, a server that is not there and
+/// an output over the input are each one `error:` line with exit 2 and no file written.
+#[test]
+fn cli_as_a_client_writes_the_same_png() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("images/photo-96x64.png"), dir.path().join("input.png")).unwrap();
+    std::fs::copy(fixtures().join("masks/small-96x64.png"), dir.path().join("mask.png")).unwrap();
+    let server = Server::start(&[]);
+    let edit = ["--image", "input.png", "--mask", "mask.png", "--prompt", "a red house", "--seed", "7"];
+    let run = |extra: &[&str]| {
+        bin()
+            .current_dir(dir.path())
+            .args(["--model", &model()])
+            .args(edit)
+            .args(["--strength", "0.7", "--steps", "4"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let local = run(&["-o", "cli.png"]);
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let remote = run(&["--server", &server.base, "-o", "client.png"]);
+    let err = String::from_utf8_lossy(&remote.stderr);
+    assert!(remote.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&remote.stdout).trim(), "client.png");
+    assert!(err.contains("denoise: step 1/"), "progress from the server's events: {err}");
+    let (cli, client) =
+        (std::fs::read(dir.path().join("cli.png")).unwrap(), std::fs::read(dir.path().join("client.png")).unwrap());
+    assert!(cli == client, "the client's PNG differs from the local CLI's");
+
+    let input_before = std::fs::read(dir.path().join("input.png")).unwrap();
+    let fails = |args: Vec<&str>, needle: &str| {
+        let o = bin().current_dir(dir.path()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!dir.path().join("bad.png").exists(), "no output after {args:?}");
+    };
+    let base = server.base.clone();
+    let with = |more: &[&'static str]| -> Vec<&str> {
+        let mut v = vec!["--server", base.as_str(), "--image", "input.png", "--prompt", "x", "--steps", "2"];
+        v.extend_from_slice(more);
+        v
+    };
+    fails(
+        with(&["--model", "not-served", "-o", "bad.png"]),
+        "refused the job (400): model \"not-served\" is not served",
+    );
+    let mut q = with(&["--quantize", "q8_0", "-o", "bad.png"]);
+    q.extend(["--model", "m"]);
+    fails(q, "--quantize is not sent to a server");
+    fails(
+        vec![
+            "--server",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--image",
+            "input.png",
+            "--prompt",
+            "x",
+            "-o",
+            "bad.png",
+        ],
+        "cannot reach a server at http://127.0.0.1:9",
+    );
+    fails(with(&["--model", "m", "-o", "input.png"]), "input.png");
+    assert_eq!(std::fs::read(dir.path().join("input.png")).unwrap(), input_before, "the input is untouched");
+}
+
+/// `--idle-unload 1`: the model is dropped a second after the last job (the gauge and counter say so) and the
+/// next job loads it again, giving the same PNG. `--memory-budget`: a job over it fails with the estimate in its
+/// error, before the denoiser loads, and the server goes on serving.
+#[test]
+fn server_idle_unload_and_memory_budget() {
+    let server = Server::start(&["--idle-unload", "1"]);
+    let job = json!({"prompt": "a lighthouse", "width": 64, "height": 48, "steps": 2, "seed": 3});
+    let run = |s: &Server| {
+        let (status, v) = s.post("/v1/jobs", &job, None);
+        assert_eq!(status, 202, "{v}");
+        s.wait(v["id"].as_str().unwrap(), None)
+    };
+    let metric = |s: &Server, name: &str| -> String {
+        let m = ureq::get(&s.url("/metrics")).call().unwrap().into_string().unwrap();
+        m.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in {m}")).to_string()
+    };
+    let first = run(&server);
+    assert_eq!(first["state"], "done", "{first}");
+    assert_eq!(metric(&server, "flux_models_loaded"), "flux_models_loaded 1");
+    let t0 = Instant::now();
+    while metric(&server, "flux_idle_unloads_total") != "flux_idle_unloads_total 1" {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never unloaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&server, "flux_models_loaded"), "flux_models_loaded 0");
+    let again = run(&server);
+    assert_eq!(again["state"], "done", "{again}");
+    assert!(png_of(&again) == png_of(&first), "the reloaded model gives the same PNG");
+    assert_eq!(metric(&server, "flux_models_loaded"), "flux_models_loaded 1");
+    drop(server);
+
+    let tight = Server::start(&["--memory-budget", "0.05"]);
+    let failed = run(&tight);
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let msg = failed["error"].as_str().unwrap();
+    assert!(msg.contains("needs") && msg.contains("memory limit (--memory-budget)"), "{msg}");
+    assert_eq!(tight.get("/healthz", None).0, 200);
+}
+
+/// `preview_every`: a `preview` event (a PNG of the picture so far) after every N-th step but the last, and the
+/// final image unchanged by them.
+#[test]
+fn server_previews_in_the_event_stream() {
+    let server = Server::start(&[]);
+    let job = |preview: Option<u64>| {
+        let mut j = json!({"prompt": "a lighthouse", "width": 64, "height": 48, "steps": 3, "seed": 3});
+        if let Some(p) = preview {
+            j["preview_every"] = json!(p);
+        }
+        let (status, v) = server.post("/v1/jobs", &j, None);
+        assert_eq!(status, 202, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        (id.clone(), server.wait(&id, None))
+    };
+    let (id, with) = job(Some(1));
+    let (_, without) = job(None);
+    assert_eq!(with["state"], "done", "{with}");
+    assert!(png_of(&with) == png_of(&without), "previews must not change the image");
+    let mut text = String::new();
+    ureq::get(&server.url(&format!("/v1/jobs/{id}/events")))
+        .call()
+        .unwrap()
+        .into_reader()
+        .read_to_string(&mut text)
+        .unwrap();
+    let previews: Vec<Value> = text
+        .split("\n\n")
+        .filter(|e| e.contains("event: preview"))
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(previews.iter().map(|p| p["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2], "{text}");
+    let png = base64::engine::general_purpose::STANDARD.decode(previews[0]["image"].as_str().unwrap()).unwrap();
+    let img = image::load_from_memory(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 48));
+    let (status, v) = server.post("/v1/jobs", &json!({"prompt": "x", "preview_every": 0}), None);
+    assert_eq!(status, 400, "{v}");
 }

@@ -140,6 +140,12 @@ pub trait ModelFamily {
     /// The denoised latents as a picture at the working size.
     fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage>;
 
+    /// The picture the current latents show, mid-edit, leaving the edit's state as it is; None where a family
+    /// has no preview.
+    fn preview(&mut self, _env: &Env, _latents: &Tensor) -> Result<Option<RgbImage>> {
+        Ok(None)
+    }
+
     /// What the step cache (`--cache`) of the edit in progress skipped so far; None without one (or for a family
     /// that has none).
     fn cache_report(&self) -> Option<(super::cache::CacheSpec, super::cache::CacheReport)> {

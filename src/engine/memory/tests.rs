@@ -197,11 +197,11 @@ fn cuda_estimate_matches_the_peaks_measured_on_an_h100() {
     let vae = 2 * VAE_PARAMS;
     let text = 2 * 4_762_310_656 + 2 * 123_060_480;
     let exact = Workload { attention_chunk: Some(1024), vae_band: Some(128), ..img2img_1024() };
-    let w = WeightSizes { transformer: q8, vae: 2 * VAE_PARAMS, text_encoders: text };
+    let w = WeightSizes { transformer: q8, vae: 2 * VAE_PARAMS, text_encoders: text, adapters: 0 };
     let q8_exact = estimate(&dev(), w, &exact, DType::BF16, Backend::Cuda);
     assert_eq!(format!("{:.1}", q8_exact.peak() as f64 / 1e9), "17.8", "README: q8_0 with both exact flags");
     for (transformer, measured) in [(2 * DEV_PARAMS, 36.1e9), (q8, 23.0e9)] {
-        let w = WeightSizes { transformer, vae, text_encoders: text };
+        let w = WeightSizes { transformer, vae, text_encoders: text, adapters: 0 };
         let e = estimate(&dev(), w, &img2img_1024(), DType::BF16, Backend::Cuda);
         let err = (e.peak() as f64 - measured) / measured;
         assert!(err.abs() < 0.02, "{} against {measured:e} measured ({:+.1}%)", e.describe(), 100.0 * err);
@@ -210,7 +210,7 @@ fn cuda_estimate_matches_the_peaks_measured_on_an_h100() {
 }
 
 fn dense_dev() -> WeightSizes {
-    WeightSizes { transformer: 2 * DEV_PARAMS, vae: 2 * VAE_PARAMS, text_encoders: 9_770_742_272 }
+    WeightSizes { transformer: 2 * DEV_PARAMS, vae: 2 * VAE_PARAMS, text_encoders: 9_770_742_272, adapters: 0 }
 }
 
 #[test]
@@ -244,7 +244,7 @@ fn cpu_f32_kernels_need_no_score_matrices() {
 #[test]
 fn text_encoders_alone_can_be_the_peak() {
     // A small transformer beside a large text encoder: the text stage decides.
-    let w = WeightSizes { transformer: 1_000_000, vae: 1_000_000, text_encoders: 50_000_000_000 };
+    let w = WeightSizes { transformer: 1_000_000, vae: 1_000_000, text_encoders: 50_000_000_000, adapters: 0 };
     let e = estimate(&dev(), w, &img2img_1024().scaled(1.0 / 64.0), DType::BF16, Backend::Cpu);
     assert_eq!(e.peak_stage().name, "text encoding");
     assert_eq!(e.peak(), 50_000_000_000 + RUNTIME_CPU);

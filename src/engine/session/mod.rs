@@ -51,6 +51,9 @@ pub struct Report {
     /// sampled with the text encoders loaded, at the end of each stage and after each denoising step
     /// ([`super::GpuPeak`]); None on the CPU.
     pub peak_gpu_mib: Option<f64>,
+    /// CUDA: the largest sample at each point the session samples (text encoders loaded, conditioning, VAE encode,
+    /// denoiser loaded, denoising, VAE decode), MiB, in that order: where the peak is reached. Empty on the CPU.
+    pub gpu_mib_by_stage: Vec<(&'static str, f64)>,
 }
 
 /// A prompt's conditioning and what encoding it cost (charged to the first edit that uses it).
@@ -226,7 +229,7 @@ impl Session {
             load = 0.0;
         }
         // The encoders are dropped on return: their footprint is only visible now.
-        self.gpu_peak.sample(&self.device);
+        self.gpu_peak.sample_at(&self.device, "text encoders loaded");
         Ok(())
     }
 
@@ -312,7 +315,9 @@ impl Session {
         output::write_png(&req.output, &image, &record.png_chunks())?;
         timings.total = start.elapsed().as_secs_f64() + timings.text_encoding;
         let (peak_rss_mib, peak_gpu_mib) = (super::peak_rss_mib(), self.gpu_peak.get());
-        let report = Report { output: req.output.clone(), plan, record, timings, peak_rss_mib, peak_gpu_mib };
+        let gpu_mib_by_stage = self.gpu_peak.by_stage();
+        let report =
+            Report { output: req.output.clone(), plan, record, timings, peak_rss_mib, peak_gpu_mib, gpu_mib_by_stage };
         self.progress.event(Event::Done(&report));
         Ok(report)
     }
@@ -321,26 +326,26 @@ impl Session {
     /// sample.
     fn render(&mut self, req: &Request, input: Option<RgbImage>, plan: &Plan, t: &mut Timings) -> Result<RgbImage> {
         let (cond, negative) = self.conditioning(req, t)?;
-        self.gpu_peak.sample(&self.device);
+        self.gpu_peak.sample_at(&self.device, "conditioning");
         let t0 = Instant::now();
         let env = Env { device: &self.device, dtype: self.dtype, progress: self.progress.as_ref() };
         let prepared = self.family.prepare(&env, req, input, plan)?;
         t.vae_encode = t0.elapsed().as_secs_f64();
-        self.gpu_peak.sample(&self.device);
+        self.gpu_peak.sample_at(&self.device, "VAE encode");
         let t0 = Instant::now();
         self.lora_scale.set(req.lora_scale);
         let loras = self.loras();
         let env = Env { device: &self.device, dtype: self.dtype, progress: self.progress.as_ref() };
         self.family.load_denoiser(&env, req, &loras)?;
         t.load_transformer = t0.elapsed().as_secs_f64();
-        self.gpu_peak.sample(&self.device);
+        self.gpu_peak.sample_at(&self.device, "denoiser loaded");
         let t0 = Instant::now();
         let latents = self.denoise(&cond, negative.as_ref(), &prepared, plan)?;
         t.denoise = t0.elapsed().as_secs_f64();
         let t0 = Instant::now();
         let env = Env { device: &self.device, dtype: self.dtype, progress: self.progress.as_ref() };
         let rgb = self.family.decode(&env, &latents)?;
-        self.gpu_peak.sample(&self.device);
+        self.gpu_peak.sample_at(&self.device, "VAE decode");
         let rgb = finish(rgb, req, plan, prepared)?;
         t.vae_decode = t0.elapsed().as_secs_f64();
         Ok(rgb)
@@ -383,14 +388,29 @@ impl Session {
             }
             x = self.family.step(x, k)?;
             edit::ensure_finite(&x, &format!("denoising step {}/{n}", k + 1), edit::DENOISE_CAUSE)?;
-            self.gpu_peak.sample(&self.device);
+            self.gpu_peak.sample_at(&self.device, "denoising");
             self.progress.event(Event::Step { done: k + 1, total: n, elapsed: t0.elapsed() });
+            if self.progress.preview_every().is_some_and(|p| p > 0 && (k + 1) % p == 0 && k + 1 < n) {
+                self.preview(&x, k + 1, n)?;
+            }
         }
         self.cache_report = self.family.cache_report().map(|(spec, report)| {
             self.progress.event(Event::Note(&report.summary(&spec)));
             report
         });
         Ok(x)
+    }
+}
+
+impl Session {
+    /// The current latents decoded and handed to the progress sink (the family's preview leaves the edit's state
+    /// as it was: the final image does not change).
+    fn preview(&mut self, x: &Tensor, done: usize, total: usize) -> Result<()> {
+        let env = Env { device: &self.device, dtype: self.dtype, progress: self.progress.as_ref() };
+        if let Some(image) = self.family.preview(&env, x)? {
+            self.progress.event(Event::Preview { done, total, image: &image });
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! LoRAs merged at load into models built straight from a `VarBuilder` (SD's UNet): takes the model's weights and a
 //! [`LoraSet`], gives a `VarBuilder` whose `…weight` tensors of targeted modules are `W + s·B·A`, computed in f32
-//! and cast back. Linear weights [out, in] and 1×1 convolutions [out, in, 1, 1] are targets; other tensors pass
-//! through unchanged.
+//! and cast back. Linear weights [out, in] and convolution kernels [out, in, kh, kw] (as [out, in·kh·kw]) are
+//! targets; other tensors pass through unchanged.
 
 use super::formats::Target;
 use super::LoraSet;
@@ -26,7 +26,8 @@ impl SimpleBackend for Merging {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let w = self.inner.get_with_hints_dtype(s.clone(), name, h, dtype)?;
         let (out, inp) = match *s.dims() {
-            [o, i] | [o, i, 1, 1] => (o, i),
+            [o, i] => (o, i),
+            [o, i, h, k] => (o, i * h * k),
             _ => return Ok(w),
         };
         let Some(module) = name.strip_suffix(".weight") else { return Ok(w) };

@@ -76,7 +76,7 @@ pub struct LoraSet {
     pub touches_clip: bool,
 }
 
-/// The model's linear layers (and 1×1 convolutions) that LoRAs can target, with their shapes [out, in].
+/// The model's linear layers (and convolutions, as [out, in·kh·kw]) that LoRAs can target, with their shapes [out, in].
 pub struct ModelShapes {
     /// The denoiser's: FLUX's transformer in BFL names, or SD's UNet in diffusers names.
     pub transformer: HashMap<String, (usize, usize)>,
@@ -167,7 +167,7 @@ fn read(path: &Path, shapes: &ModelShapes) -> Result<(HashMap<String, Tensor>, F
         .map_err(|e| Error::lora_from(path, "unreadable LoRA tensors", e))?;
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
-        .map(|(k, t)| Ok((k, squeeze_1x1(t.to_dtype(DType::F32)?)?)))
+        .map(|(k, t)| Ok((k, as_matrix(t.to_dtype(DType::F32)?)?)))
         .collect::<candle_core::Result<_>>()?;
     let mut scalars = HashMap::new();
     for (k, t) in tensors.iter().filter(|(_, t)| t.elem_count() == 1) {
@@ -204,10 +204,12 @@ fn read(path: &Path, shapes: &ModelShapes) -> Result<(HashMap<String, Tensor>, F
     Ok((tensors, view))
 }
 
-/// A 1×1 convolution's pair ([r, in, 1, 1], [out, r, 1, 1]: SD's `proj_in`/`proj_out`) as the linear pair it is.
-fn squeeze_1x1(t: Tensor) -> candle_core::Result<Tensor> {
+/// A convolution's pair as the linear pair it is on the flattened kernel: down [r, in, kh, kw] → [r, in·kh·kw]
+/// (1×1: SD's `proj_in`/`proj_out`; wider: LoCon's resnet convolutions), up [out, r, 1, 1] → [out, r]. The merged
+/// `up·down` reshapes back to the kernel [out, in, kh, kw] exactly: a k×k down then a 1×1 up is one k×k kernel.
+fn as_matrix(t: Tensor) -> candle_core::Result<Tensor> {
     match *t.dims() {
-        [a, b, 1, 1] => t.reshape((a, b)),
+        [a, b, h, w] => t.reshape((a, b * h * w)),
         _ => Ok(t),
     }
 }

@@ -2,8 +2,8 @@
 //! reads them: kohya/sd-scripts names (`lora_unet_*`, `lora_te_*` for SD 1.x/2.x's CLIP, `lora_te1_*`/`lora_te2_*`
 //! for SDXL's two encoders; `lora_down`/`lora_up`, scaled by alpha / rank) and diffusers/PEFT names (`unet.…`,
 //! `text_encoder.…`, `text_encoder_2.…` with `lora_A`/`lora_B`). Targets are looked up among the model's own
-//! modules, so kohya's underscores resolve without guessing. Convolution pairs wider than 1×1 (LoCon, resnet
-//! convs) are counted and left out.
+//! modules, so kohya's underscores resolve without guessing. Convolution pairs (1×1 projections, and LoCon's
+//! resnet, sampler and conv_in/out kernels) are read as linear pairs on the flattened kernel.
 
 use super::formats::{self, FileView, Format, Parsed, Placement, RawPart, Target, Unsupported};
 use std::collections::HashMap;
@@ -92,11 +92,6 @@ pub fn parse(f: &FileView, keys: &[&String]) -> Result<Parsed, Unsupported> {
     let (modules, other) = formats::group(keys);
     out.unmatched.extend(other);
     for (module, [down, up, alpha]) in modules {
-        // 1×1 pairs were read as linear ones; what is still 4-D is a wider convolution.
-        if down.is_some_and(|d| f.shapes[d].len() != 2) {
-            out.ignored.push((module.to_string(), "convolution (LoCon) pairs are not supported"));
-            continue;
-        }
         let target = if kohya { index.kohya(module) } else { index.peft(module) };
         let (Some(target), Some(down), Some(up)) = (target, down, up) else {
             out.unmatched.extend([down, up, alpha].into_iter().flatten().cloned());
@@ -119,6 +114,7 @@ mod tests {
 
     const ATTN: &str = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
     const CLIP2: &str = "text_encoder_2.encoder.layers.1.mlp.fc1";
+    const CONV: &str = "down_blocks.0.resnets.0.conv1";
 
     fn view(keys: &[(&str, Vec<usize>)], alphas: &[(&str, f64)]) -> FileView {
         FileView {
@@ -129,7 +125,11 @@ mod tests {
             double: 0,
             single: 0,
             family: Family::Sdxl,
-            modules: vec![Target::Transformer(ATTN.into()), Target::Clip(CLIP2.into())],
+            modules: vec![
+                Target::Transformer(ATTN.into()),
+                Target::Clip(CLIP2.into()),
+                Target::Transformer(CONV.into()),
+            ],
             aliases: [("input_blocks.1.1.transformer_blocks.0.attn1.to_q".to_string(), ATTN.to_string())].into(),
         }
     }
@@ -148,16 +148,22 @@ mod tests {
                 ("lora_te2_text_model_encoder_layers_1_mlp_fc1.lora_down.weight", vec![2, 8]),
                 ("lora_te2_text_model_encoder_layers_1_mlp_fc1.lora_up.weight", vec![16, 2]),
                 ("lora_te2_text_model_encoder_layers_1_mlp_fc1.alpha", vec![]),
-                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", vec![4, 8, 3, 3]),
-                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", vec![8, 4, 1, 1]),
+                // A LoCon 3×3 pair, as read: [4, 8, 3, 3] → [4, 72], [8, 4, 1, 1] → [8, 4].
+                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", vec![4, 72]),
+                ("lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", vec![8, 4]),
             ],
             &[("lora_te2_text_model_encoder_layers_1_mlp_fc1.alpha", 1.0)],
         );
         let p = parse_keys(&f).ok().unwrap();
         let mut got: Vec<(Target, f64)> = p.parts.iter().map(|p| (p.target.clone(), p.scale)).collect();
         got.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
-        assert_eq!(got, vec![(Target::Clip(CLIP2.into()), 0.5), (Target::Transformer(ATTN.into()), 1.0)]);
-        assert_eq!(p.ignored.len(), 1, "the 3×3 conv pair is counted and left out");
+        let want = vec![
+            (Target::Clip(CLIP2.into()), 0.5),
+            (Target::Transformer(ATTN.into()), 1.0),
+            (Target::Transformer(CONV.into()), 1.0),
+        ];
+        assert_eq!(got, want);
+        assert!(p.ignored.is_empty() && p.unmatched.is_empty(), "{:?} {:?}", p.ignored, p.unmatched);
     }
 
     #[test]

@@ -39,14 +39,17 @@ pub fn requested<T>(
     Ok(out)
 }
 
-/// The modules among `requested` whose weights are [out, in] or [out, in, 1, 1]: what LoRA pairs can target.
+/// The modules among `requested` whose weights are [out, in] or convolution kernels [out, in, kh, kw]: what LoRA
+/// pairs can target.
 pub fn lora_targets(requested: &[(String, Vec<usize>)]) -> Vec<(String, (usize, usize))> {
     requested
         .iter()
         .filter_map(|(name, dims)| {
             let module = name.strip_suffix(".weight")?;
             match dims[..] {
-                [o, i] | [o, i, 1, 1] => Some((module.to_string(), (o, i))),
+                [o, i] => Some((module.to_string(), (o, i))),
+                // Convolutions as their flattened kernels [out, in·kh·kw] (LoCon pairs read that way).
+                [o, i, h, w] => Some((module.to_string(), (o, i * h * w))),
                 _ => None,
             }
         })

@@ -21,7 +21,8 @@ impl Flux {
         work: &Workload,
         quant: Option<Quant>,
     ) -> Result<Option<Estimate>> {
-        let Some(weights) = self.weight_sizes(req.dtype, quant)? else { return Ok(None) };
+        let Some(mut weights) = self.weight_sizes(req.dtype, quant)? else { return Ok(None) };
+        weights.adapters = redux_bytes(req)?;
         Ok(Some(memory::estimate(&self.configs, weights, work, req.dtype, Backend::of(&req.device))))
     }
 
@@ -57,10 +58,28 @@ impl Flux {
             transformer: loaded_bytes(&paths[0], matrices, all)?,
             vae: loaded_bytes(&paths[1], plain, all)?,
             text_encoders: text,
+            adapters: 0,
         };
         self.weight_sizes.insert(key, sizes);
         Ok(Some(sizes))
     }
+}
+
+/// The Redux prior's weights at the run dtype, when the request has Redux images and the prior is on disk (a Hub
+/// prior not downloaded yet counts 0, as a dry run cannot size it).
+fn redux_bytes(req: &Request) -> Result<u64> {
+    if req.redux.is_empty() {
+        return Ok(0);
+    }
+    let Ok(root) = crate::engine::redux::locate_cached(req) else { return Ok(0) };
+    let plain = LoadAs { dtype: req.dtype, quantize: None, rule: Rule::Plain };
+    let mut total = 0;
+    for (dir, stem) in [("image_encoder", "model"), ("image_embedder", "diffusion_pytorch_model")] {
+        if let Ok(files) = source::weight_files(&root.join(dir), stem) {
+            total += loaded_bytes(&files, plain, |_| true)?;
+        }
+    }
+    Ok(total)
 }
 
 /// A component's weight files: those it was opened with, or (configs-only sessions) the folder's, when present.

@@ -592,10 +592,22 @@ impl ModelFamily for Flux {
 
     fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage> {
         let edit = self.edit.take().expect("prepared before decoding");
-        if self.configs.family != Family::Flux1 {
-            return self.decode_flux2(env, latents, edit.height, edit.width);
-        }
+        self.decode_grid(env, latents, (edit.channels, edit.height, edit.width))
+    }
+
+    fn preview(&mut self, env: &Env, latents: &Tensor) -> Result<Option<RgbImage>> {
+        let Some(edit) = &self.edit else { return Ok(None) };
         let grid = (edit.channels, edit.height, edit.width);
+        self.decode_grid(env, latents, grid).map(Some)
+    }
+}
+
+impl Flux {
+    /// Packed latents of `(channels, height, width)` through the VAE.
+    fn decode_grid(&mut self, env: &Env, latents: &Tensor, grid: (usize, usize, usize)) -> Result<RgbImage> {
+        if self.configs.family != Family::Flux1 {
+            return self.decode_flux2(env, latents, grid.1, grid.2);
+        }
         let z = edit::unpack_for_decode(latents, grid, &edit::LatentSpace::of(&self.configs.vae))?;
         let decoded = self.vae(env)?.decode(&z)?;
         edit::ensure_finite(&decoded, "VAE decoding", VAE_CAUSE)?;

@@ -42,6 +42,7 @@ impl Sd {
             transformer: loaded_bytes(&unet, unet_how, all)?,
             vae: loaded_bytes(&vae, how, all)?,
             text_encoders: text,
+            adapters: 0,
         };
         let backend = Backend::of(&req.device);
         let dt = req.dtype.size_in_bytes() as u64;

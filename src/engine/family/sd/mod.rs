@@ -223,7 +223,7 @@ impl ModelFamily for Sd {
         false
     }
 
-    /// The UNet's linear and 1×1-conv layers (as the model code asks for them) and each CLIP's linears.
+    /// The UNet's linear and convolution layers (as the model code asks for them) and each CLIP's linears.
     fn lora_shapes(&self) -> Result<ModelShapes> {
         let unet = shapes::requested(|vb| UNet::new(&self.cfg.unet, &Quantizer::default(), vb))?;
         let mut clip = crate::models::clip::linear_shapes(&self.cfg.clip);
@@ -363,6 +363,17 @@ impl ModelFamily for Sd {
 
     fn decode(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage> {
         self.edit = None;
+        self.decode_latents(env, latents)
+    }
+
+    fn preview(&mut self, env: &Env, latents: &Tensor) -> Result<Option<RgbImage>> {
+        self.decode_latents(env, latents).map(Some)
+    }
+}
+
+impl Sd {
+    /// Latents through the VAE, at its scale and dtype.
+    fn decode_latents(&mut self, env: &Env, latents: &Tensor) -> Result<RgbImage> {
         let scale = self.cfg.vae.latent_scale();
         self.vae(env)?;
         let z = (latents / scale)?.to_dtype(self.vae_dtype)?;
