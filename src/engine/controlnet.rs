@@ -143,3 +143,25 @@ mod tests {
         assert!(one_line(check_config(&wide, &base, None, f)).contains("another model"));
     }
 }
+
+#[cfg(test)]
+mod load_tests {
+    use crate::config::{read_json, TransformerConfig};
+    use candle_core::{DType, Device};
+    use std::path::Path;
+
+    #[test]
+    fn loads_fixture_controlnets_and_refuses_a_mismatched_base() {
+        let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let base: TransformerConfig = read_json(&fx.join("tiny-dev/transformer/config.json")).unwrap();
+        let load = |name: &str, base: &TransformerConfig, mode| {
+            crate::engine::load::controlnet(&fx.join(name), base, mode, DType::F32, &Device::Cpu)
+        };
+        assert!(!load("tiny-controlnet", &base, None).unwrap().is_union());
+        assert!(load("tiny-controlnet-union", &base, Some("pose")).unwrap().is_union());
+        let mut other = base.clone();
+        other.joint_attention_dim *= 2;
+        let e = load("tiny-controlnet", &other, None).err().unwrap().one_line();
+        assert!(e.contains("joint_attention_dim") && !e.contains('\n'), "{e}");
+    }
+}
