@@ -231,7 +231,9 @@ impl Server {
             } else if let Some(data) = line.strip_prefix("data:") {
                 let d: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
                 match (event.as_str(), d["stage"].as_str()) {
-                    ("step", _) => ui.info(&format!("denoise: step {}/{} (server)", d["step"], d["total"])),
+                    ("step", _) if d["step"].as_u64().unwrap_or(0) > 0 => {
+                        ui.info(&format!("denoise: step {}/{} (server)", d["step"], d["total"]))
+                    }
                     ("stage", Some("done" | "failed" | "cancelled")) => return Ok(()),
                     ("stage", Some(s)) => ui.info(&format!("server: {s}")),
                     _ => {}

@@ -170,6 +170,10 @@ pub struct Workload {
     pub vae_band: Option<usize>,
     /// `--kernels`: whether the composed path runs (and its buffers count) on the CPU's f32 tensors too.
     pub kernels: Kernels,
+    /// `--cache taylorseer`: its order (each attention module keeps order + 1 factors for the whole edit).
+    pub taylor_order: Option<usize>,
+    /// Passes with their own cache state: 2 with true CFG (prompt and negative prompt run apart), else 1.
+    pub passes: usize,
 }
 
 impl Workload {
@@ -185,7 +189,12 @@ impl Workload {
         let batch = if plan.cfg_scale.is_some() { 2 } else { 1 };
         let (attention_chunk, vae_band, kernels) = (req.attention_chunk, req.vae_band, req.kernels);
         let text_tokens = req.max_sequence_length;
-        Self { size, encodes, references, text_tokens, batch, attention_chunk, vae_band, kernels }
+        let taylor_order = match req.cache {
+            Some(crate::engine::cache::CacheSpec::TaylorSeer { order, .. }) => Some(order),
+            _ => None,
+        };
+        let passes = if req.true_cfg.is_some() { 2 } else { 1 };
+        Self { size, encodes, references, text_tokens, batch, attention_chunk, vae_band, kernels, taylor_order, passes }
     }
 
     /// Every image scaled by `f` in area (sizes rounded to whole pixels).
@@ -237,7 +246,15 @@ fn transformer_activations(cfg: &ModelConfigs, work: &Workload, dt: u64, compose
     let mlp = (width * t.mlp_ratio.unwrap_or(4.0) * gated).trunc();
     let rows = work.attention_chunk.map_or(s, |c| s.min(c as f64));
     let scores = if composed { b * heads * rows * s * (2.0 * dt + 8.0) } else { 0.0 };
-    (scores + b * s * (3.0 * width + mlp) * (dt + 4.0)) as u64
+    (scores + b * s * (3.0 * width + mlp) * (dt + 4.0) + taylor_factors(cfg, work, s, width)) as u64
+}
+
+/// TaylorSeer's factors, kept for the whole edit: per pass, order + 1 bf16 copies of every block's attention
+/// output (a double block's image and text outputs together, a single block's joint one: sequence × width).
+fn taylor_factors(cfg: &ModelConfigs, work: &Workload, s: f64, width: f64) -> f64 {
+    let Some(order) = work.taylor_order else { return 0.0 };
+    let modules = (cfg.transformer.num_layers + cfg.transformer.num_single_layers) as f64;
+    work.passes as f64 * (order + 1) as f64 * modules * s * width * 2.0
 }
 
 /// The VAE's largest transient at `px` pixels: im2col buffers and f32 group-norm copies (composed path), or the

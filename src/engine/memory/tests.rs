@@ -116,6 +116,8 @@ fn img2img_1024() -> Workload {
         attention_chunk: None,
         vae_band: None,
         kernels: Kernels::Auto,
+        taylor_order: None,
+        passes: 1,
     }
 }
 
@@ -328,4 +330,17 @@ fn vae_bands_bound_the_im2col_buffers() {
     // A band taller than the image is the whole image.
     let tall = Workload { vae_band: Some(4096), ..chunked.clone() };
     assert!(act(&at(&tall), "VAE decode") >= act(&at(&chunked), "VAE decode"));
+}
+
+/// TaylorSeer's factors at FLUX.1-dev 1024²: (order + 1) × 57 attention modules × 4608 tokens × 3072 wide × 2 bytes
+/// per pass (3.2 GB at order 1), twice with true CFG.
+#[test]
+fn taylorseer_factors_are_counted() {
+    let at = |work: &Workload| estimate(&dev(), dense_dev(), work, DType::BF16, Backend::Cuda);
+    let act = |e: &Estimate| e.stages.iter().find(|s| s.name == "denoising").unwrap().activations;
+    let plain = act(&at(&img2img_1024()));
+    let one = act(&at(&Workload { taylor_order: Some(1), ..img2img_1024() }));
+    let cfg2 = act(&at(&Workload { taylor_order: Some(2), passes: 2, ..img2img_1024() }));
+    assert_eq!(one - plain, 2 * 57 * 4608 * 3072 * 2);
+    assert_eq!(cfg2 - plain, 2 * 3 * 57 * 4608 * 3072 * 2);
 }
