@@ -489,3 +489,17 @@ impl Act {
         }
     }
 }
+
+/// An InstantX-layout FLUX.1 ControlNet's `config.json` (diffusers' `FluxControlNetModel`): the transformer's
+/// fields plus the Union mode count.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ControlNetConfig {
+    #[serde(flatten)]
+    pub base: TransformerConfig,
+    /// Union checkpoints: how many control modes `controlnet_mode_embedder` holds.
+    #[serde(default)]
+    pub num_mode: Option<usize>,
+    /// Set in checkpoints that embed the control image in pixel space (`input_hint_block`), not supported.
+    #[serde(default)]
+    pub conditioning_embedding_channels: Option<usize>,
+}

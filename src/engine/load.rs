@@ -383,3 +383,35 @@ pub(crate) fn quantize_note(
     };
     format!("quantized {n} {what} matrices to {q}{fallback}{cached}")
 }
+
+/// An InstantX-layout FLUX.1 ControlNet from a diffusers folder (`config.json` + `diffusion_pytorch_model`
+/// safetensors), its config checked against the base transformer's and the requested Union mode first.
+pub fn controlnet(
+    dir: &Path,
+    base: &TransformerConfig,
+    mode: Option<&str>,
+    dtype: DType,
+    device: &Device,
+) -> Result<crate::models::controlnet::FluxControlNet> {
+    let file = dir.join("config.json");
+    let cfg = crate::engine::controlnet::read_config(&file)?;
+    crate::engine::controlnet::check_config(&cfg, base, mode, &file)?;
+    let files = crate::source::weight_files(dir, "diffusion_pytorch_model")?;
+    let cw = CheckedWeights::open("controlnet", &files)?;
+    // Its transformer parts have the transformer's diffusers names; `controlnet_*` tensors pass through as stored.
+    let map: NameMap = Arc::new(flux_keys::transformer_map(&Layout::Diffusers, Family::Flux1));
+    let w = Weights::Dense(DenseWeights {
+        vb: cw.var_builder(dtype, device, Some(map.clone())),
+        cpu: cw.var_builder(DType::F32, &Device::Cpu, Some(map.clone())),
+        quant: None,
+        stats: Arc::new(QuantStats::default()),
+        sink: None,
+        lora: None,
+        bias: true,
+    });
+    let mlp = mlp_width(stored_mlp_rows(&cw, &map), &cfg.base);
+    let net = crate::models::controlnet::FluxControlNet::new(&cfg, mlp, w)
+        .map_err(|e| Error::model_from(&file, "the ControlNet's weights do not fit its config.json", e))?;
+    cw.finish()?;
+    Ok(net)
+}

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod control;
+pub mod controlnet;
 pub mod edit;
 pub mod family;
 pub mod fill;

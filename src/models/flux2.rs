@@ -293,7 +293,7 @@ impl Flux2Transformer {
 
         let x = tokens.apply(&self.img_in)?;
         let ctx = inp.txt.apply(&self.txt_in)?;
-        let mut run = Pass { heads, rope: &rope, cache };
+        let mut run = Pass { heads, rope: &rope, cache, control: None };
         let x = walk(
             (&self.double, &self.single),
             (x, ctx),

@@ -41,6 +41,62 @@ pub(crate) struct Pass<'a> {
     pub heads: usize,
     pub rope: &'a Angles,
     pub cache: &'a mut dyn BlockCache,
+    /// ControlNet residuals added to the image stream after the blocks (FLUX.1 only).
+    pub control: Option<&'a Residuals>,
+}
+
+/// What a ControlNet gives the main transformer: one image-stream residual per ControlNet double block and one per
+/// single block, already × the conditioning scale. Main block `i` of `n` reads sample `i / ceil(n / len)`, as
+/// diffusers' `interval_control` does (or `i % len` with `repeat`, its `controlnet_blocks_repeat`).
+pub struct Residuals {
+    pub double: Vec<Tensor>,
+    pub single: Vec<Tensor>,
+    pub repeat: bool,
+}
+
+impl Residuals {
+    /// The sample for main block `i` of `n` from `samples` (None when there are none).
+    fn pick(samples: &[Tensor], i: usize, n: usize, repeat: bool) -> Option<&Tensor> {
+        if samples.is_empty() {
+            return None;
+        }
+        let interval = n.div_ceil(samples.len()).max(1);
+        samples.get(if repeat { i % samples.len() } else { i / interval })
+    }
+
+    /// The sum of several ControlNets' residuals (diffusers' `FluxMultiControlNetModel` adds them sample-wise).
+    pub fn plus(self, other: &Residuals) -> Result<Self> {
+        let sum = |a: Vec<Tensor>, b: &[Tensor]| -> Result<Vec<Tensor>> {
+            if b.is_empty() {
+                return Ok(a);
+            }
+            a.iter().zip(b).map(|(x, y)| x + y).collect()
+        };
+        Ok(Self {
+            double: sum(self.double, &other.double)?,
+            single: sum(self.single, &other.single)?,
+            repeat: self.repeat,
+        })
+    }
+}
+
+/// `x` plus the residual of double block `i` of `n`, when there is one.
+fn add_double(run: &Pass, x: Tensor, i: usize, n: usize) -> Result<Tensor> {
+    match run.control.and_then(|c| Residuals::pick(&c.double, i, n, c.repeat)) {
+        Some(r) => x + r,
+        None => Ok(x),
+    }
+}
+
+/// `h` = [text; image] with the residual of single block `i` of `n` added to its image part.
+fn add_single(run: &Pass, h: Tensor, st: usize, i: usize, n: usize) -> Result<Tensor> {
+    match run.control.and_then(|c| Residuals::pick(&c.single, i, n, false)) {
+        Some(r) => {
+            let img = (h.narrow(1, st, h.dim(1)? - st)? + r)?;
+            Tensor::cat(&[&h.narrow(1, 0, st)?, &img], 1)
+        }
+        None => Ok(h),
+    }
 }
 
 /// The two outputs (image, text) of a double block's attention module, as a cache forecast them.
@@ -61,6 +117,7 @@ pub(crate) fn walk<D, S>(
     let n = blocks.0.len();
     for (id, block) in blocks.0.iter().enumerate() {
         let (x1, ctx1) = double(block, &x, &ctx, run, id)?;
+        let x1 = add_double(run, x1, id, n)?;
         if id == 0 {
             if let Some(out) = run.cache.after_first(&x, &x1, &ctx1)? {
                 return Ok(out);
@@ -72,6 +129,7 @@ pub(crate) fn walk<D, S>(
     let mut h = Tensor::cat(&[&ctx, &x], 1)?;
     for (i, block) in blocks.1.iter().enumerate() {
         h = single(block, &h, run, n + i)?;
+        h = add_single(run, h, st, i, blocks.1.len())?;
     }
     let x = h.narrow(1, st, h.dim(1)? - st)?;
     run.cache.after_last(&x, &h.narrow(1, 0, st)?)?;

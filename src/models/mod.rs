@@ -6,12 +6,14 @@
 //! - `qwen3`: transformers `Qwen3Model`'s hidden states (FLUX.2's text encoder), with the padding mask.
 //! - `transformer`: FLUX.1's MM-DiT (docs/spec-flux1-img2img.md §6) in Black Forest Labs' weight names, fused
 //!   projections; `flux2`: FLUX.2's, sharing its attention, norm and RoPE pieces.
+//! - `controlnet`: an InstantX-layout FLUX.1 ControlNet giving per-block residuals to the transformer.
 //! - `hooks`: where a step cache (`--cache`) reaches into a transformer's forward.
 //! - `linear`: dense / quantised (`--quantize`, GGUF) linear layers for the transformers, with LoRA side paths.
 //! - `unet` (+ `unet_attention`): diffusers' `UNet2DConditionModel` for Stable Diffusion 1.x/2.x and SDXL.
 //! - T5 comes straight from `candle_transformers::models::t5`.
 
 pub mod clip;
+pub mod controlnet;
 pub mod flux2;
 pub mod hooks;
 pub mod linear;

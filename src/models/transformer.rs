@@ -8,7 +8,7 @@
 //! the feed-forward width, read from the checkpoint. The per-token work (modulated LayerNorm, RMSNorm + RoPE,
 //! attention, GELU, gated residuals) goes through [`crate::kernels`].
 
-use super::hooks::{forecast_pair, walk, BlockCache, NoCache, Pass};
+use super::hooks::{forecast_pair, walk, BlockCache, NoCache, Pass, Residuals};
 use super::linear::{LinearLayer, Weights};
 use crate::config::TransformerConfig;
 use crate::kernels::{self, Angles};
@@ -167,13 +167,13 @@ impl Stream {
 }
 
 /// `double_blocks.N`: image and text streams with their own weights, joint attention over [text; image].
-struct DoubleBlock {
+pub(crate) struct DoubleBlock {
     img: Stream,
     txt: Stream,
 }
 
 impl DoubleBlock {
-    fn new(dim: usize, head_dim: usize, mlp: usize, vb: Weights) -> Result<Self> {
+    pub(crate) fn new(dim: usize, head_dim: usize, mlp: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
             img: Stream::new(dim, head_dim, mlp, &vb, "img")?,
             txt: Stream::new(dim, head_dim, mlp, &vb, "txt")?,
@@ -206,7 +206,14 @@ impl DoubleBlock {
     }
 
     /// (image, text) after the block; `cache` may forecast the attention module's outputs (block `id`).
-    fn forward(&self, x: &Tensor, ctx: &Tensor, temb: &Tensor, run: &mut Pass, id: usize) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &Tensor,
+        temb: &Tensor,
+        run: &mut Pass,
+        id: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let (img_attn, img_mlp) = self.img.modulations(temb)?;
         let (txt_attn, txt_mlp) = self.txt.modulations(temb)?;
         let [att_img, att_txt] = match run.cache.forecast(id)? {
@@ -223,7 +230,7 @@ impl DoubleBlock {
 
 /// `single_blocks.N`: one stream over [text; image]; `linear1` gives [q | k | v | MLP input] at once and
 /// `linear2` projects [attention | GELU(MLP)] back.
-struct SingleBlock {
+pub(crate) struct SingleBlock {
     modulation: LinearLayer,
     linear1: LinearLayer,
     norm: QkNorm,
@@ -232,7 +239,7 @@ struct SingleBlock {
 }
 
 impl SingleBlock {
-    fn new(dim: usize, head_dim: usize, mlp: usize, vb: Weights) -> Result<Self> {
+    pub(crate) fn new(dim: usize, head_dim: usize, mlp: usize, vb: Weights) -> Result<Self> {
         Ok(Self {
             modulation: vb.pp("modulation.lin").linear(dim, 3 * dim)?,
             linear1: vb.pp("linear1").linear(dim, 3 * dim + mlp)?,
@@ -244,7 +251,7 @@ impl SingleBlock {
 
     /// The block after its gated residual; `cache` may forecast its attention module's output (block `id`; the
     /// module is only the attention here, as in diffusers: the MLP half of `linear1` still runs).
-    fn forward(&self, h: &Tensor, temb: &Tensor, run: &mut Pass, id: usize) -> Result<Tensor> {
+    pub(crate) fn forward(&self, h: &Tensor, temb: &Tensor, run: &mut Pass, id: usize) -> Result<Tensor> {
         let m = Modulation::split(&temb.apply(&self.modulation)?, 1)?.remove(0);
         let normed = m.apply(h)?;
         let (att, mlp) = match run.cache.forecast(id)? {
@@ -284,12 +291,43 @@ impl Embedder {
     }
 }
 
-pub struct FluxTransformer {
-    img_in: LinearLayer,
-    txt_in: LinearLayer,
+/// The time, guidance and pooled-text embedders (diffusers' `time_text_embed`), shared by the transformer and
+/// its ControlNets: σ, guidance and CLIP's pooled output → SiLU(temb), what every modulation layer reads.
+pub(crate) struct TimeText {
     time_in: Embedder,
     guidance_in: Option<Embedder>,
     vector_in: Embedder,
+}
+
+impl TimeText {
+    pub(crate) fn new(cfg: &TransformerConfig, dim: usize, vb: &Weights) -> Result<Self> {
+        Ok(Self {
+            time_in: Embedder::new(256, dim, vb.pp("time_in"))?,
+            guidance_in: if cfg.guidance_embeds { Some(Embedder::new(256, dim, vb.pp("guidance_in"))?) } else { None },
+            vector_in: Embedder::new(cfg.pooled_projection_dim.unwrap_or(0), dim, vb.pp("vector_in"))?,
+        })
+    }
+
+    /// SiLU(time + guidance + pooled embeddings) [B, D].
+    pub(crate) fn forward(&self, timestep: &Tensor, inp: &Inputs, dtype: DType) -> Result<Tensor> {
+        let dev = timestep.device();
+        let mut temb = self.time_in.forward(&sinusoidal(&scaled_scalars(timestep, dtype)?, dtype, dev)?)?;
+        if let (Some(g), Some(mlp)) = (inp.guidance, &self.guidance_in) {
+            let mut gv = scaled_scalars(g, dtype)?;
+            gv.resize(temb.dim(0)?, gv[0]);
+            temb = (temb + mlp.forward(&sinusoidal(&gv, dtype, dev)?)?)?;
+        }
+        let pooled = inp.pooled.ok_or_else(|| candle_core::Error::Msg("FLUX.1 needs CLIP's pooled output".into()))?;
+        temb = (temb + self.vector_in.forward(pooled)?)?;
+        // Every modulation layer reads SiLU(temb).
+        temb.silu()
+    }
+}
+
+pub struct FluxTransformer {
+    img_in: LinearLayer,
+    txt_in: LinearLayer,
+    time_text: TimeText,
     double: Vec<DoubleBlock>,
     single: Vec<SingleBlock>,
     final_modulation: LinearLayer,
@@ -349,9 +387,7 @@ impl FluxTransformer {
         Ok(Self {
             img_in: vb.pp("img_in").dense_linear(cfg.in_channels, dim)?,
             txt_in: vb.pp("txt_in").dense_linear(cfg.joint_attention_dim, dim)?,
-            time_in: Embedder::new(256, dim, vb.pp("time_in"))?,
-            guidance_in: if cfg.guidance_embeds { Some(Embedder::new(256, dim, vb.pp("guidance_in"))?) } else { None },
-            vector_in: Embedder::new(cfg.pooled_projection_dim.unwrap_or(0), dim, vb.pp("vector_in"))?,
+            time_text: TimeText::new(cfg, dim, &vb)?,
             double: (0..cfg.num_layers)
                 .map(|i| DoubleBlock::new(dim, hd, mlp_hidden, vb.pp(format!("double_blocks.{i}"))))
                 .collect::<Result<_>>()?,
@@ -384,25 +420,28 @@ impl FluxTransformer {
         inp: &Inputs,
         cache: &mut dyn BlockCache,
     ) -> Result<Tensor> {
+        self.forward_controlled(latents, timestep, inp, cache, None)
+    }
+
+    /// [`Self::forward_cached`] with ControlNet residuals added to the image stream after the blocks.
+    pub fn forward_controlled(
+        &self,
+        latents: &Tensor,
+        timestep: &Tensor,
+        inp: &Inputs,
+        cache: &mut dyn BlockCache,
+        control: Option<&Residuals>,
+    ) -> Result<Tensor> {
         let dev = latents.device();
         let (dtype, heads) = (self.dtype, self.heads);
-        let mut temb = self.time_in.forward(&sinusoidal(&scaled_scalars(timestep, dtype)?, dtype, dev)?)?;
-        if let (Some(g), Some(mlp)) = (inp.guidance, &self.guidance_in) {
-            let mut gv = scaled_scalars(g, dtype)?;
-            gv.resize(temb.dim(0)?, gv[0]);
-            temb = (temb + mlp.forward(&sinusoidal(&gv, dtype, dev)?)?)?;
-        }
-        let pooled = inp.pooled.ok_or_else(|| candle_core::Error::Msg("FLUX.1 needs CLIP's pooled output".into()))?;
-        temb = (temb + self.vector_in.forward(pooled)?)?;
-        // Every modulation layer reads SiLU(temb).
-        let temb = temb.silu()?;
+        let temb = self.time_text.forward(timestep, inp, dtype)?;
 
         let ids = Tensor::cat(&[inp.txt_ids.get(0)?, inp.img_ids.get(0)?], 0)?;
         let rope = rope(&ids, &self.axes, 10000.0, dtype, dev)?;
 
         let x = latents.apply(&self.img_in)?;
         let ctx = inp.txt.apply(&self.txt_in)?;
-        let mut run = Pass { heads, rope: &rope, cache };
+        let mut run = Pass { heads, rope: &rope, cache, control };
         let x = walk(
             (&self.double, &self.single),
             (x, ctx),
