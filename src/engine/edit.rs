@@ -115,17 +115,23 @@ pub struct Guided<'a> {
 }
 
 impl Guided<'_> {
-    /// Velocity at `t` for latents `x` [1, S, C].
-    pub fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let n = x.dim(1)?;
+    /// The transformer's image tokens for latents `x`: Fill/Control channels appended to each, then any reference
+    /// tokens after them.
+    pub fn tokens(&self, x: &Tensor) -> Result<Tensor> {
         let x = match self.channels {
             Some(c) => Tensor::cat(&[x, c], 2)?,
             None => x.clone(),
         };
-        let x = match self.reference {
-            Some(r) => Tensor::cat(&[&x, r], 1)?,
-            None => x,
-        };
+        match self.reference {
+            Some(r) => Tensor::cat(&[&x, r], 1),
+            None => Ok(x),
+        }
+    }
+
+    /// Velocity at `t` for latents `x` [1, S, C].
+    pub fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let n = x.dim(1)?;
+        let x = self.tokens(x)?;
         let (x, t) = match self.cfg_scale {
             Some(_) => (Tensor::cat(&[&x, &x], 0)?, Tensor::cat(&[t, t], 0)?),
             None => (x, t.clone()),

@@ -210,15 +210,7 @@ impl Guided<'_> {
     /// batch one, each with its own cache state, as diffusers runs them.
     pub fn velocity_cached(&self, x: &Tensor, t: &Tensor, cache: &mut StepCache) -> Result<Tensor> {
         let n = x.dim(1)?;
-        // The tokens as `velocity` builds them: Fill/Control channels appended, then any reference tokens.
-        let x = match self.channels {
-            Some(c) => Tensor::cat(&[x, c], 2)?,
-            None => x.clone(),
-        };
-        let x = match self.reference {
-            Some(r) => Tensor::cat(&[&x, r], 1)?,
-            None => x,
-        };
+        let x = self.tokens(x)?;
         let Some(scale) = self.cfg_scale else {
             return self.model.forward_cached(&x, t, &self.inputs, cache.pass(0))?.narrow(1, 0, n);
         };
