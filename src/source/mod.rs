@@ -101,6 +101,30 @@ pub struct Component {
     pub weights: Vec<PathBuf>,
 }
 
+/// Each override file given (the denoiser's `denoiser_file`, then `--vae`, `--text-encoder`, `--text-encoder-2`) as
+/// its component's only weight file, after checking it exists; what a family's `apply` ends with.
+pub(crate) fn point_at(
+    o: &Overrides,
+    denoiser_file: &Option<PathBuf>,
+    [denoiser, vae, text_encoder]: [&mut Component; 3],
+    text_encoder_2: Option<&mut Component>,
+) -> Result<()> {
+    for (file, comp, flag) in [
+        (denoiser_file, Some(denoiser), "--transformer"),
+        (&o.vae, Some(vae), "--vae"),
+        (&o.text_encoder, Some(text_encoder), "--text-encoder"),
+        (&o.text_encoder_2, text_encoder_2, "--text-encoder-2"),
+    ] {
+        if let (Some(f), Some(comp)) = (file, comp) {
+            if !f.is_file() {
+                return Err(Error::Usage(format!("{flag} {}: no such file", f.display())));
+            }
+            comp.weights = vec![f.clone()];
+        }
+    }
+    Ok(())
+}
+
 /// Every file of a diffusers-layout FLUX pipeline that flux-img2img reads.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
@@ -182,20 +206,7 @@ impl ModelFiles {
             )));
         }
         let te2 = self.text_encoder_2.as_mut();
-        for (file, comp, flag) in [
-            (&o.transformer, Some(&mut self.transformer), "--transformer"),
-            (&o.vae, Some(&mut self.vae), "--vae"),
-            (&o.text_encoder, Some(&mut self.text_encoder), "--text-encoder"),
-            (&o.text_encoder_2, te2, "--text-encoder-2"),
-        ] {
-            if let (Some(f), Some(comp)) = (file, comp) {
-                if !f.is_file() {
-                    return Err(Error::Usage(format!("{flag} {}: no such file", f.display())));
-                }
-                comp.weights = vec![f.clone()];
-            }
-        }
-        Ok(())
+        point_at(o, &o.transformer, [&mut self.transformer, &mut self.vae, &mut self.text_encoder], te2)
     }
 
     /// T5's files (FLUX.1): its component and tokenizer folder.

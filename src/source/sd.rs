@@ -160,19 +160,6 @@ impl SdFiles {
         }
         let unet_file = if whole.is_some() { &None } else { &o.transformer };
         let te2 = self.text_encoder_2.as_mut();
-        for (file, comp, flag) in [
-            (unet_file, Some(&mut self.unet), "--transformer"),
-            (&o.vae, Some(&mut self.vae), "--vae"),
-            (&o.text_encoder, Some(&mut self.text_encoder), "--text-encoder"),
-            (&o.text_encoder_2, te2, "--text-encoder-2"),
-        ] {
-            if let (Some(f), Some(comp)) = (file, comp) {
-                if !f.is_file() {
-                    return Err(Error::Usage(format!("{flag} {}: no such file", f.display())));
-                }
-                comp.weights = vec![f.clone()];
-            }
-        }
-        Ok(())
+        super::point_at(o, unet_file, [&mut self.unet, &mut self.vae, &mut self.text_encoder], te2)
     }
 }
