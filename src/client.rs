@@ -8,6 +8,7 @@ use crate::batch::{signals, Input, Item};
 use crate::cli::Args;
 use crate::engine::request::{MaskSource, Mode};
 use crate::error::{Error, Result};
+use crate::server::spec::JobSpec;
 use crate::ui::{stdout, Ui};
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -191,44 +192,44 @@ impl Server {
         Ok(job["seed"].as_u64())
     }
 
-    /// The job's JSON: a manifest row's fields, the files inlined.
+    /// The job's JSON: the server's own [`JobSpec`] (its field names checked at compile time), the files inlined.
     fn job(&self, item: &Item) -> Result<Value> {
         let r = &item.request;
-        let mut v = json!({"prompt": r.prompt, "seed": r.seed, "steps": r.steps, "guidance": r.guidance,
-            "width": r.width, "height": r.height, "keep_size": r.keep_size, "model": self.model});
-        if let Some(cfg) = &r.true_cfg {
-            v["true_cfg"] = json!(cfg.scale);
-            v["negative_prompt"] = json!(cfg.negative_prompt);
-        }
+        let mut spec = JobSpec {
+            prompt: Some(r.prompt.clone()),
+            seed: r.seed,
+            steps: r.steps,
+            guidance: r.guidance,
+            width: r.width,
+            height: r.height,
+            keep_size: r.keep_size,
+            model: self.model.clone(),
+            // LoRAs by the names given: the server looks them up in its own --lora-dir.
+            lora: self.loras.clone(),
+            true_cfg: r.true_cfg.as_ref().map(|c| c.scale),
+            negative_prompt: r.true_cfg.as_ref().map(|c| c.negative_prompt.clone()),
+            ..Default::default()
+        };
         match &item.input {
-            Some(Input::File(p)) => {
-                v["image"] = json!(inline(p)?);
-                v["image_name"] = json!(file_name(p));
-            }
+            Some(Input::File(p)) => (spec.image, spec.image_name) = (Some(inline(p)?), Some(file_name(p))),
             Some(_) => {
                 return Err(Error::Usage("--server sends image files; download a URL or stdin input first".into()))
             }
             None => {}
         }
         match &r.mode {
-            Mode::Img2Img { strength, .. } => v["strength"] = json!(strength),
+            Mode::Img2Img { strength, .. } => spec.strength = Some(*strength),
             Mode::Inpaint { strength, mask, .. } => {
-                v["strength"] = json!(strength);
-                v["invert_mask"] = json!(mask.invert);
-                v["mask_blur"] = json!(mask.blur);
+                (spec.strength, spec.invert_mask, spec.mask_blur) = (Some(*strength), mask.invert, Some(mask.blur));
                 match &mask.source {
-                    MaskSource::Alpha => v["mask"] = json!("alpha"),
-                    MaskSource::File(p) => {
-                        v["mask"] = json!(inline(p)?);
-                        v["mask_name"] = json!(file_name(p));
-                    }
+                    MaskSource::Alpha => spec.mask = Some("alpha".into()),
+                    MaskSource::File(p) => (spec.mask, spec.mask_name) = (Some(inline(p)?), Some(file_name(p))),
                     MaskSource::Outpaint(_) => return Err(Error::Usage("--outpaint is not sent to a server".into())),
                 }
             }
             _ => {}
         }
-        // LoRAs by the names given: the server looks them up in its own --lora-dir.
-        v["lora"] = json!(self.loras);
+        let mut v = serde_json::to_value(&spec).map_err(|e| self.odd(&e.to_string()))?;
         strip_nulls(&mut v);
         Ok(v)
     }

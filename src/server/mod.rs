@@ -8,7 +8,7 @@ pub(crate) mod auth;
 mod compat;
 mod http;
 mod jobs;
-mod spec;
+pub(crate) mod spec;
 mod worker;
 
 use crate::error::{Error, Result};
