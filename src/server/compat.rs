@@ -89,9 +89,7 @@ fn reply(app: &Shared, r: Result<Value, ApiError>) -> Response {
 /// "code"}}`, which its client libraries read the message from (a bare string reaches their users as "Error code:
 /// 400" alone). Retry-After is kept.
 fn openai_reply(app: &Shared, r: Result<Value, ApiError>) -> Response {
-    let Err(e) = r else { return reply(app, r) };
-    let (status, msg) = (e.0, e.1.clone());
-    let retry = with_retry(app, e).headers().get(axum::http::header::RETRY_AFTER).cloned();
+    let Err(ApiError(status, msg)) = r else { return reply(app, r) };
     let kind = match status.as_u16() {
         401 => "authentication_error",
         429 => "rate_limit_error",
@@ -100,9 +98,7 @@ fn openai_reply(app: &Shared, r: Result<Value, ApiError>) -> Response {
     };
     let body = serde_json::json!({"error": {"message": msg, "type": kind, "param": null, "code": null}});
     let mut res = (status, Json(body)).into_response();
-    if let Some(v) = retry {
-        res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
-    }
+    super::http::add_retry_after(app, &mut res);
     res
 }
 

@@ -114,13 +114,17 @@ pub async fn submit(app: &Shared, spec: JobSpec) -> Result<String, ApiError> {
 
 /// A refusal with a Retry-After header when it is the queue's 429.
 pub fn with_retry(app: &Shared, e: ApiError) -> Response {
-    let status = e.0;
     let mut res = e.into_response();
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    add_retry_after(app, &mut res);
+    res
+}
+
+/// Retry-After (the mean job time × jobs ahead) on a 429.
+pub fn add_retry_after(app: &Shared, res: &mut Response) {
+    if res.status() == StatusCode::TOO_MANY_REQUESTS {
         let secs = app.hub.retry_after(app.hub.queue_len());
         res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    res
 }
 
 async fn create_job(St(app): St<Shared>, body: axum::body::Bytes) -> Response {
