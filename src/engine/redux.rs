@@ -60,12 +60,8 @@ pub fn locate_cached(req: &Request) -> Result<PathBuf> {
         return Ok(spec);
     }
     let id = hub::repo_id(&spec.to_string_lossy()).ok_or_else(|| Error::model(&spec, "not a folder or a repo id"))?;
-    let snapshots = hub::cache_dir().join(format!("models--{}", id.replace('/', "--"))).join("snapshots");
-    std::fs::read_dir(&snapshots)
-        .map_err(|e| Error::model_from(&snapshots, "no cached snapshot", e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.join("image_encoder/config.json").is_file())
-        .ok_or_else(|| Error::model(&snapshots, "no cached snapshot with image_encoder/"))
+    hub::cached_snapshot(&id, "image_encoder/config.json")
+        .ok_or_else(|| Error::model(&spec, "not in the Hub cache (no image_encoder/)"))
 }
 
 /// Each Redux image's tokens with its weight.

@@ -179,6 +179,13 @@ fn fetcher(ctx: &Ctx, bars: bool) -> Result<Fetcher> {
     Ok(Fetcher::Online { api, listed: info.siblings.into_iter().map(|s| s.rfilename).collect() })
 }
 
+/// The cached snapshot folder of repo `id` that holds `file`, found without the network (as `HF_HUB_OFFLINE`
+/// reads the cache); None when it is not downloaded.
+pub fn cached_snapshot(id: &str, file: &str) -> Option<PathBuf> {
+    let got = Cache::new(cache_dir()).repo(Repo::model(id.to_string())).get(file)?;
+    got.ancestors().nth(Path::new(file).components().count()).map(Path::to_path_buf)
+}
+
 /// A LoRA named `org/name` (its only .safetensors, or `pytorch_lora_weights.safetensors`) or
 /// `org/name/file.safetensors` on the Hub → the file in the cache; local files as they are.
 pub fn lora_file(spec: &Path, bars: bool) -> Result<PathBuf> {
