@@ -166,30 +166,8 @@ fn sd_pipelines_match_diffusers() {
             serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases-sd.json")).unwrap()).unwrap();
         v["prompt"].as_str().unwrap().to_string()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (mut failures, mut report) = (vec![], vec![]);
-    for case in sd_cases() {
-        let name = case["name"].as_str().unwrap();
-        for (what, db) in case["sensitivity_psnr_db"].as_object().unwrap() {
-            if db.as_f64().unwrap() > MAX_SENSITIVITY_DB {
-                failures.push(format!("{name}: changing the {what} moves the reference only to {db} dB"));
-            }
-        }
-        let out = dir.path().join(format!("{name}.png"));
-        let o = bin().args(sd_args(&case, &prompt, &out)).output().unwrap();
-        if !o.status.success() {
-            failures.push(format!("{name}: exit {:?}: {}", o.status.code(), stderr(&o)));
-            continue;
-        }
-        let db = psnr(&out, &fixtures().join(case["expected"].as_str().unwrap()));
-        let bar = if ddim(&case) { MIN_PSNR_DDIM_DB } else { MIN_PSNR_DB };
-        report.push(format!("{name}: {db:.1} dB"));
-        if db < bar {
-            failures.push(format!("{name}: {db:.2} dB < {bar} dB"));
-        }
-    }
-    eprintln!("cases-sd.json: {}", report.join(", "));
-    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+    let bar = |case: &serde_json::Value| if ddim(case) { MIN_PSNR_DDIM_DB } else { MIN_PSNR_DB };
+    crate::modes::run_cases_with("cases-sd.json", |c, out| sd_args(c, &prompt, out), |_| MAX_SENSITIVITY_DB, bar);
 }
 
 fn s(p: &Path) -> String {

@@ -55,29 +55,9 @@ fn args(case: &serde_json::Value, out: &Path) -> Vec<String> {
 /// adapter weights 0.6–1.0, and `--lora-scale`) and the LoCon case.
 #[test]
 fn sd_loras_match_diffusers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut failures, mut report) = (vec![], vec![]);
-    for case in cases() {
-        let name = case["name"].as_str().unwrap();
-        for (what, db) in case["sensitivity_psnr_db"].as_object().unwrap() {
-            if db.as_f64().unwrap() > MAX_SENSITIVITY_DB {
-                failures.push(format!("{name}: {what} moves the reference only to {db} dB"));
-            }
-        }
-        let out = dir.path().join(format!("{name}.png"));
-        let o = bin().args(args(&case, &out)).output().unwrap();
-        if !o.status.success() {
-            failures.push(format!("{name}: exit {:?}: {}", o.status.code(), stderr(&o)));
-            continue;
-        }
-        let db = psnr(&out, &fixtures().join(case["expected"].as_str().unwrap()));
-        report.push(format!("{name}: {db:.1} dB"));
-        if db < MIN_PSNR_DB {
-            failures.push(format!("{name}: {db:.2} dB < {MIN_PSNR_DB} dB"));
-        }
+    for file in ["cases-sd-lora.json", "cases-sd-locon.json"] {
+        crate::modes::run_cases(file, args, |_| MAX_SENSITIVITY_DB);
     }
-    eprintln!("cases-sd-lora.json: {}", report.join(", "));
-    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
 }
 
 /// `--lora-scale` multiplies the adapters as diffusers' `cross_attention_kwargs={"scale": s}` does: scale 0 is

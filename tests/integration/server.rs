@@ -63,6 +63,18 @@ impl Server {
         answer(req.call())
     }
 
+    /// The job's whole event stream (it ends after the job's last event).
+    fn events(&self, id: &str) -> String {
+        let mut text = String::new();
+        ureq::get(&self.url(&format!("/v1/jobs/{id}/events")))
+            .call()
+            .unwrap()
+            .into_reader()
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
     /// Polls a job until it has ended.
     fn wait(&self, id: &str, key: Option<&str>) -> Value {
         let t0 = Instant::now();
@@ -144,13 +156,7 @@ fn server_job_equals_cli_output_and_streams_events() {
     assert!(png_of(&done) == cli, "the server's PNG differs from the CLI's (pixels or metadata)");
 
     // The event stream replays the whole job in order and ends after the terminal stage.
-    let mut text = String::new();
-    ureq::get(&server.url(&format!("/v1/jobs/{id}/events")))
-        .call()
-        .unwrap()
-        .into_reader()
-        .read_to_string(&mut text)
-        .unwrap();
+    let text = server.events(&id);
     let data: Vec<Value> =
         text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
     let stages: Vec<&str> = data.iter().filter_map(|d| d["stage"].as_str()).collect();
@@ -504,13 +510,7 @@ fn server_previews_in_the_event_stream() {
     let (_, without) = job(None);
     assert_eq!(with["state"], "done", "{with}");
     assert!(png_of(&with) == png_of(&without), "previews must not change the image");
-    let mut text = String::new();
-    ureq::get(&server.url(&format!("/v1/jobs/{id}/events")))
-        .call()
-        .unwrap()
-        .into_reader()
-        .read_to_string(&mut text)
-        .unwrap();
+    let text = server.events(&id);
     let previews: Vec<Value> = text
         .split("\n\n")
         .filter(|e| e.contains("event: preview"))
