@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         lora_scale: 1.0,
         references: Vec::new(),
         control: None,
+        controlnets: Vec::new(),
         redux: Vec::new(),
         redux_model: None,
         sd: Default::default(),

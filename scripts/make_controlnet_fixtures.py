@@ -25,6 +25,7 @@ from make_fixtures import reinit  # noqa: E402
 
 from diffusers import FluxControlNetModel, FluxTransformer2DModel  # noqa: E402
 
+OUT_SCALE = 0.05
 FIX = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 
@@ -43,6 +44,18 @@ def build(base: FluxTransformer2DModel, name: str, num_mode, seed: int) -> FluxC
         pooled_projection_dim=c.pooled_projection_dim, guidance_embeds=c.guidance_embeds,
         axes_dims_rope=list(c.axes_dims_rope), num_mode=num_mode)
     reinit(net, 2.0, seed)
+    with torch.no_grad():
+        # A strong control input, so that swapping the control image moves a pipeline's output far below the bar.
+        net.controlnet_x_embedder.weight.mul_(4.0)
+        # Sharper attention (larger q·k after the RMS norms), so that one token (the Union mode's) can steer it.
+        for key, p in net.named_parameters():
+            if ".norm_q." in key or ".norm_k." in key or "norm_added_q" in key or "norm_added_k" in key:
+                p.mul_(3.0)
+        # Residuals of the main stream's size rather than far above it: the main transformer's output norm would
+        # otherwise hide the conditioning scale.
+        for block in [*net.controlnet_blocks, *net.controlnet_single_blocks]:
+            block.weight.mul_(OUT_SCALE)
+            block.bias.mul_(OUT_SCALE)
     if num_mode is not None:
         # Embedding rows are read as tokens, not multiplied: give them the scale of context_embedder's output.
         with torch.no_grad():

@@ -98,6 +98,7 @@ fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, K
         references: Vec::new(),
         sd: Default::default(),
         control: None,
+        controlnets: Vec::new(),
         redux: Vec::new(),
         redux_model: None,
         attention_chunk: None,

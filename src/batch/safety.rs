@@ -136,8 +136,11 @@ fn reads_of(items: &[Item], extra: &Extra) -> Vec<Read> {
         for r in &it.request.references {
             add(r, format!("a reference image of item {k}"));
         }
-        if let Some(ControlSource::File(c)) = &it.request.control {
-            add(c, format!("the control image of item {k}"));
+        let controlnets = it.request.controlnets.iter().map(|c| &c.image);
+        for c in it.request.control.iter().chain(controlnets) {
+            if let ControlSource::File(c) = c {
+                add(c, format!("a control image of item {k}"));
+            }
         }
         for r in &it.request.redux {
             add(&r.path, format!("a Redux image of item {k}"));

@@ -138,13 +138,32 @@ pub struct Args {
     /// input's exactly (the output has the input's size).
     #[arg(long)]
     pub paste_back: bool,
-    /// FLUX.1 Control (Canny-dev, Depth-dev): the control image (edges, a depth map); of the input's aspect, or of
-    /// --width x --height for text-to-image.
-    #[arg(long, value_name = "IMAGE", conflicts_with = "control_from")]
-    pub control: Option<PathBuf>,
-    /// FLUX.1 Control: derive the control image from the input: canny (OpenCV's Canny, --canny-low/--canny-high).
+    /// FLUX.1 Control (Canny-dev, Depth-dev) or a ControlNet: the control image (edges, a depth map); of the
+    /// input's aspect, or of --width x --height for text-to-image. With several --controlnet, one each, in order.
+    #[arg(long, value_name = "IMAGE")]
+    pub control: Vec<PathBuf>,
+    /// FLUX.1 Control or ControlNet: derive the control image from the input: canny (OpenCV's Canny,
+    /// --canny-low/--canny-high). With several --controlnet it is the last one's.
     #[arg(long, value_name = "canny")]
     pub control_from: Option<String>,
+    /// A FLUX.1 ControlNet steering a dev/schnell model (text-to-image, img2img, inpainting): a diffusers
+    /// FluxControlNetModel folder or Hub repo id (InstantX, Union, Union Pro 2.0). Repeatable; their residuals add.
+    #[arg(long, value_name = "DIR|REPO")]
+    pub controlnet: Vec<PathBuf>,
+    /// Union ControlNets: the control mode (canny, tile, depth, blur, pose, gray, lq); one for every ControlNet or
+    /// one each (`none` for a ControlNet that is not a Union one).
+    #[arg(long, value_name = "MODE")]
+    pub control_mode: Vec<String>,
+    /// How strongly a ControlNet steers (diffusers' controlnet_conditioning_scale) [default: 1]; one for every
+    /// ControlNet or one each.
+    #[arg(long, value_name = "F")]
+    pub control_scale: Vec<f64>,
+    /// The fraction of the steps that run at which a ControlNet starts acting [default: 0]; one or one each.
+    #[arg(long, value_name = "F")]
+    pub control_start: Vec<f64>,
+    /// The fraction of the steps that run after which a ControlNet stops acting [default: 1]; one or one each.
+    #[arg(long, value_name = "F")]
+    pub control_end: Vec<f64>,
     /// --control-from canny: the hysteresis thresholds on the L1 Sobel magnitude [default: 100 and 200].
     #[arg(long, value_name = "T")]
     pub canny_low: Option<f32>,

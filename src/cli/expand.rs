@@ -7,7 +7,7 @@
 
 use super::{manifest, Args, DTypeArg};
 use crate::batch::{inputs, safety, Batch, Input, Item, Options};
-use crate::engine::request::{ControlSource, Mask, MaskSource, ReduxImage, SdOptions, TrueCfg};
+use crate::engine::request::{ControlNetSpec, ControlSource, Mask, MaskSource, ReduxImage, SdOptions, TrueCfg};
 use crate::engine::{EditRecord, Mode, Request};
 use crate::error::{Error, Result};
 use crate::image_io::outpaint::{self, Grow, Outpaint};
@@ -45,12 +45,49 @@ struct Row {
     references: Option<Vec<PathBuf>>,
     /// A manifest row's step cache (replacing --cache).
     cache: Option<crate::engine::cache::CacheSpec>,
-    /// A manifest row's control image or `canny` (replacing --control/--control-from).
+    /// A manifest row's control image or `canny` (replacing --control/--control-from, or the one ControlNet's).
     control: Option<ControlSource>,
+    /// A manifest row's ControlNet scale (replacing --control-scale for every ControlNet).
+    control_scale: Option<f64>,
     /// A manifest row's Redux images (replacing --redux).
     redux: Option<Vec<ReduxImage>>,
     /// The manifest line the row comes from, for messages.
     line: Option<usize>,
+}
+
+/// A row's control image (for the Control transformer, or the one ControlNet) and ControlNet scale.
+fn row_control(request: &mut Request, row: &Row) -> Result<()> {
+    let at = |msg: String| match row.line {
+        Some(l) => Error::Usage(format!("manifest line {l}: {msg}")),
+        None => Error::Usage(msg),
+    };
+    if let Some(c) = &row.control {
+        match request.controlnets.as_mut_slice() {
+            [] => request.control = Some(c.clone()),
+            [one] => one.image = c.clone(),
+            many => {
+                let n = many.len();
+                return Err(at(format!("a control cell sets one ControlNet's image; this run has {n} --controlnet")));
+            }
+        }
+    }
+    if let Some(s) = row.control_scale {
+        if request.controlnets.is_empty() || !s.is_finite() {
+            return Err(at(format!("control_scale {s}: a finite ControlNet scale, with --controlnet MODEL")));
+        }
+        request.controlnets.iter_mut().for_each(|c| c.scale = s);
+    }
+    Ok(())
+}
+
+/// A per-ControlNet flag's values for `n` ControlNets: none (the default for each), one (for each), or one each.
+fn per_controlnet<T: Clone>(flag: &str, values: &[T], n: usize, default: T) -> Result<Vec<T>> {
+    match values.len() {
+        0 => Ok(vec![default; n]),
+        1 => Ok(vec![values[0].clone(); n]),
+        k if k == n => Ok(values.to_vec()),
+        k => Err(Error::Usage(format!("{k} {flag} values for {n} --controlnet: give one for all, or one each"))),
+    }
 }
 
 /// Seeds of a row: one base (item k gets base + k) or an explicit list rendered for every row.
@@ -195,14 +232,19 @@ impl Args {
             self.kontext = true;
             self.reference_size = self.reference_size.or(r.reference_size);
         }
-        if let (None, None, Some(c)) = (&self.control, &self.control_from, &r.control) {
-            match c.strip_prefix("canny:").and_then(|t| t.split_once(',')) {
-                Some((low, high)) => {
-                    self.control_from = Some("canny".into());
-                    self.canny_low = self.canny_low.or(low.parse().ok());
-                    self.canny_high = self.canny_high.or(high.parse().ok());
-                }
-                None => self.control = Some(paths.resolve(Path::new(c), "control image")?),
+        let own_control = !self.control.is_empty() || self.control_from.is_some();
+        if let (false, Some(c)) = (own_control, &r.control) {
+            self.record_control(c, &paths)?;
+        }
+        // A record's ControlNets come back whole, unless the command line gives its own control.
+        if !own_control && self.controlnet.is_empty() {
+            for c in &r.controlnets {
+                self.controlnet.push(paths.model(&c.model, "ControlNet")?);
+                self.record_control(&c.control, &paths)?;
+                self.control_mode.push(c.mode.clone().unwrap_or_else(|| "none".into()));
+                self.control_scale.push(c.scale);
+                self.control_start.push(c.start);
+                self.control_end.push(c.end);
             }
         }
         if self.reference.is_empty() && self.manifest.is_none() {
@@ -337,6 +379,7 @@ impl Args {
             references: self.reference.clone(),
             sd: self.sd_options()?,
             control: self.control_source()?,
+            controlnets: self.controlnet_specs()?,
             redux: self.redux.iter().map(|s| parse_redux(s)).collect::<Result<_>>()?,
             redux_model: self.redux_model.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
@@ -405,12 +448,40 @@ impl Args {
         Ok(warnings)
     }
 
-    /// `--control` or `--control-from` with its thresholds.
+    /// A record's control image: a file, or `canny:LOW,HIGH` (the thresholds unless the command line has them).
+    fn record_control(&mut self, words: &str, paths: &RecordPaths) -> Result<()> {
+        match words.strip_prefix("canny:").and_then(|t| t.split_once(',')) {
+            Some((low, high)) => {
+                self.control_from = Some("canny".into());
+                self.canny_low = self.canny_low.or(low.parse().ok());
+                self.canny_high = self.canny_high.or(high.parse().ok());
+            }
+            None => self.control.push(paths.resolve(Path::new(words), "control image")?),
+        }
+        Ok(())
+    }
+
+    /// `--control` or `--control-from` with its thresholds, for a FLUX.1 Control transformer (ControlNets take
+    /// theirs in [`Self::controlnet_specs`]).
     fn control_source(&self) -> Result<Option<ControlSource>> {
+        if !self.controlnet.is_empty() {
+            return Ok(None);
+        }
+        match (self.control.as_slice(), self.derived_control()?) {
+            ([], derived) => Ok(derived),
+            ([path], None) => Ok(Some(ControlSource::File(path.clone()))),
+            ([_], Some(_)) => Err(Error::Usage("give --control or --control-from, not both".into())),
+            (_, _) => Err(Error::Usage(
+                "several --control images go with as many --controlnet models; a Control model takes one".into(),
+            )),
+        }
+    }
+
+    /// `--control-from` with its thresholds.
+    fn derived_control(&self) -> Result<Option<ControlSource>> {
         let thresholds = self.canny_low.is_some() || self.canny_high.is_some();
-        match (&self.control, self.control_from.as_deref()) {
-            (Some(path), None) if !thresholds => Ok(Some(ControlSource::File(path.clone()))),
-            (None, Some("canny")) => {
+        match self.control_from.as_deref() {
+            Some("canny") => {
                 let (low, high) = (self.canny_low.unwrap_or(100.0), self.canny_high.unwrap_or(200.0));
                 if !(low.is_finite() && high.is_finite() && low >= 0.0 && high >= 0.0) {
                     return Err(Error::Usage(format!(
@@ -419,16 +490,66 @@ impl Args {
                 }
                 Ok(Some(ControlSource::Canny { low, high }))
             }
-            (None, Some("depth")) => Err(Error::Usage(
+            Some("depth") => Err(Error::Usage(
                 "--control-from depth is not available in this version; make a depth map with Depth Anything and give \
                  it as --control IMAGE"
                     .into(),
             )),
-            (None, Some(other)) => Err(Error::Usage(format!("--control-from {other:?}: the choice is canny"))),
-            (None, None) if !thresholds => Ok(None),
-            _ if thresholds => Err(Error::Usage("--canny-low/--canny-high apply to --control-from canny".into())),
-            _ => Err(Error::Usage("give --control or --control-from, not both".into())),
+            Some(other) => Err(Error::Usage(format!("--control-from {other:?}: the choice is canny"))),
+            None if thresholds => Err(Error::Usage("--canny-low/--canny-high apply to --control-from canny".into())),
+            None => Ok(None),
         }
+    }
+
+    /// `--controlnet` with its control images (the files in order, then `--control-from`) and per-ControlNet
+    /// settings, each given once for all or once each.
+    fn controlnet_specs(&self) -> Result<Vec<ControlNetSpec>> {
+        let n = self.controlnet.len();
+        let settings = [
+            ("--control-mode", !self.control_mode.is_empty()),
+            ("--control-scale", !self.control_scale.is_empty()),
+            ("--control-start", !self.control_start.is_empty()),
+            ("--control-end", !self.control_end.is_empty()),
+        ];
+        if n == 0 {
+            return match settings.iter().find(|(_, set)| *set) {
+                Some((flag, _)) => Err(Error::Usage(format!("{flag} applies to ControlNets: give --controlnet MODEL"))),
+                None => Ok(Vec::new()),
+            };
+        }
+        let mut images: Vec<ControlSource> = self.control.iter().cloned().map(ControlSource::File).collect();
+        images.extend(self.derived_control()?);
+        if images.len() != n {
+            return Err(Error::Usage(format!(
+                "{n} --controlnet and {} control image(s): give one --control IMAGE (or --control-from canny) per \
+                 ControlNet, in the same order",
+                images.len()
+            )));
+        }
+        let modes = per_controlnet("--control-mode", &self.control_mode, n, "none".to_string())?;
+        let scales = per_controlnet("--control-scale", &self.control_scale, n, 1.0)?;
+        let starts = per_controlnet("--control-start", &self.control_start, n, 0.0)?;
+        let ends = per_controlnet("--control-end", &self.control_end, n, 1.0)?;
+        let mut specs = Vec::with_capacity(n);
+        for (i, image) in images.into_iter().enumerate() {
+            if !scales[i].is_finite() {
+                return Err(Error::Usage(format!("--control-scale {}: give a finite number", scales[i])));
+            }
+            crate::engine::controlnet::check_window(starts[i], ends[i])?;
+            let mode = Some(modes[i].clone()).filter(|m| !m.eq_ignore_ascii_case("none"));
+            if let Some(m) = &mode {
+                crate::engine::controlnet::mode_index(m)?;
+            }
+            specs.push(ControlNetSpec {
+                model: self.controlnet[i].clone(),
+                image,
+                mode,
+                scale: scales[i],
+                start: starts[i],
+                end: ends[i],
+            });
+        }
+        Ok(specs)
     }
 
     /// `--outpaint`/`--outpaint-to` with `--align` and `--outpaint-feather`, checked together.
@@ -603,6 +724,7 @@ impl Args {
                         Some(c) => Some(ControlSource::File(near(c))),
                         None => None,
                     },
+                    control_scale: r.control_scale,
                     redux: match r.redux.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
                         Some(l) => Some(
                             l.split(';')
@@ -685,9 +807,7 @@ impl Args {
                 request.references = r.clone();
             }
             request.cache = row.cache.or(request.cache);
-            if let Some(c) = &row.control {
-                request.control = Some(c.clone());
-            }
+            row_control(&mut request, row)?;
             if let Some(r) = &row.redux {
                 request.redux = r.clone();
             }
@@ -821,6 +941,7 @@ impl Row {
             references: None,
             cache: None,
             control: None,
+            control_scale: None,
             redux: None,
             line: None,
         }
@@ -924,13 +1045,19 @@ impl RecordPaths<'_> {
 
     /// A LoRA: a file (as [`Self::resolve`]) or a Hub id, which is no path to resolve.
     fn lora(&self, p: &Path) -> Result<PathBuf> {
+        self.model(p, "LoRA")
+    }
+
+    /// A file or folder (as [`Self::resolve`]) or a Hub id (`owner/name`, perhaps with a file in it), which is no
+    /// path to resolve.
+    fn model(&self, p: &Path, what: &str) -> Result<PathBuf> {
         let near = self.png.parent().unwrap_or(Path::new("")).join(p);
         let text = p.to_string_lossy();
         let repo = text.split('/').take(2).collect::<Vec<_>>().join("/");
         if p.is_relative() && !near.exists() && crate::source::hub::repo_id(&repo).is_some() {
             return Ok(p.to_path_buf());
         }
-        self.resolve(p, "LoRA")
+        self.resolve(p, what)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
 //! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask, lora,
-//! reference (FLUX.2), cache, control (FLUX.1 Control), redux (FLUX.1 Redux); empty CSV cells mean "use the flag's value". A manifest is untrusted data: unknown
+//! reference (FLUX.2), cache, control (FLUX.1 Control, or the one ControlNet's image), control_scale
+//! (ControlNets), redux (FLUX.1 Redux); empty CSV cells mean "use the flag's value". A manifest is untrusted data: unknown
 //! columns, a quote that never closes and oversized files are errors, and every error names its line, so a typo
 //! can neither drop a setting nor swallow the rows after it.
 
@@ -34,6 +35,8 @@ pub struct Row {
     pub cache: Option<String>,
     /// FLUX.1 Control: this row's control image (relative to the manifest), or `canny` (replacing --control).
     pub control: Option<String>,
+    /// FLUX.1 ControlNet: this row's conditioning scale for every --controlnet (replacing --control-scale).
+    pub control_scale: Option<f64>,
     /// FLUX.1 Redux images for this row, `FILE[:WEIGHT]` separated by `;` (replacing --redux).
     pub redux: Option<String>,
     /// The line of the file the row starts on (1-based), for messages.

@@ -49,6 +49,11 @@ pub fn image(req: &Request, input: Option<&RgbImage>, plan: &Plan, env: &Env) ->
     let source = req.control.as_ref().ok_or_else(|| {
         Error::Usage("this is a FLUX.1 Control model: give --control IMAGE or --control-from canny".into())
     })?;
+    image_of(source, input, plan, env)
+}
+
+/// The control image `source` gives, at the working size (a FLUX.1 Control transformer's, or a ControlNet's).
+pub fn image_of(source: &ControlSource, input: Option<&RgbImage>, plan: &Plan, env: &Env) -> Result<RgbImage> {
     let img = match source {
         ControlSource::File(path) => load(path, input, plan, env)?,
         ControlSource::Canny { low, high } => {

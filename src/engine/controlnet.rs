@@ -1,12 +1,163 @@
 //! FLUX.1 ControlNet as a mode (diffusers' `FluxControlNet*Pipeline`): the checks a ControlNet folder's config
 //! must pass against the base transformer before any weight loads, the Union mode names, and which steps the
-//! ControlNet acts on (`control_guidance_start`/`_end`). The model itself is [`crate::models::controlnet`].
-//!
-//! Not wired into the CLI yet (`--controlnet` is still to come).
+//! ControlNet acts on (`control_guidance_start`/`_end`); where a ControlNet is found; each step's summed
+//! residuals ([`ControlStep`]). The model itself is [`crate::models::controlnet`].
 
-use crate::config::{read_json, ControlNetConfig, TransformerConfig};
+use super::request::{Mode, Request};
+use crate::config::{read_json, ControlNetConfig, TransformerConfig, TransformerInputs};
 use crate::error::{Error, Result};
-use std::path::Path;
+use crate::models::controlnet::{ControlInput, FluxControlNet};
+use crate::models::hooks::Residuals;
+use crate::models::transformer::Inputs;
+use crate::source::hub;
+use candle_core::Tensor;
+use std::path::{Path, PathBuf};
+
+/// What a ControlNet folder must hold (one safetensors file: the layout InstantX and Union checkpoints ship).
+const HUB_FILES: [&str; 2] = ["config.json", "diffusion_pytorch_model.safetensors"];
+
+/// A ControlNet the session loaded, by the folder it came from (several `--controlnet` of one Union folder share
+/// it, as diffusers' multi-condition Union runs one model).
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub net: FluxControlNet,
+}
+
+/// One ControlNet's part in the edit in progress.
+pub struct Active {
+    /// The folder of its ControlNet among the loaded ones.
+    pub dir: PathBuf,
+    /// [1, S_img, C·4] its packed control latents.
+    pub cond: Tensor,
+    /// Its block counts (double, single): several ControlNets' residuals sum over the shortest list.
+    pub blocks: (usize, usize),
+    pub mode: Option<usize>,
+    pub scale: f64,
+    pub start: f64,
+    pub end: f64,
+}
+
+/// What the ControlNets of one step see: the prompt's conditioning only (with true CFG the negative pass reuses
+/// the prompt's residuals, as diffusers does), the step's index among the `steps` that run.
+pub struct ControlStep<'a> {
+    pub nets: &'a [Loaded],
+    pub active: &'a [Active],
+    pub inputs: Inputs<'a>,
+    pub k: usize,
+    pub steps: usize,
+}
+
+impl ControlStep<'_> {
+    /// The summed residuals of every ControlNet for latents `x` [1, S, C] at `t`; None when every one is outside
+    /// its window this step (a zero residual: diffusers adds zeros).
+    pub fn residuals(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Option<Residuals>> {
+        let mut sum: Option<Residuals> = None;
+        for a in self.active {
+            let scale = a.scale * keep(self.k, self.steps, a.start, a.end);
+            if scale == 0.0 {
+                continue;
+            }
+            let net = self
+                .nets
+                .iter()
+                .find(|l| l.dir == a.dir)
+                .ok_or_else(|| candle_core::Error::Msg(format!("ControlNet {} was not loaded", a.dir.display())))?;
+            let ctl = ControlInput { cond: &a.cond, mode: a.mode, scale };
+            let r = net.net.forward(x, t, &self.inputs, &ctl)?;
+            sum = Some(match sum {
+                Some(s) => s.plus(&r)?,
+                None => r,
+            });
+        }
+        Ok(sum.map(|r| self.shortest(r)))
+    }
+
+    /// diffusers sums several ControlNets' lists pairwise (`zip`), so the sum is as long as the shortest.
+    fn shortest(&self, mut r: Residuals) -> Residuals {
+        if self.active.len() > 1 {
+            let double = self.active.iter().map(|a| a.blocks.0).min().unwrap_or(0);
+            let single = self.active.iter().map(|a| a.blocks.1).min().unwrap_or(0);
+            r.double.truncate(double);
+            r.single.truncate(single);
+        }
+        r
+    }
+}
+
+/// Checks, before any weight loads, that the request's ControlNets fit the edit: a plain FLUX.1 transformer (not
+/// Fill, Control or Kontext), no step cache (it would skip the blocks the residuals go to), no `--mask-crop`
+/// (diffusers' control image is not cropped with the input), and each control image of the input's aspect.
+pub fn check_request(
+    req: &Request,
+    inputs: TransformerInputs,
+    input: Option<(u32, u32)>,
+    working: (u32, u32),
+) -> Result<()> {
+    if req.controlnets.is_empty() {
+        return Ok(());
+    }
+    let refuse = |why: &str| Err(Error::Usage(format!("--controlnet {why}")));
+    if inputs != TransformerInputs::Latents {
+        return refuse("steers a plain FLUX.1 dev/schnell transformer; this one is a Fill or Control model");
+    }
+    if matches!(req.mode, Mode::Kontext { .. }) {
+        return refuse(
+            "does not go with Kontext; diffusers' ControlNet pipelines are text-to-image, img2img and inpainting",
+        );
+    }
+    if let Some(c) = &req.cache {
+        return refuse(&format!("does not go with --cache {c}: the cache skips the blocks its residuals go to"));
+    }
+    if req.mask().is_some_and(|m| m.crop_padding.is_some()) {
+        return refuse("does not go with --mask-crop: the control image covers the whole picture");
+    }
+    for spec in &req.controlnets {
+        super::control::check(&spec.image, input, working)?;
+    }
+    Ok(())
+}
+
+/// Checks each ControlNet's config against the base transformer when it is on disk already (a folder, or a Hub
+/// snapshot in the cache); one that must be fetched is checked when it loads.
+pub fn check_models(req: &Request, base: &TransformerConfig) -> Result<()> {
+    for spec in &req.controlnets {
+        let dir = match spec.model.is_dir() {
+            true => Some(spec.model.clone()),
+            false => {
+                hub::repo_id(&spec.model.to_string_lossy()).and_then(|id| hub::cached_snapshot(&id, "config.json"))
+            }
+        };
+        if spec.model.is_dir() && !spec.model.join("config.json").is_file() {
+            return Err(Error::model(
+                &spec.model,
+                "--controlnet: no config.json (a diffusers FluxControlNetModel folder)",
+            ));
+        }
+        if !spec.model.is_dir() && hub::repo_id(&spec.model.to_string_lossy()).is_none() {
+            return Err(Error::model(&spec.model, "--controlnet: not a folder or a Hub repo id"));
+        }
+        if let Some(dir) = dir {
+            let file = dir.join("config.json");
+            check_config(&read_config(&file)?, base, spec.mode.as_deref(), &file)?;
+        }
+    }
+    Ok(())
+}
+
+/// The local folder of `--controlnet MODEL`: a folder, or a Hub repo id fetched (`weights`: with its weights;
+/// otherwise its config only, from the cache when it is there).
+pub fn locate(model: &Path, weights: bool) -> Result<PathBuf> {
+    if model.is_dir() {
+        return Ok(model.to_path_buf());
+    }
+    let id = hub::repo_id(&model.to_string_lossy()).ok_or_else(|| {
+        Error::model(model, "--controlnet: not a folder or a Hub repo id (a diffusers FluxControlNetModel)")
+    })?;
+    match weights {
+        true => hub::snapshot(&id, &HUB_FILES, true),
+        false => hub::snapshot(&id, &HUB_FILES[..1], false),
+    }
+}
 
 /// InstantX Union's control modes in `controlnet_mode_embedder` row order, as diffusers' docs list them.
 pub const UNION_MODES: &[(&str, usize)] =

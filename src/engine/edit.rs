@@ -112,6 +112,8 @@ pub struct Guided<'a> {
     pub reference: Option<&'a Tensor>,
     /// Fill: channels appended to every latent token (masked-input latents and the mask).
     pub channels: Option<&'a Tensor>,
+    /// ControlNets and this step's place in their windows.
+    pub control: Option<super::controlnet::ControlStep<'a>>,
 }
 
 impl Guided<'_> {
@@ -131,12 +133,13 @@ impl Guided<'_> {
     /// Velocity at `t` for latents `x` [1, S, C].
     pub fn velocity(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let n = x.dim(1)?;
+        let residuals = self.control.as_ref().map(|c| c.residuals(x, t)).transpose()?.flatten();
         let x = self.tokens(x)?;
         let (x, t) = match self.cfg_scale {
             Some(_) => (Tensor::cat(&[&x, &x], 0)?, Tensor::cat(&[t, t], 0)?),
             None => (x, t.clone()),
         };
-        let v = self.model.forward(&x, &t, &self.inputs)?.narrow(1, 0, n)?;
+        let v = self.model.forward_controlled(&x, &t, &self.inputs, residuals.as_ref())?.narrow(1, 0, n)?;
         let Some(scale) = self.cfg_scale else { return Ok(v) };
         let (pos, neg) = (v.narrow(0, 0, 1)?, v.narrow(0, 1, 1)?);
         &neg + ((pos - &neg)? * scale)?

@@ -23,6 +23,18 @@ pub struct LoraRecord {
 }
 
 /// Keyword of the PNG text chunk that carries the record.
+/// A ControlNet of the edit: its model, control image (a path or `canny:LOW,HIGH`) and settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlNetRecord {
+    pub model: PathBuf,
+    pub control: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub scale: f64,
+    pub start: f64,
+    pub end: f64,
+}
+
 pub const PNG_KEY: &str = "flux-img2img";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -57,6 +69,9 @@ pub struct EditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<String>,
     /// FLUX.1 Redux: its images and weights (hash unused), and where its prior came from.
+    /// FLUX.1 ControlNets, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controlnets: Vec<ControlNetRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redux: Vec<LoraRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +156,18 @@ impl EditRecord {
                 _ => None,
             },
             control: req.control.as_ref().map(|c| c.words()),
+            controlnets: req
+                .controlnets
+                .iter()
+                .map(|c| ControlNetRecord {
+                    model: c.model.clone(),
+                    control: c.image.words(),
+                    mode: c.mode.clone(),
+                    scale: c.scale,
+                    start: c.start,
+                    end: c.end,
+                })
+                .collect(),
             redux: req
                 .redux
                 .iter()

@@ -70,6 +70,35 @@ impl ControlSource {
     }
 }
 
+/// One FLUX.1 ControlNet of an edit (`--controlnet`), as diffusers' `FluxControlNet*Pipeline` arguments take it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlNetSpec {
+    /// A diffusers `FluxControlNetModel` folder or Hub repo id.
+    pub model: PathBuf,
+    /// Its control image (`control_image`).
+    pub image: ControlSource,
+    /// Union checkpoints: the control mode's name (`control_mode`).
+    pub mode: Option<String>,
+    /// `controlnet_conditioning_scale`.
+    pub scale: f64,
+    /// The fraction of the steps that run where it starts and ends acting (`control_guidance_start`/`_end`).
+    pub start: f64,
+    pub end: f64,
+}
+
+impl ControlNetSpec {
+    /// The record's words: `MODEL|IMAGE|scale|start|end[|mode]`.
+    pub fn words(&self) -> String {
+        let mut w =
+            format!("{}|{}|{}|{}|{}", self.model.display(), self.image.words(), self.scale, self.start, self.end);
+        if let Some(m) = &self.mode {
+            w.push('|');
+            w.push_str(m);
+        }
+        w
+    }
+}
+
 /// A mask image file, the input's transparency (transparent = repaint), or outpainting's own mask over the grown
 /// canvas (the input is then that canvas).
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +193,8 @@ pub struct Request {
     pub references: Vec<PathBuf>,
     /// FLUX.1 Control transformers (Canny/Depth-dev): the control image, or how it is derived from the input.
     pub control: Option<ControlSource>,
+    /// FLUX.1 ControlNets, each with its control image; their residuals add up (`FluxMultiControlNetModel`).
+    pub controlnets: Vec<ControlNetSpec>,
     /// FLUX.1 Redux: images whose SigLIP tokens join the prompt's, each with its weight.
     pub redux: Vec<ReduxImage>,
     /// Where Redux's image encoder and embedder are (a folder or Hub id; None: FLUX.1-Redux-dev).

@@ -83,7 +83,8 @@ impl Residuals {
 /// `x` plus the residual of double block `i` of `n`, when there is one.
 fn add_double(run: &Pass, x: Tensor, i: usize, n: usize) -> Result<Tensor> {
     match run.control.and_then(|c| Residuals::pick(&c.double, i, n, c.repeat)) {
-        Some(r) => x + r,
+        // The residuals are the prompt's alone: with true CFG they serve both passes of the batch.
+        Some(r) => x.broadcast_add(r),
         None => Ok(x),
     }
 }
@@ -92,7 +93,7 @@ fn add_double(run: &Pass, x: Tensor, i: usize, n: usize) -> Result<Tensor> {
 fn add_single(run: &Pass, h: Tensor, st: usize, i: usize, n: usize) -> Result<Tensor> {
     match run.control.and_then(|c| Residuals::pick(&c.single, i, n, false)) {
         Some(r) => {
-            let img = (h.narrow(1, st, h.dim(1)? - st)? + r)?;
+            let img = h.narrow(1, st, h.dim(1)? - st)?.broadcast_add(r)?;
             Tensor::cat(&[&h.narrow(1, 0, st)?, &img], 1)
         }
         None => Ok(h),

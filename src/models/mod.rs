@@ -51,6 +51,21 @@ impl Denoiser {
         }
     }
 
+    /// [`Denoiser::forward`] with ControlNet residuals (FLUX.1 only).
+    pub fn forward_controlled(
+        &self,
+        tokens: &Tensor,
+        timestep: &Tensor,
+        inputs: &transformer::Inputs,
+        control: Option<&hooks::Residuals>,
+    ) -> Result<Tensor> {
+        match (self, control) {
+            (Denoiser::Flux1(m), _) => m.forward_controlled(tokens, timestep, inputs, &mut hooks::NoCache, control),
+            (_, None) => self.forward(tokens, timestep, inputs),
+            (Denoiser::Flux2(_), Some(_)) => candle_core::bail!("FLUX.2 takes no ControlNet"),
+        }
+    }
+
     /// (double blocks, single blocks).
     pub fn blocks(&self) -> (usize, usize) {
         match self {

@@ -6,6 +6,7 @@ mod batch;
 mod cache;
 mod common;
 mod control;
+mod controlnet;
 mod fill;
 mod formats;
 mod hub;

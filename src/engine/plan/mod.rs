@@ -123,6 +123,12 @@ fn conditioning_words(req: &Request, inputs: TransformerInputs) -> String {
     if let Some(c) = &req.control {
         words.push(format!("control {}", c.words()));
     }
+    for c in &req.controlnets {
+        let name = c.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mode = c.mode.as_deref().map(|m| format!(" {m}")).unwrap_or_default();
+        let window = if (c.start, c.end) == (0.0, 1.0) { String::new() } else { format!(" {}-{}", c.start, c.end) };
+        words.push(format!("ControlNet {name}{mode} x{}{window}", c.scale));
+    }
     if !req.redux.is_empty() {
         words.push(format!("Redux x{}", req.redux.len()));
     }
@@ -166,6 +172,9 @@ pub fn plan(
     if cfg.family == Family::Flux2 && req.control.is_some() {
         return Err(Error::Usage("--control/--control-from need a FLUX.1 Control model; FLUX.2 takes none".into()));
     }
+    if cfg.family == Family::Flux2 && !req.controlnets.is_empty() {
+        return Err(Error::Usage("--controlnet takes FLUX.1 ControlNets; FLUX.2 models take none".into()));
+    }
     check_redux(req, cfg)?;
     if cfg.family == Family::Flux2 {
         return flux2::plan(req, cfg, input, references, seed, gpu);
@@ -183,6 +192,7 @@ pub fn plan(
     if let Some(source) = &req.control {
         super::control::check(source, input, (width, height))?;
     }
+    super::controlnet::check_request(req, inputs, input, (width, height))?;
     let (default_steps, mut default_guidance) = defaults(cfg.transformer.guidance_embeds);
     if inputs == TransformerInputs::Fill {
         default_guidance = default_guidance.map(|_| DEFAULT_GUIDANCE_FILL);

@@ -68,6 +68,13 @@ fn check_request(req: &Request) -> Result<()> {
             "--control/--control-from need a FLUX.1 Control model (--model with a Canny or Depth transformer)".into(),
         ));
     }
+    if !req.controlnets.is_empty() {
+        return Err(Error::Usage(
+            "--controlnet takes FLUX.1 ControlNets (FluxControlNetModel); Stable Diffusion ControlNets are not \
+             supported"
+                .into(),
+        ));
+    }
     if let Some(c) = &req.cache {
         return Err(Error::Usage(format!(
             "--cache {c} skips FLUX transformer blocks; Stable Diffusion's UNet has no step cache here"

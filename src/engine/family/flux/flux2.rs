@@ -126,7 +126,7 @@ impl Flux {
             let (tokens, ids) = f2::reference_tokens(&conditioning)?;
             Some(edit::Reference { tokens, ids })
         };
-        Ok(Staged { start, mask, input: kept_input, reference, channels: None })
+        Ok(Staged { start, mask, input: kept_input, reference, channels: None, controls: Vec::new() })
     }
 
     /// Denoised tokens of an `height`×`width` token grid → un-normalised, unpatchified latents → pixels.

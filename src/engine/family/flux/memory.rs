@@ -22,7 +22,7 @@ impl Flux {
         quant: Option<Quant>,
     ) -> Result<Option<Estimate>> {
         let Some(mut weights) = self.weight_sizes(req.dtype, quant)? else { return Ok(None) };
-        weights.adapters = redux_bytes(req)?;
+        weights.adapters = redux_bytes(req)? + controlnet_bytes(req)?;
         Ok(Some(memory::estimate(&self.configs, weights, work, req.dtype, Backend::of(&req.device))))
     }
 
@@ -76,6 +76,28 @@ fn redux_bytes(req: &Request) -> Result<u64> {
     let mut total = 0;
     for (dir, stem) in [("image_encoder", "model"), ("image_embedder", "diffusion_pytorch_model")] {
         if let Ok(files) = source::weight_files(&root.join(dir), stem) {
+            total += loaded_bytes(&files, plain, |_| true)?;
+        }
+    }
+    Ok(total)
+}
+
+/// The ControlNets' weights at the run dtype (each folder once), kept beside the transformer; one on the Hub and
+/// not in the cache counts 0.
+fn controlnet_bytes(req: &Request) -> Result<u64> {
+    let plain = LoadAs { dtype: req.dtype, quantize: None, rule: Rule::Plain };
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for spec in &req.controlnets {
+        let dir = match spec.model.is_dir() {
+            true => Some(spec.model.clone()),
+            false => source::hub::repo_id(&spec.model.to_string_lossy())
+                .and_then(|id| source::hub::cached_snapshot(&id, "diffusion_pytorch_model.safetensors")),
+        };
+        dirs.extend(dir.filter(|d| !dirs.contains(d)));
+    }
+    let mut total = 0;
+    for dir in dirs {
+        if let Ok(files) = source::weight_files(&dir, "diffusion_pytorch_model") {
             total += loaded_bytes(&files, plain, |_| true)?;
         }
     }

@@ -14,8 +14,8 @@ use crate::engine::flux2::BnStats;
 use crate::engine::load::{self, TransformerKind};
 use crate::engine::memory::{Estimate, Workload};
 use crate::engine::plan::{self, Plan};
-use crate::engine::request::{Mode, Request};
-use crate::engine::{control, edit, fill, inpaint, redux};
+use crate::engine::request::{Mode, Request, DEFAULT_GUIDANCE};
+use crate::engine::{control, controlnet, edit, fill, inpaint, redux};
 use crate::error::{Error, Result};
 use crate::image_io;
 use crate::models::clip::ClipLora;
@@ -60,6 +60,8 @@ struct Edit {
     extra: Option<Tensor>,
     /// Redux: each image's tokens and weight.
     redux: Vec<(Tensor, f64)>,
+    /// ControlNets: each one's control latents and settings.
+    controls: Vec<controlnet::Active>,
     /// Set by `begin`.
     run: Option<Run>,
 }
@@ -76,6 +78,16 @@ struct Run {
     schedule: Schedule,
     /// The step cache's state (one per pass), when one runs.
     cache: Option<StepCache>,
+    /// What the ControlNets see, when there are any.
+    control: Option<ControlCond>,
+}
+
+/// The ControlNets' conditioning: the prompt's alone (never the negative prompt's), and guidance when a ControlNet
+/// embeds it.
+struct ControlCond {
+    txt: Tensor,
+    pooled: Option<Tensor>,
+    guidance: Tensor,
 }
 
 pub struct Flux {
@@ -92,6 +104,8 @@ pub struct Flux {
     posterior: Option<Posterior>,
     /// The Redux prior and the folder it came from (loaded on first use).
     redux: Option<(std::path::PathBuf, crate::models::redux::ReduxPrior)>,
+    /// The ControlNets of the last request, by folder (loaded with the transformer).
+    controlnets: Vec<controlnet::Loaded>,
     /// Loaded weight bytes by dtype and quantization (read from the headers once).
     weight_sizes: HashMap<(&'static str, Option<Quant>), crate::engine::memory::WeightSizes>,
     edit: Option<Edit>,
@@ -115,6 +129,7 @@ impl Flux {
             merged_at: None,
             posterior: None,
             redux: None,
+            controlnets: Vec::new(),
             weight_sizes: HashMap::new(),
             edit: None,
         };
@@ -213,6 +228,50 @@ impl Flux {
     /// Control transformers, as each mode's pipeline prepares them, drawing from the generator in its order.
     fn stage(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Staged> {
         let mut gen = rng::generator(&req.rng, plan.seed, plan.rng_gpu.unwrap_or(CudaGeometry::H100));
+        // FluxControlNet*Pipeline encode their control images before anything else draws.
+        let controls = self.controlnet_inputs(env, req, input.as_ref(), plan, gen.as_mut())?;
+        let mut staged = self.stage_mode(env, req, input, plan, gen.as_mut())?;
+        staged.controls = controls;
+        Ok(staged)
+    }
+
+    /// Each ControlNet's control image at the working size, encoded (a posterior sample, the generator's next
+    /// draw) and packed, with its settings.
+    fn controlnet_inputs(
+        &mut self,
+        env: &Env,
+        req: &Request,
+        input: Option<&RgbImage>,
+        plan: &Plan,
+        gen: &mut dyn rng::NoiseSource,
+    ) -> Result<Vec<controlnet::Active>> {
+        let mut out = Vec::with_capacity(req.controlnets.len());
+        for spec in &req.controlnets {
+            let dir = controlnet::locate(&spec.model, false)?;
+            let cfg = controlnet::read_config(&dir.join("config.json"))?;
+            let img = control::image_of(&spec.image, input, plan, env)?;
+            out.push(controlnet::Active {
+                dir,
+                cond: self.encoded(env, &img, gen)?,
+                blocks: (cfg.base.num_layers, cfg.base.num_single_layers),
+                mode: spec.mode.as_deref().map(controlnet::mode_index).transpose()?,
+                scale: spec.scale,
+                start: spec.start,
+                end: spec.end,
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Self::stage`] after the ControlNets' draws, by mode.
+    fn stage_mode(
+        &mut self,
+        env: &Env,
+        req: &Request,
+        input: Option<RgbImage>,
+        plan: &Plan,
+        gen: &mut dyn rng::NoiseSource,
+    ) -> Result<Staged> {
         let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
         let grid = (c, plan.height as usize / f, plan.width as usize / f);
         let control = match self.inputs() {
@@ -222,9 +281,9 @@ impl Flux {
         let input = match (&req.mode, input) {
             (Mode::Txt2Img, _) => {
                 // FluxControlPipeline encodes the control image before drawing the noise.
-                let channels = control.map(|c| self.encoded(env, &c, gen.as_mut())).transpose()?;
-                let start = edit::pure_noise(gen.as_mut(), grid, env.dtype, env.device)?;
-                return Ok(Staged { start, mask: None, reference: None, input: None, channels });
+                let channels = control.map(|c| self.encoded(env, &c, gen)).transpose()?;
+                let start = edit::pure_noise(gen, grid, env.dtype, env.device)?;
+                return Ok(Staged { start, mask: None, reference: None, input: None, channels, controls: Vec::new() });
             }
             (_, Some(input)) => input,
             (mode, None) => return Err(Error::Usage(format!("{} needs an input image", mode.name()))),
@@ -232,8 +291,15 @@ impl Flux {
         match &req.mode {
             Mode::Kontext { .. } => {
                 let reference = self.reference(env, &input, plan)?;
-                let start = edit::pure_noise(gen.as_mut(), grid, env.dtype, env.device)?;
-                Ok(Staged { start, mask: None, reference: Some(reference), input: None, channels: None })
+                let start = edit::pure_noise(gen, grid, env.dtype, env.device)?;
+                Ok(Staged {
+                    start,
+                    mask: None,
+                    reference: Some(reference),
+                    input: None,
+                    channels: None,
+                    controls: Vec::new(),
+                })
             }
             Mode::Inpaint { mask: spec, image, .. } => {
                 let mut warnings = Vec::new();
@@ -243,22 +309,22 @@ impl Flux {
                 let control = match control {
                     // FluxControlInpaintPipeline encodes the masked input first (a draw it does not use further).
                     Some(c) => {
-                        self.masked_sample(env, &model_input, &m, gen.as_mut())?;
-                        Some(self.encoded(env, &c, gen.as_mut())?)
+                        self.masked_sample(env, &model_input, &m, gen)?;
+                        Some(self.encoded(env, &c, gen)?)
                     }
                     None => None,
                 };
-                let start = self.noised_input(env, model_input.clone(), gen.as_mut(), plan)?;
+                let start = self.noised_input(env, model_input.clone(), gen, plan)?;
                 let channels = match self.inputs() {
-                    TransformerInputs::Fill => Some(self.fill_channels(env, &model_input, &m, gen.as_mut())?),
+                    TransformerInputs::Fill => Some(self.fill_channels(env, &model_input, &m, gen)?),
                     _ => control,
                 };
-                Ok(Staged { start, mask: Some(m), reference: None, input: Some(input), channels })
+                Ok(Staged { start, mask: Some(m), reference: None, input: Some(input), channels, controls: Vec::new() })
             }
             _ => {
-                let channels = control.map(|c| self.encoded(env, &c, gen.as_mut())).transpose()?;
-                let start = self.noised_input(env, edit::fit_to_plan(input, plan), gen.as_mut(), plan)?;
-                Ok(Staged { start, mask: None, reference: None, input: None, channels })
+                let channels = control.map(|c| self.encoded(env, &c, gen)).transpose()?;
+                let start = self.noised_input(env, edit::fit_to_plan(input, plan), gen, plan)?;
+                Ok(Staged { start, mask: None, reference: None, input: None, channels, controls: Vec::new() })
             }
         }
     }
@@ -350,6 +416,8 @@ pub(crate) struct Staged {
     input: Option<RgbImage>,
     reference: Option<edit::Reference>,
     channels: Option<Tensor>,
+    /// FLUX.1 ControlNets' inputs (drawn first).
+    controls: Vec<controlnet::Active>,
 }
 
 impl ModelFamily for Flux {
@@ -393,7 +461,9 @@ impl ModelFamily for Flux {
 
     fn plan(&self, req: &Request, input: Option<(u32, u32)>, seed: u64, gpu: CudaGeometry) -> Result<Plan> {
         let references = self.reference_sizes(req, input)?;
-        plan::plan(req, &self.configs, input, &references, seed, gpu)
+        let plan = plan::plan(req, &self.configs, input, &references, seed, gpu)?;
+        controlnet::check_models(req, &self.configs.transformer)?;
+        Ok(plan)
     }
 
     fn memory(&mut self, req: &Request, work: &Workload, quant: Option<Quant>) -> Result<Option<Estimate>> {
@@ -455,7 +525,7 @@ impl ModelFamily for Flux {
             Family::Flux1 => self.stage(env, req, input, plan)?,
             _ => self.stage_flux2(env, req, input, plan)?,
         };
-        let Staged { start, mask, input, reference, channels } = staged;
+        let Staged { start, mask, input, reference, channels, controls } = staged;
         self.edit = Some(Edit {
             channels: start.channels,
             height: start.height,
@@ -466,6 +536,7 @@ impl ModelFamily for Flux {
             cache: req.cache,
             extra: channels,
             redux: self.redux_tokens(env, req)?,
+            controls,
             run: None,
         });
         Ok(Prepared { latents: start.packed, mask, input })
@@ -498,7 +569,7 @@ impl ModelFamily for Flux {
         }
         self.merged_at = (merge && loras.set.is_some()).then_some(req.lora_scale);
         self.transformer = Some(loaded.model);
-        Ok(())
+        self.load_controlnets(env, req)
     }
 
     fn unload_denoiser(&mut self) {
@@ -520,6 +591,15 @@ impl ModelFamily for Flux {
         let edit = self.edit.as_ref().expect("prepared before begin");
         // Redux joins its image tokens to the prompt's (the plan refuses it with CFG's negative prompt).
         let (cond_txt, cond_pooled) = redux::condition(&cond.txt, cond.pooled.as_ref(), &edit.redux)?;
+        let control = match edit.controls.is_empty() {
+            true => None,
+            // A schnell-like base plans no guidance; a ControlNet that embeds it gets the default.
+            false => Some(ControlCond {
+                txt: cond_txt.clone(),
+                pooled: cond_pooled.clone(),
+                guidance: Tensor::new(&[plan.guidance.unwrap_or(DEFAULT_GUIDANCE) as f32], dev)?.to_dtype(dtype)?,
+            }),
+        };
         let txt = match negative {
             Some(neg) => Tensor::cat(&[&cond_txt, &neg.txt], 0)?,
             None => cond_txt,
@@ -552,6 +632,7 @@ impl ModelFamily for Flux {
             blend,
             schedule: plan.schedule.clone(),
             cache,
+            control,
         };
         let steps = run.schedule.steps_to_run();
         self.edit.as_mut().expect("prepared before begin").run = Some(run);
@@ -572,7 +653,14 @@ impl ModelFamily for Flux {
         };
         let reference = edit.reference.as_ref().map(|r| &r.tokens);
         let channels = edit.extra.as_ref();
-        let guided = edit::Guided { model, inputs, cfg_scale: run.cfg_scale, reference, channels };
+        let control = run.control.as_ref().map(|c| controlnet::ControlStep {
+            nets: &self.controlnets,
+            active: &edit.controls,
+            inputs: Inputs { txt: &c.txt, pooled: c.pooled.as_ref(), guidance: Some(&c.guidance), ..inputs },
+            k,
+            steps: run.schedule.steps_to_run(),
+        });
+        let guided = edit::Guided { model, inputs, cfg_scale: run.cfg_scale, reference, channels, control };
         let i = run.schedule.t_start + k;
         let x = match run.cache.as_mut() {
             Some(cache) => edit::euler_step(x, &run.schedule, i, |x, t| guided.velocity_cached(x, t, cache))?,
@@ -603,6 +691,27 @@ impl ModelFamily for Flux {
 }
 
 impl Flux {
+    /// The request's ControlNets, each folder loaded once and kept while requests name it.
+    fn load_controlnets(&mut self, env: &Env, req: &Request) -> Result<()> {
+        let mut dirs: Vec<(std::path::PathBuf, Option<&str>)> = Vec::new();
+        for spec in &req.controlnets {
+            let dir = controlnet::locate(&spec.model, true)?;
+            if !dirs.iter().any(|(d, _)| *d == dir) {
+                dirs.push((dir, spec.mode.as_deref()));
+            }
+        }
+        self.controlnets.retain(|l| dirs.iter().any(|(d, _)| *d == l.dir));
+        for (dir, mode) in dirs {
+            if self.controlnets.iter().any(|l| l.dir == dir) {
+                continue;
+            }
+            let net = load::controlnet(&dir, &self.configs.transformer, mode, env.dtype, env.device)?;
+            env.note(&format!("ControlNet {} loaded", dir.display()));
+            self.controlnets.push(controlnet::Loaded { dir, net });
+        }
+        Ok(())
+    }
+
     /// Packed latents of `(channels, height, width)` through the VAE.
     fn decode_grid(&mut self, env: &Env, latents: &Tensor, grid: (usize, usize, usize)) -> Result<RgbImage> {
         if self.configs.family != Family::Flux1 {
