@@ -4,7 +4,7 @@
 //! residuals ([`ControlStep`]). The model itself is [`crate::models::controlnet`].
 
 use super::request::{Mode, Request};
-use crate::config::{read_json, ControlNetConfig, TransformerConfig, TransformerInputs};
+use crate::config::{read_json, ControlNetConfig, TransformerConfig};
 use crate::error::{Error, Result};
 use crate::models::controlnet::{ControlInput, FluxControlNet};
 use crate::models::hooks::Residuals;
@@ -84,22 +84,14 @@ impl ControlStep<'_> {
     }
 }
 
-/// Checks, before any weight loads, that the request's ControlNets fit the edit: a plain FLUX.1 transformer (not
-/// Fill, Control or Kontext), no step cache (it would skip the blocks the residuals go to), no `--mask-crop`
+/// Checks, before any weight loads, that the request's ControlNets fit the edit (the plan has refused Fill and
+/// Control transformers already): not Kontext, no step cache (it would skip the blocks the residuals go to), no `--mask-crop`
 /// (diffusers' control image is not cropped with the input), and each control image of the input's aspect.
-pub fn check_request(
-    req: &Request,
-    inputs: TransformerInputs,
-    input: Option<(u32, u32)>,
-    working: (u32, u32),
-) -> Result<()> {
+pub fn check_request(req: &Request, input: Option<(u32, u32)>, working: (u32, u32)) -> Result<()> {
     if req.controlnets.is_empty() {
         return Ok(());
     }
     let refuse = |why: &str| Err(Error::Usage(format!("--controlnet {why}")));
-    if inputs != TransformerInputs::Latents {
-        return refuse("steers a plain FLUX.1 dev/schnell transformer; this one is a Fill or Control model");
-    }
     if matches!(req.mode, Mode::Kontext { .. }) {
         return refuse(
             "does not go with Kontext; diffusers' ControlNet pipelines are text-to-image, img2img and inpainting",

@@ -42,3 +42,247 @@ fn controlnet_args(case: &Value, out: &Path) -> Vec<String> {
 fn controlnets_match_diffusers() {
     run_cases("cases-controlnet.json", controlnet_args, |_| MAX_SENSITIVITY_DB);
 }
+
+fn s(p: &str) -> String {
+    fixtures().join(p).to_string_lossy().into_owned()
+}
+
+/// Bad ControlNet input: one line, exit 2, nothing written, before any weight loads.
+#[test]
+fn controlnet_bad_input_is_one_line() {
+    let base = |model: &str| -> Vec<String> {
+        ["--model", &s(model), "--image", &s("images/gradient-80x80.png")].map(String::from).to_vec()
+    };
+    let with = |model: &str, extra: &[&str]| -> Vec<String> {
+        let mut a = base(model);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let (cn, union, control) =
+        (s("tiny-controlnet"), s("tiny-controlnet-union"), s("images/control-gradient-80x80.png"));
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // A ControlNet of another family (a UNet's folder), and a FLUX ControlNet on Stable Diffusion.
+        (with("tiny-dev", &["--controlnet", &s("tiny-sd15/unet"), "--control", &control]), "not a FLUX.1 ControlNet"),
+        (with("tiny-sd15", &["--controlnet", &cn, "--control", &control]), "Stable Diffusion ControlNets"),
+        (with("tiny-klein", &["--controlnet", &cn, "--control", &control]), "FLUX.2 models take none"),
+        // Settings without a ControlNet, images that do not pair up, another aspect.
+        (with("tiny-dev", &["--control-scale", "0.5"]), "--control-scale applies to ControlNets"),
+        (with("tiny-dev", &["--controlnet", &cn]), "1 --controlnet and 0 control image(s)"),
+        (
+            with("tiny-dev", &["--controlnet", &cn, "--control", &control, "--control", &control]),
+            "1 --controlnet and 2 control image(s)",
+        ),
+        (
+            with("tiny-dev", &["--controlnet", &cn, "--control", &s("images/photo-96x64.png")]),
+            "another aspect than the 80x80",
+        ),
+        (
+            with(
+                "tiny-dev",
+                &[
+                    "--controlnet",
+                    &cn,
+                    "--controlnet",
+                    &cn,
+                    "--control",
+                    &control,
+                    "--control",
+                    &control,
+                    "--control-scale",
+                    "1",
+                    "--control-scale",
+                    "2",
+                    "--control-scale",
+                    "3",
+                ],
+            ),
+            "3 --control-scale values for 2 --controlnet",
+        ),
+        (
+            with(
+                "tiny-dev",
+                &["--controlnet", &cn, "--control", &control, "--control-start", "0.9", "--control-end", "0.2"],
+            ),
+            "give 0 <= start < end <= 1",
+        ),
+        // Union modes: missing, on a plain ControlNet, unknown.
+        (with("tiny-dev", &["--controlnet", &union, "--control", &control]), "give --control-mode"),
+        (
+            with("tiny-dev", &["--controlnet", &cn, "--control", &control, "--control-mode", "depth"]),
+            "needs a Union ControlNet",
+        ),
+        (
+            with("tiny-dev", &["--controlnet", &union, "--control", &control, "--control-mode", "seg"]),
+            "unknown --control-mode",
+        ),
+        // Modes and models a ControlNet does not go with.
+        (
+            with("tiny-dev", &["--controlnet", &cn, "--control", &control, "--cache", "fbcache"]),
+            "does not go with --cache",
+        ),
+        (with("tiny-dev", &["--controlnet", &cn, "--control", &control, "--kontext"]), "does not go with Kontext"),
+        (with("tiny-control", &["--controlnet", &cn, "--control", &control]), "Fill or Control model"),
+        (with("tiny-dev", &["--controlnet", &s("images"), "--control", &control]), "no config.json"),
+        (
+            with("tiny-dev", &["--controlnet", "no/such-controlnet-here/x", "--control", &control]),
+            "not a folder or a Hub repo id",
+        ),
+    ];
+    assert_one_line_errors(&cases);
+}
+
+/// --from-metadata gives a two-ControlNet edit back (Canny thresholds, Union mode, scales and window included).
+#[test]
+fn controlnets_come_back_from_metadata() {
+    let t = tempfile::tempdir().unwrap();
+    let first = t.path().join("first.png");
+    let args: Vec<String> = [
+        "--model",
+        &s("tiny-dev"),
+        "--image",
+        &s("images/photo-96x64.png"),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "3",
+        "--controlnet",
+        &s("tiny-controlnet-union"),
+        "--control",
+        &s("images/control-photo-96x64.png"),
+        "--controlnet",
+        &s("tiny-controlnet"),
+        "--control-from",
+        "canny",
+        "--canny-low",
+        "40",
+        "--canny-high",
+        "90",
+        "--control-mode",
+        "pose",
+        "--control-mode",
+        "none",
+        "--control-scale",
+        "0.6",
+        "--control-scale",
+        "1.3",
+        "--control-end",
+        "0.7",
+        "--seed",
+        "3",
+        "--rng",
+        "torch-cpu",
+        "-q",
+        "-o",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut args = args;
+    args.push(first.to_string_lossy().into());
+    assert_metadata_round_trip(&args, &first);
+    let record = std::fs::read(&first).unwrap();
+    let text = String::from_utf8_lossy(&record);
+    assert!(text.contains("canny:40,90") && text.contains("\"pose\""), "the record keeps each ControlNet's settings");
+}
+
+/// The dry run names each ControlNet on the plan line, and the memory estimate counts its weights.
+#[test]
+fn controlnet_plan_and_memory() {
+    let run = |extra: &[&str]| -> Value {
+        let mut a: Vec<String> = [
+            "--model",
+            &s("tiny-dev"),
+            "--image",
+            &s("images/gradient-80x80.png"),
+            "--prompt",
+            "a cat",
+            "--dry-run",
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let o = bin().args(&a).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let control = s("images/control-gradient-80x80.png");
+    let plain = run(&[]);
+    let with = run(&[
+        "--controlnet",
+        &s("tiny-controlnet-union"),
+        "--control",
+        &control,
+        "--control-mode",
+        "tile",
+        "--control-start",
+        "0.25",
+    ]);
+    assert!(plain["memory_estimate"]["weights"]["adapters"].is_null());
+    // f32 weights: the safetensors file less its header.
+    let file = std::fs::read(fixtures().join("tiny-controlnet-union/diffusion_pytorch_model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    assert_eq!(with["memory_estimate"]["weights"]["adapters"].as_u64().unwrap() as usize, file.len() - 8 - header);
+    assert_eq!(with["controlnets"][0]["mode"], "tile");
+    let o = bin()
+        .args(["--model", &s("tiny-dev"), "--image", &s("images/gradient-80x80.png"), "--prompt", "a cat", "--dry-run"])
+        .args(["--controlnet", &s("tiny-controlnet"), "--control", &control, "--control-scale", "0.5"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(plan.contains("ControlNet tiny-controlnet on control-gradient-80x80.png x0.5"), "{plan}");
+}
+
+/// A manifest's `control` and `control_scale` columns set the one ControlNet's image and scale per row: the row
+/// at scale 0 equals a run at --control-scale 0, the other differs.
+#[test]
+fn manifest_sets_control_and_scale() {
+    let t = tempfile::tempdir().unwrap();
+    let manifest = t.path().join("m.csv");
+    let control = s("images/control-gradient-80x80.png");
+    std::fs::write(
+        &manifest,
+        format!("image,prompt,control,control_scale,output\n{img},a cat,{control},0,zero.png\n{img},a cat,,1.5,strong.png\n", img = s("images/gradient-80x80.png")),
+    )
+    .unwrap();
+    let common = ["--model", &s("tiny-dev"), "--steps", "2", "--rng", "torch-cpu", "-q"];
+    let other = s("images/control-photo-80x80.png");
+    let o = bin()
+        .args(common)
+        .args([
+            "--seed",
+            "5",
+            "--manifest",
+            &manifest.to_string_lossy(),
+            "--controlnet",
+            &s("tiny-controlnet"),
+            "--control",
+            &other,
+        ])
+        .args(["--output-dir", &t.path().to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Row k runs at seed 5 + k.
+    let single = |seed: &str, scale: &str, control: &str, out: &str| {
+        let out = t.path().join(out);
+        let o = bin()
+            .args(common)
+            .args([
+                "--image",
+                &s("images/gradient-80x80.png"),
+                "--prompt",
+                "a cat",
+                "--controlnet",
+                &s("tiny-controlnet"),
+            ])
+            .args(["--control", control, "--control-scale", scale, "--seed", seed, "-o", &out.to_string_lossy()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        image::open(out).unwrap().to_rgb8()
+    };
+    let read = |p: &str| image::open(t.path().join(p)).unwrap().to_rgb8();
+    assert_eq!(read("zero.png"), single("5", "0", &control, "zero-single.png"));
+    assert_eq!(read("strong.png"), single("6", "1.5", &other, "strong-single.png"));
+    assert_ne!(read("zero.png"), read("strong.png"));
+}

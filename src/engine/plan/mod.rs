@@ -6,7 +6,8 @@ pub mod flux2;
 pub mod sd;
 
 use super::request::{
-    Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_FILL, DEFAULT_STEPS_DEV, DEFAULT_STEPS_SCHNELL,
+    ControlSource, Mode, ReferenceSize, Request, DEFAULT_GUIDANCE, DEFAULT_GUIDANCE_FILL, DEFAULT_STEPS_DEV,
+    DEFAULT_STEPS_SCHNELL,
 };
 use crate::config::{Family, ModelConfigs, TransformerInputs};
 use crate::error::{Error, Result};
@@ -83,6 +84,11 @@ pub fn defaults(guidance_embeds: bool) -> (usize, Option<f64>) {
 /// image (Control, not available yet).
 fn check_transformer_inputs(req: &Request, cfg: &ModelConfigs) -> Result<TransformerInputs> {
     let inputs = cfg.inputs().map_err(Error::Usage)?;
+    if !req.controlnets.is_empty() && inputs != TransformerInputs::Latents {
+        return Err(Error::Usage(
+            "--controlnet steers a plain FLUX.1 dev/schnell transformer; this one is a Fill or Control model".into(),
+        ));
+    }
     if req.control.is_some() && inputs != TransformerInputs::Control {
         return Err(Error::Usage(
             "--control/--control-from need a FLUX.1 Control model (Canny-dev or Depth-dev, or a folder whose \
@@ -127,7 +133,11 @@ fn conditioning_words(req: &Request, inputs: TransformerInputs) -> String {
         let name = c.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mode = c.mode.as_deref().map(|m| format!(" {m}")).unwrap_or_default();
         let window = if (c.start, c.end) == (0.0, 1.0) { String::new() } else { format!(" {}-{}", c.start, c.end) };
-        words.push(format!("ControlNet {name}{mode} x{}{window}", c.scale));
+        let image = match &c.image {
+            ControlSource::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            derived => derived.words(),
+        };
+        words.push(format!("ControlNet {name}{mode} on {image} x{}{window}", c.scale));
     }
     if !req.redux.is_empty() {
         words.push(format!("Redux x{}", req.redux.len()));
@@ -192,7 +202,7 @@ pub fn plan(
     if let Some(source) = &req.control {
         super::control::check(source, input, (width, height))?;
     }
-    super::controlnet::check_request(req, inputs, input, (width, height))?;
+    super::controlnet::check_request(req, input, (width, height))?;
     let (default_steps, mut default_guidance) = defaults(cfg.transformer.guidance_embeds);
     if inputs == TransformerInputs::Fill {
         default_guidance = default_guidance.map(|_| DEFAULT_GUIDANCE_FILL);
