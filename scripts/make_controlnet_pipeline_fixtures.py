@@ -2,8 +2,8 @@
 """diffusers' FluxControlNet*Pipeline outputs on tiny-dev with the tiny ControlNets of make_controlnet_fixtures.py.
 
 Writes tests/fixtures/:
-  expected/controlnet-*.png  FluxControlNetPipeline (text-to-image, true CFG, two ControlNets),
-                             FluxControlNetImg2ImgPipeline (Canny control, a start/end window) and
+  expected/controlnet-*.png  FluxControlNetPipeline (text-to-image, true CFG, two ControlNets, XLabs),
+                             FluxControlNetImg2ImgPipeline (Canny control, a start/end window, XLabs) and
                              FluxControlNetInpaintPipeline (the Union ControlNet in a mode) outputs, CPU generator,
                              float32
   cases-controlnet.json      the cases in cases-modes.json's format plus each ControlNet's flags, each with its
@@ -57,6 +57,13 @@ CASES = [
     dict(name="controlnet-union-t2i", pipeline="FluxControlNetPipeline", prompt=P1, width=64, height=64, steps=6,
          guidance=4.0, seed=46, max_sequence_length=32,
          controlnets=[CN("tiny-controlnet-union", "control-photo-80x80.png", 1.0, 0)], other_mode=2),
+    dict(name="controlnet-xlabs-t2i", pipeline="FluxControlNetPipeline", prompt=P2, width=64, height=64, steps=6,
+         guidance=3.5, seed=47, max_sequence_length=32,
+         controlnets=[CN("tiny-controlnet-xlabs", "control-gradient-80x80.png", 0.9)],
+         other_control="control-photo-80x80.png", other_scale=0.5),
+    dict(name="controlnet-xlabs-img2img", pipeline="FluxControlNetImg2ImgPipeline", image="wide-100x60.png",
+         prompt=P1, width=80, height=48, strength=0.75, steps=8, guidance=3.5, seed=48, max_sequence_length=32,
+         controlnets=[CN("tiny-controlnet-xlabs", "canny:60,160", 1.0, start=0.1, end=0.7)], other_scale=0.4),
     dict(name="controlnet-multi", pipeline="FluxControlNetPipeline", prompt=P2, width=64, height=64, steps=6,
          guidance=3.5, seed=45, max_sequence_length=32,
          controlnets=[CN("tiny-controlnet", "control-gradient-80x80.png", 0.7),
@@ -126,7 +133,7 @@ def main():
         FIX / "images" / "control-wide-96x64.png")
     base = FluxPipeline.from_pretrained(FIX / "tiny-dev", torch_dtype=torch.float32)
     nets = {n: FluxControlNetModel.from_pretrained(FIX / n, torch_dtype=torch.float32)
-            for n in ("tiny-controlnet", "tiny-controlnet-union")}
+            for n in ("tiny-controlnet", "tiny-controlnet-union", "tiny-controlnet-xlabs")}
     records = []
     for case in CASES:
         ref = run(base, nets, case)

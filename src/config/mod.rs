@@ -490,7 +490,7 @@ impl Act {
     }
 }
 
-/// An InstantX-layout FLUX.1 ControlNet's `config.json` (diffusers' `FluxControlNetModel`): the transformer's
+/// A FLUX.1 ControlNet's `config.json` (diffusers' `FluxControlNetModel`): the transformer's
 /// fields plus the Union mode count.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ControlNetConfig {
@@ -499,7 +499,7 @@ pub struct ControlNetConfig {
     /// Union checkpoints: how many control modes `controlnet_mode_embedder` holds.
     #[serde(default)]
     pub num_mode: Option<usize>,
-    /// Set in checkpoints that embed the control image in pixel space (`input_hint_block`), not supported.
+    /// XLabs checkpoints: the channels their pixel-space `input_hint_block` gives (in `patch_size` patches).
     #[serde(default)]
     pub conditioning_embedding_channels: Option<usize>,
 }

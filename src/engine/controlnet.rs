@@ -27,8 +27,10 @@ pub struct Loaded {
 pub struct Active {
     /// The folder of its ControlNet among the loaded ones.
     pub dir: PathBuf,
-    /// [1, S_img, C·4] its packed control latents.
+    /// [1, S_img, C·4] its packed control latents; XLabs: [1, 3, H, W] the control image's pixels.
     pub cond: Tensor,
+    /// An XLabs ControlNet (pixels in, residuals repeated over the main blocks).
+    pub pixels: bool,
     /// Its block counts (double, single): several ControlNets' residuals sum over the shortest list.
     pub blocks: (usize, usize),
     pub mode: Option<usize>,
@@ -69,7 +71,9 @@ impl ControlStep<'_> {
                 None => r,
             });
         }
-        Ok(sum.map(|r| self.shortest(r)))
+        // Whether residuals repeat over the main blocks is the first ControlNet's way, as diffusers decides it.
+        let repeat = self.active.first().is_some_and(|a| a.pixels);
+        Ok(sum.map(|r| Residuals { repeat, ..self.shortest(r) }))
     }
 
     /// diffusers sums several ControlNets' lists pairwise (`zip`), so the sum is as long as the shortest.
@@ -208,8 +212,17 @@ pub fn check_config(cfg: &ControlNetConfig, base: &TransformerConfig, mode: Opti
         let what = if class.is_empty() { "no _class_name".to_string() } else { format!("a {class}") };
         return Err(Error::model(file, format!("is {what}, not a FLUX.1 ControlNet (FluxControlNetModel)")));
     }
-    if cfg.conditioning_embedding_channels.is_some() {
-        return Err(Error::model(file, "embeds the control image in pixel space (input_hint_block): not supported"));
+    if let Some(c) = cfg.conditioning_embedding_channels {
+        let p = cfg.base.patch_size.max(1);
+        if c * p * p != cfg.base.in_channels {
+            return Err(Error::model(
+                file,
+                format!(
+                    "embeds the control image in {c} channels in {p}x{p} patches, not the {} its                      controlnet_x_embedder takes",
+                    cfg.base.in_channels
+                ),
+            ));
+        }
     }
     let (c, b) = (&cfg.base, base);
     let widths = [
@@ -302,6 +315,7 @@ mod load_tests {
         };
         assert!(!load("tiny-controlnet", &base, None).unwrap().is_union());
         assert!(load("tiny-controlnet-union", &base, Some("pose")).unwrap().is_union());
+        assert!(load("tiny-controlnet-xlabs", &base, None).unwrap().takes_pixels());
         let mut other = base.clone();
         other.joint_attention_dim *= 2;
         let e = load("tiny-controlnet", &other, None).err().unwrap().one_line();

@@ -5,7 +5,9 @@
 //! through [`crate::weights::flux_keys`]) whose image stream starts as `img_in(x) + controlnet_x_embedder(cond)`,
 //! with one output projection (`controlnet_blocks.N`, `controlnet_single_blocks.N`) per block, all × the
 //! conditioning scale. Union checkpoints prepend the mode's embedding (`controlnet_mode_embedder`) to the text
-//! tokens, with a copy of the first text position id. No step cache runs here.
+//! tokens, with a copy of the first text position id. XLabs checkpoints take the control image in pixel space
+//! through a small convolutional `input_hint_block` ([`HintBlock`]) instead of VAE latents, and their few double
+//! blocks' residuals repeat over the main transformer's blocks. No step cache runs here.
 
 use super::hooks::{NoCache, Pass, Residuals};
 use super::linear::{LinearLayer, Weights};
@@ -24,6 +26,8 @@ pub struct FluxControlNet {
     single_out: Vec<LinearLayer>,
     /// [num_mode, D] for Union checkpoints.
     modes: Option<Tensor>,
+    /// XLabs: the pixel-space control encoder and its token patch size.
+    hint: Option<(HintBlock, usize)>,
     heads: usize,
     axes: Vec<usize>,
     dtype: DType,
@@ -31,7 +35,8 @@ pub struct FluxControlNet {
 
 /// The ControlNet's inputs beyond the transformer's: packed control latents, Union mode, scale.
 pub struct ControlInput<'a> {
-    /// [B, S_img, C·4] the VAE-encoded, shifted and scaled, packed control image.
+    /// [B, S_img, C·4] the VAE-encoded, shifted and scaled, packed control image; XLabs: [B, 3, H, W] its pixels
+    /// in [-1, 1].
     pub cond: &'a Tensor,
     /// Union mode index (required by Union checkpoints, refused by others).
     pub mode: Option<usize>,
@@ -61,10 +66,29 @@ impl FluxControlNet {
             double_out: outs("controlnet_blocks", c.num_layers)?,
             single_out: outs("controlnet_single_blocks", c.num_single_layers)?,
             modes: cfg.num_mode.map(|n| vb.pp("controlnet_mode_embedder").get((n, dim), "weight")).transpose()?,
+            hint: match cfg.conditioning_embedding_channels {
+                Some(c) => Some((HintBlock::new(c, &vb.pp("input_hint_block"))?, cfg.base.patch_size.max(1))),
+                None => None,
+            },
             heads: c.num_attention_heads,
             axes: c.axes_dims_rope.clone(),
             dtype: vb.dtype(),
         })
+    }
+
+    /// Whether the control image goes in as pixels (XLabs' `input_hint_block`), not VAE latents; such ControlNets'
+    /// residuals repeat over the main blocks (diffusers' `controlnet_blocks_repeat`).
+    pub fn takes_pixels(&self) -> bool {
+        self.hint.is_some()
+    }
+
+    /// The control input as tokens: packed latents as given, or pixels through the hint block, patchified.
+    fn control_tokens(&self, cond: &Tensor) -> Result<Tensor> {
+        let Some((hint, p)) = &self.hint else { return Ok(cond.clone()) };
+        let x = hint.forward(&cond.to_dtype(self.dtype)?)?;
+        let (b, c, h, w) = x.dims4()?;
+        let (p, h, w) = (*p, h / p, w / p);
+        x.reshape((b, c, h, p, w, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, h * w, c * p * p))
     }
 
     /// Whether this is a Union checkpoint (takes a control mode).
@@ -96,7 +120,7 @@ impl FluxControlNet {
         let (mut ctx, txt_ids) = self.text(inp, ctl.mode)?;
         let ids = Tensor::cat(&[txt_ids, inp.img_ids.get(0)?], 0)?;
         let rope = rope(&ids, &self.axes, 10000.0, self.dtype, latents.device())?;
-        let mut x = (latents.apply(&self.img_in)? + ctl.cond.apply(&self.control_in)?)?;
+        let mut x = (latents.apply(&self.img_in)? + self.control_tokens(ctl.cond)?.apply(&self.control_in)?)?;
         let mut run = Pass { heads: self.heads, rope: &rope, cache: &mut NoCache, control: None };
         let mut double = Vec::with_capacity(self.double.len());
         for (id, (block, out)) in self.double.iter().zip(&self.double_out).enumerate() {
@@ -111,7 +135,46 @@ impl FluxControlNet {
             let img = h.narrow(1, st, h.dim(1)? - st)?;
             single.push((out.forward(&img)? * ctl.scale)?);
         }
-        Ok(Residuals { double, single, repeat: false })
+        Ok(Residuals { double, single, repeat: self.takes_pixels() })
+    }
+}
+
+/// diffusers' `ControlNetConditioningEmbedding` as FLUX ControlNets build it: a 3×3 convolution from RGB to 16
+/// channels, three pairs of 3×3 convolutions (the second of each with stride 2, so ÷8 in all), then a 3×3
+/// convolution to `out` channels, SiLU after every one but the last.
+struct HintBlock {
+    convs: Vec<(Tensor, Tensor, usize)>,
+}
+
+/// The widths of the hint block FLUX ControlNets use (`block_out_channels=(16, 16, 16, 16)`).
+const HINT_WIDTHS: [usize; 4] = [16, 16, 16, 16];
+
+impl HintBlock {
+    fn new(out: usize, vb: &Weights) -> Result<Self> {
+        let conv = |name: String, i: usize, o: usize, stride: usize| -> Result<(Tensor, Tensor, usize)> {
+            let v = vb.pp(name);
+            Ok((v.get((o, i, 3, 3), "weight")?, v.get(o, "bias")?, stride))
+        };
+        let mut convs = vec![conv("conv_in".into(), 3, HINT_WIDTHS[0], 1)?];
+        for i in 0..HINT_WIDTHS.len() - 1 {
+            let (c, next) = (HINT_WIDTHS[i], HINT_WIDTHS[i + 1]);
+            convs.push(conv(format!("blocks.{}", 2 * i), c, c, 1)?);
+            convs.push(conv(format!("blocks.{}", 2 * i + 1), c, next, 2)?);
+        }
+        convs.push(conv("conv_out".into(), HINT_WIDTHS[HINT_WIDTHS.len() - 1], out, 1)?);
+        Ok(Self { convs })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let last = self.convs.len() - 1;
+        let mut x = x.clone();
+        for (i, (w, b, stride)) in self.convs.iter().enumerate() {
+            x = x.conv2d(w, 1, *stride, 1, 1)?.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+            if i < last {
+                x = x.silu()?;
+            }
+        }
+        Ok(x)
     }
 }
 

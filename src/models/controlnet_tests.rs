@@ -134,3 +134,12 @@ fn union_controlnet_matches_diffusers() {
     c.check("union_mode2", &c.velocity(Some((&net, "cond", Some(2), 1.0))), "sensitivity_union_mode_db");
     c.check("union_mode0", &c.velocity(Some((&net, "cond", Some(0), 1.0))), "sensitivity_union_mode0_vs_plain_db");
 }
+
+#[test]
+fn xlabs_controlnet_matches_diffusers() {
+    let c = Case::load();
+    let net = controlnet("tiny-controlnet-xlabs");
+    assert!(net.takes_pixels() && !net.is_union());
+    c.check("xlabs", &c.velocity(Some((&net, "pixels", None, 0.8))), "sensitivity_xlabs_vs_plain_db");
+    c.check("xlabs_other", &c.velocity(Some((&net, "other_pixels", None, 0.8))), "sensitivity_xlabs_control_image_db");
+}

@@ -250,9 +250,16 @@ impl Flux {
             let dir = controlnet::locate(&spec.model, false)?;
             let cfg = controlnet::read_config(&dir.join("config.json"))?;
             let img = control::image_of(&spec.image, input, plan, env)?;
+            // XLabs ControlNets take the pixels (diffusers encodes nothing for them, so nothing is drawn).
+            let pixels = cfg.conditioning_embedding_channels.is_some();
+            let cond = match pixels {
+                true => image_io::to_tensor(&img, env.device)?.to_dtype(env.dtype)?,
+                false => self.encoded(env, &img, gen)?,
+            };
             out.push(controlnet::Active {
                 dir,
-                cond: self.encoded(env, &img, gen)?,
+                cond,
+                pixels,
                 blocks: (cfg.base.num_layers, cfg.base.num_single_layers),
                 mode: spec.mode.as_deref().map(controlnet::mode_index).transpose()?,
                 scale: spec.scale,
