@@ -384,8 +384,9 @@ pub(crate) fn quantize_note(
     format!("quantized {n} {what} matrices to {q}{fallback}{cached}")
 }
 
-/// A FLUX.1 ControlNet (InstantX, Union or XLabs layout) from a diffusers folder (`config.json` + `diffusion_pytorch_model`
-/// safetensors), its config checked against the base transformer's and the requested Union mode first.
+/// A FLUX.1 ControlNet (InstantX, Union or XLabs layout) from a diffusers folder (`config.json` +
+/// `diffusion_pytorch_model` safetensors), its config checked against the base transformer's and the requested Union
+/// mode first.
 pub fn controlnet(
     dir: &Path,
     base: &TransformerConfig,
