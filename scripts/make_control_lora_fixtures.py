@@ -107,6 +107,8 @@ def to_bfl(sd: dict, n_double: int, n_single: int) -> dict:
         if what == "weight":
             # A fused layer's lora_A came out stacked once per part; every part's is the same.
             out[f"{module}.lora_A.weight"] = v[:RANK].contiguous()
+    # The converter swaps the final modulation's output halves: right for lora_B, not for lora_A's rank rows.
+    out["final_layer.adaLN_modulation.1.lora_A.weight"] = a_src["norm_out.linear.weight"].contiguous()
     norms = {k[len("transformer."):]: v for k, v in sd.items() if any(f".{n}." in k for n in NORMS)}
     conv = transformer_to_bfl_norms(norms, n_double, n_single)
     out.update(conv)

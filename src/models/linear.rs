@@ -39,7 +39,9 @@ impl SidePath {
     /// The pair in `dtype` on `device`.
     pub fn new(pair: LowRank, scale: ScaleCell, dtype: DType, device: &candle_core::Device) -> Result<Self> {
         let put = |t: Tensor| t.to_device(device)?.to_dtype(dtype);
-        Ok(Self { down: Linear::new(put(pair.down)?, None), up: Linear::new(put(pair.up)?, None), scale })
+        // A control LoRA's lora_B bias rides on `up`: s·(B·A·x + b), as PEFT runs it.
+        let bias = pair.bias.map(put).transpose()?;
+        Ok(Self { down: Linear::new(put(pair.down)?, None), up: Linear::new(put(pair.up)?, bias), scale })
     }
 }
 
@@ -108,6 +110,28 @@ impl LoraApply {
     /// The target's pair, if any adapter has one.
     fn pair(&self, target: &str, out: usize, inp: usize) -> Result<Option<LowRank>> {
         self.set.low_rank(&Target::Transformer(target.to_string()), out, inp)
+    }
+
+    /// A control LoRA's replacement for the parameter `prefix.name` (a query/key norm scale), in `dtype` on `dev`.
+    fn replacement(
+        &self,
+        prefix: &str,
+        name: &str,
+        shape: &Shape,
+        dtype: DType,
+        dev: &candle_core::Device,
+    ) -> Result<Option<Tensor>> {
+        let full = if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        let Some(t) = self.set.norms.get(&full) else { return Ok(None) };
+        if t.shape() != shape {
+            candle_core::bail!("the control LoRA's {full} is {:?}, the model's {:?}", t.dims(), shape.dims());
+        }
+        t.to_device(dev)?.to_dtype(dtype).map(Some)
+    }
+
+    /// Whether a control LoRA widens `target` to `inp` inputs (img_in: the control latents join the noise).
+    fn widens(&self, target: &str, inp: usize) -> bool {
+        target == "img_in" && self.set.input_channels == Some(inp)
     }
 
     fn side_path(
@@ -316,10 +340,23 @@ impl Weights {
         match self {
             Weights::Dense(d) => {
                 let shape = shape.into();
+                if let Some(l) = &d.lora {
+                    if let Some(t) = l.replacement(&d.vb.prefix(), name, &shape, d.vb.dtype(), d.vb.device())? {
+                        return Ok(t);
+                    }
+                }
                 d.record_dense(shape.clone(), name)?;
                 d.vb.get(shape, name)
             }
-            Weights::Gguf { vb, dtype, .. } => vb.get(shape, name)?.dequantize(vb.device())?.to_dtype(*dtype),
+            Weights::Gguf { vb, dtype, prefix, lora, .. } => {
+                let shape = shape.into();
+                if let Some(l) = lora {
+                    if let Some(t) = l.replacement(prefix, name, &shape, *dtype, vb.device())? {
+                        return Ok(t);
+                    }
+                }
+                vb.get(shape, name)?.dequantize(vb.device())?.to_dtype(*dtype)
+            }
         }
     }
 
@@ -366,17 +403,40 @@ impl DenseWeights {
         let target = self.vb.prefix();
         let lora = self.lora.as_ref();
         let pair = lora.map(|l| l.pair(&target, o, i)).transpose()?.flatten();
-        let (w, b) = (self.vb.get((o, i), "weight")?, self.bias(o)?);
+        let w = match lora.filter(|l| l.widens(&target, i)) {
+            Some(_) => self.widened_weight(i, o)?,
+            None => self.vb.get((o, i), "weight")?,
+        };
+        let b = self.bias(o)?;
         let (Some(l), Some(pair)) = (lora, pair) else {
             return Ok(LinearLayer::dense(Linear::new(w, b)));
         };
         if l.merge {
-            let delta = (pair.delta()?.to_device(w.device())? * l.scale.get())?;
+            let s = l.scale.get();
+            let delta = (pair.delta()?.to_device(w.device())? * s)?;
             let merged = (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?;
+            let b = match (b, &pair.bias) {
+                (Some(b), Some(d)) => {
+                    Some((b.to_dtype(DType::F32)? + (d.to_device(b.device())? * s)?)?.to_dtype(b.dtype())?)
+                }
+                (None, Some(d)) => Some((d.to_device(w.device())? * s)?.to_dtype(w.dtype())?),
+                (b, None) => b,
+            };
             return Ok(LinearLayer::dense(Linear::new(merged, b)));
         }
         let side = SidePath::new(pair, l.scale.clone(), w.dtype(), w.device())?;
         Ok(LinearLayer::dense(Linear::new(w, b)).with_lora(Some(side)))
+    }
+
+    /// The stored [o, i'] weight with zero columns up to `i`: a control LoRA's img_in reads the control latents after
+    /// the noise, which the base model never saw (diffusers widens `x_embedder` the same way).
+    fn widened_weight(&self, i: usize, o: usize) -> Result<Tensor> {
+        let w = self.vb.get_unchecked("weight")?;
+        let (wo, wi) = w.dims2()?;
+        if wo != o || wi > i {
+            candle_core::bail!("img_in is {wo}x{wi}; the control LoRA needs {o}x{i}");
+        }
+        w.pad_with_zeros(1, 0, i - wi)
     }
 
     /// `weight` quantized to `q` (or the nearest format the row width allows; dense if none), bias dense.

@@ -225,7 +225,8 @@ fn bad_loras_are_one_line_errors() {
     let deeper = save("deeper.safetensors", &["lora_unet_double_blocks_30_img_mlp_0.lora_down.weight"]);
     let cases = [
         (nothing, "keys look like model.layers.0.q_proj.lora_A.weight"),
-        (control, "control LoRA"),
+        // A control LoRA whose pairs fit no layer (control LoRAs themselves load: tests/integration/control.rs).
+        (control, "img_in.lora_A.weight is [4, 32]"),
         (deeper, "no tensor matches"),
         (lora_path("sdxl.safetensors"), "Stable Diffusion"),
         (lora_path("sd15-peft.safetensors"), "Stable Diffusion"),

@@ -84,6 +84,8 @@ pub struct RawPart {
     pub place: Placement,
     pub down: String,
     pub up: String,
+    /// `lora_B.bias` (control LoRAs): added to the layer's output with the pair.
+    pub bias: Option<String>,
     pub scale: f64,
 }
 
@@ -96,6 +98,8 @@ pub struct Parsed {
     pub ignored: Vec<(String, &'static str)>,
     /// Tensors that match nothing in this model.
     pub unmatched: Vec<String>,
+    /// Control LoRAs: norm scales that replace the model's (file key, BFL parameter name).
+    pub norms: Vec<(String, String)>,
 }
 
 /// A LoRA file's tensors as the parser sees them.
@@ -122,7 +126,6 @@ pub struct FileView {
 /// Why a file cannot be used at all.
 pub enum Unsupported {
     OtherArchitecture(String),
-    Control,
     /// A LoRA for the other FLUX family: (its family, a key that shows it).
     OtherFamily(Family, String),
     /// A FLUX LoRA on a Stable Diffusion model (a key that shows it).
@@ -181,9 +184,6 @@ pub fn parse(f: &FileView) -> Result<Parsed, Unsupported> {
     if keys.iter().any(|k| k.contains("processor")) {
         return Ok(xlabs(&keys));
     }
-    if keys.iter().any(|k| k.contains("query_norm.scale")) {
-        return Err(Unsupported::Control);
-    }
     if comfy || keys.iter().any(|k| k.starts_with("lora_unet_")) {
         // ComfyUI/kohya names with PEFT's lora_A/lora_B: the same layout as lora_down/lora_up.
         return Ok(kohya(f, &keys, Format::BflLoraAB));
@@ -220,7 +220,7 @@ fn underscore_index(f: &FileView) -> HashMap<String, Target> {
 /// The module part of a key: everything before `.lora_down.weight` / `.lora_up.weight` / `.alpha` (and the A/B
 /// spellings), with `.default` adapter names removed.
 pub(super) fn module_of(k: &str) -> Option<(&str, &'static str)> {
-    const SUFFIXES: [(&str, &str); 9] = [
+    const SUFFIXES: [(&str, &str); 10] = [
         (".lora_down.weight", "down"),
         (".lora_up.weight", "up"),
         (".lora_A.weight", "down"),
@@ -230,13 +230,15 @@ pub(super) fn module_of(k: &str) -> Option<(&str, &'static str)> {
         (".down.weight", "down"),
         (".up.weight", "up"),
         (".alpha", "alpha"),
+        // Control LoRAs' lora_B has a bias (PEFT's `lora_bias`).
+        (".lora_B.bias", "bias"),
     ];
     SUFFIXES.iter().find_map(|(s, what)| k.strip_suffix(s).map(|m| (m, *what)))
 }
 
-/// down/up/alpha keys grouped by module.
-pub(super) fn group<'a>(keys: &[&'a String]) -> (HashMap<&'a str, [Option<&'a String>; 3]>, Vec<String>) {
-    let mut m: HashMap<&str, [Option<&String>; 3]> = HashMap::new();
+/// down/up/alpha/bias keys grouped by module.
+pub(super) fn group<'a>(keys: &[&'a String]) -> (HashMap<&'a str, [Option<&'a String>; 4]>, Vec<String>) {
+    let mut m: HashMap<&str, [Option<&String>; 4]> = HashMap::new();
     let mut other = Vec::new();
     for k in keys {
         match module_of(k) {
@@ -244,6 +246,7 @@ pub(super) fn group<'a>(keys: &[&'a String]) -> (HashMap<&'a str, [Option<&'a St
                 let slot = match what {
                     "down" => 0,
                     "up" => 1,
+                    "bias" => 3,
                     _ => 2,
                 };
                 m.entry(module).or_default()[slot] = Some(k);
@@ -270,7 +273,8 @@ fn kohya(f: &FileView, keys: &[&String], format: Format) -> Parsed {
     let mut out = Parsed { format: Some(format), ..Default::default() };
     let (modules, other) = group(keys);
     out.unmatched.extend(other);
-    for (module, [down, up, alpha]) in modules {
+    for (module, [down, up, alpha, bias]) in modules {
+        out.unmatched.extend(bias.cloned());
         let normal = module.replacen("diffusion_model.", "lora_unet_", 1).replacen(
             "text_encoders.clip_l.transformer.",
             "lora_te_",
@@ -303,6 +307,7 @@ fn kohya(f: &FileView, keys: &[&String], format: Format) -> Parsed {
             place: Placement::ALL,
             down: down.clone(),
             up: up.clone(),
+            bias: None,
             scale,
         });
     }
@@ -313,7 +318,8 @@ fn xlabs(keys: &[&String]) -> Parsed {
     let mut out = Parsed { format: Some(Format::XLabs), ..Default::default() };
     let (modules, other) = group(keys);
     out.unmatched.extend(other);
-    for (module, [down, up, _]) in modules {
+    for (module, [down, up, _, bias]) in modules {
+        out.unmatched.extend(bias.cloned());
         let m = module.strip_prefix("diffusion_model.").unwrap_or(module);
         let target = m.split_once(".processor.").and_then(|(block, p)| {
             let (place, module) = match (block.starts_with("single"), p) {
@@ -330,7 +336,7 @@ fn xlabs(keys: &[&String]) -> Parsed {
         });
         match (target, down, up) {
             (Some((target, place)), Some(d), Some(u)) => {
-                out.parts.push(RawPart { target, place, down: d.clone(), up: u.clone(), scale: 1.0 })
+                out.parts.push(RawPart { target, place, down: d.clone(), up: u.clone(), bias: None, scale: 1.0 })
             }
             _ => out.unmatched.extend([down, up].into_iter().flatten().cloned()),
         }
@@ -349,20 +355,44 @@ fn peft(f: &FileView, keys: &[&String], kohya_spelling: bool) -> Parsed {
     let mut out = Parsed::default();
     let (modules, other) = group(keys);
     out.unmatched.extend(other);
-    for (module, [down, up, alpha]) in modules {
+    for (module, [down, up, alpha, bias]) in modules {
         let Some((target, place, format)) = peft_target(module, &bfl_index, &underscore, f.family) else {
-            out.unmatched.extend([down, up, alpha].into_iter().flatten().cloned());
+            out.unmatched.extend([down, up, alpha, bias].into_iter().flatten().cloned());
             continue;
         };
         let (Some(down), Some(up)) = (down, up) else {
-            out.unmatched.extend([down, up, alpha].into_iter().flatten().cloned());
+            out.unmatched.extend([down, up, alpha, bias].into_iter().flatten().cloned());
             continue;
         };
         out.format.get_or_insert(format);
         let scale = if kohya_spelling { 1.0 } else { peft_scale(f, module, down, alpha, format) };
-        out.parts.push(RawPart { target, place, down: down.clone(), up: up.clone(), scale });
+        out.parts.push(RawPart { target, place, down: down.clone(), up: up.clone(), bias: bias.cloned(), scale });
     }
+    out.norms = norm_replacements(&mut out.unmatched, f.family);
     out
+}
+
+/// Control LoRAs' replacement query/key norm scales (`….norm.query_norm.scale` in BFL names,
+/// `transformer.….attn.norm_q.weight` in diffusers'), taken out of `unmatched`: (file key, BFL parameter).
+fn norm_replacements(unmatched: &mut Vec<String>, family: crate::config::Family) -> Vec<(String, String)> {
+    let mut norms = Vec::new();
+    unmatched.retain(|k| {
+        let bfl = match k.strip_prefix("transformer.").and_then(|m| m.strip_suffix(".weight")) {
+            Some(m) if ["norm_q", "norm_k", "norm_added_q", "norm_added_k"].iter().any(|n| m.ends_with(n)) => {
+                flux_keys::diffusers_module_to_bfl(m, family).map(|(b, _)| format!("{b}.scale"))
+            }
+            _ if k.ends_with("query_norm.scale") || k.ends_with("key_norm.scale") => Some(k.clone()),
+            _ => None,
+        };
+        match bfl {
+            Some(b) => {
+                norms.push((k.clone(), b));
+                false
+            }
+            None => true,
+        }
+    });
+    norms
 }
 
 /// Where a module of a PEFT-style file lands, and the naming it was written in.

@@ -42,11 +42,13 @@ impl ScaleCell {
     }
 }
 
-/// A target's combined pair, f32 on the CPU: `down` [R, in], `up` [out, R] (adapter weights and alpha/rank in).
+/// A target's combined pair, f32 on the CPU: `down` [R, in], `up` [out, R] (adapter weights and alpha/rank in),
+/// and control LoRAs' `lora_B` bias [out] (weighted likewise).
 #[derive(Debug, Clone)]
 pub struct LowRank {
     pub down: Tensor,
     pub up: Tensor,
+    pub bias: Option<Tensor>,
 }
 
 impl LowRank {
@@ -74,6 +76,10 @@ pub struct LoraSet {
     pub warnings: Vec<String>,
     /// Whether any adapter changes CLIP (then prompt encodings depend on the LoRA).
     pub touches_clip: bool,
+    /// Control LoRAs: the input width their `img_in` pair takes (twice the model's: noise, then control latents).
+    pub input_channels: Option<usize>,
+    /// Control LoRAs: norm scales replacing the model's, by BFL parameter name (f32, CPU; a later file wins).
+    pub norms: HashMap<String, Tensor>,
 }
 
 /// The model's linear layers (and convolutions, as [out, in·kh·kw]) that LoRAs can target, with their shapes [out, in].
@@ -92,7 +98,14 @@ pub struct ModelShapes {
 impl LoraSet {
     /// Reads `specs` and checks every pair against `shapes`.
     pub fn load(specs: &[LoraSpec], shapes: &ModelShapes) -> Result<Self> {
-        let mut set = LoraSet { adapters: Vec::new(), notes: Vec::new(), warnings: Vec::new(), touches_clip: false };
+        let mut set = LoraSet {
+            adapters: Vec::new(),
+            notes: Vec::new(),
+            warnings: Vec::new(),
+            touches_clip: false,
+            input_channels: None,
+            norms: HashMap::new(),
+        };
         for spec in specs {
             let (tensors, view) = read(&spec.path, shapes)?;
             let mut parsed = formats::parse(&view).map_err(|u| unsupported(&spec.path, u))?;
@@ -102,6 +115,12 @@ impl LoraSet {
             set.notes.push(note);
             set.warnings.extend(warning);
             set.touches_clip |= parsed.parts.iter().any(|p| matches!(p.target, Target::Clip(_)));
+            if let Some(p) = parsed.parts.iter().find(|p| p.target == Target::Transformer("img_in".into())) {
+                set.input_channels = view.shapes[&p.down].get(1).copied();
+            }
+            for (key, name) in &parsed.norms {
+                set.norms.insert(name.clone(), tensors[key].flatten_all()?);
+            }
             set.adapters.push(Adapter { spec: spec.clone(), hash: autov2(&spec.path)?, tensors, parts: parsed.parts });
         }
         Ok(set)
@@ -109,24 +128,34 @@ impl LoraSet {
 
     /// The combined pair for `target` of shape `out`×`inp`, if any adapter has one.
     pub fn low_rank(&self, target: &Target, out: usize, inp: usize) -> candle_core::Result<Option<LowRank>> {
-        let (mut downs, mut ups) = (Vec::new(), Vec::new());
+        let (mut downs, mut ups, mut bias) = (Vec::new(), Vec::new(), None::<Tensor>);
         for a in &self.adapters {
             for p in a.parts.iter().filter(|p| &p.target == target) {
                 let (down, up) = (&a.tensors[&p.down], &a.tensors[&p.up]);
                 let up = if p.place.swap { swap_halves(up)? } else { up.clone() };
                 let (start, len) = p.place.rows(out, inp);
                 let rank = down.dim(0)?;
+                let w = a.spec.weight * p.scale;
                 // The pair's rows inside the target; zeros elsewhere.
                 let placed = up.pad_with_zeros(0, start, out - start - len)?;
-                ups.push((placed * (a.spec.weight * p.scale))?);
-                downs.push(down.clone());
+                ups.push((placed * w)?);
+                // A control LoRA's narrower input (img_in) is its leading columns: the rest are the control's.
+                downs.push(down.pad_with_zeros(1, 0, inp.saturating_sub(down.dim(1)?))?);
+                if let Some(b) = &p.bias {
+                    let b = if p.place.swap { swap_halves(&a.tensors[b])? } else { a.tensors[b].clone() };
+                    let b = (b.flatten_all()?.pad_with_zeros(0, start, out - start - len)? * w)?;
+                    bias = Some(match bias {
+                        Some(sum) => (sum + b)?,
+                        None => b,
+                    });
+                }
                 debug_assert_eq!(ups.last().map(|u| u.dim(1).ok()), Some(Some(rank)));
             }
         }
         if downs.is_empty() {
             return Ok(None);
         }
-        Ok(Some(LowRank { down: Tensor::cat(&downs, 0)?, up: Tensor::cat(&ups, 1)? }))
+        Ok(Some(LowRank { down: Tensor::cat(&downs, 0)?, up: Tensor::cat(&ups, 1)?, bias }))
     }
 
     pub fn specs(&self) -> Vec<LoraSpec> {
@@ -137,6 +166,27 @@ impl LoraSet {
     pub fn hashes(&self) -> Vec<String> {
         self.adapters.iter().map(|a| a.hash.clone()).collect()
     }
+}
+
+/// The input width a control LoRA's `img_in` pair reads (`img_in.lora_A.weight` or
+/// `transformer.x_embedder.lora_A.weight`), from the file's header alone; None for other LoRAs (or an unreadable
+/// file, which loading reports).
+pub fn img_in_width(path: &Path) -> Option<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    ["img_in.lora_A.weight", "transformer.x_embedder.lora_A.weight"]
+        .iter()
+        .find_map(|k| header.get(*k)?.get("shape")?.get(1)?.as_u64())
+        .map(|n| n as usize)
 }
 
 /// The first 10 hex digits of the file's SHA-256 (what Civitai and A1111 call AutoV2).
@@ -231,11 +281,6 @@ fn unsupported(path: &Path, u: Unsupported) -> Error {
             path,
             format!("this LoRA is for FLUX (keys such as {key}), not Stable Diffusion; use a LoRA made for this model"),
         ),
-        Unsupported::Control => err(
-            path,
-            "this is a FLUX.1 control LoRA (Canny/Depth: it widens the model's input and replaces norms), which is not \
-             supported; use a style or subject LoRA",
-        ),
     }
 }
 
@@ -276,7 +321,11 @@ fn check(path: &Path, parsed: &Parsed, view: &FileView, shapes: &ModelShapes) ->
         let Some(&(out, inp)) = shape else { continue };
         let (d, u) = (&view.shapes[&p.down], &view.shapes[&p.up]);
         let (_, rows) = p.place.rows(out, inp);
-        let ok = d.len() == 2 && u.len() == 2 && d[1] == inp && u[0] == rows && u[1] == d[0];
+        // A control LoRA's img_in pair reads a whole multiple of the model's input (the layer is widened for it).
+        let widened =
+            p.target == Target::Transformer("img_in".into()) && d.len() == 2 && (d[1] % inp == 0 || inp % d[1] == 0);
+        let bias_ok = p.bias.as_ref().is_none_or(|b| view.shapes[b].iter().product::<usize>() == rows);
+        let ok = d.len() == 2 && u.len() == 2 && (d[1] == inp || widened) && u[0] == rows && u[1] == d[0] && bias_ok;
         if !ok {
             return Err(err(
                 path,

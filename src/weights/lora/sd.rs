@@ -91,7 +91,8 @@ pub fn parse(f: &FileView, keys: &[&String]) -> Result<Parsed, Unsupported> {
     let mut out = Parsed { format: Some(if kohya { Format::Kohya } else { Format::Peft }), ..Default::default() };
     let (modules, other) = formats::group(keys);
     out.unmatched.extend(other);
-    for (module, [down, up, alpha]) in modules {
+    for (module, [down, up, alpha, bias]) in modules {
+        out.unmatched.extend(bias.cloned());
         let target = if kohya { index.kohya(module) } else { index.peft(module) };
         let (Some(target), Some(down), Some(up)) = (target, down, up) else {
             out.unmatched.extend([down, up, alpha].into_iter().flatten().cloned());
@@ -102,7 +103,14 @@ pub fn parse(f: &FileView, keys: &[&String]) -> Result<Parsed, Unsupported> {
         } else {
             formats::peft_scale(f, module, down, alpha, Format::Peft)
         };
-        out.parts.push(RawPart { target, place: Placement::ALL, down: down.clone(), up: up.clone(), scale });
+        out.parts.push(RawPart {
+            target,
+            place: Placement::ALL,
+            down: down.clone(),
+            up: up.clone(),
+            bias: None,
+            scale,
+        });
     }
     Ok(out)
 }

@@ -106,6 +106,8 @@ pub struct Flux {
     redux: Option<(std::path::PathBuf, crate::models::redux::ReduxPrior)>,
     /// The ControlNets of the last request, by folder (loaded with the transformer).
     controlnets: Vec<controlnet::Loaded>,
+    /// The transformer's own input width (a control LoRA widens `configs`' for the edits that use it).
+    base_in_channels: usize,
     /// Loaded weight bytes by dtype and quantization (read from the headers once).
     weight_sizes: HashMap<(&'static str, Option<Quant>), crate::engine::memory::WeightSizes>,
     edit: Option<Edit>,
@@ -115,6 +117,41 @@ impl Flux {
     /// Reads the folder's layout and configs and applies component overrides; with `weights`, checks the weight
     /// files and reads the transformer's tensor names (a configs-only session reads them only for a swapped
     /// transformer, which decides dev or schnell even for a plan).
+    /// The input width a control LoRA of `req` widens the transformer to (its img_in pair reads the noise and the
+    /// control latents), when one does. `fetched`: LoRAs named by Hub id are looked up too (the session has them
+    /// once it loaded them); otherwise only local files are read (a plan fetches nothing).
+    fn control_lora_width(&self, req: &Request, fetched: bool) -> Option<usize> {
+        let base = self.base_in_channels;
+        req.loras
+            .iter()
+            .filter_map(|s| match (s.path.is_file(), fetched) {
+                (true, _) => crate::weights::lora::img_in_width(&s.path),
+                (false, true) => {
+                    crate::weights::lora::img_in_width(&crate::source::hub::lora_file(&s.path, false).ok()?)
+                }
+                (false, false) => None,
+            })
+            .find(|&w| w != base && w % base == 0)
+    }
+
+    /// The configs of a transformer a control LoRA widens to `width` inputs, refused where the widened layer
+    /// cannot be built (GGUF files, `--quantize`'s cache).
+    fn control_lora_configs(&self, req: &Request, width: usize) -> Result<ModelConfigs> {
+        if self.configs.family != Family::Flux1 {
+            return Err(Error::Usage("control LoRAs are for FLUX.1 dev; this is a FLUX.2 model".into()));
+        }
+        if load::gguf_file(&self.files).is_some() || req.quantize.is_some() {
+            return Err(Error::Usage(
+                "a control LoRA widens the transformer's input layer: give a safetensors transformer, without \
+                 --quantize"
+                    .into(),
+            ));
+        }
+        let mut configs = self.configs.clone();
+        set_input_width(&mut configs, width);
+        Ok(configs)
+    }
+
     pub fn open(model: &Path, o: &Overrides, weights: bool, progress: &dyn crate::engine::Progress) -> Result<Self> {
         let mut files = if weights { ModelFiles::from_dir(model)? } else { ModelFiles::configs_only(model)? };
         files.apply(o)?;
@@ -130,12 +167,14 @@ impl Flux {
             posterior: None,
             redux: None,
             controlnets: Vec::new(),
+            base_in_channels: 0,
             weight_sizes: HashMap::new(),
             edit: None,
         };
         if weights || o.transformer.is_some() {
             f.inspect(progress)?;
         }
+        f.base_in_channels = f.configs.transformer.in_channels;
         if weights {
             load::check_components(&f.files, &f.configs.vae)?;
         }
@@ -468,7 +507,11 @@ impl ModelFamily for Flux {
 
     fn plan(&self, req: &Request, input: Option<(u32, u32)>, seed: u64, gpu: CudaGeometry) -> Result<Plan> {
         let references = self.reference_sizes(req, input)?;
-        let plan = plan::plan(req, &self.configs, input, &references, seed, gpu)?;
+        let configs = match self.control_lora_width(req, false) {
+            Some(width) => std::borrow::Cow::Owned(self.control_lora_configs(req, width)?),
+            None => std::borrow::Cow::Borrowed(&self.configs),
+        };
+        let plan = plan::plan(req, &configs, input, &references, seed, gpu)?;
         controlnet::check_models(req, &self.configs.transformer)?;
         Ok(plan)
     }
@@ -528,6 +571,11 @@ impl ModelFamily for Flux {
     }
 
     fn prepare(&mut self, env: &Env, req: &Request, input: Option<RgbImage>, plan: &Plan) -> Result<Prepared> {
+        if self.configs.family == Family::Flux1 {
+            // A control LoRA makes the transformer a Control one for this edit (the session loaded its files).
+            let width = self.control_lora_width(req, true).unwrap_or(self.base_in_channels);
+            set_input_width(&mut self.configs, width);
+        }
         let staged = match self.configs.family {
             Family::Flux1 => self.stage(env, req, input, plan)?,
             _ => self.stage_flux2(env, req, input, plan)?,
@@ -729,6 +777,12 @@ impl Flux {
         edit::ensure_finite(&decoded, "VAE decoding", VAE_CAUSE)?;
         image_io::from_tensor(&decoded)
     }
+}
+
+/// A FLUX.1 transformer taking `width` input features per token; its output stays the latent's 4 × channels.
+fn set_input_width(configs: &mut ModelConfigs, width: usize) {
+    configs.transformer.in_channels = width;
+    configs.transformer.out_channels = Some(4 * configs.vae.latent_channels);
 }
 
 /// Why the VAE's output goes non-finite.
