@@ -6,8 +6,20 @@ use super::unet::UNetConfig;
 use super::{read_json, ClipConfig, Family, VaeConfig};
 use crate::error::{Error, Result};
 use crate::schedulers::SchedulerKind;
-use crate::source::sd::SdFiles;
 use serde_json::{Map, Value};
+use std::path::Path;
+
+/// Where a Stable Diffusion pipeline's configs are (what `source` resolved), and its family.
+pub struct SdConfigFiles<'a> {
+    pub family: Family,
+    pub unet: &'a Path,
+    pub vae: &'a Path,
+    pub text_encoder: &'a Path,
+    /// SDXL's second encoder.
+    pub text_encoder_2: Option<&'a Path>,
+    pub scheduler: &'a Path,
+    pub model_index: Option<&'a Path>,
+}
 
 #[derive(Debug, Clone)]
 pub struct SdConfigs {
@@ -28,27 +40,27 @@ pub struct SdConfigs {
 }
 
 impl SdConfigs {
-    pub fn read(files: &SdFiles) -> Result<Self> {
-        let index: Map<String, Value> = files.model_index.as_deref().map(read_json).transpose()?.unwrap_or_default();
-        let unet: UNetConfig = read_json(&files.unet.config)?;
-        unet.validate(&files.unet.config)?;
-        let vae: VaeConfig = read_json(&files.vae.config)?;
-        vae.validate(&files.vae.config)?;
-        let clip: ClipConfig = read_json(&files.text_encoder.config)?;
-        clip.validate(&files.text_encoder.config)?;
-        let clip_2 = match &files.text_encoder_2 {
+    pub fn read(files: &SdConfigFiles) -> Result<Self> {
+        let index: Map<String, Value> = files.model_index.map(read_json).transpose()?.unwrap_or_default();
+        let unet: UNetConfig = read_json(files.unet)?;
+        unet.validate(files.unet)?;
+        let vae: VaeConfig = read_json(files.vae)?;
+        vae.validate(files.vae)?;
+        let clip: ClipConfig = read_json(files.text_encoder)?;
+        clip.validate(files.text_encoder)?;
+        let clip_2 = match files.text_encoder_2 {
             Some(c) => {
-                let cfg: ClipConfig = read_json(&c.config)?;
-                cfg.validate(&c.config)?;
+                let cfg: ClipConfig = read_json(c)?;
+                cfg.validate(c)?;
                 Some(cfg)
             }
             None => None,
         };
-        let scheduler: Map<String, Value> = read_json(&files.scheduler_config)?;
+        let scheduler: Map<String, Value> = read_json(files.scheduler)?;
         let class = scheduler.get("_class_name").and_then(Value::as_str).unwrap_or_default();
         let own_scheduler = SchedulerKind::of_config(class, &scheduler).ok_or_else(|| {
             Error::model(
-                &files.scheduler_config,
+                files.scheduler,
                 format!("scheduler {class:?} is not supported; choose one with --scheduler (pndm, ddim, lms, euler, euler-a, dpmpp-2m, dpmpp-2m-karras)"),
             )
         })?;
@@ -71,12 +83,12 @@ impl SdConfigs {
     }
 
     /// The sizes the components must agree on.
-    fn check(&self, files: &SdFiles) -> Result<()> {
+    fn check(&self, files: &SdConfigFiles) -> Result<()> {
         let latent = self.vae.latent_channels;
         let u = &self.unet;
         if u.in_channels != latent && u.in_channels != 2 * latent + 1 {
             return Err(Error::model(
-                &files.unet.config,
+                files.unet,
                 format!(
                     "UNet in_channels {} is neither the VAE's {latent} latent channels nor an inpainting UNet's {}",
                     u.in_channels,
@@ -87,7 +99,7 @@ impl SdConfigs {
         let width = self.clip.hidden_size + self.clip_2.as_ref().map_or(0, |c| c.hidden_size);
         if u.cross_attention_dim.expand(u.blocks()).iter().any(|&d| d != width) {
             return Err(Error::model(
-                &files.unet.config,
+                files.unet,
                 format!(
                     "UNet cross_attention_dim {:?} does not match the text encoders' width {width}",
                     u.cross_attention_dim
@@ -96,7 +108,7 @@ impl SdConfigs {
         }
         if u.text_time() != self.clip_2.is_some() {
             return Err(Error::model(
-                &files.unet.config,
+                files.unet,
                 "an SDXL UNet (addition_embed_type text_time) needs both text encoders, and only it takes two",
             ));
         }

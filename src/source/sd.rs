@@ -67,6 +67,19 @@ pub fn is_original_checkpoint(path: &Path) -> bool {
 }
 
 impl SdFiles {
+    /// The config files, for [`crate::config::sd::SdConfigs::read`].
+    pub fn config_files(&self) -> crate::config::sd::SdConfigFiles<'_> {
+        crate::config::sd::SdConfigFiles {
+            family: self.family,
+            unet: &self.unet.config,
+            vae: &self.vae.config,
+            text_encoder: &self.text_encoder.config,
+            text_encoder_2: self.text_encoder_2.as_ref().map(|c| c.config.as_path()),
+            scheduler: &self.scheduler_config,
+            model_index: self.model_index.as_deref(),
+        }
+    }
+
     /// The folder's components; `weights`: also find the weight files (not needed to plan a dry run).
     pub fn resolve(root: &Path, family: Family, weights: bool) -> Result<Self> {
         let sub = |name: &str| -> Result<PathBuf> {

@@ -80,7 +80,7 @@ impl Sd {
     pub fn open(model: &Path, family: Family, o: &Overrides, weights: bool) -> Result<Self> {
         let mut files = SdFiles::resolve(model, family, weights)?;
         files.apply(o)?;
-        let cfg = SdConfigs::read(&files)?;
+        let cfg = SdConfigs::read(&files.config_files())?;
         Ok(Self {
             files,
             cfg,
