@@ -103,9 +103,9 @@ pub struct Args {
     /// full step, reuse the other blocks' residual; default 0.05) or taylorseer[:ORDER,INTERVAL] (run every
     /// block's attention on 3 warm-up steps and then every INTERVAL steps, forecast it from finite differences of
     /// ORDER in between; default 1,5). Faster, slightly different images; the plan, --json and the PNG say what it
-    /// skipped. [default: off]
-    #[arg(long, value_name = "KIND[:SETTING]", value_parser = parse_cache)]
-    pub cache: Option<crate::engine::cache::CacheSpec>,
+    /// skipped. `off` runs every block (overriding a --from-metadata record's cache). [default: off]
+    #[arg(long, value_name = "KIND[:SETTING]|off", value_parser = parse_cache)]
+    pub cache: Option<CacheArg>,
     /// Input image(s): files, folders (their images, sorted) or quoted globs ("photos/*.jpg").
     #[arg(long, short = 'i', value_name = "PATH", num_args = 1..)]
     pub image: Vec<String>,
@@ -383,8 +383,20 @@ pub struct SmokeArgs {
 }
 
 /// `--cache` through the library's parser.
-fn parse_cache(s: &str) -> Result<crate::engine::cache::CacheSpec, String> {
-    s.parse()
+/// `--cache`: a step cache, or `off` (none, even where a record names one).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheArg(pub Option<crate::engine::cache::CacheSpec>);
+
+fn parse_cache(s: &str) -> Result<CacheArg, String> {
+    parse_cache_choice(s).map(CacheArg)
+}
+
+/// A step cache's spelling, or `off`/`none` for none.
+pub fn parse_cache_choice(s: &str) -> Result<Option<crate::engine::cache::CacheSpec>, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" | "none" => Ok(None),
+        _ => s.parse().map(Some),
+    }
 }
 
 /// `--memory-budget` through the library's parser.

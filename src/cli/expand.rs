@@ -43,8 +43,8 @@ struct Row {
     loras: Option<Vec<LoraSpec>>,
     /// A manifest row's FLUX.2 references (replacing --reference).
     references: Option<Vec<PathBuf>>,
-    /// A manifest row's step cache (replacing --cache).
-    cache: Option<crate::engine::cache::CacheSpec>,
+    /// A manifest row's step cache, or none (`off`), replacing --cache.
+    cache: Option<Option<crate::engine::cache::CacheSpec>>,
     /// A manifest row's control image or `canny` (replacing --control/--control-from, or the one ControlNet's).
     control: Option<ControlSource>,
     /// A manifest row's ControlNet scale (replacing --control-scale for every ControlNet).
@@ -212,7 +212,9 @@ impl Args {
         self.keep_size |= r.keep_size;
         self.rng = self.rng.or(Some(r.rng));
         self.kernels = self.kernels.or(Some(r.kernels));
-        self.cache = self.cache.or(r.cache);
+        if self.cache.is_none() {
+            self.cache = r.cache.map(|c| super::args::CacheArg(Some(c)));
+        }
         let outpainted = r.mask.as_deref().filter(|m| m.starts_with("--outpaint"));
         if let (Some(m), None, None) = (outpainted, &self.outpaint, &self.outpaint_to) {
             self.restore_outpaint(m)?;
@@ -384,7 +386,7 @@ impl Args {
             redux_model: self.redux_model.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
-            cache: self.cache,
+            cache: self.cache.and_then(|c| c.0),
             kernels,
         })
     }
@@ -713,7 +715,10 @@ impl Args {
                         .filter(|l| !l.is_empty())
                         .map(|l| l.split(';').map(|p| near(p.trim())).collect()),
                     cache: match r.cache.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
-                        Some(c) => Some(c.parse().map_err(|e| at(Error::Usage(format!("cache {c}: {e}"))))?),
+                        Some(c) => Some(
+                            super::args::parse_cache_choice(c)
+                                .map_err(|e| at(Error::Usage(format!("cache {c}: {e}"))))?,
+                        ),
                         None => None,
                     },
                     control: match r.control.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
@@ -806,7 +811,9 @@ impl Args {
             if let Some(r) = &row.references {
                 request.references = r.clone();
             }
-            request.cache = row.cache.or(request.cache);
+            if let Some(c) = row.cache {
+                request.cache = c;
+            }
             row_control(&mut request, row)?;
             if let Some(r) = &row.redux {
                 request.redux = r.clone();

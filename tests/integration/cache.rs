@@ -94,6 +94,17 @@ fn recorded_and_reproduced() {
     let plain = t.path().join("plain.png");
     assert!(dev_case(&[], &plain).status.success());
     assert!(psnr(&first, &plain) < 40.0, "the cache changes the image");
+    // `--cache off` overrides the record's cache: the plain image again.
+    let off = t.path().join("off.png");
+    let o = bin()
+        .args(["--from-metadata", &f, "--allow-metadata-paths", "--cache", "off", "--json", "-q", "-o"])
+        .arg(&off)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(json["cache"].is_null(), "{json}");
+    assert!(psnr(&plain, &off).is_infinite(), "--cache off: not the uncached image");
 }
 
 /// A setting at which the cache never skips says so in --json; without --cache the record has no cache.
