@@ -1,7 +1,7 @@
 """The CLI flags of fixture cases from tests/fixtures/cases-*.json, for scripts/gpu-check.sh's `modes` phase: each
 selected case becomes one line, fields split by \\x1f: name, expected PNG, then the flags (without --device, --dtype,
 --kernels and -o, which the caller adds). The flags follow the Rust tests' case_args (modes, fill, control, redux,
-cache, klein, sd), so a case means here what it means there.
+cache, klein, sd, controlnet), so a case means here what it means there.
 usage: gpu_cases.py FIXTURES FILE:CASE [FILE:CASE ...]    (FILE without cases- and .json: sd:sd15-t2i-default)"""
 import json
 import os
@@ -45,6 +45,16 @@ def flags(fx, case, prompt):
         a += ["--redux", f"{img(name)}:{weight}"]
     if case.get("redux"):
         a += ["--redux-model", os.path.join(fx, "tiny-redux")]
+    modes = ["canny", "tile", "depth", "blur", "pose", "gray", "lq"]
+    for cn in case.get("controlnets") or []:
+        a += ["--controlnet", os.path.join(fx, cn["model"])]
+        if cn["control"].startswith("canny:"):
+            lo, hi = cn["control"][6:].split(",")
+            a += ["--control-from", "canny", "--canny-low", lo, "--canny-high", hi]
+        else:
+            a += ["--control", img(cn["control"])]
+        a += ["--control-mode", "none" if cn["mode"] is None else modes[cn["mode"]]]
+        a += ["--control-scale", str(cn["scale"]), "--control-start", str(cn["start"]), "--control-end", str(cn["end"])]
     for name, weight in case.get("loras") or []:
         a += ["--lora", f"{os.path.join(fx, name)}:{weight}"]
     if case.get("pipeline") == "FluxKontextPipeline":
