@@ -6,6 +6,7 @@
 
 mod flux2;
 mod memory;
+mod structure;
 
 use super::{Env, Loras, ModelFamily, Prepared, PromptUse};
 use crate::config::{ClipConfig, Family, ModelConfigs, TransformerInputs};
@@ -114,44 +115,6 @@ pub struct Flux {
 }
 
 impl Flux {
-    /// Reads the folder's layout and configs and applies component overrides; with `weights`, checks the weight
-    /// files and reads the transformer's tensor names (a configs-only session reads them only for a swapped
-    /// transformer, which decides dev or schnell even for a plan).
-    /// The input width a control LoRA of `req` widens the transformer to (its img_in pair reads the noise and the
-    /// control latents), when one does. `fetched`: LoRAs named by Hub id are looked up too (the session has them
-    /// once it loaded them); otherwise only local files are read (a plan fetches nothing).
-    fn control_lora_width(&self, req: &Request, fetched: bool) -> Option<usize> {
-        let base = self.base_in_channels;
-        req.loras
-            .iter()
-            .filter_map(|s| match (s.path.is_file(), fetched) {
-                (true, _) => crate::weights::lora::img_in_width(&s.path),
-                (false, true) => {
-                    crate::weights::lora::img_in_width(&crate::source::hub::lora_file(&s.path, false).ok()?)
-                }
-                (false, false) => None,
-            })
-            .find(|&w| w != base && w % base == 0)
-    }
-
-    /// The configs of a transformer a control LoRA widens to `width` inputs, refused where the widened layer
-    /// cannot be built (GGUF files, `--quantize`'s cache).
-    fn control_lora_configs(&self, req: &Request, width: usize) -> Result<ModelConfigs> {
-        if self.configs.family != Family::Flux1 {
-            return Err(Error::Usage("control LoRAs are for FLUX.1 dev; this is a FLUX.2 model".into()));
-        }
-        if load::gguf_file(&self.files).is_some() || req.quantize.is_some() {
-            return Err(Error::Usage(
-                "a control LoRA widens the transformer's input layer: give a safetensors transformer, without \
-                 --quantize"
-                    .into(),
-            ));
-        }
-        let mut configs = self.configs.clone();
-        set_input_width(&mut configs, width);
-        Ok(configs)
-    }
-
     pub fn open(model: &Path, o: &Overrides, weights: bool, progress: &dyn crate::engine::Progress) -> Result<Self> {
         let mut files = if weights { ModelFiles::from_dir(model)? } else { ModelFiles::configs_only(model)? };
         files.apply(o)?;
@@ -272,41 +235,6 @@ impl Flux {
         let mut staged = self.stage_mode(env, req, input, plan, gen.as_mut())?;
         staged.controls = controls;
         Ok(staged)
-    }
-
-    /// Each ControlNet's control image at the working size, encoded (a posterior sample, the generator's next
-    /// draw) and packed, with its settings.
-    fn controlnet_inputs(
-        &mut self,
-        env: &Env,
-        req: &Request,
-        input: Option<&RgbImage>,
-        plan: &Plan,
-        gen: &mut dyn rng::NoiseSource,
-    ) -> Result<Vec<controlnet::Active>> {
-        let mut out = Vec::with_capacity(req.controlnets.len());
-        for spec in &req.controlnets {
-            let dir = controlnet::locate(&spec.model, false)?;
-            let cfg = controlnet::read_config(&dir.join("config.json"))?;
-            let img = control::image_of(&spec.image, input, plan, env)?;
-            // XLabs ControlNets take the pixels (diffusers encodes nothing for them, so nothing is drawn).
-            let pixels = cfg.conditioning_embedding_channels.is_some();
-            let cond = match pixels {
-                true => image_io::to_tensor(&img, env.device)?.to_dtype(env.dtype)?,
-                false => self.encoded(env, &img, gen)?,
-            };
-            out.push(controlnet::Active {
-                dir,
-                cond,
-                pixels,
-                blocks: (cfg.base.num_layers, cfg.base.num_single_layers),
-                mode: spec.mode.as_deref().map(controlnet::mode_index).transpose()?,
-                scale: spec.scale,
-                start: spec.start,
-                end: spec.end,
-            });
-        }
-        Ok(out)
     }
 
     /// [`Self::stage`] after the ControlNets' draws, by mode.
@@ -574,7 +502,7 @@ impl ModelFamily for Flux {
         if self.configs.family == Family::Flux1 {
             // A control LoRA makes the transformer a Control one for this edit (the session loaded its files).
             let width = self.control_lora_width(req, true).unwrap_or(self.base_in_channels);
-            set_input_width(&mut self.configs, width);
+            structure::set_input_width(&mut self.configs, width);
         }
         let staged = match self.configs.family {
             Family::Flux1 => self.stage(env, req, input, plan)?,
@@ -746,27 +674,6 @@ impl ModelFamily for Flux {
 }
 
 impl Flux {
-    /// The request's ControlNets, each folder loaded once and kept while requests name it.
-    fn load_controlnets(&mut self, env: &Env, req: &Request) -> Result<()> {
-        let mut dirs: Vec<(std::path::PathBuf, Option<&str>)> = Vec::new();
-        for spec in &req.controlnets {
-            let dir = controlnet::locate(&spec.model, true)?;
-            if !dirs.iter().any(|(d, _)| *d == dir) {
-                dirs.push((dir, spec.mode.as_deref()));
-            }
-        }
-        self.controlnets.retain(|l| dirs.iter().any(|(d, _)| *d == l.dir));
-        for (dir, mode) in dirs {
-            if self.controlnets.iter().any(|l| l.dir == dir) {
-                continue;
-            }
-            let net = load::controlnet(&dir, &self.configs.transformer, mode, env.dtype, env.device)?;
-            env.note(&format!("ControlNet {} loaded", dir.display()));
-            self.controlnets.push(controlnet::Loaded { dir, net });
-        }
-        Ok(())
-    }
-
     /// Packed latents of `(channels, height, width)` through the VAE.
     fn decode_grid(&mut self, env: &Env, latents: &Tensor, grid: (usize, usize, usize)) -> Result<RgbImage> {
         if self.configs.family != Family::Flux1 {
@@ -777,12 +684,6 @@ impl Flux {
         edit::ensure_finite(&decoded, "VAE decoding", VAE_CAUSE)?;
         image_io::from_tensor(&decoded)
     }
-}
-
-/// A FLUX.1 transformer taking `width` input features per token; its output stays the latent's 4 × channels.
-fn set_input_width(configs: &mut ModelConfigs, width: usize) {
-    configs.transformer.in_channels = width;
-    configs.transformer.out_channels = Some(4 * configs.vae.latent_channels);
 }
 
 /// Why the VAE's output goes non-finite.
