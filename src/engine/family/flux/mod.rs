@@ -2,7 +2,7 @@
 //! transformer loaded on first use and kept, the last input's VAE posterior cached. Takes requests and plans,
 //! gives start latents (noise, the noised input, Kontext's or klein's reference tokens), flow-matching Euler
 //! steps under true CFG and the inpainting blend, and decoded pictures. FLUX.1's staging is here; FLUX.2's in
-//! [`flux2`]; the weight sizes of the memory estimate in [`memory`].
+//! [`flux2`]; ControlNets and Control LoRAs in [`structure`]; the weight sizes of the memory estimate in [`memory`].
 
 mod flux2;
 mod memory;
