@@ -11,7 +11,8 @@ Writes tests/fixtures/:
                                 pixel_values are recorded as a SHA-256 of their f32 bytes in depth-cases.json)
   expected/depth-*.png          pipeline("depth-estimation")(image)["depth"], converted to RGB as diffusers'
                                 examples do
-  depth-cases.json              the cases, the processed size, and the sensitivity (PSNR dB) of the depth PNG and of
+  depth-cases.json              the cases (plus one with the metric head: depth_estimation_type "metric",
+                                max_depth 20, same weights), the processed size, and the sensitivity (PSNR dB) of the depth PNG and of
                                 predicted_depth to: nearest instead of bilinear in the fusion upsampling, bilinear
                                 instead of bicubic (or no) position-embedding interpolation, another input image
 
@@ -155,6 +156,23 @@ def pos_bilinear(self, embeddings, height, width):
     return torch.cat((self.position_embeddings[:, :1], grid), dim=1)
 
 
+def metric_case(model, proc, tensors) -> dict:
+    """The same weights with the metric head (sigmoid × max_depth) on the first case's picture."""
+    name, image, _ = CASES[0]
+    cfg = model.config.to_dict()
+    cfg.update(depth_estimation_type="metric", max_depth=20)
+    metric = DepthAnythingForDepthEstimation(type(model.config).from_dict(cfg)).eval()
+    metric.load_state_dict(model.state_dict())
+    img = Image.open(FIX / "images" / image).convert("RGB")
+    with torch.no_grad():
+        depth = metric(pixel_values=proc(images=img, return_tensors="pt")["pixel_values"]).predicted_depth
+    key = f"{name}.metric_predicted_depth"
+    tensors[key] = depth.contiguous()
+    relative = tensors[f"{name}.predicted_depth"]
+    return dict(case=name, depth_estimation_type="metric", max_depth=20, vector=key,
+                sensitivity_depth_psnr_db=dict(relative_head=raw_psnr(depth, relative)))
+
+
 def main():
     build()
     model = DepthAnythingForDepthEstimation.from_pretrained(MODEL, dtype=torch.float32).eval()
@@ -194,10 +212,11 @@ def main():
             sensitivity_png_psnr_db=sens_png, sensitivity_depth_psnr_db=sens_raw,
         ))
         print(name, cases[-1])
+    metric = metric_case(model, proc, tensors)
     save_file(tensors, FIX / "depth-vectors.safetensors")
     meta = dict(generator="scripts/make_depth_fixtures.py", torch=torch.__version__,
                 transformers=transformers.__version__, image_processor=type(proc).__name__,
-                model="tiny-depth-anything", vectors="depth-vectors.safetensors", cases=cases)
+                model="tiny-depth-anything", vectors="depth-vectors.safetensors", cases=cases, metric=metric)
     (FIX / "depth-cases.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
