@@ -7,7 +7,8 @@ Writes tests/fixtures/:
                                 below run it in float32), and preprocessor_config.json from DPTImageProcessorPil
                                 with Depth-Anything-V2's settings (keep aspect ratio, multiple of 14, bicubic, ImageNet mean/std)
                                 except a 70-pixel lower bound instead of 518
-  depth-vectors.safetensors     `predicted_depth` per case (the model's forward in float32; the processor's
+  depth-vectors.safetensors     `interp.*`: torch's interpolate (bicubic, bilinear, aligned bilinear) of a small
+                                random input; `predicted_depth` per case (the model's forward in float32; the processor's
                                 pixel_values are recorded as a SHA-256 of their f32 bytes in depth-cases.json)
   expected/depth-*.png          pipeline("depth-estimation")(image)["depth"], converted to RGB as diffusers'
                                 examples do
@@ -173,6 +174,17 @@ def metric_case(model, proc, tensors) -> dict:
                 sensitivity_depth_psnr_db=dict(relative_head=raw_psnr(depth, relative)))
 
 
+def interp_vectors(tensors):
+    """torch's F.interpolate in the three modes the port uses, one random input to sizes up, down and mixed."""
+    x = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(82))
+    tensors["interp.input"] = x
+    for name, mode, aligned in [("bicubic", "bicubic", False), ("bilinear", "bilinear", False),
+                                ("bilinear_aligned", "bilinear", True)]:
+        for h, w in [(7, 9), (3, 4), (2, 13)]:
+            y = torch.nn.functional.interpolate(x, size=(h, w), mode=mode, align_corners=aligned)
+            tensors[f"interp.{name}.{h}x{w}"] = y.contiguous()
+
+
 def main():
     build()
     model = DepthAnythingForDepthEstimation.from_pretrained(MODEL, dtype=torch.float32).eval()
@@ -213,6 +225,7 @@ def main():
         ))
         print(name, cases[-1])
     metric = metric_case(model, proc, tensors)
+    interp_vectors(tensors)
     save_file(tensors, FIX / "depth-vectors.safetensors")
     meta = dict(generator="scripts/make_depth_fixtures.py", torch=torch.__version__,
                 transformers=transformers.__version__, image_processor=type(proc).__name__,
