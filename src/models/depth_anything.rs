@@ -1226,6 +1226,43 @@ mod tests {
     }
 
     #[test]
+    fn depth_hub_config_fills_in_transformers_defaults() {
+        // Depth-Anything-V2-Small-hf's config.json names only what differs from the defaults.
+        let cfg: DepthAnythingConfig = serde_json::from_str(
+            r#"{"model_type": "depth_anything", "architectures": ["DepthAnythingForDepthEstimation"],
+                "backbone_config": {"architectures": ["Dinov2Model"], "hidden_size": 384, "image_size": 518,
+                  "model_type": "dinov2", "num_attention_heads": 6, "out_features": ["stage3", "stage6", "stage9",
+                  "stage12"], "out_indices": [3, 6, 9, 12], "reshape_hidden_states": false},
+                "depth_estimation_type": "relative", "fusion_hidden_size": 64, "head_hidden_size": 32,
+                "head_in_index": -1, "neck_hidden_sizes": [48, 96, 192, 384], "patch_size": 14,
+                "reassemble_factors": [4, 2, 1, 0.5], "reassemble_hidden_size": 384}"#,
+        )
+        .unwrap();
+        let b = &cfg.backbone_config;
+        assert_eq!((b.num_hidden_layers, b.mlp_ratio, b.layer_norm_eps), (12, 4.0, 1e-6));
+        assert_eq!(b.stages().unwrap(), vec![3, 6, 9, 12]);
+        assert_eq!(cfg.max_depth, Some(1.0));
+        cfg.check().unwrap();
+        // An explicit null: transformers 5.23's head multiplies by None and raises, so the port refuses it.
+        let null = DepthAnythingConfig { max_depth: None, ..cfg.clone() };
+        assert!(null.check().unwrap_err().contains("max_depth is null"));
+        // Only out_features: the same stages.
+        let b = Dinov2Config { out_indices: None, ..cfg.backbone_config.clone() };
+        assert_eq!(b.stages().unwrap(), vec![3, 6, 9, 12]);
+        // Neither: the last stage only.
+        let b = Dinov2Config { out_features: None, ..b };
+        assert_eq!(b.stages().unwrap(), vec![12]);
+    }
+
+    #[test]
+    fn depth_without_preprocessor_config_uses_depth_anything_v2_settings() {
+        let dir = broken(|d| std::fs::remove_file(d.join("preprocessor_config.json")).unwrap());
+        let m = DepthAnything::load(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        let img = image::open(fixtures().join("images/photo-96x64.png")).unwrap().to_rgb8();
+        assert_eq!(m.preprocess(&img).unwrap().dims(), &[1, 3, 350, 518]);
+    }
+
+    #[test]
     fn depth_processor_sizes_follow_dpt() {
         let p = ProcessorConfig::depth_anything();
         // 96x64: the width scales least (518/96), the height follows and rounds to a multiple of 14.
