@@ -1263,6 +1263,32 @@ mod tests {
     }
 
     #[test]
+    fn depth_reads_transformers_5_attention_names() {
+        // The names transformers 5 uses in memory (`attention.{q,k,v,o}_proj`), as a checkpoint might store them.
+        let renamed = broken(|d| {
+            let path = d.join("model.safetensors");
+            let renames = [
+                ("attention.attention.query.", "attention.q_proj."),
+                ("attention.attention.key.", "attention.k_proj."),
+                ("attention.attention.value.", "attention.v_proj."),
+                ("attention.output.dense.", "attention.o_proj."),
+            ];
+            let t: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(n, t)| (renames.iter().fold(n, |n, (a, b)| n.replace(a, b)), t))
+                .collect();
+            assert!(t.keys().any(|n| n.contains(".attention.q_proj.")));
+            candle_core::safetensors::save(&t, &path).unwrap();
+        });
+        let f = fixture();
+        let (a, b) = (model(&f), DepthAnything::load(renamed.path(), DType::F32, &Device::Cpu).unwrap());
+        let pixels = a.preprocess(&input(&f.cases[0])).unwrap();
+        let diff = (a.forward(&pixels).unwrap() - b.forward(&pixels).unwrap()).unwrap().abs().unwrap();
+        assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
     fn depth_processor_sizes_follow_dpt() {
         let p = ProcessorConfig::depth_anything();
         // 96x64: the width scales least (518/96), the height follows and rounds to a multiple of 14.
