@@ -83,7 +83,8 @@ def build():
             elif "position_embeddings" in name or "cls_token" in name:
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
-                # ConvTranspose2d keeps its fan-in in dim 0's neighbours too; p[0] is close enough for scaling
+                # p[0] is the fan-in of a Linear / Conv2d (in · k · k); for a ConvTranspose2d ([in, out, k, k]) it
+                # is out · k · k, which only sets the scale of these random weights
                 fan_in = p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=g) * 1.5 / math.sqrt(fan_in))
         # a positive final bias keeps the relative head's ReLU mostly open, so the depth map has structure

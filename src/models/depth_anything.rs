@@ -229,6 +229,9 @@ impl DepthAnythingConfig {
         if b.num_attention_heads == 0 || b.hidden_size % b.num_attention_heads != 0 {
             return Err(format!("hidden_size {} is not split by {} heads", b.hidden_size, b.num_attention_heads));
         }
+        if b.patch_size == 0 || b.image_size < b.patch_size {
+            return Err(format!("backbone image_size {} holds no {}-pixel patch", b.image_size, b.patch_size));
+        }
         if b.patch_size != self.patch_size {
             return Err(format!("backbone patch_size {} differs from the neck's {}", b.patch_size, self.patch_size));
         }
@@ -786,10 +789,6 @@ impl DepthAnything {
         let cfg_path = dir.join("config.json");
         let cfg: DepthAnythingConfig = read_json(&cfg_path)?;
         cfg.check().map_err(|m| Error::model(&cfg_path, m))?;
-        let grid = cfg.backbone_config.image_size / cfg.backbone_config.patch_size;
-        if grid == 0 {
-            return Err(Error::model(&cfg_path, "backbone image_size is smaller than its patch_size"));
-        }
         let proc_path = dir.join("preprocessor_config.json");
         let processor = match proc_path.is_file() {
             true => read_json::<ProcessorConfig>(&proc_path)?,
