@@ -1005,7 +1005,11 @@ mod tests {
     }
 
     fn model(f: &Fixture) -> DepthAnything {
-        DepthAnything::load(&fixtures().join(&f.model), DType::F32, &Device::Cpu).unwrap()
+        model_on(f, &Device::Cpu)
+    }
+
+    fn model_on(f: &Fixture, device: &Device) -> DepthAnything {
+        DepthAnything::load(&fixtures().join(&f.model), DType::F32, device).unwrap()
     }
 
     fn input(case: &Case) -> RgbImage {
@@ -1014,8 +1018,12 @@ mod tests {
 
     #[test]
     fn depth_predicted_depth_matches_transformers() {
+        predicted_depth_matches(&Device::Cpu);
+    }
+
+    fn predicted_depth_matches(device: &Device) {
         let f = fixture();
-        let m = model(&f);
+        let m = model_on(&f, device);
         let vectors = candle_core::safetensors::load(fixtures().join(&f.vectors), &Device::Cpu).unwrap();
         for case in &f.cases {
             let pixels = m.preprocess(&input(case)).unwrap();
@@ -1032,9 +1040,11 @@ mod tests {
             let (max_abs, psnr, peak) = compare(&m.forward(&pixels).unwrap(), reference);
             let worst = case.sensitivity_depth_psnr_db.values().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
             eprintln!(
-                "{}: predicted_depth {w}x{h} max |err| {max_abs:.3e} (peak {peak:.3}), PSNR {psnr:.1} dB \
+                "{} on {:?}: predicted_depth {w}x{h} max |err| {max_abs:.3e} (peak {peak:.3}), PSNR {psnr:.1} dB \
                  (bar {DEPTH_BAR_DB} dB; sensitivities {:?})",
-                case.name, case.sensitivity_depth_psnr_db
+                case.name,
+                device.location(),
+                case.sensitivity_depth_psnr_db
             );
             assert!(worst < DEPTH_BAR_DB - 30.0, "{}: the fixture cannot tell a wrong port apart", case.name);
             assert!(psnr >= DEPTH_BAR_DB, "{}: PSNR {psnr:.1} dB below {DEPTH_BAR_DB}", case.name);
@@ -1050,8 +1060,12 @@ mod tests {
 
     #[test]
     fn depth_map_matches_the_pipeline_png() {
+        png_matches(&Device::Cpu);
+    }
+
+    fn png_matches(device: &Device) {
         let f = fixture();
-        let m = model(&f);
+        let m = model_on(&f, device);
         for case in &f.cases {
             let img = input(case);
             let ours = m.depth_map(&img).unwrap();
@@ -1080,9 +1094,10 @@ mod tests {
                 levels.iter().filter(|&&v| v != 0.0 && v != 255.0 && (v - v.round()).abs() < BOUNDARY_EPS).count();
             let psnr = image_io::psnr(&ours, &expected);
             eprintln!(
-                "{}: depth PNG {}x{}: {differing} of {} pixels differ, PSNR {psnr:.1} dB; {near} values lie within \
+                "{} on {:?}: depth PNG {}x{}: {differing} of {} pixels differ, PSNR {psnr:.1} dB; {near} values lie within \
                  {BOUNDARY_EPS} of a grey-level boundary (sensitivities {:?})",
                 case.name,
+                device.location(),
                 img.width(),
                 img.height(),
                 levels.len(),
@@ -1205,6 +1220,16 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 9);
+    }
+
+    /// The same two parity checks on a GPU: `cargo test --features cuda --lib depth_on_cuda -- --ignored` on a
+    /// machine with one (candle's CUDA kernels for the convolutions, gathers and attention).
+    #[test]
+    #[ignore = "needs a CUDA device and --features cuda"]
+    fn depth_on_cuda_matches_transformers() {
+        let device = Device::new_cuda(0).unwrap();
+        predicted_depth_matches(&device);
+        png_matches(&device);
     }
 
     /// f16 weights and activations (the fixture's weights are stored in f16, so only the arithmetic rounds):
