@@ -14,6 +14,7 @@
 
 pub mod clip;
 pub mod controlnet;
+pub mod depth_anything;
 pub mod flux2;
 pub mod hooks;
 pub mod linear;
