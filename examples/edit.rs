@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         references: Vec::new(),
         control: None,
         controlnets: Vec::new(),
+        depth_model: None,
         redux: Vec::new(),
         redux_model: None,
         sd: Default::default(),

@@ -55,7 +55,8 @@ def run(pipes, depth, case, control="depth", **override):
 
 def main():
     torch.set_num_threads(2)
-    depth = pipeline("depth-estimation", model=str(FIX / "tiny-depth-anything"), device="cpu")
+    # In float32: the fixture stores the weights in float16, which the pipeline would otherwise compute in.
+    depth = pipeline("depth-estimation", model=str(FIX / "tiny-depth-anything"), device="cpu", dtype=torch.float32)
     control = FluxControlImg2ImgPipeline.from_pretrained(FIX / "tiny-control", torch_dtype=torch.float32)
     base = FluxPipeline.from_pretrained(FIX / "tiny-dev", torch_dtype=torch.float32)
     net = FluxControlNetModel.from_pretrained(FIX / "tiny-controlnet-union", torch_dtype=torch.float32)

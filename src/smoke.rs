@@ -101,6 +101,7 @@ fn request(dir: &Path, case: &Case, (device, dtype, kernels): (&Device, DType, K
         controlnets: Vec::new(),
         redux: Vec::new(),
         redux_model: None,
+        depth_model: None,
         attention_chunk: None,
         vae_band: None,
         cache: None,

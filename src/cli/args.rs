@@ -143,8 +143,9 @@ pub struct Args {
     #[arg(long, value_name = "IMAGE")]
     pub control: Vec<PathBuf>,
     /// FLUX.1 Control or ControlNet: derive the control image from the input: canny (OpenCV's Canny,
-    /// --canny-low/--canny-high). With several --controlnet it is the last one's.
-    #[arg(long, value_name = "canny")]
+    /// --canny-low/--canny-high) or depth (Depth Anything, --depth-model). With several --controlnet it is the
+    /// last one's.
+    #[arg(long, value_name = "canny|depth")]
     pub control_from: Option<String>,
     /// A FLUX.1 ControlNet steering a dev/schnell model (text-to-image, img2img, inpainting): a diffusers
     /// FluxControlNetModel folder or Hub repo id (InstantX, Union, Union Pro 2.0). Repeatable; their residuals add.
@@ -164,6 +165,10 @@ pub struct Args {
     /// The fraction of the steps that run after which a ControlNet stops acting [default: 1]; one or one each.
     #[arg(long, value_name = "F")]
     pub control_end: Vec<f64>,
+    /// --control-from depth: the Depth Anything model, a folder or Hub repo id in transformers' layout [default:
+    /// depth-anything/Depth-Anything-V2-Large-hf].
+    #[arg(long, value_name = "DIR|REPO")]
+    pub depth_model: Option<PathBuf>,
     /// --control-from canny: the hysteresis thresholds on the L1 Sobel magnitude [default: 100 and 200].
     #[arg(long, value_name = "T")]
     pub canny_low: Option<f32>,

@@ -235,6 +235,9 @@ impl Args {
             self.reference_size = self.reference_size.or(r.reference_size);
         }
         let own_control = !self.control.is_empty() || self.control_from.is_some();
+        if self.depth_model.is_none() {
+            self.depth_model = r.depth_model.as_deref().map(|m| paths.model(m, "depth model")).transpose()?;
+        }
         if let (false, Some(c)) = (own_control, &r.control) {
             self.record_control(c, &paths)?;
         }
@@ -384,6 +387,7 @@ impl Args {
             controlnets: self.controlnet_specs()?,
             redux: self.redux.iter().map(|s| parse_redux(s)).collect::<Result<_>>()?,
             redux_model: self.redux_model.clone(),
+            depth_model: self.depth_model.clone(),
             attention_chunk: self.attention_chunk.map(|r| r as usize),
             vae_band: self.vae_band.map(|r| r as usize),
             cache: self.cache.and_then(|c| c.0),
@@ -452,6 +456,10 @@ impl Args {
 
     /// A record's control image: a file, or `canny:LOW,HIGH` (the thresholds unless the command line has them).
     fn record_control(&mut self, words: &str, paths: &RecordPaths) -> Result<()> {
+        if words == "depth" {
+            self.control_from = Some("depth".into());
+            return Ok(());
+        }
         match words.strip_prefix("canny:").and_then(|t| t.split_once(',')) {
             Some((low, high)) => {
                 self.control_from = Some("canny".into());
@@ -482,6 +490,9 @@ impl Args {
     /// `--control-from` with its thresholds.
     fn derived_control(&self) -> Result<Option<ControlSource>> {
         let thresholds = self.canny_low.is_some() || self.canny_high.is_some();
+        if self.depth_model.is_some() && self.control_from.as_deref() != Some("depth") {
+            return Err(Error::Usage("--depth-model applies to --control-from depth".into()));
+        }
         match self.control_from.as_deref() {
             Some("canny") => {
                 let (low, high) = (self.canny_low.unwrap_or(100.0), self.canny_high.unwrap_or(200.0));
@@ -492,12 +503,11 @@ impl Args {
                 }
                 Ok(Some(ControlSource::Canny { low, high }))
             }
-            Some("depth") => Err(Error::Usage(
-                "--control-from depth is not available in this version; make a depth map with Depth Anything and give \
-                 it as --control IMAGE"
-                    .into(),
-            )),
-            Some(other) => Err(Error::Usage(format!("--control-from {other:?}: the choice is canny"))),
+            Some("depth") if thresholds => {
+                Err(Error::Usage("--canny-low/--canny-high apply to --control-from canny, not depth".into()))
+            }
+            Some("depth") => Ok(Some(ControlSource::Depth)),
+            Some(other) => Err(Error::Usage(format!("--control-from {other:?}: choose canny or depth"))),
             None if thresholds => Err(Error::Usage("--canny-low/--canny-high apply to --control-from canny".into())),
             None => Ok(None),
         }
@@ -726,6 +736,7 @@ impl Args {
                             low: self.canny_low.unwrap_or(100.0),
                             high: self.canny_high.unwrap_or(200.0),
                         }),
+                        Some("depth") => Some(ControlSource::Depth),
                         Some(c) => Some(ControlSource::File(near(c))),
                         None => None,
                     },

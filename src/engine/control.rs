@@ -1,7 +1,8 @@
-//! The control image of FLUX.1 Control transformers (`FluxControl*Pipeline`): takes the request's control source
-//! (a file, or Canny edges of the input) and gives it at the working size, prepared the way the input is (cropped
+//! The control image of FLUX.1 Control transformers (`FluxControl*Pipeline`) and ControlNets: takes a control
+//! source (a file, Canny edges or the depth map of the input) and gives it at the working size, prepared the way the input is (cropped
 //! to the working aspect, resized with Lanczos), so edges stay where the input's edges are.
 
+use super::depth::DepthMaps;
 use super::family::Env;
 use super::request::{ControlSource, Request};
 use super::{edit, Plan};
@@ -18,9 +19,11 @@ const ASPECT_SLACK: f64 = 0.01;
 pub fn check(source: &ControlSource, input: Option<(u32, u32)>, working: (u32, u32)) -> Result<()> {
     let path = match (source, input) {
         (ControlSource::File(path), _) => path,
-        (ControlSource::Canny { .. }, Some(_)) => return Ok(()),
-        (ControlSource::Canny { .. }, None) => {
-            return Err(Error::Usage("--control-from canny needs an input image (--image)".into()))
+        (ControlSource::Canny { .. } | ControlSource::Depth, Some(_)) => return Ok(()),
+        (derived, None) => {
+            let what = derived.words();
+            let what = what.split(':').next().unwrap_or("canny");
+            return Err(Error::Usage(format!("--control-from {what} needs an input image (--image)")));
         }
     };
     let target = input.unwrap_or(working);
@@ -45,22 +48,33 @@ fn same_aspect(a: (u32, u32), b: (u32, u32)) -> bool {
 }
 
 /// The control image at the working size.
-pub fn image(req: &Request, input: Option<&RgbImage>, plan: &Plan, env: &Env) -> Result<RgbImage> {
+pub fn image(
+    req: &Request,
+    input: Option<&RgbImage>,
+    plan: &Plan,
+    env: &Env,
+    depth: &mut DepthMaps,
+) -> Result<RgbImage> {
     let source = req.control.as_ref().ok_or_else(|| {
         Error::Usage("this is a FLUX.1 Control model: give --control IMAGE or --control-from canny".into())
     })?;
-    image_of(source, input, plan, env)
+    image_of(source, req, input, plan, env, depth)
 }
 
 /// The control image `source` gives, at the working size (a FLUX.1 Control transformer's, or a ControlNet's).
-pub fn image_of(source: &ControlSource, input: Option<&RgbImage>, plan: &Plan, env: &Env) -> Result<RgbImage> {
+pub fn image_of(
+    source: &ControlSource,
+    req: &Request,
+    input: Option<&RgbImage>,
+    plan: &Plan,
+    env: &Env,
+    depth: &mut DepthMaps,
+) -> Result<RgbImage> {
+    let needs_input = || Error::Usage(format!("--control-from {} needs an input image (--image)", source.words()));
     let img = match source {
         ControlSource::File(path) => load(path, input, plan, env)?,
-        ControlSource::Canny { low, high } => {
-            let input =
-                input.ok_or_else(|| Error::Usage("--control-from canny needs an input image (--image)".into()))?;
-            canny::edges(input, *low, *high)
-        }
+        ControlSource::Canny { low, high } => canny::edges(input.ok_or_else(needs_input)?, *low, *high),
+        ControlSource::Depth => depth.map(req, input.ok_or_else(needs_input)?, env)?,
     };
     Ok(match input {
         Some(_) => edit::fit_to_plan(img, plan),

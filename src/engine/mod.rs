@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod control;
 pub mod controlnet;
+pub mod depth;
 pub mod edit;
 pub mod family;
 pub mod fill;

@@ -72,6 +72,9 @@ pub struct EditRecord {
     /// FLUX.1 ControlNets, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub controlnets: Vec<ControlNetRecord>,
+    /// `--control-from depth`'s model, when one was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth_model: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redux: Vec<LoraRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +177,7 @@ impl EditRecord {
                 .map(|r| LoraRecord { path: r.path.clone(), weight: r.weight, hash: None })
                 .collect(),
             redux_model: req.redux_model.clone(),
+            depth_model: req.depth_model.clone(),
             reference_width: plan.reference_size.map(|s| s.0),
             reference_height: plan.reference_size.map(|s| s.1),
             loras: req

@@ -58,6 +58,8 @@ pub enum ControlSource {
     File(PathBuf),
     /// Canny edges of the input, with these hysteresis thresholds (`--control-from canny`).
     Canny { low: f32, high: f32 },
+    /// The input's depth map by Depth Anything (`--control-from depth`; the model is the request's `depth_model`).
+    Depth,
 }
 
 impl ControlSource {
@@ -66,6 +68,7 @@ impl ControlSource {
         match self {
             ControlSource::File(p) => p.to_string_lossy().into_owned(),
             ControlSource::Canny { low, high } => format!("canny:{low},{high}"),
+            ControlSource::Depth => "depth".into(),
         }
     }
 }
@@ -195,6 +198,8 @@ pub struct Request {
     pub control: Option<ControlSource>,
     /// FLUX.1 ControlNets, each with its control image; their residuals add up (`FluxMultiControlNetModel`).
     pub controlnets: Vec<ControlNetSpec>,
+    /// `--control-from depth`: the Depth Anything folder or Hub id (None: [`crate::engine::depth::DEFAULT_REPO`]).
+    pub depth_model: Option<PathBuf>,
     /// FLUX.1 Redux: images whose SigLIP tokens join the prompt's, each with its weight.
     pub redux: Vec<ReduxImage>,
     /// Where Redux's image encoder and embedder are (a folder or Hub id; None: FLUX.1-Redux-dev).

@@ -22,7 +22,7 @@ impl Flux {
         quant: Option<Quant>,
     ) -> Result<Option<Estimate>> {
         let Some(mut weights) = self.weight_sizes(req.dtype, quant)? else { return Ok(None) };
-        weights.adapters = redux_bytes(req)? + controlnet_bytes(req)?;
+        weights.adapters = redux_bytes(req)? + controlnet_bytes(req)? + depth_bytes(req)?;
         Ok(Some(memory::estimate(&self.configs, weights, work, req.dtype, Backend::of(&req.device))))
     }
 
@@ -102,6 +102,21 @@ fn controlnet_bytes(req: &Request) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// `--control-from depth`'s model at the run dtype (kept loaded for the batch), when it is on disk.
+fn depth_bytes(req: &Request) -> Result<u64> {
+    use crate::engine::request::ControlSource;
+    let derives =
+        req.control.iter().chain(req.controlnets.iter().map(|c| &c.image)).any(|c| *c == ControlSource::Depth);
+    let Some(dir) = derives.then(|| crate::engine::depth::locate_cached(req.depth_model.as_deref())).flatten() else {
+        return Ok(0);
+    };
+    let plain = LoadAs { dtype: req.dtype, quantize: None, rule: Rule::Plain };
+    match source::weight_files(&dir, "model") {
+        Ok(files) => loaded_bytes(&files, plain, |_| true),
+        Err(_) => Ok(0),
+    }
 }
 
 /// A component's weight files: those it was opened with, or (configs-only sessions) the folder's, when present.

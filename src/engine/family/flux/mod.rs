@@ -109,6 +109,8 @@ pub struct Flux {
     controlnets: Vec<controlnet::Loaded>,
     /// The transformer's own input width (a control LoRA widens `configs`' for the edits that use it).
     base_in_channels: usize,
+    /// `--control-from depth`'s model (loaded on first use).
+    depth: crate::engine::depth::DepthMaps,
     /// Loaded weight bytes by dtype and quantization (read from the headers once).
     weight_sizes: HashMap<(&'static str, Option<Quant>), crate::engine::memory::WeightSizes>,
     edit: Option<Edit>,
@@ -131,6 +133,7 @@ impl Flux {
             redux: None,
             controlnets: Vec::new(),
             base_in_channels: 0,
+            depth: Default::default(),
             weight_sizes: HashMap::new(),
             edit: None,
         };
@@ -249,7 +252,7 @@ impl Flux {
         let (c, f) = (self.configs.vae.latent_channels, self.configs.vae.scale_factor());
         let grid = (c, plan.height as usize / f, plan.width as usize / f);
         let control = match self.inputs() {
-            TransformerInputs::Control => Some(control::image(req, input.as_ref(), plan, env)?),
+            TransformerInputs::Control => Some(control::image(req, input.as_ref(), plan, env, &mut self.depth)?),
             _ => None,
         };
         let input = match (&req.mode, input) {

@@ -67,7 +67,7 @@ impl Flux {
         for spec in &req.controlnets {
             let dir = controlnet::locate(&spec.model, false)?;
             let cfg = controlnet::read_config(&dir.join("config.json"))?;
-            let img = control::image_of(&spec.image, input, plan, env)?;
+            let img = control::image_of(&spec.image, req, input, plan, env, &mut self.depth)?;
             // XLabs ControlNets take the pixels (diffusers encodes nothing for them, so nothing is drawn).
             let pixels = cfg.conditioning_embedding_channels.is_some();
             let cond = match pixels {
