@@ -117,6 +117,9 @@ pub struct Flux {
 }
 
 impl Flux {
+    /// Reads the folder's layout and configs and applies component overrides; with `weights`, checks the weight
+    /// files and reads the transformer's tensor names (a configs-only session reads them only for a swapped
+    /// transformer, which decides dev or schnell even for a plan).
     pub fn open(model: &Path, o: &Overrides, weights: bool, progress: &dyn crate::engine::Progress) -> Result<Self> {
         let mut files = if weights { ModelFiles::from_dir(model)? } else { ModelFiles::configs_only(model)? };
         files.apply(o)?;
@@ -438,7 +441,8 @@ impl ModelFamily for Flux {
 
     fn plan(&self, req: &Request, input: Option<(u32, u32)>, seed: u64, gpu: CudaGeometry) -> Result<Plan> {
         let references = self.reference_sizes(req, input)?;
-        let configs = match self.control_lora_width(req, false) {
+        // A Hub LoRA is fetched here only when a control image asks for a Control model (a control LoRA).
+        let configs = match self.control_lora_width(req, req.control.is_some()) {
             Some(width) => std::borrow::Cow::Owned(self.control_lora_configs(req, width)?),
             None => std::borrow::Cow::Borrowed(&self.configs),
         };

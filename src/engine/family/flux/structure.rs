@@ -15,12 +15,9 @@ use crate::rng;
 use image::RgbImage;
 
 impl Flux {
-    /// Reads the folder's layout and configs and applies component overrides; with `weights`, checks the weight
-    /// files and reads the transformer's tensor names (a configs-only session reads them only for a swapped
-    /// transformer, which decides dev or schnell even for a plan).
     /// The input width a control LoRA of `req` widens the transformer to (its img_in pair reads the noise and the
-    /// control latents), when one does. `fetched`: LoRAs named by Hub id are looked up too (the session has them
-    /// once it loaded them); otherwise only local files are read (a plan fetches nothing).
+    /// control latents), when one does. `fetched`: LoRAs named by Hub id are looked up too (fetched if need be; the
+    /// session has them once it loaded them); otherwise only local files are read.
     pub(super) fn control_lora_width(&self, req: &Request, fetched: bool) -> Option<usize> {
         let base = self.base_in_channels;
         req.loras
