@@ -196,15 +196,16 @@ EOF
 # (e): one case of each other mode on the device (f32, --kernels auto), against its diffusers reference at 45 dB
 # (60 for DDIM, as on the CPU): Stable Diffusion (SD 1.x, SD 2.x v-prediction with DDIM, SDXL img2img, the
 # 9-channel inpainting UNet, a q8_0 UNet), a q8_0 FLUX.1 transformer and T5, FLUX Fill outpainting, Control with Canny, Redux, a step
-# cache, Kontext, klein reference editing and a klein LoRA, two ControlNets at once, an XLabs ControlNet and a
-# Control LoRA. The flags come from scripts/gpu_cases.py, which follows
+# cache, Kontext, klein reference editing and a klein LoRA, two ControlNets at once, an XLabs ControlNet, a
+# Control LoRA and --control-from depth (Depth Anything on the device). The flags come from scripts/gpu_cases.py, which follows
 # the Rust tests' case_args.
 phase_modes() {
   local fx=$ROOT/tests/fixtures name exp rest args out rc db bar
   python3 "$ROOT/scripts/gpu_cases.py" "$fx" sd:sd15-t2i-default sd:sd2-t2i-vpred-ddim sd:sdxl-i2i-dpm \
     sd:sd15-inpaint-9ch sd:sdxl-t2i-euler fill:fill-outpaint control:control-img2img-canny redux:redux-img2img-two \
     cache:cache-dev-fb-a modes:kontext-dev klein:klein-ref klein:klein-lora-peft modes:t2i-dev \
-    controlnet:controlnet-multi controlnet:controlnet-xlabs-img2img control-lora:control-lora-img2img > "$W/modes.tsv" 2>> "$LOG" || {
+    controlnet:controlnet-multi controlnet:controlnet-xlabs-img2img control-lora:control-lora-img2img \
+    control-depth:depth-control-img2img > "$W/modes.tsv" 2>> "$LOG" || {
     add modes "gpu_cases.py" "failed (see log)" FAIL
     return
   }
@@ -219,6 +220,7 @@ phase_modes() {
       sd:sdxl-t2i-euler) args+=(--quantize q8_0); bar=44; name="$name --quantize q8_0" ;;
       modes:t2i-dev) args+=(--quantize q8_0); bar=30; name="$name --quantize q8_0" ;;
       control-lora:*) args+=(--lora "$fx/loras/control-lora-bfl.safetensors") ;;
+      control-depth:*) args+=(--control-from depth --depth-model "$fx/tiny-depth-anything") ;;
     esac
     out=$W/mode-${name//[^A-Za-z0-9]/_}.png
     timeout "$(budget 120)" "$FI" "${args[@]}" --device "$DEV" --dtype f32 -o "$out" > /dev/null 2> "$W/err" < /dev/null
