@@ -240,6 +240,11 @@ impl Request {
         }
     }
 
+    /// Whether a control image is the input's depth map (the Control transformer's, or a ControlNet's).
+    pub fn derives_depth(&self) -> bool {
+        self.control.iter().chain(self.controlnets.iter().map(|c| &c.image)).any(|c| *c == ControlSource::Depth)
+    }
+
     /// The inpainting mask, for that mode.
     /// Outpainting's geometry, when the request outpaints.
     pub fn outpaint(&self) -> Option<&crate::image_io::outpaint::Outpaint> {

@@ -203,9 +203,7 @@ pub fn plan(
         super::control::check(source, input, (width, height))?;
     }
     super::controlnet::check_request(req, input, (width, height))?;
-    let derives_depth =
-        req.control.iter().chain(req.controlnets.iter().map(|c| &c.image)).any(|c| *c == ControlSource::Depth);
-    if derives_depth {
+    if req.derives_depth() {
         super::depth::check(req.depth_model.as_deref())?;
     }
     let (default_steps, mut default_guidance) = defaults(cfg.transformer.guidance_embeds);

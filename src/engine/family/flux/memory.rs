@@ -106,10 +106,9 @@ fn controlnet_bytes(req: &Request) -> Result<u64> {
 
 /// `--control-from depth`'s model at the run dtype (kept loaded for the batch), when it is on disk.
 fn depth_bytes(req: &Request) -> Result<u64> {
-    use crate::engine::request::ControlSource;
-    let derives =
-        req.control.iter().chain(req.controlnets.iter().map(|c| &c.image)).any(|c| *c == ControlSource::Depth);
-    let Some(dir) = derives.then(|| crate::engine::depth::locate_cached(req.depth_model.as_deref())).flatten() else {
+    let Some(dir) =
+        req.derives_depth().then(|| crate::engine::depth::locate_cached(req.depth_model.as_deref())).flatten()
+    else {
         return Ok(0);
     };
     let plain = LoadAs { dtype: req.dtype, quantize: None, rule: Rule::Plain };
