@@ -20,11 +20,7 @@ pub fn check(source: &ControlSource, input: Option<(u32, u32)>, working: (u32, u
     let path = match (source, input) {
         (ControlSource::File(path), _) => path,
         (ControlSource::Canny { .. } | ControlSource::Depth, Some(_)) => return Ok(()),
-        (derived, None) => {
-            let what = derived.words();
-            let what = what.split(':').next().unwrap_or("canny");
-            return Err(Error::Usage(format!("--control-from {what} needs an input image (--image)")));
-        }
+        (derived, None) => return Err(needs_input(derived)),
     };
     let target = input.unwrap_or(working);
     let (w, h) = image_io::dimensions_as(path, Role::Control)?;
@@ -42,6 +38,13 @@ pub fn check(source: &ControlSource, input: Option<(u32, u32)>, working: (u32, u
     Ok(())
 }
 
+/// A control image derived from an input that the edit does not have.
+fn needs_input(source: &ControlSource) -> Error {
+    let words = source.words();
+    let name = words.split(':').next().unwrap_or_default();
+    Error::Usage(format!("--control-from {name} needs an input image (--image)"))
+}
+
 fn same_aspect(a: (u32, u32), b: (u32, u32)) -> bool {
     let (ra, rb) = (a.0 as f64 / a.1 as f64, b.0 as f64 / b.1 as f64);
     (ra / rb - 1.0).abs() <= ASPECT_SLACK
@@ -56,7 +59,7 @@ pub fn image(
     depth: &mut DepthMaps,
 ) -> Result<RgbImage> {
     let source = req.control.as_ref().ok_or_else(|| {
-        Error::Usage("this is a FLUX.1 Control model: give --control IMAGE or --control-from canny".into())
+        Error::Usage("this is a FLUX.1 Control model: give --control IMAGE or --control-from canny|depth".into())
     })?;
     image_of(source, req, input, plan, env, depth)
 }
@@ -70,11 +73,11 @@ pub fn image_of(
     env: &Env,
     depth: &mut DepthMaps,
 ) -> Result<RgbImage> {
-    let needs_input = || Error::Usage(format!("--control-from {} needs an input image (--image)", source.words()));
+    let input_of = || input.ok_or_else(|| needs_input(source));
     let img = match source {
         ControlSource::File(path) => load(path, input, plan, env)?,
-        ControlSource::Canny { low, high } => canny::edges(input.ok_or_else(needs_input)?, *low, *high),
-        ControlSource::Depth => depth.map(req, input.ok_or_else(needs_input)?, env)?,
+        ControlSource::Canny { low, high } => canny::edges(input_of()?, *low, *high),
+        ControlSource::Depth => depth.map(req, input_of()?, env)?,
     };
     Ok(match input {
         Some(_) => edit::fit_to_plan(img, plan),

@@ -103,7 +103,7 @@ fn check_transformer_inputs(req: &Request, cfg: &ModelConfigs) -> Result<Transfo
                 Some(_) => Ok(inputs),
                 None => Err(Error::Usage(
                     "this is a FLUX.1 Control model: give --control IMAGE (edges or a depth map) or --control-from \
-                     canny"
+                     canny|depth"
                         .into(),
                 )),
             }
