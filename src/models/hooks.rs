@@ -136,3 +136,23 @@ pub(crate) fn walk<D, S>(
     run.cache.after_last(&x, &h.narrow(1, 0, st)?)?;
     Ok(x)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Residuals;
+    use candle_core::{Device, Tensor};
+
+    /// diffusers' transformer: block i of n reads sample `i // ceil(n / len)`, or `i % len` with
+    /// `controlnet_blocks_repeat` (XLabs' two double blocks over FLUX.1-dev's 19).
+    #[test]
+    fn samples_are_picked_as_diffusers_does() {
+        let samples: Vec<Tensor> = (0..2).map(|k| Tensor::new(&[k as f32], &Device::Cpu).unwrap()).collect();
+        let pick =
+            |i, n, repeat| Residuals::pick(&samples, i, n, repeat).map(|t| t.to_vec1::<f32>().unwrap()[0] as usize);
+        let interval: Vec<_> = (0..5).map(|i| pick(i, 5, false)).collect();
+        assert_eq!(interval, [Some(0), Some(0), Some(0), Some(1), Some(1)]);
+        let repeat: Vec<_> = (0..5).map(|i| pick(i, 5, true)).collect();
+        assert_eq!(repeat, [Some(0), Some(1), Some(0), Some(1), Some(0)]);
+        assert_eq!(Residuals::pick(&[], 0, 5, false).map(|_| ()), None);
+    }
+}
