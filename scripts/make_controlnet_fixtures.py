@@ -6,6 +6,7 @@ Writes tests/fixtures/:
                           1 single block: the transformer's 2 single blocks then read sample 0 twice, diffusers'
                           ceil interval), every weight random (zero-init blocks would make it a no-op)
   tiny-controlnet-union/  the same with num_mode=7 (controlnet_mode_embedder)
+  tiny-controlnet-schnell/  an InstantX-layout one for tiny-schnell (no guidance embedder), for pipeline cases
   tiny-controlnet-xlabs/  an XLabs-layout one: the control image in pixels through input_hint_block, no single blocks
   controlnet-vectors.safetensors  inputs (packed latents, packed control latents, T5/CLIP stand-ins, ids, σ,
                           guidance) and tiny-dev's velocity: without ControlNet, with each ControlNet at scale 1 and
@@ -89,6 +90,9 @@ def main():
     plain = build(base, "tiny-controlnet", None, 51)
     union = build(base, "tiny-controlnet-union", 7, 52)
     xlabs = build(base, "tiny-controlnet-xlabs", None, 53, xlabs=True)
+    # One for tiny-schnell's widths (no guidance embedder, 2 double blocks reading one sample): pipeline cases only.
+    schnell = FluxTransformer2DModel.from_pretrained(FIX / "tiny-schnell" / "transformer", torch_dtype=torch.float32)
+    build(schnell, "tiny-controlnet-schnell", None, 54)
     g = torch.Generator().manual_seed(5)
     h, w, st = 4, 6, 8
     c = base.config

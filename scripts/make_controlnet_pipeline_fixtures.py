@@ -64,6 +64,15 @@ CASES = [
     dict(name="controlnet-xlabs-img2img", pipeline="FluxControlNetImg2ImgPipeline", image="wide-100x60.png",
          prompt=P1, width=80, height=48, strength=0.75, steps=8, guidance=3.5, seed=48, max_sequence_length=32,
          controlnets=[CN("tiny-controlnet-xlabs", "canny:60,160", 1.0, start=0.1, end=0.7)], other_scale=0.4),
+    dict(name="controlnet-schnell-t2i", pipeline="FluxControlNetPipeline", model="tiny-schnell", prompt=P2, width=72,
+         height=48, steps=4, guidance=0.0, seed=49, max_sequence_length=32,
+         controlnets=[CN("tiny-controlnet-schnell", "control-photo-96x64.png", 1.0)],
+         other_control="control-wide-96x64.png", other_scale=0.5),
+    dict(name="controlnet-schnell-inpaint", pipeline="FluxControlNetInpaintPipeline", model="tiny-schnell",
+         image="gradient-80x80.png", mask="rect-80x80.png", prompt=P1, width=64, height=64, strength=0.8, steps=4,
+         guidance=0.0, seed=50, max_sequence_length=32,
+         controlnets=[CN("tiny-controlnet-schnell", "canny:50,150", 0.8, end=0.75)], other_scale=0.3,
+         moved_mask="rect-moved-80x80.png"),
     dict(name="controlnet-multi", pipeline="FluxControlNetPipeline", prompt=P2, width=64, height=64, steps=6,
          guidance=3.5, seed=45, max_sequence_length=32,
          controlnets=[CN("tiny-controlnet", "control-gradient-80x80.png", 0.7),
@@ -86,8 +95,9 @@ def control_image(spec, src, w, h):
     return center_crop_to_aspect(c, w, h) if src is not None else c
 
 
-def run(base, nets, case, **override):
+def run(bases, nets, case, **override):
     c = {**case, **override}
+    base = bases[c.get("model", "tiny-dev")]
     specs = c["controlnets"]
     src = img(c["image"]) if c.get("image") else None
     controls = [control_image(s, src, c["width"], c["height"]) for s in specs]
@@ -131,9 +141,9 @@ def main():
     canny(photo, 60, 160).save(FIX / "images" / "control-photo-96x64.png")
     canny(img("wide-100x60.png").resize((96, 64), Image.LANCZOS), 40, 120).save(
         FIX / "images" / "control-wide-96x64.png")
-    base = FluxPipeline.from_pretrained(FIX / "tiny-dev", torch_dtype=torch.float32)
+    base = {m: FluxPipeline.from_pretrained(FIX / m, torch_dtype=torch.float32) for m in ("tiny-dev", "tiny-schnell")}
     nets = {n: FluxControlNetModel.from_pretrained(FIX / n, torch_dtype=torch.float32)
-            for n in ("tiny-controlnet", "tiny-controlnet-union", "tiny-controlnet-xlabs")}
+            for n in ("tiny-controlnet", "tiny-controlnet-union", "tiny-controlnet-xlabs", "tiny-controlnet-schnell")}
     records = []
     for case in CASES:
         ref = run(base, nets, case)
@@ -149,7 +159,7 @@ def main():
             sens["control_mode"] = psnr(ref, run(base, nets, case, **with_first(case, mode=case["other_mode"])))
         if case.get("moved_mask"):
             sens["mask"] = psnr(ref, run(base, nets, case, mask=case["moved_mask"]))
-        rec = {**case, "model": "tiny-dev", "expected": f"expected/{case['name']}.png", "size": list(ref.size),
+        rec = {"model": "tiny-dev", **case, "expected": f"expected/{case['name']}.png", "size": list(ref.size),
                "sensitivity_psnr_db": sens}
         records.append(rec)
         print(json.dumps({k: rec[k] for k in ("name", "size", "sensitivity_psnr_db")}), flush=True)
