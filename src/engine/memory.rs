@@ -174,6 +174,8 @@ pub struct Workload {
     pub taylor_order: Option<usize>,
     /// Passes with their own cache state: 2 with true CFG (prompt and negative prompt run apart), else 1.
     pub passes: usize,
+    /// ControlNets: the residuals held through a transformer pass (their longest block list; 0 without).
+    pub control_residuals: usize,
 }
 
 impl Workload {
@@ -194,7 +196,19 @@ impl Workload {
             _ => None,
         };
         let passes = if req.true_cfg.is_some() { 2 } else { 1 };
-        Self { size, encodes, references, text_tokens, batch, attention_chunk, vae_band, kernels, taylor_order, passes }
+        Self {
+            size,
+            encodes,
+            references,
+            text_tokens,
+            batch,
+            attention_chunk,
+            vae_band,
+            kernels,
+            taylor_order,
+            passes,
+            control_residuals: 0,
+        }
     }
 
     /// Every image scaled by `f` in area (sizes rounded to whole pixels).
@@ -246,7 +260,8 @@ fn transformer_activations(cfg: &ModelConfigs, work: &Workload, dt: u64, compose
     let mlp = (width * t.mlp_ratio.unwrap_or(4.0) * gated).trunc();
     let rows = work.attention_chunk.map_or(s, |c| s.min(c as f64));
     let scores = if composed { b * heads * rows * s * (2.0 * dt + 8.0) } else { 0.0 };
-    (scores + b * s * (3.0 * width + mlp) * (dt + 4.0) + taylor_factors(cfg, work, s, width)) as u64
+    let residuals = work.control_residuals as f64 * tokens(cfg, work.size) * width * dt;
+    (scores + b * s * (3.0 * width + mlp) * (dt + 4.0) + taylor_factors(cfg, work, s, width) + residuals) as u64
 }
 
 /// TaylorSeer's factors, kept for the whole edit: per pass, order + 1 bf16 copies of every block's attention

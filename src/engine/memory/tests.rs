@@ -118,6 +118,7 @@ fn img2img_1024() -> Workload {
         kernels: Kernels::Auto,
         taylor_order: None,
         passes: 1,
+        control_residuals: 0,
     }
 }
 
@@ -343,4 +344,15 @@ fn taylorseer_factors_are_counted() {
     let cfg2 = act(&at(&Workload { taylor_order: Some(2), passes: 2, ..img2img_1024() }));
     assert_eq!(one - plain, 2 * 57 * 4608 * 3072 * 2);
     assert_eq!(cfg2 - plain, 2 * 3 * 57 * 4608 * 3072 * 2);
+}
+
+/// A ControlNet's residuals live through the transformer pass: one [image tokens, width] tensor per block it
+/// feeds (InstantX Canny: 5 double + 10 single blocks).
+#[test]
+fn controlnet_residuals_are_counted() {
+    let at = |work: &Workload| estimate(&dev(), dense_dev(), work, DType::BF16, Backend::Cuda);
+    let act = |e: &Estimate| e.stages.iter().find(|s| s.name == "denoising").unwrap().activations;
+    let plain = act(&at(&img2img_1024()));
+    let controlled = act(&at(&Workload { control_residuals: 15, ..img2img_1024() }));
+    assert_eq!(controlled - plain, 15 * 4096 * 3072 * 2);
 }

@@ -23,7 +23,8 @@ impl Flux {
     ) -> Result<Option<Estimate>> {
         let Some(mut weights) = self.weight_sizes(req.dtype, quant)? else { return Ok(None) };
         weights.adapters = redux_bytes(req)? + controlnet_bytes(req)? + depth_bytes(req)?;
-        Ok(Some(memory::estimate(&self.configs, weights, work, req.dtype, Backend::of(&req.device))))
+        let work = Workload { control_residuals: controlnet_residuals(req), ..work.clone() };
+        Ok(Some(memory::estimate(&self.configs, weights, &work, req.dtype, Backend::of(&req.device))))
     }
 
     fn weight_sizes(&mut self, dtype: DType, quant: Option<Quant>) -> Result<Option<WeightSizes>> {
@@ -102,6 +103,22 @@ fn controlnet_bytes(req: &Request) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// The residuals the request's ControlNets hold through a pass: their longest block list (several sum into one),
+/// from configs on disk (one on the Hub and not cached counts 0).
+fn controlnet_residuals(req: &Request) -> usize {
+    let blocks = |spec: &crate::engine::request::ControlNetSpec| -> Option<usize> {
+        let dir = match spec.model.is_dir() {
+            true => spec.model.clone(),
+            false => {
+                source::hub::cached_snapshot(&source::hub::repo_id(&spec.model.to_string_lossy())?, "config.json")?
+            }
+        };
+        let cfg = crate::engine::controlnet::read_config(&dir.join("config.json")).ok()?;
+        Some(cfg.base.num_layers + cfg.base.num_single_layers)
+    };
+    req.controlnets.iter().filter_map(blocks).max().unwrap_or(0)
 }
 
 /// `--control-from depth`'s model at the run dtype (kept loaded for the batch), when it is on disk.
