@@ -288,3 +288,50 @@ fn manifest_sets_control_and_scale() {
     assert_eq!(read("strong.png"), single("6", "1.5", &other, "strong-single.png"));
     assert_ne!(read("zero.png"), read("strong.png"));
 }
+
+/// One session running a plain edit and then a ControlNet edit (a library caller's sequence): the transformer
+/// stays loaded and the ControlNet still joins, giving what a fresh run gives.
+#[test]
+fn a_session_picks_up_controlnets_between_edits() {
+    use clap::Parser;
+    let t = tempfile::tempdir().unwrap();
+    let request = |extra: &[&str], out: &str| {
+        let mut a: Vec<String> =
+            ["flux-img2img", "--model", &s("tiny-dev"), "--image", &s("images/gradient-80x80.png")]
+                .map(String::from)
+                .to_vec();
+        a.extend(["--prompt", "a cat", "--steps", "3", "--seed", "9", "--rng", "torch-cpu", "-o"].map(String::from));
+        a.push(t.path().join(out).to_string_lossy().into());
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let args = flux_img2img::cli::Args::try_parse_from(a).unwrap();
+        args.into_batch().unwrap().items.remove(0).request
+    };
+    let control = s("images/control-gradient-80x80.png");
+    let with = ["--controlnet", &s("tiny-controlnet"), "--control", &control];
+    let progress: std::sync::Arc<dyn flux_img2img::engine::Progress> =
+        std::sync::Arc::new(flux_img2img::engine::Silent);
+    let mut session = flux_img2img::Session::open(
+        &fixtures().join("tiny-dev"),
+        &Default::default(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+        progress,
+    )
+    .unwrap();
+    session.run(&request(&[], "plain.png")).unwrap();
+    session.run(&request(&with, "second.png")).unwrap();
+    let o = bin().args(request_args_for_fresh_run(&with, &t.path().join("fresh.png"))).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(psnr(&t.path().join("second.png"), &t.path().join("fresh.png")).is_infinite());
+    assert!(psnr(&t.path().join("plain.png"), &t.path().join("fresh.png")) < 40.0);
+}
+
+/// The same edit as [`a_session_picks_up_controlnets_between_edits`]' second one, as a command line.
+fn request_args_for_fresh_run(extra: &[&str], out: &Path) -> Vec<String> {
+    let mut a: Vec<String> =
+        ["--model", &s("tiny-dev"), "--image", &s("images/gradient-80x80.png")].map(String::from).to_vec();
+    a.extend(["--prompt", "a cat", "--steps", "3", "--seed", "9", "--rng", "torch-cpu", "-q", "-o"].map(String::from));
+    a.push(out.to_string_lossy().into());
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}

@@ -538,7 +538,8 @@ impl ModelFamily for Flux {
             self.transformer = None;
         }
         if self.transformer.is_some() {
-            return Ok(());
+            // The ControlNets follow each request even when the transformer stays.
+            return self.load_controlnets(env, req);
         }
         let merge = loras.merge && req.quantize.is_none() && load::gguf_file(&self.files).is_none();
         let lora = loras.set.clone().map(|set| Arc::new(LoraApply { set, merge, scale: loras.scale.clone() }));
