@@ -89,8 +89,9 @@ impl ControlStep<'_> {
 }
 
 /// Checks, before any weight loads, that the request's ControlNets fit the edit (the plan has refused Fill and
-/// Control transformers already): not Kontext, no step cache (it would skip the blocks the residuals go to), no `--mask-crop`
-/// (diffusers' control image is not cropped with the input), and each control image of the input's aspect.
+/// Control transformers already): not Kontext, no step cache (it would skip the blocks the residuals go to), no
+/// `--mask-crop` (diffusers' control image is not cropped with the input), and each control image of the input's
+/// aspect.
 pub fn check_request(req: &Request, input: Option<(u32, u32)>, working: (u32, u32)) -> Result<()> {
     if req.controlnets.is_empty() {
         return Ok(());
