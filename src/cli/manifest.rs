@@ -1,9 +1,9 @@
 //! Manifest file → rows (one edit each): CSV with a header line, or JSON lines (`.jsonl`, `.ndjson`, `.json`).
 //! Columns/keys: image (empty: text-to-image), prompt, strength, seed, steps, guidance, output, mask, lora,
 //! reference (FLUX.2), cache, control (FLUX.1 Control, or the one ControlNet's image), control_scale
-//! (ControlNets), redux (FLUX.1 Redux); empty CSV cells mean "use the flag's value". A manifest is untrusted data: unknown
-//! columns, a quote that never closes and oversized files are errors, and every error names its line, so a typo
-//! can neither drop a setting nor swallow the rows after it.
+//! (ControlNets), redux (FLUX.1 Redux); empty CSV cells mean "use the flag's value". A manifest is untrusted data:
+//! unknown columns, a quote that never closes and oversized files are errors, and every error names its line, so a
+//! typo can neither drop a setting nor swallow the rows after it.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;

@@ -1,6 +1,6 @@
 //! The control image of FLUX.1 Control transformers (`FluxControl*Pipeline`) and ControlNets: takes a control
-//! source (a file, Canny edges or the depth map of the input) and gives it at the working size, prepared the way the input is (cropped
-//! to the working aspect, resized with Lanczos), so edges stay where the input's edges are.
+//! source (a file, Canny edges or the depth map of the input) and gives it at the working size, prepared the way
+//! the input is (cropped to the working aspect, resized with Lanczos), so edges stay where the input's edges are.
 
 use super::depth::DepthMaps;
 use super::family::Env;

@@ -219,7 +219,8 @@ pub fn check_config(cfg: &ControlNetConfig, base: &TransformerConfig, mode: Opti
             return Err(Error::model(
                 file,
                 format!(
-                    "embeds the control image in {c} channels in {p}x{p} patches, not the {} its                      controlnet_x_embedder takes",
+                    "embeds the control image in {c} channels in {p}x{p} patches, not the {} its controlnet_x_embedder \
+                     takes",
                     cfg.base.in_channels
                 ),
             ));
@@ -298,6 +299,17 @@ mod tests {
         let mut wide = plain.clone();
         wide.base.num_attention_heads *= 2;
         assert!(one_line(check_config(&wide, &base, None, f)).contains("another model"));
+        let xlabs = read_config(&fixture("tiny-controlnet-xlabs/config.json")).unwrap();
+        assert!(check_config(&xlabs, &base, None, f).is_ok());
+        let mut narrow = xlabs.clone();
+        narrow.conditioning_embedding_channels = Some(8);
+        let e = one_line(check_config(&narrow, &base, None, f));
+        assert!(
+            e.contains(
+                "embeds the control image in 8 channels in 2x2 patches, not the 64 its controlnet_x_embedder takes"
+            ),
+            "{e}"
+        );
     }
 }
 
