@@ -12,7 +12,7 @@ const CELL: u32 = 256;
 const LABEL_H: u32 = 16;
 const SCALE: u32 = 2;
 
-/// One written image and what it is labelled with (digits, `.`, `#`, `x` and spaces are drawn).
+/// One written image and what it is labelled with (digits, `.`, `#`, `x`, `c` and spaces are drawn).
 pub struct Cell {
     pub input: PathBuf,
     pub output: PathBuf,
@@ -35,6 +35,7 @@ fn glyph(c: char) -> [u8; 5] {
         '.' => [0, 0, 0, 0, 2],
         '#' => [5, 7, 5, 7, 5],
         'x' => [0, 5, 2, 5, 0],
+        'c' => [0, 7, 4, 4, 7],
         _ => [0; 5],
     }
 }

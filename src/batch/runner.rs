@@ -324,11 +324,14 @@ impl Run<'_> {
 }
 
 /// A contact-sheet cell: a row per input (per prompt without one), labelled "strength #seed" (and "xS" for the
-/// LoRA scale when there are LoRAs).
+/// LoRA scale when there are LoRAs, "cS" for the first ControlNet's scale when there are ControlNets).
 fn cell(r: &Request, output: std::path::PathBuf, seed: u64) -> Cell {
     let mut label = format!("{}#{seed}", r.strength().map(|s| format!("{s} ")).unwrap_or_default());
     if !r.loras.is_empty() {
         label.push_str(&format!(" x{}", r.lora_scale));
+    }
+    if let Some(c) = r.controlnets.first() {
+        label.push_str(&format!(" c{}", c.scale));
     }
     let input = r.image().map(Path::to_path_buf).unwrap_or_else(|| r.prompt.clone().into());
     Cell { input, output, label }

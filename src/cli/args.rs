@@ -156,9 +156,9 @@ pub struct Args {
     #[arg(long, value_name = "MODE")]
     pub control_mode: Vec<String>,
     /// How strongly a ControlNet steers (diffusers' controlnet_conditioning_scale) [default: 1]; one for every
-    /// ControlNet or one each.
-    #[arg(long, value_name = "F")]
-    pub control_scale: Vec<f64>,
+    /// ControlNet or one each; a list (0.4,0.7,1) renders each, every ControlNet at that scale.
+    #[arg(long, value_name = "F[,F...]")]
+    pub control_scale: Vec<String>,
     /// The fraction of the steps that run at which a ControlNet starts acting [default: 0]; one or one each.
     #[arg(long, value_name = "F")]
     pub control_start: Vec<f64>,
@@ -283,8 +283,8 @@ pub struct Args {
     /// Folder for the outputs of a batch (created if missing).
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
-    /// Output file name template: {stem} {seed} {strength} {steps} {lora} {index} [default: {stem}, plus
-    /// -{strength}, -{seed} and -l{lora} when those vary, .png].
+    /// Output file name template: {stem} {seed} {strength} {steps} {lora} {control} {index} [default: {stem},
+    /// plus -{strength}, -{seed}, -l{lora} and -c{control} when those vary, .png].
     #[arg(long, value_name = "TEMPLATE")]
     pub name: Option<String>,
     /// CSV (with header) or JSON-lines file of items: image (empty: text-to-image), prompt, strength, seed, steps,

@@ -117,19 +117,26 @@ impl Args {
             Some(s) => parse_list("--lora-scale", s, check_scale)?,
             None => vec![1.0],
         };
-        let template = Template::new(&self, strengths.len(), per_row, lora_scales.len());
+        // None: no sweep, each ControlNet keeps its own scale.
+        let control_scales: Vec<Option<f64>> = match self.control_scale_sweep()? {
+            Some(sweep) => sweep.into_iter().map(Some).collect(),
+            None => vec![None],
+        };
+        let template = Template::new(&self, strengths.len(), per_row, lora_scales.len(), control_scales.len());
         let base = self.base_request()?;
         let rows = self.rows()?;
-        let planned =
-            [rows.len(), strengths.len(), per_row, lora_scales.len()].iter().try_fold(1usize, |a, n| a.checked_mul(*n));
+        let planned = [rows.len(), strengths.len(), per_row, lora_scales.len(), control_scales.len()]
+            .iter()
+            .try_fold(1usize, |a, n| a.checked_mul(*n));
         if planned.is_none_or(|n| n > MAX_ITEMS) {
             return Err(Error::Usage(format!(
-                "this batch has {} items ({} rows × {} strengths × {per_row} seeds × {} LoRA scales), over {MAX_ITEMS}; \
-                 split it into several runs",
+                "this batch has {} items ({} rows × {} strengths × {per_row} seeds × {} LoRA scales × {} ControlNet \
+                 scales), over {MAX_ITEMS}; split it into several runs",
                 planned.map_or("too many".into(), |n| n.to_string()),
                 rows.len(),
                 strengths.len(),
-                lora_scales.len()
+                lora_scales.len(),
+                control_scales.len()
             )));
         }
         let mut items = Vec::new();
@@ -137,6 +144,7 @@ impl Args {
             let ctx = RowCtx {
                 base: &base,
                 lora_scales: &lora_scales,
+                control_scales: &control_scales,
                 template: &template,
                 seeds: &seeds,
                 per_row,
@@ -247,7 +255,7 @@ impl Args {
                 self.controlnet.push(paths.model(&c.model, "ControlNet")?);
                 self.record_control(&c.control, &paths)?;
                 self.control_mode.push(c.mode.clone().unwrap_or_else(|| "none".into()));
-                self.control_scale.push(c.scale);
+                self.control_scale.push(c.scale.to_string());
                 self.control_start.push(c.start);
                 self.control_end.push(c.end);
             }
@@ -513,6 +521,19 @@ impl Args {
         }
     }
 
+    /// A ControlNet scale sweep: one `--control-scale` with a list (several flags set one scale per ControlNet).
+    fn control_scale_sweep(&self) -> Result<Option<Vec<f64>>> {
+        match self.control_scale.as_slice() {
+            [one] if one.contains(',') => Ok(Some(parse_list("--control-scale", one, check_scale)?)),
+            many if many.len() > 1 && many.iter().any(|s| s.contains(',')) => Err(Error::Usage(
+                "--control-scale: give one list to sweep (every ControlNet at each scale) or one value per \
+                 --controlnet, not both"
+                    .into(),
+            )),
+            _ => Ok(None),
+        }
+    }
+
     /// `--controlnet` with its control images (the files in order, then `--control-from`) and per-ControlNet
     /// settings, each given once for all or once each.
     fn controlnet_specs(&self) -> Result<Vec<ControlNetSpec>> {
@@ -539,7 +560,14 @@ impl Args {
             )));
         }
         let modes = per_controlnet("--control-mode", &self.control_mode, n, "none".to_string())?;
-        let scales = per_controlnet("--control-scale", &self.control_scale, n, 1.0)?;
+        let scales = match self.control_scale_sweep()? {
+            // A sweep sets each item's scale; the specs carry its first value.
+            Some(sweep) => vec![sweep[0]; n],
+            None => {
+                let given = self.control_scale.iter().map(|s| parse_scale(s)).collect::<Result<Vec<f64>>>()?;
+                per_controlnet("--control-scale", &given, n, 1.0)?
+            }
+        };
         let starts = per_controlnet("--control-start", &self.control_start, n, 0.0)?;
         let ends = per_controlnet("--control-end", &self.control_end, n, 1.0)?;
         let mut specs = Vec::with_capacity(n);
@@ -795,14 +823,15 @@ impl Args {
             },
             (None, _) => strengths.to_vec(),
         };
-        let combos: Vec<(f64, f64, usize)> = ctx
+        let combos: Vec<(f64, Option<f64>, f64, usize)> = ctx
             .lora_scales
             .iter()
-            .flat_map(|&l| row_strengths.iter().flat_map(move |&s| (0..ctx.per_row).map(move |j| (l, s, j))))
+            .flat_map(|&l| ctx.control_scales.iter().map(move |&c| (l, c)))
+            .flat_map(|(l, c)| row_strengths.iter().flat_map(move |&s| (0..ctx.per_row).map(move |j| (l, c, s, j))))
             .collect();
         let single = ctx.rows == 1 && combos.len() == 1;
         let stem = row.input.as_ref().map(Input::stem).unwrap_or_else(|| slug(&prompt));
-        for (lora_scale, strength, j) in combos {
+        for (lora_scale, control_scale, strength, j) in combos {
             let index = items.len();
             let seed = match (row.seed, ctx.seeds) {
                 (Some(s), _) => s + j as u64,
@@ -816,6 +845,9 @@ impl Args {
             request.guidance = row.guidance.or(self.guidance);
             request.seed = Some(seed);
             request.lora_scale = lora_scale;
+            if let Some(c) = control_scale {
+                request.controlnets.iter_mut().for_each(|n| n.scale = c);
+            }
             if let Some(l) = &row.loras {
                 request.loras = l.clone();
             }
@@ -835,6 +867,7 @@ impl Args {
                 ("strength", request.strength().map(|s| s.to_string()).unwrap_or_else(|| "none".into())),
                 ("steps", request.steps.map(|s| s.to_string()).unwrap_or_else(|| "default".into())),
                 ("lora", lora_scale.to_string()),
+                ("control", control_scale.map_or_else(|| "none".into(), |c| c.to_string())),
                 ("index", format!("{index:05}")),
             ];
             request.output = self.output_for(row, single, ctx, &vars)?;
@@ -971,6 +1004,8 @@ struct RowCtx<'a> {
     base: &'a Request,
     /// `--lora-scale` values (one, 1, without a sweep).
     lora_scales: &'a [f64],
+    /// `--control-scale` sweep values (one None without a sweep).
+    control_scales: &'a [Option<f64>],
     template: &'a Template,
     seeds: &'a Seeds,
     per_row: usize,
@@ -988,9 +1023,10 @@ struct Template {
 }
 
 impl Template {
-    fn new(args: &Args, strengths: usize, per_row: usize, lora_scales: usize) -> Self {
+    fn new(args: &Args, strengths: usize, per_row: usize, lora_scales: usize, control_scales: usize) -> Self {
         let seed = if per_row > 1 { "-{seed}" } else { "" };
         let lora = if lora_scales > 1 { "-l{lora}" } else { "" };
+        let lora = if control_scales > 1 { format!("{lora}-c{{control}}") } else { lora.to_string() };
         let edit = format!(
             "{{stem}}{}{lora}{}{seed}.png",
             if args.output_dir.is_none() { "-edited" } else { "" },
@@ -1103,6 +1139,14 @@ fn parse_list<T: std::str::FromStr>(flag: &str, s: &str, check: impl Fn(&T) -> O
 }
 
 /// A multiplier of LoRA weights: finite and within ±[`MAX_SCALE`].
+/// One `--control-scale` value.
+fn parse_scale(s: &str) -> Result<f64> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v.abs() <= MAX_SCALE => Ok(v),
+        _ => Err(Error::Usage(format!("--control-scale {s}: give a number within ±{MAX_SCALE}"))),
+    }
+}
+
 fn check_scale(v: &f64) -> Option<String> {
     if !v.is_finite() {
         Some("is not a number".into())

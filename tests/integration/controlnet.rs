@@ -335,3 +335,41 @@ fn request_args_for_fresh_run(extra: &[&str], out: &Path) -> Vec<String> {
     a.extend(extra.iter().map(|x| x.to_string()));
     a
 }
+
+/// `--control-scale 0,1.5` sweeps every ControlNet's scale: one image each, named `-c{scale}`, each equal to its
+/// single run (item k at seed 5 + k); a list beside per-ControlNet values is refused.
+#[test]
+fn control_scale_sweep() {
+    let t = tempfile::tempdir().unwrap();
+    let control = s("images/control-gradient-80x80.png");
+    let base: Vec<String> =
+        ["--model", &s("tiny-dev"), "--image", &s("images/gradient-80x80.png"), "--prompt", "a cat", "--steps", "2"]
+            .map(String::from)
+            .to_vec();
+    let cn = ["--controlnet", &s("tiny-controlnet"), "--control", &control, "--rng", "torch-cpu", "-q"];
+    let o = bin()
+        .args(&base)
+        .args(cn)
+        .args(["--control-scale", "0,1.5", "--seed", "5", "--output-dir", &t.path().to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (scale, seed) in [("0", "5"), ("1.5", "6")] {
+        let swept = t.path().join(format!("gradient-80x80-c{scale}.png"));
+        let single = t.path().join(format!("single-{scale}.png"));
+        let o = bin()
+            .args(&base)
+            .args(cn)
+            .args(["--control-scale", scale, "--seed", seed, "-o", &single.to_string_lossy()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(psnr(&swept, &single).is_infinite(), "scale {scale}: the swept image differs from its single run");
+    }
+    // (assert_one_line_errors adds the prompt and steps itself.)
+    let mut bad: Vec<String> = base[..4].to_vec();
+    bad.extend(["--controlnet", &s("tiny-controlnet"), "--control", &control].map(String::from));
+    bad.extend(["--controlnet", &s("tiny-controlnet"), "--control", &control].map(String::from));
+    bad.extend(["--control-scale", "0,1", "--control-scale", "2"].map(String::from));
+    assert_one_line_errors(&[(bad, "give one list to sweep")]);
+}
