@@ -6,7 +6,7 @@
 
 use crate::batch::{signals, Input, Item};
 use crate::cli::Args;
-use crate::engine::request::{MaskSource, Mode};
+use crate::engine::request::{ControlSource, MaskSource, Mode};
 use crate::error::{Error, Result};
 use crate::server::spec::JobSpec;
 use crate::ui::{stdout, Ui};
@@ -48,6 +48,16 @@ fn prepare(args: &mut Args) -> Result<(Server, Vec<Item>)> {
     Ok((Server::new(&url, key, model, loras)?, batch.items))
 }
 
+/// A job's control image: the file inline, or what the server derives it from the input with.
+fn set_control(spec: &mut JobSpec, source: &ControlSource) -> Result<()> {
+    match source {
+        ControlSource::File(p) => (spec.control, spec.control_name) = (Some(inline(p)?), Some(file_name(p))),
+        ControlSource::Canny { .. } => spec.control = Some("canny".into()),
+        ControlSource::Depth => spec.control = Some("depth".into()),
+    }
+    Ok(())
+}
+
 /// The first flag given that a job cannot carry.
 fn local_only(a: &Args) -> Option<&'static str> {
     let set = [
@@ -65,8 +75,9 @@ fn local_only(a: &Args) -> Option<&'static str> {
         (!a.reference.is_empty(), "--reference"),
         (a.mask_crop.is_some(), "--mask-crop"),
         (a.paste_back, "--paste-back"),
-        (!a.control.is_empty() || a.control_from.is_some(), "--control"),
-        (!a.controlnet.is_empty(), "--controlnet"),
+        (a.control.len() > 1 || a.controlnet.len() > 1, "several --control/--controlnet"),
+        (a.canny_low.is_some() || a.canny_high.is_some(), "--canny-low/--canny-high"),
+        (a.depth_model.is_some(), "--depth-model"),
         (!a.redux.is_empty(), "--redux"),
         (a.outpaint.is_some() || a.outpaint_to.is_some(), "--outpaint"),
         (a.kontext, "--kontext"),
@@ -229,6 +240,16 @@ impl Server {
                 }
             }
             _ => {}
+        }
+        if let Some(c) = &r.control {
+            set_control(&mut spec, c)?;
+        }
+        // One ControlNet, by the name the server serves it under (the --controlnet value given here).
+        if let Some(n) = r.controlnets.first() {
+            spec.controlnet = Some(n.model.to_string_lossy().into_owned());
+            (spec.control_mode, spec.control_scale) = (n.mode.clone(), Some(n.scale));
+            (spec.control_start, spec.control_end) = (Some(n.start), Some(n.end));
+            set_control(&mut spec, &n.image)?;
         }
         let mut v = serde_json::to_value(&spec).map_err(|e| self.odd(&e.to_string()))?;
         strip_nulls(&mut v);

@@ -355,7 +355,7 @@ pub enum Command {
     /// diffusers' own (PSNR). Exit 0 pass, 1 mismatch, 2 cannot run (no CUDA in this build, no driver, out of memory).
     Smoke(SmokeArgs),
     /// Run a resident HTTP server that keeps models loaded: native job API, OpenAI and A1111 endpoints, a web page.
-    Serve(crate::server::ServeArgs),
+    Serve(Box<crate::server::ServeArgs>),
     /// The quantization cache (--quantize results kept for the next run): lists it, or `cache clear` empties it.
     Cache {
         /// `clear` removes the cache's own files (entries it wrote, and leftovers of interrupted writes); other

@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// Folder of LoRA files jobs may name (by file name only).
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
+    /// FLUX.1 ControlNets jobs may name (folder or Hub id, as given here), repeatable.
+    #[arg(long, value_name = "DIR|REPO")]
+    pub controlnet: Vec<String>,
+    /// The Depth Anything model of jobs asking for `"control": "depth"` [default: the CLI's].
+    #[arg(long, value_name = "DIR|REPO")]
+    pub depth_model: Option<String>,
     /// Largest request body, MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub max_body_mib: u64,
@@ -92,6 +98,8 @@ fn serve(args: &ServeArgs, ui: &Arc<Ui>) -> Result<()> {
     let limits = spec::Limits {
         models: args.model.clone(),
         lora_dir: args.lora_dir.clone(),
+        controlnets: args.controlnet.clone(),
+        depth_model: args.depth_model.clone(),
         max_pixels: args.max_pixels,
         device: args.device.clone(),
         dtype: args.dtype.clone(),

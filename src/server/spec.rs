@@ -37,9 +37,19 @@ pub struct JobSpec {
     /// LoRA names from the server's `--lora-dir`, `NAME[:WEIGHT]`.
     #[serde(default)]
     pub lora: Vec<String>,
+    /// The control image of a Control model, control LoRA or ControlNet: base64, or `canny` / `depth` to derive
+    /// it from the input.
+    pub control: Option<String>,
+    /// One of the server's `--controlnet` values, with its settings as the CLI's flags take them.
+    pub controlnet: Option<String>,
+    pub control_mode: Option<String>,
+    pub control_scale: Option<f64>,
+    pub control_start: Option<f64>,
+    pub control_end: Option<f64>,
     /// Names recorded in the PNG for the uploads (base names only), as the CLI records the paths it was given.
     pub image_name: Option<String>,
     pub mask_name: Option<String>,
+    pub control_name: Option<String>,
     /// Send a `preview` event (a small PNG of the picture so far) every N denoising steps; each costs a VAE decode.
     pub preview_every: Option<usize>,
 }
@@ -49,6 +59,9 @@ pub struct JobSpec {
 pub struct Limits {
     pub models: Vec<String>,
     pub lora_dir: Option<PathBuf>,
+    /// ControlNets jobs may name; the depth model of `"control": "depth"`.
+    pub controlnets: Vec<String>,
+    pub depth_model: Option<String>,
     pub max_pixels: u64,
     pub device: String,
     pub dtype: Option<String>,
@@ -71,6 +84,7 @@ pub struct Built {
     pub model: String,
     pub image_name: Option<String>,
     pub mask_name: Option<String>,
+    pub control_name: Option<String>,
     pub preview_every: Option<usize>,
 }
 
@@ -109,6 +123,7 @@ impl JobSpec {
         for l in &self.lora {
             argv.push(format!("--lora={}", lora_path(l, limits)?));
         }
+        let control_name = self.control_args(dir, limits, &mut argv)?;
         argv.push(format!("--output={}", dir.join("out.png").display()));
         let args = Args::try_parse_from(&argv).map_err(|e| bad(first_line(&e.to_string())))?;
         let batch = args.into_batch().map_err(|e| bad(e.one_line()))?;
@@ -116,7 +131,49 @@ impl JobSpec {
         if self.preview_every == Some(0) {
             return Err(bad("`preview_every` counts steps: give 1 or more (or leave it out)"));
         }
-        Ok(Built { item, model, image_name, mask_name, preview_every: self.preview_every })
+        Ok(Built { item, model, image_name, mask_name, control_name, preview_every: self.preview_every })
+    }
+
+    /// The control image (an upload, or derived from the input) and a served ControlNet with its settings, as
+    /// flags; gives the name the PNG records for an uploaded control image.
+    fn control_args(&self, dir: &Path, limits: &Limits, argv: &mut Vec<String>) -> Result<Option<String>, Refusal> {
+        if let Some(net) = &self.controlnet {
+            if !limits.controlnets.contains(net) {
+                return Err(bad(format!(
+                    "ControlNet {net:?} is not served here; use one of {:?} (the server's --controlnet values)",
+                    limits.controlnets
+                )));
+            }
+            argv.push(format!("--controlnet={net}"));
+        }
+        let mut push = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                argv.push(format!("--{flag}={v}"));
+            }
+        };
+        push("control-mode", self.control_mode.clone());
+        push("control-scale", self.control_scale.map(|v| v.to_string()));
+        push("control-start", self.control_start.map(|v| v.to_string()));
+        push("control-end", self.control_end.map(|v| v.to_string()));
+        match self.control.as_deref() {
+            None => Ok(None),
+            Some("canny") => {
+                argv.push("--control-from=canny".into());
+                Ok(None)
+            }
+            Some("depth") => {
+                argv.push("--control-from=depth".into());
+                if let Some(m) = &limits.depth_model {
+                    argv.push(format!("--depth-model={m}"));
+                }
+                Ok(None)
+            }
+            Some(b64) => {
+                let path = upload(b64, dir, "control", "control image", limits.max_pixels)?;
+                argv.push(format!("--control={}", path.display()));
+                Ok(Some(base_name(self.control_name.as_deref(), &path)?))
+            }
+        }
     }
 
     fn model(&self, limits: &Limits) -> Result<String, Refusal> {

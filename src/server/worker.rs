@@ -244,6 +244,13 @@ fn relabel(path: &Path, mut record: EditRecord, built: &Built) -> Result<Vec<u8>
             record.mask = Some(name.clone());
         }
     }
+    if let Some(name) = &built.control_name {
+        // The one uploaded control image: a Control model's, or the job's ControlNet's.
+        match record.controlnets.first_mut() {
+            Some(c) => c.control = name.clone(),
+            None => record.control = Some(name.clone()),
+        }
+    }
     let img = image::open(path).map_err(|e| Error::output_from(path, "cannot read back", e))?.to_rgb8();
     output::write_png(path, &img, &record.png_chunks())?;
     std::fs::read(path).map_err(|e| Error::output_from(path, "cannot read back", e))

@@ -593,3 +593,72 @@ fn server_metrics(s: &Server) -> String {
     let req = ureq::get(&s.url("/metrics")).set("Authorization", &format!("Bearer {KEY}"));
     req.call().unwrap().into_string().unwrap()
 }
+
+/// Control over the server: a job with an uploaded control image and one of the server's ControlNets, and a job
+/// asking a Control model to derive Canny edges, each equal to the CLI's PNG byte for byte (the upload's name in
+/// the record); a ControlNet the server does not serve is a JSON error. The CLI as a client sends the same.
+#[test]
+fn server_control_and_controlnet_jobs_equal_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("images/photo-96x64.png"), dir.path().join("input.png")).unwrap();
+    std::fs::copy(fixtures().join("images/control-photo-96x64.png"), dir.path().join("edges.png")).unwrap();
+    let (control_model, net) = (
+        fixtures().join("tiny-control").to_string_lossy().into_owned(),
+        fixtures().join("tiny-controlnet-schnell").to_string_lossy().into_owned(),
+    );
+    let server = Server::start(&["--model", &control_model, "--controlnet", &net]);
+    let input = b64(&dir.path().join("input.png"));
+    let run = |job: Value| {
+        let (status, v) = server.post("/v1/jobs", &job, None);
+        assert_eq!(status, 202, "{v}");
+        let done = server.wait(v["id"].as_str().unwrap(), None);
+        assert_eq!(done["state"], "done", "{done}");
+        png_of(&done)
+    };
+    let controlnet = run(json!({"prompt": "a red house", "seed": 3, "strength": 0.7, "steps": 3,
+        "image": input, "image_name": "input.png", "controlnet": net,
+        "control": b64(&dir.path().join("edges.png")), "control_name": "edges.png", "control_scale": 0.8}));
+    let cli = cli_png(
+        dir.path(),
+        &["--image", "input.png", "--prompt", "a red house", "--seed", "3", "--strength", "0.7", "--steps", "3"],
+    );
+    let with_net = {
+        let out = bin()
+            .current_dir(dir.path())
+            .args(["--model", &model(), "--image", "input.png", "--prompt", "a red house", "--seed", "3"])
+            .args(["--strength", "0.7", "--steps", "3", "--controlnet", &net, "--control", "edges.png"])
+            .args(["--control-scale", "0.8", "-o", "cli-net.png"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(dir.path().join("cli-net.png")).unwrap()
+    };
+    assert!(controlnet == with_net, "the server's ControlNet PNG differs from the CLI's");
+    assert!(controlnet != cli, "the ControlNet changed nothing");
+
+    let canny = run(json!({"prompt": "a red house", "seed": 4, "strength": 0.8, "steps": 3, "model": control_model,
+        "image": input, "image_name": "input.png", "control": "canny"}));
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["--model", &control_model, "--image", "input.png", "--prompt", "a red house", "--seed", "4"])
+        .args(["--strength", "0.8", "--steps", "3", "--control-from", "canny", "-o", "cli-canny.png"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(canny == std::fs::read(dir.path().join("cli-canny.png")).unwrap(), "Canny job differs from the CLI");
+
+    let (status, v) = server.post("/v1/jobs", &json!({"prompt": "x", "controlnet": "/elsewhere/net"}), None);
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("is not served here"), "{v}");
+
+    // The CLI as a client: the same ControlNet job, sent.
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["--server", &server.base, "--image", "input.png", "--prompt", "a red house", "--seed", "3"])
+        .args(["--strength", "0.7", "--steps", "3", "--controlnet", &net, "--control", "edges.png"])
+        .args(["--control-scale", "0.8", "-o", "client.png"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(dir.path().join("client.png")).unwrap() == with_net, "the client's PNG differs");
+}
