@@ -1,7 +1,7 @@
 //! The OpenAI images API (`/v1/images/generations`, `/v1/images/edits`) and the AUTOMATIC1111 API
 //! (`/sdapi/v1/*`) on top of the native jobs: each request becomes [`JobSpec`]s, queued like any other, and the
-//! handler waits for them. Unknown fields of these APIs are ignored (their clients send many); `n` images use
-//! seeds seed, seed+1, ...
+//! handler waits for them. Unknown fields of these APIs are ignored (their clients send many), but for A1111's
+//! ControlNet unit, which becomes the job's ControlNet; `n` images use seeds seed, seed+1, ...
 
 use super::http::{job_json, submit, with_retry, ApiError, Shared};
 use super::jobs::State;
@@ -246,6 +246,41 @@ struct A1111 {
     mask_blur: Option<f32>,
     batch_size: Option<usize>,
     n_iter: Option<usize>,
+    /// The ControlNet extension's units (`alwayson_scripts.controlnet.args`), read by [`controlnet_unit`].
+    alwayson_scripts: Option<Value>,
+}
+
+/// The A1111 ControlNet extension's enabled unit as job fields: `model` one of the server's `--controlnet` values,
+/// `image` (base64) or a `module` the server runs on the input (canny, depth…; `none` takes the image as it is),
+/// `weight`, `guidance_start`, `guidance_end`. One unit per job; other scripts are ignored as before.
+fn controlnet_unit(spec: &mut JobSpec, scripts: Option<&Value>) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
+    let Some(units) = scripts.and_then(|s| s.get("controlnet")).and_then(|c| c.get("args")) else { return Ok(()) };
+    let units = units.as_array().ok_or_else(|| bad("alwayson_scripts.controlnet.args must be a list".into()))?;
+    let enabled: Vec<&Value> =
+        units.iter().filter(|u| u.get("enabled").and_then(Value::as_bool) != Some(false)).collect();
+    let unit = match enabled.as_slice() {
+        [] => return Ok(()),
+        [one] => *one,
+        _ => return Err(bad(format!("{} ControlNet units: this server runs one per job", enabled.len()))),
+    };
+    let text = |k: &str| unit.get(k).and_then(Value::as_str).map(str::to_string);
+    let number = |k: &str| unit.get(k).and_then(Value::as_f64);
+    spec.controlnet = Some(text("model").ok_or_else(|| bad("a ControlNet unit needs its `model`".into()))?);
+    let module = text("module").unwrap_or_else(|| "none".into()).to_ascii_lowercase();
+    spec.control = match module.as_str() {
+        "none" => Some(
+            text("image")
+                .or_else(|| text("input_image"))
+                .ok_or_else(|| bad("a ControlNet unit with module none needs its `image`".into()))?,
+        ),
+        m if m.starts_with("canny") => Some("canny".into()),
+        m if m.starts_with("depth") => Some("depth".into()),
+        m => return Err(bad(format!("ControlNet module {m:?}: this server runs none, canny or depth"))),
+    };
+    (spec.control_scale, spec.control_start, spec.control_end) =
+        (number("weight"), number("guidance_start"), number("guidance_end"));
+    Ok(())
 }
 
 /// txt2img and img2img alike: init_images makes it an edit. cfg_scale is FLUX's embedded guidance; samplers do not
@@ -255,7 +290,7 @@ async fn a1111(St(app): St<Shared>, body: axum::body::Bytes) -> Response {
         let a: A1111 = serde_json::from_slice(&body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("the body is not an A1111 request: {e}")))?;
         let n = a.batch_size.unwrap_or(1).max(1) * a.n_iter.unwrap_or(1).max(1);
-        let spec = JobSpec {
+        let mut spec = JobSpec {
             prompt: Some(a.prompt.clone()),
             negative_prompt: a.negative_prompt.filter(|s| !s.is_empty()),
             seed: a.seed.filter(|s| *s >= 0).map(|s| s as u64),
@@ -270,6 +305,7 @@ async fn a1111(St(app): St<Shared>, body: axum::body::Bytes) -> Response {
             strength: a.denoising_strength.filter(|_| !a.init_images.is_empty()),
             ..Default::default()
         };
+        controlnet_unit(&mut spec, a.alwayson_scripts.as_ref())?;
         let images = run_n(&app, spec, n).await?;
         Ok(json!({"images": images, "parameters": {"prompt": a.prompt}, "info": "{}"}))
     };

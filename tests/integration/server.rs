@@ -651,6 +651,18 @@ fn server_control_and_controlnet_jobs_equal_the_cli() {
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("is not served here"), "{v}");
 
+    // The A1111 ControlNet extension's unit: the same pixels (its record names the upload control.png).
+    let a = json!({"prompt": "a red house", "seed": 3, "denoising_strength": 0.7, "steps": 3, "init_images": [input],
+        "alwayson_scripts": {"controlnet": {"args": [{"enabled": true, "model": net, "module": "none",
+        "image": b64(&dir.path().join("edges.png")), "weight": 0.8}, {"enabled": false}]}}});
+    let (status, v) = server.post("/sdapi/v1/img2img", &a, None);
+    assert_eq!(status, 200, "{v}");
+    let pixels = |png: &[u8]| image::load_from_memory(png).unwrap().to_rgb8();
+    assert!(pixels(&decode(&v["images"][0])) == pixels(&with_net), "A1111 ControlNet unit differs from the CLI");
+    let two = json!({"prompt": "x", "alwayson_scripts": {"controlnet": {"args": [{"model": net}, {"model": net}]}}});
+    let (status, v) = server.post("/sdapi/v1/txt2img", &two, None);
+    assert!(status == 400 && v.to_string().contains("one per job"), "{status} {v}");
+
     // The CLI as a client: the same ControlNet job, sent.
     let out = bin()
         .current_dir(dir.path())
