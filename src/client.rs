@@ -52,7 +52,9 @@ fn prepare(args: &mut Args) -> Result<(Server, Vec<Item>)> {
 fn set_control(spec: &mut JobSpec, source: &ControlSource) -> Result<()> {
     match source {
         ControlSource::File(p) => (spec.control, spec.control_name) = (Some(inline(p)?), Some(file_name(p))),
-        ControlSource::Canny { .. } => spec.control = Some("canny".into()),
+        ControlSource::Canny { low, high } => {
+            (spec.control, spec.canny_low, spec.canny_high) = (Some("canny".into()), Some(*low), Some(*high))
+        }
         ControlSource::Depth => spec.control = Some("depth".into()),
     }
     Ok(())
@@ -76,7 +78,6 @@ fn local_only(a: &Args) -> Option<&'static str> {
         (a.mask_crop.is_some(), "--mask-crop"),
         (a.paste_back, "--paste-back"),
         (a.control.len() > 1 || a.controlnet.len() > 1, "several --control/--controlnet"),
-        (a.canny_low.is_some() || a.canny_high.is_some(), "--canny-low/--canny-high"),
         (a.depth_model.is_some(), "--depth-model"),
         (!a.redux.is_empty(), "--redux"),
         (a.outpaint.is_some() || a.outpaint_to.is_some(), "--outpaint"),

@@ -251,7 +251,8 @@ struct A1111 {
 }
 
 /// The A1111 ControlNet extension's enabled unit as job fields: `model` one of the server's `--controlnet` values,
-/// `image` (base64) or a `module` the server runs on the input (canny, depth…; `none` takes the image as it is),
+/// `image` (base64) or a `module` the server runs on the input (canny with `threshold_a`/`threshold_b`, depth…;
+/// `none` takes the image as it is),
 /// `weight`, `guidance_start`, `guidance_end`. One unit per job; other scripts are ignored as before.
 fn controlnet_unit(spec: &mut JobSpec, scripts: Option<&Value>) -> Result<(), ApiError> {
     let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, m);
@@ -274,7 +275,12 @@ fn controlnet_unit(spec: &mut JobSpec, scripts: Option<&Value>) -> Result<(), Ap
                 .or_else(|| text("input_image"))
                 .ok_or_else(|| bad("a ControlNet unit with module none needs its `image`".into()))?,
         ),
-        m if m.starts_with("canny") => Some("canny".into()),
+        m if m.starts_with("canny") => {
+            // The extension's canny thresholds (its sliders' values; negative: unset).
+            let t = |k: &str| number(k).filter(|v| *v >= 0.0).map(|v| v as f32);
+            (spec.canny_low, spec.canny_high) = (t("threshold_a"), t("threshold_b"));
+            Some("canny".into())
+        }
         m if m.starts_with("depth") => Some("depth".into()),
         m => return Err(bad(format!("ControlNet module {m:?}: this server runs none, canny or depth"))),
     };

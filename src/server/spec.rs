@@ -46,6 +46,9 @@ pub struct JobSpec {
     pub control_scale: Option<f64>,
     pub control_start: Option<f64>,
     pub control_end: Option<f64>,
+    /// `"control": "canny"`: the hysteresis thresholds (the CLI's defaults when absent).
+    pub canny_low: Option<f32>,
+    pub canny_high: Option<f32>,
     /// Names recorded in the PNG for the uploads (base names only), as the CLI records the paths it was given.
     pub image_name: Option<String>,
     pub mask_name: Option<String>,
@@ -155,6 +158,8 @@ impl JobSpec {
         push("control-scale", self.control_scale.map(|v| v.to_string()));
         push("control-start", self.control_start.map(|v| v.to_string()));
         push("control-end", self.control_end.map(|v| v.to_string()));
+        push("canny-low", self.canny_low.map(|v| v.to_string()));
+        push("canny-high", self.canny_high.map(|v| v.to_string()));
         match self.control.as_deref() {
             None => Ok(None),
             Some("canny") => {

@@ -637,11 +637,12 @@ fn server_control_and_controlnet_jobs_equal_the_cli() {
     assert!(controlnet != cli, "the ControlNet changed nothing");
 
     let canny = run(json!({"prompt": "a red house", "seed": 4, "strength": 0.8, "steps": 3, "model": control_model,
-        "image": input, "image_name": "input.png", "control": "canny"}));
+        "image": input, "image_name": "input.png", "control": "canny", "canny_low": 40, "canny_high": 90}));
     let out = bin()
         .current_dir(dir.path())
         .args(["--model", &control_model, "--image", "input.png", "--prompt", "a red house", "--seed", "4"])
-        .args(["--strength", "0.8", "--steps", "3", "--control-from", "canny", "-o", "cli-canny.png"])
+        .args(["--strength", "0.8", "--steps", "3", "--control-from", "canny", "--canny-low", "40"])
+        .args(["--canny-high", "90", "-o", "cli-canny.png"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
