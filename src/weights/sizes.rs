@@ -142,6 +142,11 @@ fn gguf_entries(p: &Path) -> Result<Vec<Entry>> {
         .collect())
 }
 
+/// A safetensors file's tensor names and shapes, from its header alone.
+pub fn safetensors_shapes(p: &Path) -> Result<Vec<(String, Vec<usize>)>> {
+    Ok(safetensors_entries(p)?.into_iter().map(|e| (e.name, e.shape)).collect())
+}
+
 /// The JSON header of a safetensors file: names and shapes, without mapping the data.
 fn safetensors_entries(p: &Path) -> Result<Vec<Entry>> {
     let mut f = std::fs::File::open(p).map_err(|e| Error::model_from(p, "cannot open", e))?;

@@ -172,21 +172,9 @@ impl LoraSet {
 /// `transformer.x_embedder.lora_A.weight`), from the file's header alone; None for other LoRAs (or an unreadable
 /// file, which loading reports).
 pub fn img_in_width(path: &Path) -> Option<usize> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return None;
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    ["img_in.lora_A.weight", "transformer.x_embedder.lora_A.weight"]
-        .iter()
-        .find_map(|k| header.get(*k)?.get("shape")?.get(1)?.as_u64())
-        .map(|n| n as usize)
+    let shapes = crate::weights::sizes::safetensors_shapes(path).ok()?;
+    let pair = ["img_in.lora_A.weight", "transformer.x_embedder.lora_A.weight"];
+    shapes.into_iter().find(|(name, _)| pair.contains(&name.as_str())).and_then(|(_, shape)| shape.get(1).copied())
 }
 
 /// The first 10 hex digits of the file's SHA-256 (what Civitai and A1111 call AutoV2).
