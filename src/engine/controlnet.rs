@@ -118,12 +118,7 @@ pub fn check_request(req: &Request, input: Option<(u32, u32)>, working: (u32, u3
 /// snapshot in the cache); one that must be fetched is checked when it loads.
 pub fn check_models(req: &Request, base: &TransformerConfig) -> Result<()> {
     for spec in &req.controlnets {
-        let dir = match spec.model.is_dir() {
-            true => Some(spec.model.clone()),
-            false => {
-                hub::repo_id(&spec.model.to_string_lossy()).and_then(|id| hub::cached_snapshot(&id, "config.json"))
-            }
-        };
+        let dir = cached_dir(&spec.model);
         if spec.model.is_dir() && !spec.model.join("config.json").is_file() {
             return Err(Error::model(
                 &spec.model,
@@ -141,18 +136,23 @@ pub fn check_models(req: &Request, base: &TransformerConfig) -> Result<()> {
     Ok(())
 }
 
-/// The local folder of `--controlnet MODEL`: a folder, or a Hub repo id fetched (`weights`: with its weights;
-/// otherwise its config only, from the cache when it is there).
-pub fn locate(model: &Path, weights: bool) -> Result<PathBuf> {
+/// The local folder of `--controlnet MODEL`: a folder, or a Hub repo id fetched with its weights.
+pub fn locate(model: &Path) -> Result<PathBuf> {
     if model.is_dir() {
         return Ok(model.to_path_buf());
     }
     let id = hub::repo_id(&model.to_string_lossy()).ok_or_else(|| {
         Error::model(model, "--controlnet: not a folder or a Hub repo id (a diffusers FluxControlNetModel)")
     })?;
-    match weights {
-        true => hub::snapshot(&id, &HUB_FILES, true),
-        false => hub::snapshot(&id, &HUB_FILES[..1], false),
+    hub::snapshot(&id, &HUB_FILES, true)
+}
+
+/// The folder of `--controlnet MODEL` if it is on disk already (a folder, or a Hub snapshot in the cache): what
+/// checks and estimates read without fetching.
+pub fn cached_dir(model: &Path) -> Option<PathBuf> {
+    match model.is_dir() {
+        true => Some(model.to_path_buf()),
+        false => hub::cached_snapshot(&hub::repo_id(&model.to_string_lossy())?, "config.json"),
     }
 }
 

@@ -89,11 +89,7 @@ fn controlnet_bytes(req: &Request) -> Result<u64> {
     let plain = LoadAs { dtype: req.dtype, quantize: None, rule: Rule::Plain };
     let mut dirs: Vec<PathBuf> = Vec::new();
     for spec in &req.controlnets {
-        let dir = match spec.model.is_dir() {
-            true => Some(spec.model.clone()),
-            false => source::hub::repo_id(&spec.model.to_string_lossy())
-                .and_then(|id| source::hub::cached_snapshot(&id, "diffusion_pytorch_model.safetensors")),
-        };
+        let dir = crate::engine::controlnet::cached_dir(&spec.model);
         dirs.extend(dir.filter(|d| !dirs.contains(d)));
     }
     let mut total = 0;
@@ -109,12 +105,7 @@ fn controlnet_bytes(req: &Request) -> Result<u64> {
 /// from configs on disk (one on the Hub and not cached counts 0).
 fn controlnet_residuals(req: &Request) -> usize {
     let blocks = |spec: &crate::engine::request::ControlNetSpec| -> Option<usize> {
-        let dir = match spec.model.is_dir() {
-            true => spec.model.clone(),
-            false => {
-                source::hub::cached_snapshot(&source::hub::repo_id(&spec.model.to_string_lossy())?, "config.json")?
-            }
-        };
+        let dir = crate::engine::controlnet::cached_dir(&spec.model)?;
         let cfg = crate::engine::controlnet::read_config(&dir.join("config.json")).ok()?;
         Some(cfg.base.num_layers + cfg.base.num_single_layers)
     };

@@ -107,6 +107,8 @@ pub struct Flux {
     redux: Option<(std::path::PathBuf, crate::models::redux::ReduxPrior)>,
     /// The ControlNets of the last request, by folder (loaded with the transformer).
     controlnets: Vec<controlnet::Loaded>,
+    /// Where each `--controlnet` value was found (a Hub id is looked up once).
+    controlnet_dirs: HashMap<std::path::PathBuf, std::path::PathBuf>,
     /// The transformer's own input width (a control LoRA widens `configs`' for the edits that use it).
     base_in_channels: usize,
     /// `--control-from depth`'s model (loaded on first use).
@@ -135,6 +137,7 @@ impl Flux {
             posterior: None,
             redux: None,
             controlnets: Vec::new(),
+            controlnet_dirs: HashMap::new(),
             base_in_channels: 0,
             depth: Default::default(),
             weight_sizes: HashMap::new(),

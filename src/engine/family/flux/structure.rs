@@ -62,7 +62,7 @@ impl Flux {
     ) -> Result<Vec<controlnet::Active>> {
         let mut out = Vec::with_capacity(req.controlnets.len());
         for spec in &req.controlnets {
-            let dir = controlnet::locate(&spec.model, false)?;
+            let dir = self.controlnet_dir(&spec.model)?;
             let cfg = controlnet::read_config(&dir.join("config.json"))?;
             let img = control::image_of(&spec.image, req, input, plan, env, &mut self.depth)?;
             // XLabs ControlNets take the pixels (diffusers encodes nothing for them, so nothing is drawn).
@@ -85,11 +85,21 @@ impl Flux {
         Ok(out)
     }
 
+    /// The local folder of a `--controlnet` value, found (or fetched) once per session.
+    fn controlnet_dir(&mut self, model: &std::path::Path) -> Result<std::path::PathBuf> {
+        if let Some(dir) = self.controlnet_dirs.get(model) {
+            return Ok(dir.clone());
+        }
+        let dir = controlnet::locate(model)?;
+        self.controlnet_dirs.insert(model.to_path_buf(), dir.clone());
+        Ok(dir)
+    }
+
     /// The request's ControlNets, each folder loaded once and kept while requests name it.
     pub(super) fn load_controlnets(&mut self, env: &Env, req: &Request) -> Result<()> {
         let mut dirs: Vec<(std::path::PathBuf, Option<&str>)> = Vec::new();
         for spec in &req.controlnets {
-            let dir = controlnet::locate(&spec.model, true)?;
+            let dir = self.controlnet_dir(&spec.model)?;
             if !dirs.iter().any(|(d, _)| *d == dir) {
                 dirs.push((dir, spec.mode.as_deref()));
             }
