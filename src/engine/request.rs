@@ -89,19 +89,6 @@ pub struct ControlNetSpec {
     pub end: f64,
 }
 
-impl ControlNetSpec {
-    /// The record's words: `MODEL|IMAGE|scale|start|end[|mode]`.
-    pub fn words(&self) -> String {
-        let mut w =
-            format!("{}|{}|{}|{}|{}", self.model.display(), self.image.words(), self.scale, self.start, self.end);
-        if let Some(m) = &self.mode {
-            w.push('|');
-            w.push_str(m);
-        }
-        w
-    }
-}
-
 /// A mask image file, the input's transparency (transparent = repaint), or outpainting's own mask over the grown
 /// canvas (the input is then that canvas).
 #[derive(Debug, Clone, PartialEq)]
