@@ -17,19 +17,19 @@ pub const DEFAULT_REPO: &str = "depth-anything/Depth-Anything-V2-Large-hf";
 /// What a Depth Anything folder holds (preprocessor_config.json is optional: V2's defaults apply without it).
 const FILES: [&str; 2] = ["config.json", "model.safetensors"];
 
-/// The depth model of the session, by the folder it came from.
+/// The depth model of the session, by the `--depth-model` value it came from (located once).
 #[derive(Default)]
 pub struct DepthMaps {
-    loaded: Option<(PathBuf, DepthAnything)>,
+    loaded: Option<(Option<PathBuf>, DepthAnything)>,
 }
 
 impl DepthMaps {
     /// The depth map of `img` by the request's model.
     pub fn map(&mut self, req: &Request, img: &RgbImage, env: &Env) -> Result<RgbImage> {
-        let dir = locate(req.depth_model.as_deref())?;
-        if self.loaded.as_ref().is_none_or(|(d, _)| *d != dir) {
+        if self.loaded.as_ref().is_none_or(|(spec, _)| *spec != req.depth_model) {
+            let dir = locate(req.depth_model.as_deref())?;
             env.note(&format!("depth model {} loading", dir.display()));
-            self.loaded = Some((dir.clone(), DepthAnything::load(&dir, env.dtype, env.device)?));
+            self.loaded = Some((req.depth_model.clone(), DepthAnything::load(&dir, env.dtype, env.device)?));
         }
         let (_, model) = self.loaded.as_ref().expect("loaded above");
         model.depth_map(img)
